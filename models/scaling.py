@@ -1,0 +1,147 @@
+"""Feature scaling: raw context windows <-> the scale-free tensors the models read and write.
+
+A deployment meets latencies from 1 ms to 500 ms and sampling intervals from 1 s to 5 min that the
+training never saw, so the scaling removes both scales before the model sees anything:
+
+1. Each feature is put on a scale where changes are comparable: a log for the positive, heavy-tailed
+   ones (latency, jitter, throughput, connections, queue depth; a floor keeps zeros finite), the
+   identity for rates that live in 0..1 (loss, utilization, error rate).
+2. Each window is standardized by its own mean and standard deviation per feature (instance
+   normalization), with a per-feature floor on the deviation so a flat window does not blow up.
+   Multiplying every latency by 10 then changes nothing the model sees.
+3. One extra channel carries the time deltas as log(dt / median dt of the window): irregular spacing
+   is visible, the absolute sampling interval is not.
+
+The model predicts the next contexts in the same standardized space; ``decode`` takes them back.
+Everything the scaler needs is in ``ScalerConfig``, stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "latency_ms",
+    "jitter_ms",
+    "loss_rate",
+    "throughput_mbps",
+    "utilization",
+    "error_rate",
+    "connections",
+    "queue_depth",
+)
+D = len(FEATURE_NAMES)
+TIME_CHANNELS = 1  # log(dt / median dt)
+DT_CLIP = 3.0  # |log dt ratio| beyond this (a 20x gap) carries no more information
+
+
+@dataclass
+class ScalerConfig:
+    """How each feature is transformed; stored in the checkpoint next to the weights."""
+
+    feature_names: list[str] = field(default_factory=lambda: list(FEATURE_NAMES))
+    # 1 = log(x + floor), 0 = identity (rates in 0..1)
+    log_features: list[int] = field(default_factory=lambda: [1, 1, 0, 1, 0, 0, 1, 1])
+    floors: list[float] = field(default_factory=lambda: [0.01, 0.01, 0.0, 0.01, 0.0, 0.0, 1.0, 1.0])
+    # smallest per-window deviation in transformed units: 2 % for logs, half a point for rates
+    min_scale: list[float] = field(default_factory=lambda: [0.02, 0.02, 0.005, 0.02, 0.005, 0.005, 0.02, 0.02])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScalerConfig:
+        return cls(**d)
+
+
+@dataclass
+class WindowStats:
+    """Per-window standardization constants, needed to decode that window's prediction."""
+
+    center: np.ndarray  # (B, D) mean of the transformed window
+    scale: np.ndarray  # (B, D) its deviation, floored
+    last: np.ndarray  # (B, D) last raw context
+    dt_s: np.ndarray  # (B,) median spacing in seconds: the spacing assumed for future steps
+
+
+class Scaler:
+    def __init__(self, config: ScalerConfig | None = None) -> None:
+        self.config = config or ScalerConfig()
+        c = self.config
+        assert len(c.log_features) == len(c.floors) == len(c.min_scale) == len(c.feature_names), (
+            "scaler lists must all have one entry per feature"
+        )
+        self.is_log = np.asarray(c.log_features, dtype=bool)
+        self.floors = np.asarray(c.floors, dtype=np.float64)
+        self.min_scale = np.asarray(c.min_scale, dtype=np.float64)
+        self.n_features = len(c.feature_names)
+        self.n_inputs = self.n_features + TIME_CHANNELS
+
+    # -- per-value transforms -------------------------------------------------------------
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Raw features (..., D) -> transformed (..., D)."""
+        x = np.asarray(x, dtype=np.float64)
+        return np.where(self.is_log, np.log(np.maximum(x, 0.0) + self.floors + 1e-12), x)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Transformed (..., D) -> raw (..., D), clipped to each feature's domain."""
+        raw = np.where(self.is_log, np.exp(np.minimum(y, 50.0)) - self.floors, y)
+        raw = np.maximum(raw, 0.0)
+        return np.where(self.is_log, raw, np.minimum(raw, 1.0))
+
+    # -- windows --------------------------------------------------------------------------
+    def encode(
+        self, timestamps: list[np.ndarray], features: list[np.ndarray], seq_len: int
+    ) -> tuple[np.ndarray, WindowStats]:
+        """Windows of any length 1.. -> x (B, seq_len, F) float32 and the stats to decode with.
+
+        Each window's last ``seq_len`` contexts are used; shorter windows are left-padded by
+        repeating their first context with a zero time delta. Vectorized over the batch: the
+        serving path calls this for every micro-batch.
+        """
+        B, D, T = len(features), self.n_features, seq_len
+        raw = np.empty((B, T, D), dtype=np.float64)
+        ts = np.empty((B, T), dtype=np.int64)
+        valid = np.ones((B, T), dtype=bool)
+        for i, (t_i, f_i) in enumerate(zip(timestamps, features, strict=True)):
+            f_i, t_i = f_i[-T:], t_i[-T:]
+            n = len(f_i)
+            assert n >= 1 and f_i.shape[1] == D, f"window {i}: expected (n>=1, {D}), got {f_i.shape}"
+            pad = T - n
+            raw[i, pad:], ts[i, pad:] = f_i, t_i
+            if pad:
+                raw[i, :pad], ts[i, :pad], valid[i, :pad] = f_i[0], t_i[0], False
+        n = valid.sum(axis=1, keepdims=True)  # (B, 1)
+        y = self.transform(raw)  # (B, T, D); padded rows repeat the first row
+        w = valid[..., None]
+        center = (y * w).sum(axis=1) / n  # (B, D)
+        var = (((y - center[:, None]) ** 2) * w).sum(axis=1) / n
+        scale = np.maximum(np.sqrt(var), self.min_scale)
+        dts = np.diff(ts, axis=1).astype(np.float64) / 1000.0  # (B, T-1) seconds; 0 across padding
+        dts_valid = np.where(valid[:, 1:], dts, np.nan)
+        # median of the valid deltas per row: NaNs sort last, so index by each row's count
+        n_dt = n[:, 0] - 1
+        srt = np.sort(dts_valid, axis=1)
+        lo = np.take_along_axis(srt, np.maximum((n_dt - 1) // 2, 0)[:, None], axis=1)[:, 0]
+        hi = np.take_along_axis(srt, np.maximum(n_dt // 2, 0)[:, None], axis=1)[:, 0]
+        dt_med = np.where(n_dt > 0, (lo + hi) / 2, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.log(np.maximum(dts, 1e-3) / dt_med[:, None])
+        rel = np.where(valid[:, 1:] & (dt_med[:, None] > 0), np.clip(rel, -DT_CLIP, DT_CLIP), 0.0)
+        x = np.empty((B, T, self.n_inputs), dtype=np.float32)
+        x[..., :D] = (y - center[:, None]) / scale[:, None]
+        x[:, 0, D] = 0.0
+        x[:, 1:, D] = rel
+        return x, WindowStats(center=center, scale=scale, last=raw[:, -1].copy(), dt_s=dt_med)
+
+    def encode_targets(self, targets: np.ndarray, stats: WindowStats) -> np.ndarray:
+        """Raw future contexts (B, H, D) -> the standardized space of their windows."""
+        y = self.transform(targets)
+        return ((y - stats.center[:, None]) / stats.scale[:, None]).astype(np.float32)
+
+    def decode(self, mean: np.ndarray, std: np.ndarray, stats: WindowStats) -> tuple[np.ndarray, np.ndarray]:
+        """Standardized mean/std (B, H, D) -> mean and std in the transformed (log/identity) space."""
+        return stats.center[:, None] + stats.scale[:, None] * mean, stats.scale[:, None] * std
