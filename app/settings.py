@@ -1,0 +1,131 @@
+"""The service's configuration: one ``Settings`` object read from ``CPE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MODEL_KINDS = ("lstm", "transformer", "hybrid")
+
+
+def _shipped_checkpoints() -> Path:
+    # imported here so that reading the settings (e.g. `cpe --help`) does not import torch
+    from models.checkpoint import CHECKPOINT_DIR
+
+    return CHECKPOINT_DIR
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; each field is ``CPE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CPE_", env_file=".env", extra="ignore")
+
+    # -- server -----------------------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1",
+        description="Interface to listen on. Loopback by default so that `make run` exposes nothing; "
+        "containers set CPE_HOST=0.0.0.0.",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes; each loads its own models and runs its own engine.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Log level of the server and of the `cpe` loggers."
+    )
+    access_log: bool = Field(
+        default=False, description="Log every request (costs throughput; off by default)."
+    )
+
+    # -- models -----------------------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the models run; `auto` takes CUDA when torch sees a GPU."
+    )
+    model: str = Field(default="lstm", description="Model kind answering requests that name no model.")
+    models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=MODEL_KINDS,
+        description="Model kinds to load, comma-separated in the environment (e.g. `lstm,hybrid`).",
+    )
+    checkpoint_dir: Path = Field(
+        default_factory=_shipped_checkpoints,
+        description="Directory holding `<kind>.safetensors` per loaded kind; default: the shipped ones.",
+    )
+    torch_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Intra-op threads of the inference thread. One leaves a core for the event loop.",
+    )
+
+    # -- request limits -----------------------------------------------------------------------
+    max_window: int = Field(
+        default=256, ge=1, le=100_000, description="Most contexts in one request's window."
+    )
+    max_batch: int = Field(
+        default=1024, ge=1, le=100_000, description="Most flows in one /v1/predict/batch request."
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted; a larger one is a 413."
+    )
+
+    # -- engine -----------------------------------------------------------------------------
+    engine_max_batch: int = Field(
+        default=256, ge=1, le=65_536, description="Most windows in one forward pass."
+    )
+    engine_max_wait_us: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Extra time a batch may wait to grow, in µs. 0 dispatches whatever is queued as soon "
+        "as the inference thread is free: batches still form from what queues up during a forward pass.",
+    )
+    queue_size: int = Field(
+        default=2048,
+        ge=1,
+        description="Windows that may wait for the engine; beyond that requests get a 503.",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=0, le=3600, description="Retry-After of a 503 sent under overload."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _known_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("models must name at least one model kind")
+        unknown = [kind for kind in value if kind not in MODEL_KINDS]
+        if unknown:
+            raise ValueError(f"models: unknown model kind(s) {unknown}; expected some of {list(MODEL_KINDS)}")
+        return tuple(dict.fromkeys(value))  # drop duplicates, keep order
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.model not in self.models:
+            raise ValueError(f"model {self.model!r} is not among the loaded models {list(self.models)}")
+        if self.queue_size < self.max_batch:
+            raise ValueError(
+                f"queue_size ({self.queue_size}) must be >= max_batch ({self.max_batch}), "
+                "or a full-size batch request could never be admitted"
+            )
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``CPE_*`` variables: how they reach the worker processes of ``serve``."""
+        env = {}
+        for name, value in self.model_dump().items():
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            env[f"CPE_{name.upper()}"] = text
+        return env
