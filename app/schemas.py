@@ -1,0 +1,356 @@
+"""The wire types of API v1 (DESIGN.md, "Wire contract").
+
+Request types validate everything that does not depend on the deployment by themselves. Limits that do
+(window and batch sizes, the served models and their horizons) come in as the validation context, a
+``Limits``: ``PredictRequest.model_validate_json(body, context=limits)``. Their errors then carry the
+same field paths as every other validation error, nested batch items included.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from models.scaling import FEATURE_NAMES
+
+D = len(FEATURE_NAMES)
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: keeps every timestamp in int64
+# Far beyond any real measurement (1e15 Mbit/s), yet small enough that a window's variance stays finite
+MAX_FEATURE = 1e15
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")
+
+_EXAMPLE_KEY = "3f" * 32
+_EXAMPLE_CONTEXTS: list[Any] = [
+    {"timestamp": 1_700_000_000_000, "features": [12.1, 1.4, 0.001, 840.0, 0.62, 0.0, 120.0, 4.0]},
+    {
+        "timestamp": 1_700_000_001_000,
+        "features": [12.8, 1.6, 0.002, 832.5, 0.64, 0.0, 122.0, 5.0],
+        "metadata": {"region_rtt_ms": 11.0},
+        "pattern_id": "diurnal-peak",
+    },
+    {"timestamp": 1_700_000_002_000, "features": [13.5, 1.9, 0.002, 818.0, 0.67, 0.001, 125.0, 7.0]},
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits that depend on the deployment: the validation context of request types."""
+
+    max_window: int
+    max_batch: int
+    horizons: Mapping[str, int]  # served model kind -> its horizon H (steps it predicts)
+    default_model: str
+
+
+def _limits(info: ValidationInfo) -> Limits | None:
+    return info.context if isinstance(info.context, Limits) else None
+
+
+def _flow_key(value: Any) -> str:
+    """Normalize both accepted forms of a flow key to 64 lowercase hex characters."""
+    if isinstance(value, str):
+        if _HEX_KEY.fullmatch(value):
+            return value
+        raise PydanticCustomError(
+            "flow_key",
+            "flow_key must be 64 lowercase hex characters (32 bytes); got {length} characters",
+            {"length": len(value)},
+        )
+    if isinstance(value, list):
+        if len(value) == 32 and all(type(b) is int and 0 <= b <= 255 for b in value):
+            return bytes(value).hex()
+        raise PydanticCustomError(
+            "flow_key", "flow_key as a list must hold exactly 32 integers 0..255 (a Rust [u8; 32])"
+        )
+    raise PydanticCustomError(
+        "flow_key", "flow_key must be a string of 64 hex characters or a list of 32 integers 0..255"
+    )
+
+
+FlowKey = Annotated[
+    str,
+    BeforeValidator(_flow_key),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                    "minItems": 32,
+                    "maxItems": 32,
+                },
+            ],
+            "description": "32 bytes identifying the flow: 64 lowercase hex characters, or a list of 32 "
+            "integers 0..255 (the serde form of a Rust `[u8; 32]`). Answered as hex.",
+            "examples": [_EXAMPLE_KEY],
+        },
+        mode="validation",
+    ),
+]
+
+
+class ContextVector(BaseModel):
+    """One measurement of a flow at one moment."""
+
+    timestamp: int = Field(
+        ge=0,
+        le=MAX_TIMESTAMP_MS,
+        description="Milliseconds since the Unix epoch.",
+        examples=[1_700_000_000_000],
+    )
+    features: list[Annotated[FiniteFloat, Field(ge=-MAX_FEATURE, le=MAX_FEATURE)]] = Field(
+        min_length=D,
+        max_length=D,
+        description=f"Exactly {D} finite numbers within ±1e15, in this order: {', '.join(FEATURE_NAMES)}.",
+        examples=[_EXAMPLE_CONTEXTS[0]["features"]],
+    )
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], FiniteFloat] = Field(
+        default_factory=dict, max_length=32, description="Extra numeric measurements, passed through."
+    )
+    pattern_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        default=None,
+        description="A label for the traffic pattern of this context, if the observer knows one.",
+    )
+
+
+class PredictRequest(BaseModel):
+    """A window of one flow's recent contexts, oldest first, to forecast from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"flow_key": _EXAMPLE_KEY, "contexts": _EXAMPLE_CONTEXTS, "horizon": 2}]
+        }
+    )
+
+    flow_key: FlowKey
+    contexts: list[ContextVector] = Field(
+        min_length=1,
+        description="1..CPE_MAX_WINDOW contexts, timestamps not decreasing. The model reads the last ones "
+        "(its sequence length) and pads a shorter window.",
+    )
+    # `model` comes before `horizon`: the horizon's bound depends on the model, and fields validate in order
+    model: str | None = Field(default=None, description="Model kind to use; null = the service's default.")
+    horizon: int = Field(
+        default=1,
+        ge=1,
+        description="Steps ahead to predict, 1..H of the model; the step spacing is the window's.",
+    )
+
+    @field_validator("contexts")
+    @classmethod
+    def _window(cls, contexts: list[ContextVector], info: ValidationInfo) -> list[ContextVector]:
+        limits = _limits(info)
+        if limits is not None and len(contexts) > limits.max_window:
+            raise PydanticCustomError(
+                "too_long",
+                "List should have at most {max_length} items after validation, not {actual_length}",
+                {"field_type": "List", "max_length": limits.max_window, "actual_length": len(contexts)},
+            )
+        previous = contexts[0].timestamp
+        for i, context in enumerate(contexts):
+            if context.timestamp < previous:
+                raise PydanticCustomError(
+                    "timestamps_decreasing",
+                    "timestamps must not decrease: contexts[{index}].timestamp is {timestamp}, "
+                    "before {previous} of the context before it",
+                    {"index": i, "timestamp": context.timestamp, "previous": previous},
+                )
+            previous = context.timestamp
+        return contexts
+
+    @field_validator("model")
+    @classmethod
+    def _served(cls, model: str | None, info: ValidationInfo) -> str | None:
+        limits = _limits(info)
+        if limits is not None and model is not None and model not in limits.horizons:
+            raise PydanticCustomError(
+                "unknown_model",
+                "unknown model '{model}'; this service serves {served}",
+                {"model": model, "served": ", ".join(limits.horizons)},
+            )
+        return model
+
+    @field_validator("horizon")
+    @classmethod
+    def _within_model_horizon(cls, horizon: int, info: ValidationInfo) -> int:
+        limits = _limits(info)
+        if limits is None or "model" not in info.data:  # an invalid model is reported by itself
+            return horizon
+        kind = info.data["model"] or limits.default_model
+        if horizon > limits.horizons[kind]:
+            raise PydanticCustomError(
+                "less_than_equal",
+                "Input should be less than or equal to {le}, the horizon of model '{model}'",
+                {"le": limits.horizons[kind], "model": kind},
+            )
+        return horizon
+
+
+class BatchPredictRequest(BaseModel):
+    """Many windows at once; they share forward passes and are answered in the same order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "requests": [
+                        {"flow_key": _EXAMPLE_KEY, "contexts": _EXAMPLE_CONTEXTS},
+                        {
+                            "flow_key": "a0" * 32,
+                            "contexts": _EXAMPLE_CONTEXTS[:1],
+                            "horizon": 3,
+                            "model": "lstm",
+                        },
+                    ]
+                }
+            ]
+        }
+    )
+
+    requests: list[PredictRequest] = Field(min_length=1, description="1..CPE_MAX_BATCH predict requests.")
+
+    @field_validator("requests")
+    @classmethod
+    def _batch(cls, requests: list[PredictRequest], info: ValidationInfo) -> list[PredictRequest]:
+        limits = _limits(info)
+        if limits is not None and len(requests) > limits.max_batch:
+            raise PydanticCustomError(
+                "too_long",
+                "List should have at most {max_length} items after validation, not {actual_length}",
+                {"field_type": "List", "max_length": limits.max_batch, "actual_length": len(requests)},
+            )
+        return requests
+
+
+_EXAMPLE_RESULT: dict[str, Any] = {
+    "flow_key": _EXAMPLE_KEY,
+    "predicted_context": [14.6, 2.2, 0.002, 801.0, 0.7, 0.001, 128.0, 9.0],
+    "horizon": 2,
+    "steps": [
+        [14.1, 2.0, 0.002, 810.0, 0.69, 0.001, 127.0, 8.0],
+        [14.6, 2.2, 0.002, 801.0, 0.7, 0.001, 128.0, 9.0],
+    ],
+    "confidence": 0.71,
+    "lower": [12.2, 1.3, 0.0, 700.0, 0.6, 0.0, 110.0, 3.0],
+    "upper": [17.5, 3.4, 0.006, 890.0, 0.79, 0.004, 146.0, 17.0],
+    "model_used": "lstm",
+    "model_version": "lstm-5b3260418218",
+    "cached": False,
+    "processing_time_ms": 1.2,
+    "similar_patterns": ["diurnal-peak"],
+    "metadata": {"step_ms": 1000.0, "horizon_ms": 2000.0, "window_length": 3.0, "contexts_used": 3.0},
+}
+
+
+class PredictionResult(BaseModel):
+    """A forecast of one flow's context ``horizon`` steps ahead, with its uncertainty."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_RESULT]})
+
+    flow_key: str = Field(description="The request's flow key, as 64 hex characters.")
+    predicted_context: list[float] = Field(description=f"The {D} features predicted at step `horizon`.")
+    horizon: int = Field(description="Steps ahead of the last context that `predicted_context` is for.")
+    steps: list[list[float]] = Field(description="The predicted contexts of steps 1..horizon.")
+    confidence: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Calibrated probability that the actual latency_ms at step `horizon` lands within "
+        "±10 % of the predicted one.",
+    )
+    lower: list[float] = Field(description="Lower end of the central 90 % interval, per feature.")
+    upper: list[float] = Field(description="Upper end of the central 90 % interval, per feature.")
+    model_used: str = Field(description="Model kind that made the forecast.")
+    model_version: str = Field(description="Version of that model's weights.")
+    cached: bool = Field(description="Whether the answer came from the prediction cache.")
+    processing_time_ms: float = Field(description="Server time spent on this request, in milliseconds.")
+    similar_patterns: list[str] = Field(
+        description="pattern_ids of the window's contexts nearest to the prediction, nearest first, at most "
+        "3; empty when no context carries one."
+    )
+    metadata: dict[str, float] = Field(
+        description="step_ms (spacing assumed between future steps: the window's median), horizon_ms, "
+        "window_length, contexts_used (the ones the model read)."
+    )
+
+
+class BatchPredictResult(BaseModel):
+    """One result per request, in the order of the requests."""
+
+    results: list[PredictionResult]
+
+
+class ModelInfo(BaseModel):
+    """One loaded model."""
+
+    kind: str = Field(examples=["lstm"])
+    version: str = Field(examples=["lstm-5b3260418218"])
+    default: bool = Field(description="Whether requests that name no model get this one.")
+    seq_len: int = Field(description="Contexts the model reads from the end of a window.")
+    horizon: int = Field(description="Steps ahead it predicts (H).")
+    feature_names: list[str]
+    device: str = Field(examples=["cpu"])
+    parameters: int = Field(description="Number of trainable parameters.")
+    training: dict[str, Any] = Field(description="The checkpoint's training summary and validation figures.")
+    hparams: dict[str, Any] = Field(description="Architecture hyper-parameters.")
+
+
+class ModelList(BaseModel):
+    """The models this replica serves."""
+
+    default: str
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Readiness: whether this replica should receive traffic, and why not."""
+
+    status: Literal["ready", "unavailable"]
+    reason: str | None = None
+    models: list[str] = Field(default_factory=list, description="Kinds loaded and served.")
+
+
+class Message(BaseModel):
+    """An error that is not about a particular field."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    type: str = Field(examples=["finite_number"])
+    loc: list[str | int] = Field(
+        description="Path of the field, from the body down.",
+        examples=[["body", "contexts", 3, "features", 0]],
+    )
+    msg: str = Field(examples=["Input should be a finite number"])
+    input: Any = Field(default=None, description="The offending value, when small enough to echo.")
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrors(BaseModel):
+    """A 422: every invalid field of the request."""
+
+    detail: list[FieldError]
