@@ -1,0 +1,306 @@
+"""Micro-batching inference: queue -> batch -> one forward pass per model on the device -> futures.
+
+Requests put their windows in one bounded queue and await a future. A batcher task on the event loop
+takes whatever is queued (up to ``max_batch`` windows), hands the batch to a single inference thread,
+and resolves the futures when it comes back. While a forward pass runs, new windows queue up and
+form the next batch, so under load batches grow by themselves; ``max_wait_us`` can add a delay to grow
+them further. The event loop never runs torch, and only the one inference thread calls
+``Predictor.predict``.
+
+One queue for all models rather than one per model: the bound on waiting work is then one number for
+the whole replica, FIFO order holds across models, and a batch that mixes models simply runs one
+forward pass per model present (in practice nearly all traffic goes to the default model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Self
+
+import numpy as np
+import torch
+
+from models.predictor import Forecast, Predictor
+
+log = logging.getLogger("cpe.engine")
+
+
+class Overloaded(Exception):
+    """The queue is full: the request is shed (503) rather than left to wait without bound."""
+
+    def __init__(self, queued: int, capacity: int, retry_after_s: int) -> None:
+        super().__init__(f"inference queue full ({queued} of {capacity} windows waiting); retry later")
+        self.retry_after_s = retry_after_s
+
+
+class EngineStopped(Exception):
+    """The engine is not running (not started yet, or shutting down)."""
+
+    def __init__(self, retry_after_s: int = 1) -> None:
+        super().__init__("the inference engine is not running")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class WindowForecast:
+    """One window's forecast over its model's full horizon H (views into the batch's arrays)."""
+
+    mean: np.ndarray  # (H, D) point forecast, raw units
+    lower: np.ndarray  # (H, D) lower end of the central interval
+    upper: np.ndarray  # (H, D) upper end
+    confidence: np.ndarray  # (H,) calibrated P(latency within ±tolerance)
+    loc: np.ndarray  # (H, D) point forecast in the scaler's transformed space
+    dt_s: float  # spacing assumed between future steps, seconds (0 for a one-context window)
+    predictor: Predictor  # the model version that made it
+
+
+@dataclass(slots=True)
+class _Job:
+    kind: str
+    timestamps: np.ndarray  # (n,) int64 ms
+    features: np.ndarray  # (n, D) float64
+    future: asyncio.Future[WindowForecast]
+
+
+@dataclass
+class EngineStats:
+    """Counters since start; tests and /v1/stats read them."""
+
+    forward_passes: int = 0  # Predictor.predict calls
+    windows: int = 0  # windows answered
+    rejected: int = 0  # windows refused because the queue was full
+    swaps: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)  # windows per forward pass -> passes
+
+    @property
+    def max_batch_size(self) -> int:
+        return max(self.batch_sizes, default=0)
+
+
+def pick_device(setting: str) -> str:
+    """Resolve CPE_DEVICE: ``auto`` takes CUDA when torch sees a GPU."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CPE_DEVICE=cuda, but torch sees no CUDA device")
+    return setting
+
+
+class Engine:
+    """Batches windows from concurrent requests into forward passes; use as ``async with Engine(...)``.
+
+    Every method is meant to be called on the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        predictors: Mapping[str, Predictor],
+        *,
+        max_batch: int = 256,
+        max_wait_us: int = 0,
+        queue_size: int = 2048,
+        retry_after_s: int = 1,
+        torch_threads: int = 1,
+    ) -> None:
+        assert predictors, "the engine needs at least one model"
+        self._predictors = dict(predictors)
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_us / 1e6
+        self.queue_size = queue_size
+        self.retry_after_s = retry_after_s
+        self.torch_threads = torch_threads
+        self.stats = EngineStats()
+        self._queue: deque[_Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        assert self._task is None, "the engine was already started"
+        # torch keeps the intra-op thread count per calling thread with OpenMP: set it where predict runs
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="cpe-inference",
+            initializer=torch.set_num_threads,
+            initargs=(self.torch_threads,),
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="cpe-batcher")
+
+    async def stop(self) -> None:
+        """Refuse new work, fail what is still queued, finish the batch in flight, join the thread."""
+        self._closed = True
+        self._fail(self._queue)
+        self._queue.clear()
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closed
+
+    # -- models -----------------------------------------------------------------------------
+    @property
+    def predictors(self) -> Mapping[str, Predictor]:
+        """The models now served, by kind (read-only; change them with ``swap``)."""
+        return MappingProxyType(self._predictors)
+
+    def swap(self, kind: str, predictor: Predictor) -> None:
+        """Serve ``predictor`` for ``kind`` from the next batch on; the batch in flight keeps the old one.
+
+        The new model must read and predict the same things (features, horizon), since requests were
+        validated against those.
+        """
+        old = self._predictors.get(kind)
+        if old is None:
+            raise ValueError(f"no model of kind {kind!r} is served; served: {sorted(self._predictors)}")
+        if predictor.kind != kind:
+            raise ValueError(f"cannot serve a {predictor.kind!r} model as {kind!r}")
+        if predictor.feature_names != old.feature_names or predictor.horizon != old.horizon:
+            raise ValueError(
+                f"the new {kind!r} model must keep features {old.feature_names} and horizon {old.horizon}"
+            )
+        self._predictors[kind] = predictor
+        self.stats.swaps += 1
+        log.info("serving %s as %r (was %s)", predictor.version, kind, old.version)
+
+    # -- requests ---------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(
+        self, kind: str, timestamps: np.ndarray, features: np.ndarray
+    ) -> asyncio.Future[WindowForecast]:
+        """Queue one window (``(n,)`` int64 ms, ``(n, D)`` float64); raises ``Overloaded`` when full."""
+        return self.submit_many([(kind, timestamps, features)])[0]
+
+    def submit_many(
+        self, windows: Sequence[tuple[str, np.ndarray, np.ndarray]]
+    ) -> list[asyncio.Future[WindowForecast]]:
+        """Queue several windows at once, all or none, so that they share forward passes."""
+        if self._closed or self._task is None:
+            raise EngineStopped(self.retry_after_s)
+        if len(self._queue) + len(windows) > self.queue_size:
+            self.stats.rejected += len(windows)
+            raise Overloaded(len(self._queue), self.queue_size, self.retry_after_s)
+        unknown = {kind for kind, _, _ in windows} - self._predictors.keys()
+        if unknown:
+            raise KeyError(f"no model of kind {sorted(unknown)} is served")
+        loop = self._task.get_loop()
+        futures = []
+        for kind, timestamps, features in windows:
+            future: asyncio.Future[WindowForecast] = loop.create_future()
+            self._queue.append(_Job(kind, timestamps, features, future))
+            futures.append(future)
+        self._wakeup.set()
+        return futures
+
+    async def predict(self, kind: str, timestamps: np.ndarray, features: np.ndarray) -> WindowForecast:
+        """Forecast one window, batched with whatever else is queued."""
+        return await self.submit(kind, timestamps, features)
+
+    # -- the batcher --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        groups: list[tuple[Predictor, list[_Job]]] = []
+        try:
+            while not self._closed:
+                await self._wakeup.wait()
+                if self.max_wait_s and len(self._queue) < self.max_batch and not self._closed:
+                    await asyncio.sleep(self.max_wait_s)  # let the batch grow
+                groups = self._take()
+                if not groups:
+                    continue
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, _forward, groups)
+                except Exception as exc:  # the executor failed; predict errors come back in outcomes
+                    outcomes = [exc] * len(groups)
+                self._resolve(groups, outcomes)
+                groups = []
+        except Exception:
+            log.exception("the batcher stopped on an error; the engine no longer serves")
+            raise
+        finally:  # however the loop ends, nobody may be left waiting
+            self._closed = True
+            self._fail(job for _, jobs in groups for job in jobs)
+            self._fail(self._queue)
+            self._queue.clear()
+
+    def _take(self) -> list[tuple[Predictor, list[_Job]]]:
+        """Up to max_batch live jobs off the queue, grouped by model; the model versions are fixed here."""
+        by_kind: dict[str, list[_Job]] = {}
+        taken = 0
+        while self._queue and taken < self.max_batch:
+            job = self._queue.popleft()
+            if job.future.done():  # cancelled: its client went away
+                continue
+            by_kind.setdefault(job.kind, []).append(job)
+            taken += 1
+        if not self._queue:
+            self._wakeup.clear()
+        return [(self._predictors[kind], jobs) for kind, jobs in by_kind.items()]
+
+    def _resolve(
+        self, groups: list[tuple[Predictor, list[_Job]]], outcomes: list[Forecast | BaseException]
+    ) -> None:
+        for (predictor, jobs), outcome in zip(groups, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error(
+                    "forward pass of %s on %d windows failed", predictor.version, len(jobs), exc_info=outcome
+                )
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(outcome)
+                continue
+            self.stats.forward_passes += 1
+            self.stats.windows += len(jobs)
+            self.stats.batch_sizes[len(jobs)] += 1
+            for i, job in enumerate(jobs):
+                if not job.future.done():
+                    job.future.set_result(
+                        WindowForecast(
+                            mean=outcome.mean[i],
+                            lower=outcome.lower[i],
+                            upper=outcome.upper[i],
+                            confidence=outcome.confidence[i],
+                            loc=outcome.loc[i],
+                            dt_s=float(outcome.dt_s[i]),
+                            predictor=predictor,
+                        )
+                    )
+
+    def _fail(self, jobs: Iterable[_Job]) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(EngineStopped(self.retry_after_s))
+
+
+def _forward(groups: list[tuple[Predictor, list[_Job]]]) -> list[Forecast | BaseException]:
+    """Runs in the inference thread: one predict call per model present in the batch."""
+    outcomes: list[Forecast | BaseException] = []
+    for predictor, jobs in groups:
+        try:
+            outcomes.append(predictor.predict([j.timestamps for j in jobs], [j.features for j in jobs]))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes

@@ -1,0 +1,158 @@
+"""The micro-batching engine: batches form under concurrency, load is shed, models swap, shutdown is clean."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.engine import Engine, EngineStopped, Overloaded, pick_device
+from app.main import create_app
+from models.checkpoint import CHECKPOINT_DIR
+from models.predictor import Predictor
+from tests.app.payloads import contexts, make_settings, predict_body
+
+
+def _window(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    window = contexts(n, seed=seed)
+    timestamps = np.array([c["timestamp"] for c in window], dtype=np.int64)
+    return timestamps, np.array([c["features"] for c in window])
+
+
+@pytest.fixture(scope="module")
+def lstm() -> Predictor:
+    return Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+
+
+async def test_64_concurrent_requests_share_forward_passes_and_match_one_by_one() -> None:
+    app = create_app(make_settings())
+    bodies = [predict_body(n, horizon=1 + n % 8) for n in range(1, 65)]
+    async with app.router.lifespan_context(app):
+        engine = app.state.engine
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
+            together = await asyncio.gather(*(client.post("/v1/predict", json=body) for body in bodies))
+            passes_together = engine.stats.forward_passes
+            one_by_one = [await client.post("/v1/predict", json=body) for body in bodies]
+            passes_one_by_one = engine.stats.forward_passes - passes_together
+    assert all(r.status_code == 200 for r in together + one_by_one)
+    assert passes_together < 64 / 4, engine.stats.batch_sizes  # they really were batched
+    assert passes_one_by_one == 64
+    for a, b in zip(together, one_by_one, strict=True):
+        a_json, b_json = a.json(), b.json()
+        np.testing.assert_allclose(a_json["steps"], b_json["steps"], rtol=1e-4)
+        np.testing.assert_allclose(a_json["lower"], b_json["lower"], rtol=1e-4)
+        np.testing.assert_allclose(a_json["upper"], b_json["upper"], rtol=1e-4)
+        np.testing.assert_allclose(a_json["confidence"], b_json["confidence"], rtol=1e-4, atol=1e-6)
+
+
+async def test_windows_of_mixed_length_and_model_share_one_dispatch(lstm: Predictor) -> None:
+    hybrid = Predictor.load(CHECKPOINT_DIR / "hybrid.safetensors")
+    async with Engine({"lstm": lstm, "hybrid": hybrid}) as engine:
+        futures = engine.submit_many(
+            [("lstm", *_window(1)), ("hybrid", *_window(40)), ("lstm", *_window(32)), ("lstm", *_window(7))]
+        )
+        forecasts = await asyncio.gather(*futures)
+    assert [f.predictor.kind for f in forecasts] == ["lstm", "hybrid", "lstm", "lstm"]
+    assert engine.stats.batch_sizes == {3: 1, 1: 1}  # one pass per model present
+    assert engine.stats.windows == 4
+    assert all(f.mean.shape == (8, 8) and f.confidence.shape == (8,) for f in forecasts)
+
+
+async def test_a_full_queue_sheds_load(lstm: Predictor) -> None:
+    async with Engine({"lstm": lstm}, queue_size=2, retry_after_s=7) as engine:
+        first = engine.submit_many([("lstm", *_window(4)), ("lstm", *_window(5))])
+        with pytest.raises(Overloaded) as raised:
+            engine.submit("lstm", *_window(6))  # nothing has run yet: the queue holds 2
+        assert raised.value.retry_after_s == 7
+        with pytest.raises(Overloaded):
+            engine.submit_many([("lstm", *_window(4))] * 3)  # more than the queue: all or none
+        await asyncio.gather(*first)
+        await engine.predict("lstm", *_window(6))  # room again
+    assert engine.stats.rejected == 4
+    assert engine.stats.windows == 3
+
+
+def test_overload_is_a_503_with_retry_after() -> None:
+    app = create_app(make_settings(queue_size=2, max_batch=2, retry_after_s=3))
+
+    async def burst() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
+                return await asyncio.gather(
+                    *(client.post("/v1/predict", json=predict_body(8)) for _ in range(40))
+                )
+
+    responses = asyncio.run(burst())
+    statuses = {r.status_code for r in responses}
+    assert statuses == {200, 503}, statuses
+    shed = [r for r in responses if r.status_code == 503]
+    assert all(r.headers["retry-after"] == "3" for r in shed)
+    assert "queue full" in shed[0].json()["detail"]
+
+
+async def test_swap_serves_the_new_model_from_the_next_batch_never_mid_batch(lstm: Predictor) -> None:
+    fresh = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    with torch.no_grad():
+        fresh.model.head.proj.bias.add_(0.5)  # type: ignore[union-attr, operator]
+    fresh.version = "lstm-retrained"
+    async with Engine({"lstm": lstm}) as engine:
+        in_flight = engine.submit("lstm", *_window(10))
+        while engine.queued:  # let the batcher take it and hand it to the inference thread
+            await asyncio.sleep(0)
+        engine.swap("lstm", fresh)
+        after = await engine.predict("lstm", *_window(10))
+        before = await in_flight
+    assert before.predictor is lstm  # the batch in flight finished with the model it started with
+    assert after.predictor.version == "lstm-retrained"
+    assert engine.predictors["lstm"] is fresh
+    assert engine.stats.swaps == 1
+    assert not np.allclose(after.mean, before.mean)
+
+
+async def test_swap_refuses_a_model_that_does_not_fit(lstm: Predictor) -> None:
+    hybrid = Predictor.load(CHECKPOINT_DIR / "hybrid.safetensors")
+    async with Engine({"lstm": lstm}) as engine:
+        with pytest.raises(ValueError, match="as 'lstm'"):
+            engine.swap("lstm", hybrid)
+        with pytest.raises(ValueError, match="no model of kind 'hybrid'"):
+            engine.swap("hybrid", hybrid)
+
+
+async def test_stop_fails_queued_work_and_joins_the_thread(lstm: Predictor) -> None:
+    engine = Engine({"lstm": lstm})
+    await engine.start()
+    assert engine.running
+    futures = engine.submit_many([("lstm", *_window(8))] * 20)
+    await engine.stop()
+    assert not engine.running
+    assert all(f.done() for f in futures)  # nobody is left waiting: answered or told
+    assert all(f.exception() is None or isinstance(f.exception(), EngineStopped) for f in futures)
+    assert not any(t.name.startswith("cpe-inference") for t in threading.enumerate())
+    with pytest.raises(EngineStopped):
+        engine.submit("lstm", *_window(8))
+
+
+def test_a_stopped_engine_makes_the_replica_unready(client: TestClient) -> None:
+    assert client.get("/readyz").status_code == 200
+    client.portal.call(client.app.state.engine.stop)  # type: ignore[union-attr, attr-defined]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "not running" in ready.json()["reason"]
+    response = client.post("/v1/predict", json=predict_body(4))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+
+
+def test_pick_device() -> None:
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            pick_device("cuda")
