@@ -1,0 +1,47 @@
+"""What handlers receive: the parts wired in the lifespan, and request bodies validated against limits."""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from app.engine import Engine
+from app.schemas import Limits
+from app.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def get_limits(request: Request) -> Limits:
+    return request.app.state.limits  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]
+
+
+async def parse_body(request: Request, model: type[M], limits: Limits) -> M:
+    """The request's JSON body as a ``model`` checked against ``limits``; else a 422 naming each bad field.
+
+    Handlers parse their own bodies, instead of declaring them as parameters, because FastAPI cannot
+    pass a validation context: this way the deployment's limits are checked in the same single pass
+    (bytes -> model, in pydantic-core) and their errors carry the same field paths.
+    """
+    body = await request.body()
+    try:
+        return model.model_validate_json(body, context=limits)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=body) from None

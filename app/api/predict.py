@@ -1,0 +1,122 @@
+"""POST /v1/predict and /v1/predict/batch: forecasts of flows' next contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from app.api.deps import EngineDep, LimitsDep, parse_body
+from app.api.errors import ERROR_RESPONSES
+from app.api.openapi import json_body
+from app.api.responses import OrjsonResponse
+from app.engine import WindowForecast
+from app.schemas import (
+    BatchPredictRequest,
+    BatchPredictResult,
+    ContextVector,
+    PredictionResult,
+    PredictRequest,
+)
+
+router = APIRouter(prefix="/v1/predict", tags=["predict"])
+
+SIMILAR_PATTERNS = 3
+
+
+@router.post(
+    "",
+    response_model=PredictionResult,
+    responses=ERROR_RESPONSES,
+    openapi_extra=json_body(PredictRequest),
+)
+async def predict(request: Request, engine: EngineDep, limits: LimitsDep) -> OrjsonResponse:
+    """Forecast one flow's context `horizon` steps ahead from its recent window."""
+    start = time.perf_counter()
+    req = await parse_body(request, PredictRequest, limits)
+    timestamps, features = _arrays(req.contexts)
+    forecast = await engine.predict(req.model or limits.default_model, timestamps, features)
+    return OrjsonResponse(_result(req, features, forecast, start))
+
+
+@router.post(
+    "/batch",
+    response_model=BatchPredictResult,
+    responses=ERROR_RESPONSES,
+    openapi_extra=json_body(BatchPredictRequest),
+)
+async def predict_batch(request: Request, engine: EngineDep, limits: LimitsDep) -> OrjsonResponse:
+    """Forecast many flows at once; the answers come in the order of the requests."""
+    start = time.perf_counter()
+    batch = await parse_body(request, BatchPredictRequest, limits)
+    windows = [(req.model or limits.default_model, *_arrays(req.contexts)) for req in batch.requests]
+    forecasts = await asyncio.gather(*engine.submit_many(windows))
+    results = [
+        _result(req, features, forecast, start)
+        for req, (_, _, features), forecast in zip(batch.requests, windows, forecasts, strict=True)
+    ]
+    return OrjsonResponse({"results": results})
+
+
+def _arrays(contexts: list[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
+    """A window as the engine takes it: timestamps (n,) int64 and features (n, D) float64."""
+    timestamps = np.fromiter((c.timestamp for c in contexts), dtype=np.int64, count=len(contexts))
+    return timestamps, np.array([c.features for c in contexts], dtype=np.float64)
+
+
+def _result(
+    req: PredictRequest, features: np.ndarray, forecast: WindowForecast, start: float
+) -> dict[str, Any]:
+    """The PredictionResult of one request, as a dict that orjson writes (numpy arrays included)."""
+    h, n = req.horizon, len(req.contexts)
+    step_ms = forecast.dt_s * 1000.0
+    similar = _similar_patterns(req.contexts, features, forecast, h)
+    return {
+        "flow_key": req.flow_key,
+        "predicted_context": forecast.mean[h - 1],
+        "horizon": h,
+        "steps": forecast.mean[:h],
+        "confidence": float(forecast.confidence[h - 1]),
+        "lower": forecast.lower[h - 1],
+        "upper": forecast.upper[h - 1],
+        "model_used": forecast.predictor.kind,
+        "model_version": forecast.predictor.version,
+        "cached": False,
+        "processing_time_ms": round((time.perf_counter() - start) * 1000.0, 3),
+        "similar_patterns": similar,
+        "metadata": {
+            "step_ms": step_ms,
+            "horizon_ms": step_ms * h,
+            "window_length": float(n),
+            "contexts_used": float(min(n, forecast.predictor.seq_len)),
+        },
+    }
+
+
+def _similar_patterns(
+    contexts: list[ContextVector], features: np.ndarray, forecast: WindowForecast, horizon: int
+) -> list[str]:
+    """pattern_ids of the window's contexts nearest to the predicted context, nearest first.
+
+    Distances are taken where the model compares contexts: in the scaler's transformed space (logs of
+    the heavy-tailed features), each feature divided by its spread over this window, so that a 1 ms
+    latency change and a 1 % loss change weigh what they mean for this flow.
+    """
+    labelled = [i for i, c in enumerate(contexts) if c.pattern_id is not None]
+    if not labelled:
+        return []
+    scaler = forecast.predictor.scaler
+    y = scaler.transform(features)  # (n, D)
+    spread = np.maximum(y.std(axis=0), scaler.min_scale)  # (D,)
+    distance = (((y[labelled] - forecast.loc[horizon - 1]) / spread) ** 2).sum(axis=1)  # (L,)
+    nearest: list[str] = []
+    for j in np.argsort(distance, kind="stable"):
+        pattern = contexts[labelled[j]].pattern_id
+        if pattern not in nearest:
+            nearest.append(pattern)  # type: ignore[arg-type]
+            if len(nearest) == SIMILAR_PATTERNS:
+                break
+    return nearest

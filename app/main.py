@@ -1,0 +1,64 @@
+"""The FastAPI application: ``create_app(settings)`` and the lifespan that wires its parts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import errors, health, models, openapi, predict
+from app.api.body_limit import BodySizeLimit
+from app.engine import Engine, pick_device
+from app.schemas import BatchPredictRequest, Limits, PredictRequest
+from app.settings import Settings
+from models.predictor import Predictor
+
+log = logging.getLogger("cpe")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the models, run the engine while the app serves, stop it cleanly after."""
+    settings: Settings = app.state.settings
+    device = pick_device(settings.device)
+    checkpoints = {kind: settings.checkpoint_dir / f"{kind}.safetensors" for kind in settings.models}
+    predictors = {kind: Predictor.load(path, device) for kind, path in checkpoints.items()}
+    log.info("loaded %s on %s", ", ".join(p.version for p in predictors.values()), device)
+    engine = Engine(
+        predictors,
+        max_batch=settings.engine_max_batch,
+        max_wait_us=settings.engine_max_wait_us,
+        queue_size=settings.queue_size,
+        retry_after_s=settings.retry_after_s,
+        torch_threads=settings.torch_threads,
+    )
+    async with engine:
+        app.state.engine = engine
+        app.state.limits = Limits(
+            max_window=settings.max_window,
+            max_batch=settings.max_batch,
+            horizons={kind: p.horizon for kind, p in predictors.items()},
+            default_model=settings.model,
+        )
+        yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for ``settings`` (default: read from the ``CPE_*`` environment)."""
+    settings = settings or Settings()
+    logging.getLogger("cpe").setLevel(settings.log_level.upper())
+    app = FastAPI(
+        title="Context Prediction Engine",
+        version="1.0.0",
+        description="Predicts network flow contexts a moment ahead, with calibrated confidence.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    errors.install(app)
+    for router in (health.router, models.router, predict.router):
+        app.include_router(router)
+    openapi.document(app, [PredictRequest, BatchPredictRequest])
+    return app
