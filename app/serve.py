@@ -1,0 +1,38 @@
+"""Run the service under uvicorn: what ``cpe serve`` and ``make run`` call."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+from app.settings import Settings
+
+
+def serve(
+    settings: Settings | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> None:
+    """Serve until interrupted; ``host``, ``port`` and ``workers`` override the settings when given.
+
+    The app is built by the factory ``app.main:create_app`` in every worker process, so the settings
+    travel as ``CPE_*`` environment variables, which the workers inherit.
+    """
+    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
+    settings = Settings.model_validate({**(settings or Settings()).model_dump(), **overrides})
+    os.environ.update(settings.to_env())
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        server_header=False,
+    )

@@ -1,0 +1,84 @@
+"""serve(): a real uvicorn server, in worker processes that get their settings from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.app.payloads import predict_body
+
+SERVE = (
+    "from app.serve import serve; from app.settings import Settings; "
+    "serve(Settings(_env_file=None, device='cpu', models=('hybrid',), model='hybrid', max_body_bytes=8192), "
+    "port={port}, workers=2)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE.format(port=port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            assert process.wait(timeout=30) == 0, "the server did not stop cleanly"
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+
+
+def test_workers_serve_with_the_given_settings(server: str) -> None:
+    models = httpx.get(f"{server}/v1/models").json()
+    assert models["default"] == "hybrid"
+    assert [m["kind"] for m in models["models"]] == ["hybrid"]
+    response = httpx.post(f"{server}/v1/predict", json=predict_body(16, horizon=2))
+    assert response.status_code == 200
+    assert response.json()["model_used"] == "hybrid"
+    assert "server" not in response.headers
+
+
+def test_chunked_oversized_body_is_a_413_over_http(server: str) -> None:
+    data = json.dumps(predict_body(64)).encode()
+    assert len(data) > 8192
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(data), 1024):
+            yield data[i : i + 1024]
+
+    response = httpx.post(f"{server}/v1/predict", content=chunks())
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 413
+    assert httpx.post(f"{server}/v1/predict", content=data).status_code == 413  # by Content-Length
