@@ -1,0 +1,863 @@
+"""`cpe bench`: the service against a naive reference, on loopback, under load from another process.
+
+One run starts the CPE service (``python -m app.cli serve``), the naive reference
+(``scripts/naive_server.py``: one model call per request) and a do-nothing server on free loopback
+ports, checks that CPE and the reference give the same answer, calibrates the load generator against
+the do-nothing server, then measures, ``--repeat`` times in interleaved order:
+
+- single predictions at concurrency 1 against CPE and the reference (latency p50/p99);
+- single predictions at concurrency ``--concurrency`` (32) against both (predictions/s, p50/p99);
+- ``POST /v1/predict/batch`` with ``--batch-size`` flows per request, ``--batch-concurrency`` requests
+  in flight (predictions/s).
+
+It prints the medians over the repeats next to the targets and can write every figure as JSON. Bodies
+are realistic windows of synthetic route traces (``models.traces``), each request a different window and
+flow key (tags rewritten per request, so no cache can answer). Load comes from ``wrk`` when installed
+(C, one thread) else from ``scripts/loadgen.py`` (asyncio raw HTTP/1.1), always a separate process,
+always on loopback, for a bounded time. On a machine of 2+ CPUs the servers are pinned to all CPUs
+but the last and the load generator to the last one (``--pin``), the same for CPE and the reference,
+so that the two do not fight over a core.
+
+Exit status: 0, or 1 when ``--strict`` and a target is missed, 2 when the run itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import http.client
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+LOOPBACK = "127.0.0.1"
+PLACEHOLDER = "@@@@@@@@"  # rewritten per request by the load generators: see scripts/loadgen.py
+RESULT_MARK = "CPE_BENCH_RESULT "
+
+# (metric key, description): the targets of DESIGN.md's serving path, checked on the medians
+TARGETS = {
+    "c1_p50": 1.5,  # ms, CPE single prediction at concurrency 1
+    "cN_gain": 3.0,  # CPE predictions/s over the reference's, both at concurrency N
+    "cN_p99": 20.0,  # ms, CPE at concurrency N
+    "batch_gain": 20.0,  # CPE batch endpoint predictions/s over the reference's at concurrency N
+}
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (a server did not start, the load generator failed...)."""
+
+
+# -- CPUs -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """Which CPUs the servers and the load generator may run on (None: not pinned)."""
+
+    server: frozenset[int] | None
+    client: frozenset[int] | None
+
+    def describe(self) -> str:
+        if self.server is None and self.client is None:
+            return "not pinned"
+        return f"servers on CPU {_cpus(self.server)}, load generator on CPU {_cpus(self.client)}"
+
+
+def _cpus(cpus: frozenset[int] | None) -> str:
+    return "any" if cpus is None else ",".join(map(str, sorted(cpus)))
+
+
+def plan_cpus(spec: str) -> CpuPlan:
+    """``auto``: the last CPU for the load generator, the rest for the servers (when 2+ CPUs);
+    ``none``; or ``SERVER:CLIENT`` as comma-separated CPU lists, e.g. ``0:1`` or ``0,1,2:3``."""
+    if not hasattr(os, "sched_setaffinity") or spec == "none":
+        return CpuPlan(None, None)
+    available = sorted(os.sched_getaffinity(0))
+    if spec == "auto":
+        if len(available) < 2:
+            return CpuPlan(None, None)
+        return CpuPlan(frozenset(available[:-1]), frozenset(available[-1:]))
+    try:
+        server, client = (frozenset(int(c) for c in part.split(",")) for part in spec.split(":"))
+    except ValueError:
+        raise ValueError(
+            f"--pin must be auto, none or SERVER:CLIENT CPU lists like 0:1, got {spec!r}"
+        ) from None
+    unknown = (server | client) - set(available)
+    if unknown:
+        raise ValueError(f"--pin {spec!r}: CPUs {sorted(unknown)} are not available (have {available})")
+    return CpuPlan(server, client)
+
+
+def _child_setup(cpus: frozenset[int] | None) -> Callable[[], None]:
+    """Runs in a child before exec: pin it, and have the kernel stop it if this process dies."""
+
+    def setup() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if sys.platform == "linux":
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return setup
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process and all its threads so far (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A server subprocess on a loopback port; ``stop`` always brings it down."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        log_dir: Path,
+        cpus: frozenset[int] | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_child_setup(cpus),
+            start_new_session=True,  # a Ctrl-C reaches only this process, which then stops the servers
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def wait_ready(self, deadline: float, path: str = "/readyz") -> None:
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with status {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, _ = http_request("GET", self.port, path, timeout=2.0)
+                if status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name} was not ready on port {self.port} in time:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def cpu_seconds(self) -> float | None:
+        return _cpu_seconds(self.proc.pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(f"    {line}" for line in text[-lines:])
+
+    def stop(self) -> None:
+        """SIGINT (uvicorn's graceful shutdown: the lifespan stops the engine), then harder if need be."""
+        for sig, wait_s in ((signal.SIGINT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(wait_s)
+        self._log.close()
+
+
+def http_request(
+    method: str, port: int, path: str, body: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# -- request bodies -------------------------------------------------------------------------------
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}")  # what an observer sends: 6 significant digits, not float32 noise
+
+
+def make_requests(n: int, seq_len: int, seed: int) -> list[dict[str, Any]]:
+    """n PredictRequests, each a different window of synthetic route traces and its own flow key.
+
+    Every flow key starts with the placeholder that the load generators rewrite per request.
+    """
+    import numpy as np
+
+    from models.traces import generate_routes
+
+    n_routes = max(1, min(32, n))
+    n_steps = max(2 * seq_len, min(2000, seq_len + math.ceil(4 * n / n_routes)))
+    traces = generate_routes(seed, n_routes, n_steps)
+    rng = np.random.default_rng(seed)
+    requests = []
+    for i in range(n):
+        trace = traces[i % n_routes]
+        start = int(rng.integers(0, len(trace) - seq_len + 1))
+        ts = trace.timestamps_ms[start : start + seq_len].tolist()
+        feats = trace.features[start : start + seq_len].tolist()
+        contexts = [
+            {"timestamp": t, "features": [_round(v) for v in f], "metadata": {}, "pattern_id": None}
+            for t, f in zip(ts, feats, strict=True)
+        ]
+        key = PLACEHOLDER + rng.bytes(28).hex()
+        requests.append({"flow_key": key, "contexts": contexts, "horizon": 1, "model": None})
+    return requests
+
+
+def write_bodies(path: Path, bodies: Sequence[dict[str, Any]]) -> None:
+    """One compact JSON body a line: the format of scripts/loadgen.py and scripts/wrk_bodies.lua."""
+    import orjson
+
+    with path.open("wb") as f:
+        for body in bodies:
+            f.write(orjson.dumps(body) + b"\n")
+
+
+def concrete(body: bytes, tag: str = "00000000") -> bytes:
+    return body.replace(PLACEHOLDER.encode(), tag.encode())
+
+
+# -- load generators ------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What one load run asks for."""
+
+    port: int
+    path: str
+    bodies: Path
+    concurrency: int
+    duration_s: float
+    warmup_s: float
+    tag: int
+
+
+class LoadGenerator:
+    """Runs one load as a separate process pinned to the client CPUs; returns its figures."""
+
+    tool = ""
+
+    def __init__(self, cpus: frozenset[int] | None) -> None:
+        self.cpus = cpus
+
+    def argv(self, load: Load, duration_s: float, tag: int) -> list[str]:
+        raise NotImplementedError
+
+    def _run(self, argv: list[str], timeout_s: float) -> tuple[dict[str, Any], float]:
+        before = os.times()
+        try:
+            out = subprocess.run(
+                argv,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                preexec_fn=_child_setup(self.cpus),
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"load generator ran past {timeout_s:.0f} s: {' '.join(argv)}") from None
+        after = os.times()
+        cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+        lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_MARK)]
+        if out.returncode != 0 or not lines:
+            raise BenchError(
+                f"load generator failed (status {out.returncode}): {' '.join(argv)}\n{out.stdout}{out.stderr}"
+            )
+        return json.loads(lines[-1][len(RESULT_MARK) :]), cpu
+
+    def run(self, load: Load) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Wrk(LoadGenerator):
+    """wrk with one thread; warm-up is a separate short run, since wrk has none."""
+
+    tool = "wrk"
+    script = SCRIPTS / "wrk_bodies.lua"
+
+    def argv(self, load: Load, duration_s: float, tag: int) -> list[str]:
+        return [
+            "wrk",
+            "-t1",
+            f"-c{load.concurrency}",
+            f"-d{max(1, math.ceil(duration_s))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(self.script),
+            f"http://{LOOPBACK}:{load.port}{load.path}",
+            "--",
+            str(load.bodies),
+            str(tag),
+        ]
+
+    def run(self, load: Load) -> dict[str, Any]:
+        if load.warmup_s > 0:
+            self._run(self.argv(load, load.warmup_s, load.tag), load.warmup_s + 60)
+        result, cpu = self._run(self.argv(load, load.duration_s, load.tag + (1 << 22)), load.duration_s + 60)
+        errors = result.pop("errors")
+        result["errors"] = {"status": errors["status"], "socket": sum(errors.values()) - errors["status"]}
+        result["client_cpu_s"] = cpu
+        return result
+
+
+class PythonLoad(LoadGenerator):
+    """scripts/loadgen.py: asyncio raw HTTP/1.1 on uvloop, warm-up included in the same run."""
+
+    tool = "python"
+
+    def argv(self, load: Load, duration_s: float, tag: int) -> list[str]:
+        return [
+            sys.executable,
+            str(SCRIPTS / "loadgen.py"),
+            "--url",
+            f"http://{LOOPBACK}:{load.port}{load.path}",
+            "--bodies",
+            str(load.bodies),
+            "-c",
+            str(load.concurrency),
+            "-d",
+            str(duration_s),
+            "--warmup",
+            str(load.warmup_s),
+            "--tag",
+            str(tag),
+            "--mark",
+        ]
+
+    def run(self, load: Load) -> dict[str, Any]:
+        result, cpu = self._run(
+            self.argv(load, load.duration_s, load.tag), load.warmup_s + load.duration_s + 60
+        )
+        result["client_cpu_s"] = cpu
+        return result
+
+
+def pick_load_generator(name: str, cpus: frozenset[int] | None) -> LoadGenerator:
+    if name == "wrk" or (name == "auto" and shutil.which("wrk")):
+        if not shutil.which("wrk"):
+            raise BenchError("--loadgen wrk: wrk is not installed (Debian: apt-get install wrk)")
+        return Wrk(cpus)
+    return PythonLoad(cpus)
+
+
+# -- measurements ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    name: str
+    server: str  # key into the servers
+    path: str
+    bodies: str  # key into the body files
+    concurrency: int
+    flows: int  # predictions per request
+
+
+@dataclass
+class Run:
+    """The figures of one scenario run."""
+
+    requests: int
+    duration_s: float
+    predictions_per_s: float
+    requests_per_s: float
+    latency_ms: dict[str, float]
+    errors: dict[str, int]
+    client_cpu: float | None  # load generator CPU time / wall time (1.0 = one core busy)
+    server_cpu: float | None  # same for the server process
+    tool: str
+
+
+def measure(
+    gen: LoadGenerator,
+    scenario: Scenario,
+    server: Server,
+    bodies: Path,
+    duration_s: float,
+    warmup_s: float,
+    tag: int,
+) -> Run:
+    load = Load(server.port, scenario.path, bodies, scenario.concurrency, duration_s, warmup_s, tag)
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    raw = gen.run(load)
+    cpu1, t1 = server.cpu_seconds(), time.monotonic()
+    duration = float(raw["duration_s"])
+    # the server's CPU share is taken over the whole run, warm-up included: both load it the same way
+    server_cpu = (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None
+    return Run(
+        requests=int(raw["requests"]),
+        duration_s=duration,
+        predictions_per_s=raw["requests"] * scenario.flows / duration,
+        requests_per_s=raw["requests"] / duration,
+        latency_ms=raw["latency_ms"],
+        errors=raw["errors"],
+        client_cpu=raw["client_cpu_s"] / (t1 - t0),
+        server_cpu=server_cpu,
+        tool=raw["tool"],
+    )
+
+
+@dataclass
+class Summary:
+    """Medians over the repeats of one scenario."""
+
+    predictions_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    runs: list[Run] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> Summary:
+        return cls(
+            predictions_per_s=statistics.median(r.predictions_per_s for r in runs),
+            p50_ms=statistics.median(r.latency_ms["p50"] for r in runs),
+            p99_ms=statistics.median(r.latency_ms["p99"] for r in runs),
+            errors=sum(sum(r.errors.values()) for r in runs),
+            runs=runs,
+        )
+
+
+def check_answers(servers: dict[str, Server], single: list[bytes], batch: bytes, batch_size: int) -> float:
+    """Both servers answer a real forecast, and the same one; returns their largest relative difference."""
+    worst = 0.0
+    for body in single[:8]:
+        answers = {}
+        for name in ("cpe", "naive"):
+            status, data = http_request("POST", servers[name].port, "/v1/predict", concrete(body))
+            if status != 200:
+                raise BenchError(f"{name} answered {status} to a valid request: {data[:500]!r}")
+            context = json.loads(data)["predicted_context"]
+            if len(context) != 8 or not all(math.isfinite(v) for v in context):
+                raise BenchError(f"{name} answered a malformed predicted_context: {context}")
+            answers[name] = context
+        for a, b in zip(answers["cpe"], answers["naive"], strict=True):
+            worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-9))
+    status, data = http_request("POST", servers["cpe"].port, "/v1/predict/batch", concrete(batch))
+    if status != 200:
+        raise BenchError(f"cpe answered {status} to a valid batch: {data[:500]!r}")
+    results = json.loads(data)["results"]
+    if len(results) != batch_size:
+        raise BenchError(f"cpe answered {len(results)} results to a batch of {batch_size}")
+    return worst
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def verdicts(
+    s: dict[str, Summary], concurrency: int, batch_size: int, batch_concurrency: int
+) -> list[dict[str, Any]]:
+    """The table's rows: metric, CPE, naive, gain (> 1: CPE better), target, pass/fail."""
+    c1, n1 = s["cpe_c1"], s["naive_c1"]
+    cn, nn = s["cpe_cN"], s["naive_cN"]
+    b = s["cpe_batch"]
+    gain_n = cn.predictions_per_s / nn.predictions_per_s
+    gain_b = b.predictions_per_s / nn.predictions_per_s
+    ok_c1, ok_cn, ok_b = c1.errors == 0, cn.errors == 0 and nn.errors == 0, b.errors == 0 and nn.errors == 0
+    rows: list[dict[str, Any]] = [
+        {
+            "metric": "single, c=1: latency p50 (ms)",
+            "cpe": c1.p50_ms,
+            "naive": n1.p50_ms,
+            "gain": n1.p50_ms / c1.p50_ms,
+            "target": f"CPE <= {TARGETS['c1_p50']} ms",
+            "pass": ok_c1 and c1.p50_ms <= TARGETS["c1_p50"],
+        },
+        {
+            "metric": "single, c=1: latency p99 (ms)",
+            "cpe": c1.p99_ms,
+            "naive": n1.p99_ms,
+            "gain": n1.p99_ms / c1.p99_ms,
+        },
+        {
+            "metric": "single, c=1: predictions/s",
+            "cpe": c1.predictions_per_s,
+            "naive": n1.predictions_per_s,
+            "gain": c1.predictions_per_s / n1.predictions_per_s,
+        },
+        {
+            "metric": f"single, c={concurrency}: predictions/s",
+            "cpe": cn.predictions_per_s,
+            "naive": nn.predictions_per_s,
+            "gain": gain_n,
+            "target": f">= {TARGETS['cN_gain']:g}x naive",
+            "pass": ok_cn and gain_n >= TARGETS["cN_gain"],
+        },
+        {
+            "metric": f"single, c={concurrency}: latency p50 (ms)",
+            "cpe": cn.p50_ms,
+            "naive": nn.p50_ms,
+            "gain": nn.p50_ms / cn.p50_ms,
+        },
+        {
+            "metric": f"single, c={concurrency}: latency p99 (ms)",
+            "cpe": cn.p99_ms,
+            "naive": nn.p99_ms,
+            "gain": nn.p99_ms / cn.p99_ms,
+            "target": f"CPE <= {TARGETS['cN_p99']:g} ms",
+            "pass": ok_cn and cn.p99_ms <= TARGETS["cN_p99"],
+        },
+        {
+            "metric": f"batch of {batch_size}, c={batch_concurrency}: predictions/s",
+            "cpe": b.predictions_per_s,
+            "naive": nn.predictions_per_s,
+            "gain": gain_b,
+            "target": f">= {TARGETS['batch_gain']:g}x naive c={concurrency}",
+            "pass": ok_b and gain_b >= TARGETS["batch_gain"],
+        },
+        {"metric": "batch: request latency p50 (ms)", "cpe": b.p50_ms, "naive": None, "gain": None},
+        {"metric": "batch: request latency p99 (ms)", "cpe": b.p99_ms, "naive": None, "gain": None},
+    ]
+    return rows
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.3f}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ("metric", "CPE", "naive", "gain", "target", "result")
+    cells = [
+        (
+            r["metric"],
+            _fmt(r["cpe"]),
+            _fmt(r["naive"]),
+            "-" if r.get("gain") is None else f"{r['gain']:.2f}x",
+            r.get("target", ""),
+            "" if "pass" not in r else ("PASS" if r["pass"] else "FAIL"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header))]
+    align = ["<", ">", ">", ">", "<", "<"]
+    lines = [
+        "  ".join(f"{c:{a}{w}}" for c, a, w in zip(row, align, widths, strict=True)).rstrip()
+        for row in [header, *cells]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _run_line(name: str, r: Run) -> str:
+    cpu = f"server CPU {r.server_cpu:.0%}" if r.server_cpu is not None else ""
+    errs = sum(r.errors.values())
+    return (
+        f"  {name:<12} {r.predictions_per_s:>10,.0f} pred/s  p50 {r.latency_ms['p50']:7.3f} ms  "
+        f"p99 {r.latency_ms['p99']:7.3f} ms  {cpu}  load generator CPU {r.client_cpu or 0:.0%}"
+        + (f"  ERRORS {r.errors}" if errs else "")
+    )
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cpe bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per run (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each run (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are reported")
+    p.add_argument("--model", default="lstm", choices=("lstm", "transformer", "hybrid"))
+    p.add_argument("--concurrency", type=int, default=32, help="connections of the concurrent runs")
+    p.add_argument("--batch-size", type=int, default=512, help="flows per /v1/predict/batch request")
+    p.add_argument("--batch-concurrency", type=int, default=4, help="batch requests in flight")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="both servers' device")
+    p.add_argument(
+        "--loadgen",
+        default="auto",
+        choices=("auto", "wrk", "python"),
+        help="auto: wrk when installed, else scripts/loadgen.py",
+    )
+    p.add_argument("--pin", default="auto", help="auto | none | SERVER:CLIENT CPU lists, e.g. 0:1")
+    p.add_argument(
+        "--naive-mode",
+        default="def",
+        choices=("def", "async"),
+        help="the reference's endpoint: plain def (thread pool) or async def",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="CPE_X=V",
+        help="extra setting for the CPE service (repeatable), e.g. CPE_ENGINE_MAX_WAIT_US=200",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="skip measuring the load generator against do-nothing servers",
+    )
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--json", help="also write every figure to this file")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 s, once, small batches")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.repeat = 1.0, 0.5, 1
+        args.batch_size = min(args.batch_size, 128)
+    for item in args.env:
+        if not item.startswith("CPE_") or "=" not in item:
+            print(f"cpe bench: --env takes CPE_NAME=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        return _bench(args)
+    except BenchError as exc:
+        print(f"cpe bench: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that the servers are stopped on the way out
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from models.checkpoint import CHECKPOINT_DIR, read_meta
+
+    plan = plan_cpus(args.pin)
+    gen = pick_load_generator(args.loadgen, plan.client)
+    meta = read_meta((CHECKPOINT_DIR / f"{args.model}.safetensors").read_bytes())
+    seq_len = int(meta["seq_len"])
+    n_single = 256 if args.quick else 2048
+    n_batch_bodies = 2 if args.quick else 8
+    started = time.time()
+    load_before = os.getloadavg()
+    print(
+        f"cpe bench: model {args.model}, {args.duration:g} s x {args.repeat} per measurement, "
+        f"load from {gen.tool}, {plan.describe()}; load average before: "
+        + " ".join(f"{x:.2f}" for x in load_before),
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="cpe-bench-") as tmp, contextlib.ExitStack() as stack:
+        tmpdir = Path(tmp)
+        requests = make_requests(n_single + n_batch_bodies * args.batch_size, seq_len, args.seed)
+        files = {"single": tmpdir / "single.jsonl", "batch": tmpdir / "batch.jsonl"}
+        write_bodies(files["single"], requests[:n_single])
+        rest = requests[n_single:]
+        write_bodies(
+            files["batch"],
+            [
+                {"requests": rest[i * args.batch_size : (i + 1) * args.batch_size]}
+                for i in range(n_batch_bodies)
+            ],
+        )
+
+        cpe_env = {
+            "CPE_MODEL": args.model,
+            "CPE_MODELS": args.model,
+            "CPE_DEVICE": args.device,
+            "CPE_LOG_LEVEL": "warning",
+            "CPE_WORKERS": "1",
+            **dict(item.split("=", 1) for item in args.env),
+        }
+        specs: dict[str, tuple[list[str], dict[str, str]]] = {
+            "cpe": (
+                [sys.executable, "-m", "app.cli", "serve", "--host", LOOPBACK, "--port", "{port}"],
+                cpe_env,
+            ),
+            "naive": (
+                [
+                    sys.executable,
+                    str(SCRIPTS / "naive_server.py"),
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    "{port}",
+                    "--model",
+                    args.model,
+                    "--device",
+                    args.device,
+                    "--mode",
+                    args.naive_mode,
+                ],
+                {},
+            ),
+        }
+        if args.calibrate:
+            specs["raw"] = (
+                [
+                    sys.executable,
+                    str(SCRIPTS / "trivial_server.py"),
+                    "--kind",
+                    "raw",
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    "{port}",
+                ],
+                {},
+            )
+            specs["fastapi"] = (
+                [
+                    sys.executable,
+                    str(SCRIPTS / "trivial_server.py"),
+                    "--kind",
+                    "fastapi",
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    "{port}",
+                ],
+                {},
+            )
+        servers: dict[str, Server] = {}
+        for name, (argv, env) in specs.items():
+            port = free_port()
+            server = Server(
+                name, [a.replace("{port}", str(port)) for a in argv], port, tmpdir, plan.server, env
+            )
+            stack.callback(server.stop)
+            servers[name] = server
+        deadline = time.monotonic() + 120
+        for server in servers.values():
+            server.wait_ready(deadline)
+
+        single_bodies = files["single"].read_bytes().splitlines()
+        batch_body = files["batch"].read_bytes().splitlines()[0]
+        agreement = check_answers(servers, single_bodies, batch_body, args.batch_size)
+        print(f"answers: CPE and the naive reference agree within {agreement:.1e} (relative)", flush=True)
+
+        tag = 0
+
+        def next_tag() -> int:
+            nonlocal tag
+            tag += 1 << 23  # a fresh range of flow-key tags for every run: no request repeats a key
+            return tag
+
+        calibration: dict[str, Run] = {}
+        if args.calibrate:
+            print("load generator calibration (do-nothing servers, same bodies):", flush=True)
+            cal_s = min(args.duration, 2.0)
+            for name in ("raw", "fastapi"):
+                for c in (1, args.concurrency):
+                    sc = Scenario(f"{name}_c{c}", name, "/v1/predict", "single", c, 1)
+                    run = measure(
+                        gen, sc, servers[name], files["single"], cal_s, min(args.warmup, 0.5), next_tag()
+                    )
+                    calibration[sc.name] = run
+                    print(_run_line(sc.name, run), flush=True)
+
+        scenarios = [
+            Scenario("cpe_c1", "cpe", "/v1/predict", "single", 1, 1),
+            Scenario("naive_c1", "naive", "/v1/predict", "single", 1, 1),
+            Scenario("cpe_cN", "cpe", "/v1/predict", "single", args.concurrency, 1),
+            Scenario("naive_cN", "naive", "/v1/predict", "single", args.concurrency, 1),
+            Scenario(
+                "cpe_batch", "cpe", "/v1/predict/batch", "batch", args.batch_concurrency, args.batch_size
+            ),
+        ]
+        runs: dict[str, list[Run]] = {s.name: [] for s in scenarios}
+        for r in range(args.repeat):
+            print(f"repeat {r + 1}/{args.repeat}:", flush=True)
+            for sc in scenarios:  # interleaved, so that a burst of outside load hits both servers alike
+                run = measure(
+                    gen, sc, servers[sc.server], files[sc.bodies], args.duration, args.warmup, next_tag()
+                )
+                runs[sc.name].append(run)
+                print(_run_line(sc.name, run), flush=True)
+
+    summaries = {name: Summary.of(rs) for name, rs in runs.items()}
+    rows = verdicts(summaries, args.concurrency, args.batch_size, args.batch_concurrency)
+    load_after = os.getloadavg()
+    print()
+    print(
+        f"medians of {args.repeat} run(s), {args.duration:g} s each; model {args.model}; "
+        f"load from {gen.tool}; {plan.describe()}; gain > 1 means CPE is better"
+    )
+    print(format_table(rows))
+    print(
+        "load average after: "
+        + " ".join(f"{x:.2f}" for x in load_after)
+        + ("  (other work on this machine: figures are noisy)" if load_after[0] > 0.5 else "")
+    )
+    errors = {name: s.errors for name, s in summaries.items() if s.errors}
+    if errors:
+        print(f"requests that failed (non-2xx or socket errors): {errors}")
+
+    if args.json:
+        report = {
+            "started": started,
+            "config": {k: v for k, v in vars(args).items()},
+            "environment": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "pinning": plan.describe(),
+                "load_generator": gen.tool,
+                "load_average_before": load_before,
+                "load_average_after": load_after,
+                "answers_max_relative_difference": agreement,
+            },
+            "targets": TARGETS,
+            "table": rows,
+            "calibration": {name: asdict(run) for name, run in calibration.items()},
+            "runs": {name: [asdict(run) for run in rs] for name, rs in runs.items()},
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    missed = [r["metric"] for r in rows if r.get("pass") is False]
+    return 1 if missed and args.strict else 0

@@ -1,0 +1,132 @@
+"""Smoke tests of the benchmark tools: they run and their answers make sense. No timing targets here."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.bench import (
+    PLACEHOLDER,
+    SCRIPTS,
+    Server,
+    concrete,
+    free_port,
+    http_request,
+    make_requests,
+    plan_cpus,
+    write_bodies,
+)
+from models.checkpoint import CHECKPOINT_DIR
+from models.predictor import Predictor
+
+
+def _serve(name: str, script: str, tmp_path: Path, *extra: str) -> Iterator[Server]:
+    port = free_port()
+    argv = [sys.executable, str(SCRIPTS / script), "--host", "127.0.0.1", "--port", str(port), *extra]
+    server = Server(name, argv, port, tmp_path, cpus=None)
+    try:
+        server.wait_ready(deadline=time.monotonic() + 60)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def naive(tmp_path: Path) -> Iterator[Server]:
+    yield from _serve("naive", "naive_server.py", tmp_path, "--model", "lstm", "--device", "cpu")
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Iterator[Server]:
+    yield from _serve("raw", "trivial_server.py", tmp_path, "--kind", "raw")
+
+
+def test_bench_models_times_every_model_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "models.json"
+    argv = [sys.executable, str(SCRIPTS / "bench_models.py"), "--device", "cpu", "--threads", "1"]
+    argv += ["--batch", "1", "4", "--time", "0.05", "--warmup", "1", "--json", str(out)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "predictions/s" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["batch"]) for r in rows] == [
+        (kind, batch) for kind in ("lstm", "transformer", "hybrid") for batch in (1, 4)
+    ]
+    for row in rows:
+        assert row["ms"] > 0 and math.isfinite(row["ms"])
+        assert row["predictions_per_s"] == pytest.approx(row["batch"] / row["ms"] * 1000)
+        assert f"{row['model']:<12} {row['batch']:>6}" in done.stdout
+
+
+def test_naive_reference_answers_the_forecast_of_the_shipped_model(naive: Server) -> None:
+    request = make_requests(1, seq_len=32, seed=3)[0]
+    request["flow_key"] = request["flow_key"].replace(PLACEHOLDER, "0" * len(PLACEHOLDER))
+    status, data = http_request("POST", naive.port, "/v1/predict", json.dumps(request).encode())
+    assert status == 200, data
+    answer = json.loads(data)
+    assert answer["flow_key"] == request["flow_key"]
+    assert answer["model_used"] == "lstm"
+    assert 0.0 <= answer["confidence"] <= 1.0
+    context = answer["predicted_context"]
+    assert len(context) == 8 and all(math.isfinite(v) for v in context)
+    assert all(lo <= v <= hi for lo, v, hi in zip(answer["lower"], context, answer["upper"], strict=True))
+
+    predictor = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    ts = np.array([c["timestamp"] for c in request["contexts"]], dtype=np.int64)
+    feats = np.array([c["features"] for c in request["contexts"]], dtype=np.float64)
+    expected = predictor.predict([ts], [feats]).mean[0, 0]
+    np.testing.assert_allclose(context, expected, rtol=1e-5)
+
+
+def test_naive_reference_refuses_a_malformed_window(naive: Server) -> None:
+    body = {"flow_key": "ab" * 32, "contexts": [{"timestamp": 1, "features": [1.0, 2.0]}]}
+    status, _ = http_request("POST", naive.port, "/v1/predict", json.dumps(body).encode())
+    assert status == 422
+
+
+def test_load_generator_counts_every_answer_of_a_trivial_server(raw: Server, tmp_path: Path) -> None:
+    bodies = tmp_path / "bodies.jsonl"
+    write_bodies(bodies, make_requests(4, seq_len=8, seed=1))
+    argv = [sys.executable, str(SCRIPTS / "loadgen.py"), "--url", f"{raw.url}/v1/predict"]
+    argv += ["--bodies", str(bodies), "-c", "4", "-d", "0.5", "--warmup", "0.2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["requests"] > 10
+    assert result["errors"] == {"status": 0, "socket": 0}
+    lat = result["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+
+
+def test_load_generator_refuses_anything_but_loopback(tmp_path: Path) -> None:
+    bodies = tmp_path / "bodies.jsonl"
+    bodies.write_text("{}\n")
+    argv = [
+        sys.executable,
+        str(SCRIPTS / "loadgen.py"),
+        "--url",
+        "http://192.0.2.1:80/",
+        "--bodies",
+        str(bodies),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode != 0 and "loopback" in done.stderr
+
+
+def test_bodies_carry_a_rewritable_flow_key_and_cpu_plans_parse() -> None:
+    request = make_requests(3, seq_len=32, seed=0)[1]
+    assert len(request["contexts"]) == 32
+    assert request["flow_key"].startswith(PLACEHOLDER) and len(request["flow_key"]) == 64
+    body = concrete(json.dumps(request).encode(), "0000abcd")
+    assert json.loads(body)["flow_key"].startswith("0000abcd")
+    assert plan_cpus("none").server is None
+    with pytest.raises(ValueError, match="--pin"):
+        plan_cpus("zero:one")
