@@ -54,11 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Predicts network flow contexts a moment ahead, with calibrated confidence.",
         lifespan=lifespan,
+        # no OpenTelemetry here: FastAPI's built-in hooks would look up the providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for router in (health.router, models.router, predict.router):
+    for router in (predict.router, models.router, health.router):  # hottest first: routes match in order
         app.include_router(router)
     openapi.document(app, [PredictRequest, BatchPredictRequest])
     return app

@@ -15,15 +15,17 @@ from app.settings import Settings
 M = TypeVar("M", bound=BaseModel)
 
 
-def get_settings(request: Request) -> Settings:
+# async, though they never await: FastAPI runs a plain `def` dependency in its thread pool, which would
+# cost two thread hand-offs per request
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
-def get_limits(request: Request) -> Limits:
+async def get_limits(request: Request) -> Limits:
     return request.app.state.limits  # type: ignore[no-any-return]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from app.schemas import (
     BatchPredictRequest,
     BatchPredictResult,
     ContextVector,
+    D,
     PredictionResult,
     PredictRequest,
 )
@@ -63,8 +65,11 @@ async def predict_batch(request: Request, engine: EngineDep, limits: LimitsDep) 
 
 def _arrays(contexts: list[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
     """A window as the engine takes it: timestamps (n,) int64 and features (n, D) float64."""
-    timestamps = np.fromiter((c.timestamp for c in contexts), dtype=np.int64, count=len(contexts))
-    return timestamps, np.array([c.features for c in contexts], dtype=np.float64)
+    n = len(contexts)
+    timestamps = np.array([c.timestamp for c in contexts], dtype=np.int64)
+    # one flat pass over the floats: faster than np.array on the nested lists
+    flat = chain.from_iterable(c.features for c in contexts)
+    return timestamps, np.fromiter(flat, dtype=np.float64, count=n * D).reshape(n, D)
 
 
 def _result(
