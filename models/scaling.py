@@ -36,6 +36,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 D = len(FEATURE_NAMES)
 TIME_CHANNELS = 1  # log(dt / median dt)
 DT_CLIP = 3.0  # |log dt ratio| beyond this (a 20x gap) carries no more information
+INPUT_CLIP = 10.0  # a spike 10 window-deviations out is already unmistakable; more only saturates
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Scaler:
         var = (((y - center[:, None]) ** 2) * w).sum(axis=1) / n
         scale = np.maximum(np.sqrt(var), self.min_scale)
         dts = np.diff(ts, axis=1).astype(np.float64) / 1000.0  # (B, T-1) seconds; 0 across padding
-        dts_valid = np.where(valid[:, 1:], dts, np.nan)
+        pair = valid[:, 1:] & valid[:, :-1]  # both ends real: the step into the first context is not
+        dts_valid = np.where(pair, dts, np.nan)
         # median of the valid deltas per row: NaNs sort last, so index by each row's count
         n_dt = n[:, 0] - 1
         srt = np.sort(dts_valid, axis=1)
@@ -130,9 +132,9 @@ class Scaler:
         dt_med = np.where(n_dt > 0, (lo + hi) / 2, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.log(np.maximum(dts, 1e-3) / dt_med[:, None])
-        rel = np.where(valid[:, 1:] & (dt_med[:, None] > 0), np.clip(rel, -DT_CLIP, DT_CLIP), 0.0)
+        rel = np.where(pair & (dt_med[:, None] > 0), np.clip(rel, -DT_CLIP, DT_CLIP), 0.0)
         x = np.empty((B, T, self.n_inputs), dtype=np.float32)
-        x[..., :D] = (y - center[:, None]) / scale[:, None]
+        x[..., :D] = np.clip((y - center[:, None]) / scale[:, None], -INPUT_CLIP, INPUT_CLIP)
         x[:, 0, D] = 0.0
         x[:, 1:, D] = rel
         return x, WindowStats(center=center, scale=scale, last=raw[:, -1].copy(), dt_s=dt_med)

@@ -1,0 +1,135 @@
+"""`cpe`: serve the API, train and evaluate models, benchmark, and write synthetic traces."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from models.checkpoint import CHECKPOINT_DIR
+
+KINDS = ("lstm", "transformer", "hybrid")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.serve import serve
+    from app.settings import Settings
+
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+        if v is not None
+    }
+    serve(Settings(**overrides))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models import checkpoint
+    from models.traces import generate_routes
+    from models.training import TrainConfig, train
+
+    cfg = TrainConfig(kind=args.model, seed=args.seed, hparams=json.loads(args.hparams or "{}"))
+    for name in ("n_routes", "n_steps", "max_epochs", "max_minutes", "max_windows"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    traces = generate_routes(cfg.seed, cfg.n_routes, cfg.n_steps, split="train")
+    model, meta = train(cfg, traces, log=lambda s: print(s, flush=True))
+    out = Path(args.out or CHECKPOINT_DIR / f"{args.model}.safetensors")
+    written = checkpoint.save(out, model, meta)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB), sha256 {written['weights_sha256'][:16]}…")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluation import evaluate, format_report, standard_test_sets
+    from models.predictor import Predictor
+
+    paths = [Path(p) for p in args.checkpoint] or [CHECKPOINT_DIR / f"{k}.safetensors" for k in args.model]
+    sets = standard_test_sets(n_routes=args.routes, n_steps=args.steps, seed=args.seed)
+    results = []
+    failed = False
+    for path in paths:
+        predictor = Predictor.load(path)
+        for ts in sets:
+            r = evaluate(predictor, ts.traces)
+            results.append({"model": predictor.kind, "version": predictor.version, "test_set": ts.name, **r})
+            print(format_report(predictor.kind, predictor.version, ts.name, r), flush=True)
+            ok = r["ratio"]["persistence"] < 1 and r["ratio"]["ewma"] < 1 and r["ece"] <= 0.05
+            failed |= not ok
+            print(f"   {'PASS' if ok else 'FAIL'}: beats persistence and EWMA, ECE <= 0.05\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 1 if failed and args.strict else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from models.traces import generate_routes, write_jsonl
+
+    traces = generate_routes(args.seed, args.routes, args.steps, split=args.split)
+    n = write_jsonl(traces, args.out)
+    print(f"wrote {n} contexts of {len(traces)} routes to {args.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from app.bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cpe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the HTTP/WebSocket service (settings from CPE_* variables)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="train a model on synthetic traces and write its checkpoint")
+    p.add_argument("--model", choices=KINDS, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="checkpoint path (default: the shipped one for this kind)")
+    p.add_argument("--hparams", help='JSON object of architecture hyper-parameters, e.g. {"hidden": 96}')
+    p.add_argument("--routes", dest="n_routes", type=int)
+    p.add_argument("--steps", dest="n_steps", type=int)
+    p.add_argument("--epochs", dest="max_epochs", type=int)
+    p.add_argument("--minutes", dest="max_minutes", type=float)
+    p.add_argument("--windows", dest="max_windows", type=int)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="next-step errors vs the baselines, coverage and calibration")
+    p.add_argument("--model", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--checkpoint", nargs="*", default=[], help="checkpoint files instead of the shipped ones")
+    p.add_argument("--routes", type=int, default=24)
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=1000, help="test sets use seed+1 and seed+2")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a model misses a target")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("simulate", help="write synthetic route traces as JSON lines, for replay")
+    p.add_argument("--routes", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "unseen"), default="train")
+    p.add_argument("--out", default="trace.jsonl")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("bench", help="benchmark the service against a naive reference (see scripts/bench.py)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark driver")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
