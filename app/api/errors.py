@@ -39,12 +39,14 @@ def _plain(value: Any) -> Any:
 
 def _jsonable(error: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
-    if (value := _plain(error.get("input", _OMIT))) is not _OMIT:
+    value = _plain(error.get("input", _OMIT))
+    if value is not _OMIT:
         out["input"] = value
     if "ctx" in error:
-        out["ctx"] = {
-            k: v if (v := _plain(raw)) is not _OMIT else str(raw) for k, raw in error["ctx"].items()
-        }
+        out["ctx"] = {}
+        for key, raw in error["ctx"].items():
+            value = _plain(raw)
+            out["ctx"][key] = str(raw) if value is _OMIT else value
     return out
 
 

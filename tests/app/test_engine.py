@@ -64,6 +64,25 @@ async def test_windows_of_mixed_length_and_model_share_one_dispatch(lstm: Predic
     assert all(f.mean.shape == (8, 8) and f.confidence.shape == (8,) for f in forecasts)
 
 
+async def test_without_max_wait_a_free_thread_takes_what_is_queued_at_once(lstm: Predictor) -> None:
+    async with Engine({"lstm": lstm}, max_wait_us=0) as engine:
+        first = engine.submit("lstm", *_window(8))
+        while engine.queued:  # taken straight away, alone
+            await asyncio.sleep(0)
+        await asyncio.gather(first, engine.submit("lstm", *_window(8)))
+    assert engine.stats.batch_sizes == {1: 2}
+
+
+async def test_max_wait_lets_a_batch_grow(lstm: Predictor) -> None:
+    async with Engine({"lstm": lstm}, max_wait_us=300_000) as engine:
+        first = engine.submit("lstm", *_window(8))
+        for _ in range(5):  # the batcher wakes and waits for more
+            await asyncio.sleep(0)
+        assert engine.queued == 1
+        await asyncio.gather(first, engine.submit("lstm", *_window(8)))
+    assert engine.stats.batch_sizes == {2: 1}
+
+
 async def test_a_full_queue_sheds_load(lstm: Predictor) -> None:
     async with Engine({"lstm": lstm}, queue_size=2, retry_after_s=7) as engine:
         first = engine.submit_many([("lstm", *_window(4)), ("lstm", *_window(5))])
