@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -182,6 +183,22 @@ class Server:
     def cpu_seconds(self) -> float | None:
         return _cpu_seconds(self.proc.pid)
 
+    def wait_idle(self, timeout_s: float = 30.0, window_s: float = 0.3) -> None:
+        """Until the server stops burning CPU: work that an earlier run left in flight must not count
+        against the next one (a load generator that exits does not cancel what the server still does).
+        """
+        before = self.cpu_seconds()
+        if before is None:  # no /proc: a fixed pause instead
+            time.sleep(1.0)
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(window_s)
+            now = self.cpu_seconds() or 0.0
+            if now - before < 0.05 * window_s + 2 / os.sysconf("SC_CLK_TCK"):
+                return
+            before = now
+
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -310,7 +327,8 @@ class LoadGenerator:
             )
         return json.loads(lines[-1][len(RESULT_MARK) :]), cpu
 
-    def run(self, load: Load) -> dict[str, Any]:
+    def run(self, load: Load, settle: Callable[[], None]) -> dict[str, Any]:
+        """Warm up, call ``settle`` (let the server go idle, then start its clock), measure."""
         raise NotImplementedError
 
 
@@ -336,9 +354,10 @@ class Wrk(LoadGenerator):
             str(tag),
         ]
 
-    def run(self, load: Load) -> dict[str, Any]:
+    def run(self, load: Load, settle: Callable[[], None]) -> dict[str, Any]:
         if load.warmup_s > 0:
             self._run(self.argv(load, load.warmup_s, load.tag), load.warmup_s + 60)
+        settle()
         result, cpu = self._run(self.argv(load, load.duration_s, load.tag + (1 << 22)), load.duration_s + 60)
         errors = result.pop("errors")
         result["errors"] = {"status": errors["status"], "socket": sum(errors.values()) - errors["status"]}
@@ -370,7 +389,8 @@ class PythonLoad(LoadGenerator):
             "--mark",
         ]
 
-    def run(self, load: Load) -> dict[str, Any]:
+    def run(self, load: Load, settle: Callable[[], None]) -> dict[str, Any]:
+        settle()  # the warm-up is part of the same run: connections stay open, nothing is left behind
         result, cpu = self._run(
             self.argv(load, load.duration_s, load.tag), load.warmup_s + load.duration_s + 60
         )
@@ -424,11 +444,16 @@ def measure(
     tag: int,
 ) -> Run:
     load = Load(server.port, scenario.path, bodies, scenario.concurrency, duration_s, warmup_s, tag)
-    cpu0, t0 = server.cpu_seconds(), time.monotonic()
-    raw = gen.run(load)
+    clock: list[tuple[float | None, float]] = []
+
+    def settle() -> None:
+        server.wait_idle()
+        clock.append((server.cpu_seconds(), time.monotonic()))
+
+    server.wait_idle()
+    raw = gen.run(load, settle)
     cpu1, t1 = server.cpu_seconds(), time.monotonic()
-    duration = float(raw["duration_s"])
-    # the server's CPU share is taken over the whole run, warm-up included: both load it the same way
+    (cpu0, t0), duration = clock[-1], float(raw["duration_s"])
     server_cpu = (cpu1 - cpu0) / (t1 - t0) if cpu0 is not None and cpu1 is not None else None
     return Run(
         requests=int(raw["requests"]),
@@ -656,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.duration, args.warmup, args.repeat = 1.0, 0.5, 1
         args.batch_size = min(args.batch_size, 128)
+    if args.cpe_command and "{port}" not in args.cpe_command:
+        print("cpe bench: --cpe-command must contain {port}", file=sys.stderr)
+        return 2
     for item in args.env:
         if not item.startswith("CPE_") or "=" not in item:
             print(f"cpe bench: --env takes CPE_NAME=VALUE, got {item!r}", file=sys.stderr)
@@ -668,6 +696,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _revision() -> str:
+    """The commit benchmarked, marked dirty when app/ or models/ differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app", "models"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def _raise_exit(signum: int, frame: object) -> None:
@@ -685,10 +727,11 @@ def _bench(args: argparse.Namespace) -> int:
     n_batch_bodies = 2 if args.quick else 8
     started = time.time()
     load_before = os.getloadavg()
+    revision = _revision()
     print(
-        f"cpe bench: model {args.model}, {args.duration:g} s x {args.repeat} per measurement, "
-        f"load from {gen.tool}, {plan.describe()}; load average before: "
-        + " ".join(f"{x:.2f}" for x in load_before),
+        f"cpe bench: revision {revision}, model {args.model}, "
+        f"{args.duration:g} s x {args.repeat} per measurement, load from {gen.tool}, {plan.describe()}; "
+        "load average before: " + " ".join(f"{x:.2f}" for x in load_before),
         flush=True,
     )
 
@@ -714,11 +757,11 @@ def _bench(args: argparse.Namespace) -> int:
             "CPE_WORKERS": "1",
             **dict(item.split("=", 1) for item in args.env),
         }
+        cpe_argv = [sys.executable, "-m", "app.cli", "serve", "--host", LOOPBACK, "--port", "{port}"]
+        if args.cpe_command:
+            cpe_argv = shlex.split(args.cpe_command)
         specs: dict[str, tuple[list[str], dict[str, str]]] = {
-            "cpe": (
-                [sys.executable, "-m", "app.cli", "serve", "--host", LOOPBACK, "--port", "{port}"],
-                cpe_env,
-            ),
+            "cpe": (cpe_argv, cpe_env),
             "naive": (
                 [
                     sys.executable,
@@ -843,6 +886,7 @@ def _bench(args: argparse.Namespace) -> int:
             "started": started,
             "config": {k: v for k, v in vars(args).items()},
             "environment": {
+                "revision": revision,
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "cpus": os.cpu_count(),

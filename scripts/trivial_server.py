@@ -51,7 +51,10 @@ async def serve_raw(host: str, port: int) -> None:
 
 
 def fastapi_app() -> FastAPI:
-    app = FastAPI()
+    try:  # the same choice as the service: no per-request OpenTelemetry lookups (newer FastAPI only)
+        app = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})  # type: ignore[call-arg]
+    except TypeError:
+        app = FastAPI()
 
     @app.post("/{path:path}")
     async def sink(request: Request) -> Response:
