@@ -664,6 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra setting for the CPE service (repeatable), e.g. CPE_ENGINE_MAX_WAIT_US=200",
     )
     p.add_argument(
+        "--cpe-command",
+        help="serve CPE with this command line instead of `python -m app.cli serve` (to compare builds or "
+        "patches); {port} is replaced by the port, e.g. 'python my_serve.py serve --port {port}'",
+    )
+    p.add_argument(
         "--no-calibrate",
         dest="calibrate",
         action="store_false",

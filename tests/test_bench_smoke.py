@@ -24,6 +24,7 @@ from app.bench import (
     plan_cpus,
     write_bodies,
 )
+from app.bench import main as bench_main
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 
@@ -130,3 +131,9 @@ def test_bodies_carry_a_rewritable_flow_key_and_cpu_plans_parse() -> None:
     assert plan_cpus("none").server is None
     with pytest.raises(ValueError, match="--pin"):
         plan_cpus("zero:one")
+
+
+def test_bench_refuses_bad_options_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--cpe-command", "python serve.py"]) == 2
+    assert bench_main(["--env", "NOT_CPE=1"]) == 2
+    assert "{port}" in capsys.readouterr().err
