@@ -66,9 +66,9 @@ async def predict_batch(request: Request, engine: EngineDep, limits: LimitsDep) 
 def _arrays(contexts: list[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
     """A window as the engine takes it: timestamps (n,) int64 and features (n, D) float64."""
     n = len(contexts)
-    timestamps = np.array([c.timestamp for c in contexts], dtype=np.int64)
+    timestamps = np.array([c["timestamp"] for c in contexts], dtype=np.int64)
     # one flat pass over the floats: faster than np.array on the nested lists
-    flat = chain.from_iterable(c.features for c in contexts)
+    flat = chain.from_iterable(c["features"] for c in contexts)
     return timestamps, np.fromiter(flat, dtype=np.float64, count=n * D).reshape(n, D)
 
 
@@ -110,7 +110,7 @@ def _similar_patterns(
     the heavy-tailed features), each feature divided by its spread over this window, so that a 1 ms
     latency change and a 1 % loss change weigh what they mean for this flow.
     """
-    labelled = [i for i, c in enumerate(contexts) if c.pattern_id is not None]
+    labelled = [i for i, c in enumerate(contexts) if c.get("pattern_id") is not None]
     if not labelled:
         return []
     scaler = forecast.predictor.scaler
@@ -119,9 +119,9 @@ def _similar_patterns(
     distance = (((y[labelled] - forecast.loc[horizon - 1]) / spread) ** 2).sum(axis=1)  # (L,)
     nearest: list[str] = []
     for j in np.argsort(distance, kind="stable"):
-        pattern = contexts[labelled[j]].pattern_id
-        if pattern not in nearest:
-            nearest.append(pattern)  # type: ignore[arg-type]
+        pattern = contexts[labelled[j]]["pattern_id"]
+        if pattern is not None and pattern not in nearest:
+            nearest.append(pattern)
             if len(nearest) == SIMILAR_PATTERNS:
                 break
     return nearest
