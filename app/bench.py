@@ -619,7 +619,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _run_line(name: str, r: Run) -> str:
-    cpu = f"server CPU {r.server_cpu:.0%}" if r.server_cpu is not None else ""
+    cpu = ""
+    if r.server_cpu is not None and r.predictions_per_s > 0:
+        # CPU time per prediction depends less on other work on the machine than wall-clock figures do
+        per = r.server_cpu / r.predictions_per_s * 1e6
+        cpu = f"server CPU {r.server_cpu:.0%} ({per:,.0f} us/prediction)"
     errs = sum(r.errors.values())
     return (
         f"  {name:<12} {r.predictions_per_s:>10,.0f} pred/s  p50 {r.latency_ms['p50']:7.3f} ms  "
