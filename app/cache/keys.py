@@ -1,0 +1,45 @@
+"""Cache keys of predictions: everything a PredictionResult depends on, hashed.
+
+A key is ``{<flow_key>}:<digest>``. The digest is a blake2b of the model version, the flow key, the
+horizon and the window as the request gave it (timestamps, features, and the pattern ids, which
+``similar_patterns`` reports). A new model version therefore never serves an old prediction, and a
+window that changed in any of those is a new key. The contexts' ``metadata`` is left out: no part of the
+answer depends on it, so windows that differ only there share their prediction. The ``{flow_key}`` hash
+tag keeps a flow's keys in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+from app.schemas import ContextVector
+
+# Part of every digest: bump it when the stored result changes for the same model and window (a new field,
+# another similar_patterns rule), so that replicas of the new code do not serve what the old code stored.
+KEY_FORMAT = b"cpe-prediction-1"
+
+
+def prediction_key(
+    model_version: str,
+    flow_key: str,
+    horizon: int,
+    timestamps: np.ndarray,
+    features: np.ndarray,
+    contexts: Sequence[ContextVector],
+) -> str:
+    """The cache key of the prediction for this window: ``timestamps`` (n,) int64, ``features`` (n, D)."""
+    assert len(timestamps) == len(features) == len(contexts), "one timestamp and feature row per context"
+    digest = hashlib.blake2b(KEY_FORMAT, digest_size=16)
+    digest.update(model_version.encode())
+    digest.update(b"\0")
+    digest.update(flow_key.encode())
+    digest.update(struct.pack("<II", horizon, len(timestamps)))
+    digest.update(np.ascontiguousarray(timestamps, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(features, dtype=np.float64).tobytes())
+    digest.update(orjson.dumps([c.get("pattern_id") for c in contexts]))
+    return f"{{{flow_key}}}:{digest.hexdigest()}"

@@ -1,0 +1,217 @@
+"""The in-process cache tier: a bounded map with an LRU, LFU or TTL eviction strategy, O(1) per operation.
+
+Every entry expires ``ttl_ms`` after it was stored. With one TTL for all entries, the order in which
+entries were stored is the order in which they expire, so the entries live in an ``OrderedDict`` in that
+order: expired ones are dropped from its head before each store (amortized O(1)), and a lookup that
+finds an expired entry drops it too. That is the shared mechanism; a strategy only adds the order in
+which *live* entries are evicted when the tier is full:
+
+- ``ttl``: the entry nearest expiry, i.e. the head of the expiry order itself; no extra structure.
+- ``lru``: the least recently used, an ``OrderedDict`` moved-to-end on every hit.
+- ``lfu``: the least frequently used, oldest first among equals: frequency buckets in a linked list
+  (Shah, Mitra and Matani's O(1) LFU), each bucket an ``OrderedDict`` in order of arrival.
+
+Dropping expired entries first matters most to LFU: the entries of a window that has changed are never
+read again, and by their past counts LFU alone would keep them forever, evicting every new entry instead.
+
+Memory (measured with ``python scripts/bench_cache.py --memory``, tracemalloc, 100,000 entries whose
+values are the ~1 KB orjson bytes of a one-step PredictionResult and whose keys are 99 characters):
+about 1.3 KB per entry with any strategy: ~1.0 KB is the value itself, the rest the key and the
+bookkeeping (see the module's tests and the benchmark for the exact figures). Size ``max_entries`` by it:
+the default 50,000 entries cost about 65 MB per server process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from app.cache.base import Cache
+from app.metrics import Metrics
+
+STRATEGIES = ("lru", "lfu", "ttl")
+
+
+class _TTL:
+    """Evicts the entry nearest expiry: the head of the expiry order, which the tier keeps anyway."""
+
+    def __init__(self, entries: OrderedDict[str, tuple[bytes, float]]) -> None:
+        self._entries = entries
+
+    def add(self, key: str) -> None:
+        pass
+
+    def touch(self, key: str) -> None:
+        pass
+
+    def discard(self, key: str) -> None:
+        pass
+
+    def victim(self) -> str:
+        return next(iter(self._entries))
+
+
+class _LRU:
+    """Evicts the least recently used entry."""
+
+    def __init__(self, entries: OrderedDict[str, tuple[bytes, float]]) -> None:
+        self._order: OrderedDict[str, None] = OrderedDict()  # least recently used first
+
+    def add(self, key: str) -> None:
+        self._order[key] = None
+
+    def touch(self, key: str) -> None:
+        self._order.move_to_end(key)
+
+    def discard(self, key: str) -> None:
+        del self._order[key]
+
+    def victim(self) -> str:
+        return next(iter(self._order))
+
+
+class _Bucket:
+    """The keys used ``freq`` times, oldest arrival first; a node of the LFU's list of frequencies."""
+
+    __slots__ = ("freq", "keys", "next", "prev")
+
+    def __init__(self, freq: int) -> None:
+        self.freq = freq
+        self.keys: OrderedDict[str, None] = OrderedDict()
+        self.prev: _Bucket = self
+        self.next: _Bucket = self
+
+
+class _LFU:
+    """Evicts the least frequently used entry, the oldest of those first.
+
+    The buckets form a circular list in increasing frequency, from a sentinel of frequency 0, so that the
+    least frequent bucket is ``head.next`` and a key moves to the next frequency's bucket in O(1).
+    """
+
+    def __init__(self, entries: OrderedDict[str, tuple[bytes, float]]) -> None:
+        self._head = _Bucket(0)
+        self._bucket_of: dict[str, _Bucket] = {}
+
+    def add(self, key: str) -> None:
+        first = self._head.next
+        if first.freq != 1:
+            first = self._insert_after(self._head, 1)
+        first.keys[key] = None
+        self._bucket_of[key] = first
+
+    def touch(self, key: str) -> None:
+        bucket = self._bucket_of[key]
+        up = bucket.next
+        if up.freq != bucket.freq + 1:  # the sentinel (0) never matches
+            up = self._insert_after(bucket, bucket.freq + 1)
+        del bucket.keys[key]
+        up.keys[key] = None
+        self._bucket_of[key] = up
+        if not bucket.keys:
+            self._unlink(bucket)
+
+    def discard(self, key: str) -> None:
+        bucket = self._bucket_of.pop(key)
+        del bucket.keys[key]
+        if not bucket.keys:
+            self._unlink(bucket)
+
+    def victim(self) -> str:
+        return next(iter(self._head.next.keys))
+
+    @staticmethod
+    def _insert_after(bucket: _Bucket, freq: int) -> _Bucket:
+        new = _Bucket(freq)
+        new.prev, new.next = bucket, bucket.next
+        bucket.next.prev = new
+        bucket.next = new
+        return new
+
+    @staticmethod
+    def _unlink(bucket: _Bucket) -> None:
+        bucket.prev.next = bucket.next
+        bucket.next.prev = bucket.prev
+
+
+_POLICIES: dict[str, type[_TTL | _LRU | _LFU]] = {"ttl": _TTL, "lru": _LRU, "lfu": _LFU}
+
+
+class MemoryCache(Cache):
+    """At most ``max_entries`` values in this process, each for ``ttl_ms``, evicted by ``strategy``."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 50_000,
+        ttl_ms: int = 60_000,
+        strategy: str = "lru",
+        metrics: Metrics | None = None,
+    ) -> None:
+        if strategy not in _POLICIES:
+            raise ValueError(f"unknown cache strategy {strategy!r}; expected one of {list(STRATEGIES)}")
+        assert max_entries >= 1, f"max_entries must be at least 1, not {max_entries}"
+        assert ttl_ms >= 1, f"ttl_ms must be at least 1, not {ttl_ms}"
+        self.max_entries = max_entries
+        self.ttl_s = ttl_ms / 1000.0
+        self.strategy = strategy
+        # key -> (value, expires_at on time.monotonic()), nearest expiry first
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._policy = _POLICIES[strategy](self._entries)
+        metrics = metrics or Metrics()
+        self._hits = metrics.cache_requests.labels(tier="memory", result="hit")
+        self._misses = metrics.cache_requests.labels(tier="memory", result="miss")
+        # read at scrape time: nothing to update on the request path
+        metrics.cache_entries.labels(tier="memory").set_function(self.__len__)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        """Whether ``key`` holds a live value; unlike a lookup, this counts as no use of it."""
+        entry = self._entries.get(key)
+        return entry is not None and entry[1] > time.monotonic()
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        return [self._lookup(key, now) for key in keys]
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        now = time.monotonic()
+        self._purge(now)
+        expires_at = now + self.ttl_s
+        for key, value in items:
+            self._store(key, value, expires_at)
+
+    def _lookup(self, key: str, now: float) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= now:
+            if entry is not None:
+                self._remove(key)
+            self._misses.inc()
+            return None
+        self._policy.touch(key)
+        self._hits.inc()
+        return entry[0]
+
+    def _store(self, key: str, value: bytes, expires_at: float) -> None:
+        if key in self._entries:  # stored again (two requests computed it at once): a fresh TTL
+            self._remove(key)
+        elif len(self._entries) >= self.max_entries:
+            self._remove(self._policy.victim())
+        self._entries[key] = (value, expires_at)
+        self._policy.add(key)
+
+    def _remove(self, key: str) -> None:
+        del self._entries[key]
+        self._policy.discard(key)
+
+    def _purge(self, now: float) -> None:
+        """Drop the expired entries: a prefix of the expiry order."""
+        entries = self._entries
+        while entries:
+            key, (_, expires_at) = next(iter(entries.items()))
+            if expires_at > now:
+                return
+            self._remove(key)
