@@ -51,7 +51,7 @@ LOOPBACK = "127.0.0.1"
 PLACEHOLDER = "@@@@@@@@"  # rewritten per request by the load generators: see scripts/loadgen.py
 RESULT_MARK = "CPE_BENCH_RESULT "
 
-# (metric key, description): the targets of DESIGN.md's serving path, checked on the medians
+# the serving path's targets, checked on the medians
 TARGETS = {
     "c1_p50": 1.5,  # ms, CPE single prediction at concurrency 1
     "cN_gain": 3.0,  # CPE predictions/s over the reference's, both at concurrency N
@@ -114,7 +114,7 @@ def _child_setup(cpus: frozenset[int] | None) -> Callable[[], None]:
             os.sched_setaffinity(0, cpus)
         if sys.platform == "linux":
             with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+                ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
     return setup
 
@@ -433,6 +433,13 @@ class Run:
     server_cpu: float | None  # same for the server process
     tool: str
 
+    @property
+    def cpu_us_per_prediction(self) -> float | None:
+        """Server CPU time per prediction: depends less on other work on the machine than wall time."""
+        if self.server_cpu is None or self.predictions_per_s <= 0:
+            return None
+        return self.server_cpu / self.predictions_per_s * 1e6
+
 
 def measure(
     gen: LoadGenerator,
@@ -475,15 +482,18 @@ class Summary:
     predictions_per_s: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float | None  # server CPU time per prediction, µs
     errors: int
     runs: list[Run] = field(default_factory=list)
 
     @classmethod
     def of(cls, runs: list[Run]) -> Summary:
+        cpu = [r.cpu_us_per_prediction for r in runs if r.cpu_us_per_prediction is not None]
         return cls(
             predictions_per_s=statistics.median(r.predictions_per_s for r in runs),
             p50_ms=statistics.median(r.latency_ms["p50"] for r in runs),
             p99_ms=statistics.median(r.latency_ms["p99"] for r in runs),
+            cpu_us=statistics.median(cpu) if cpu else None,
             errors=sum(sum(r.errors.values()) for r in runs),
             runs=runs,
         )
@@ -523,15 +533,15 @@ def verdicts(
     c1, n1 = s["cpe_c1"], s["naive_c1"]
     cn, nn = s["cpe_cN"], s["naive_cN"]
     b = s["cpe_batch"]
-    gain_n = cn.predictions_per_s / nn.predictions_per_s
-    gain_b = b.predictions_per_s / nn.predictions_per_s
+    gain_n = _ratio(cn.predictions_per_s, nn.predictions_per_s)
+    gain_b = _ratio(b.predictions_per_s, nn.predictions_per_s)
     ok_c1, ok_cn, ok_b = c1.errors == 0, cn.errors == 0 and nn.errors == 0, b.errors == 0 and nn.errors == 0
     rows: list[dict[str, Any]] = [
         {
             "metric": "single, c=1: latency p50 (ms)",
             "cpe": c1.p50_ms,
             "naive": n1.p50_ms,
-            "gain": n1.p50_ms / c1.p50_ms,
+            "gain": _ratio(n1.p50_ms, c1.p50_ms),
             "target": f"CPE <= {TARGETS['c1_p50']} ms",
             "pass": ok_c1 and c1.p50_ms <= TARGETS["c1_p50"],
         },
@@ -539,13 +549,13 @@ def verdicts(
             "metric": "single, c=1: latency p99 (ms)",
             "cpe": c1.p99_ms,
             "naive": n1.p99_ms,
-            "gain": n1.p99_ms / c1.p99_ms,
+            "gain": _ratio(n1.p99_ms, c1.p99_ms),
         },
         {
             "metric": "single, c=1: predictions/s",
             "cpe": c1.predictions_per_s,
             "naive": n1.predictions_per_s,
-            "gain": c1.predictions_per_s / n1.predictions_per_s,
+            "gain": _ratio(c1.predictions_per_s, n1.predictions_per_s),
         },
         {
             "metric": f"single, c={concurrency}: predictions/s",
@@ -553,19 +563,19 @@ def verdicts(
             "naive": nn.predictions_per_s,
             "gain": gain_n,
             "target": f">= {TARGETS['cN_gain']:g}x naive",
-            "pass": ok_cn and gain_n >= TARGETS["cN_gain"],
+            "pass": ok_cn and gain_n is not None and gain_n >= TARGETS["cN_gain"],
         },
         {
             "metric": f"single, c={concurrency}: latency p50 (ms)",
             "cpe": cn.p50_ms,
             "naive": nn.p50_ms,
-            "gain": nn.p50_ms / cn.p50_ms,
+            "gain": _ratio(nn.p50_ms, cn.p50_ms),
         },
         {
             "metric": f"single, c={concurrency}: latency p99 (ms)",
             "cpe": cn.p99_ms,
             "naive": nn.p99_ms,
-            "gain": nn.p99_ms / cn.p99_ms,
+            "gain": _ratio(nn.p99_ms, cn.p99_ms),
             "target": f"CPE <= {TARGETS['cN_p99']:g} ms",
             "pass": ok_cn and cn.p99_ms <= TARGETS["cN_p99"],
         },
@@ -575,12 +585,32 @@ def verdicts(
             "naive": nn.predictions_per_s,
             "gain": gain_b,
             "target": f">= {TARGETS['batch_gain']:g}x naive c={concurrency}",
-            "pass": ok_b and gain_b >= TARGETS["batch_gain"],
+            "pass": ok_b and gain_b is not None and gain_b >= TARGETS["batch_gain"],
         },
         {"metric": "batch: request latency p50 (ms)", "cpe": b.p50_ms, "naive": None, "gain": None},
         {"metric": "batch: request latency p99 (ms)", "cpe": b.p99_ms, "naive": None, "gain": None},
     ]
+    # CPU time per prediction: how much work each server does, less sensitive to a busy machine
+    for label, cpe, naive in (
+        ("single, c=1", c1, n1),
+        (f"single, c={concurrency}", cn, nn),
+        (f"batch vs naive c={concurrency}", b, nn),
+    ):
+        rows.append(
+            {
+                "metric": f"{label}: server CPU per prediction (us)",
+                "cpe": cpe.cpu_us,
+                "naive": naive.cpu_us,
+                "gain": _ratio(naive.cpu_us, cpe.cpu_us),
+            }
+        )
     return rows
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
 
 
 def _fmt(v: float | None) -> str:
@@ -620,10 +650,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def _run_line(name: str, r: Run) -> str:
     cpu = ""
-    if r.server_cpu is not None and r.predictions_per_s > 0:
-        # CPU time per prediction depends less on other work on the machine than wall-clock figures do
-        per = r.server_cpu / r.predictions_per_s * 1e6
-        cpu = f"server CPU {r.server_cpu:.0%} ({per:,.0f} us/prediction)"
+    if r.server_cpu is not None and r.cpu_us_per_prediction is not None:
+        cpu = f"server CPU {r.server_cpu:.0%} ({r.cpu_us_per_prediction:,.0f} us/prediction)"
     errs = sum(r.errors.values())
     return (
         f"  {name:<12} {r.predictions_per_s:>10,.0f} pred/s  p50 {r.latency_ms['p50']:7.3f} ms  "
@@ -728,7 +756,10 @@ def _raise_exit(signum: int, frame: object) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from models.checkpoint import CHECKPOINT_DIR, read_meta
 
-    plan = plan_cpus(args.pin)
+    try:
+        plan = plan_cpus(args.pin)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
     gen = pick_load_generator(args.loadgen, plan.client)
     meta = read_meta((CHECKPOINT_DIR / f"{args.model}.safetensors").read_bytes())
     seq_len = int(meta["seq_len"])

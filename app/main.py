@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import errors, health, models, openapi, predict
+from app.api import errors, health, metrics, models, openapi, predict
 from app.api.body_limit import BodySizeLimit
+from app.cache import create_cache
 from app.engine import Engine, pick_device
+from app.metrics import Metrics
 from app.schemas import BatchPredictRequest, Limits, PredictRequest
 from app.settings import Settings
 from models.predictor import Predictor
@@ -20,8 +22,16 @@ log = logging.getLogger("cpe")
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the models, run the engine while the app serves, stop it cleanly after."""
+    """Load the models, run the engine and the cache while the app serves, stop them cleanly after."""
     settings: Settings = app.state.settings
+    cache = create_cache(  # first: a bad URL fails before the models load
+        settings.cache_url,
+        max_entries=settings.cache_max_entries,
+        strategy=settings.cache_strategy,
+        ttl_ms=settings.cache_ttl_ms,
+        timeout_ms=settings.cache_timeout_ms,
+        metrics=app.state.metrics,
+    )
     device = pick_device(settings.device)
     checkpoints = {kind: settings.checkpoint_dir / f"{kind}.safetensors" for kind in settings.models}
     predictors = {kind: Predictor.load(path, device) for kind, path in checkpoints.items()}
@@ -34,8 +44,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retry_after_s=settings.retry_after_s,
         torch_threads=settings.torch_threads,
     )
-    async with engine:
+    async with engine, cache:
         app.state.engine = engine
+        app.state.cache = cache
         app.state.limits = Limits(
             max_window=settings.max_window,
             max_batch=settings.max_batch,
@@ -58,9 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for router in (predict.router, models.router, health.router):  # hottest first: routes match in order
+    # hottest first: routes match in order
+    for router in (predict.router, models.router, health.router, metrics.router):
         app.include_router(router)
     openapi.document(app, [PredictRequest, BatchPredictRequest])
     return app

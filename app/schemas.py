@@ -346,9 +346,17 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     """Readiness: whether this replica should receive traffic, and why not."""
 
-    status: Literal["ready", "unavailable"]
+    status: Literal["ready", "degraded", "unavailable"] = Field(
+        description="`ready`; `degraded`: it serves (200), but without some part, named in `degraded`; "
+        "`unavailable`: it cannot serve (503), see `reason`."
+    )
     reason: str | None = None
     models: list[str] = Field(default_factory=list, description="Kinds loaded and served.")
+    degraded: dict[str, str] = Field(
+        default_factory=dict,
+        description="The parts that do not work now, with why (e.g. `cache`: Redis unreachable); present "
+        "only when there are some.",
+    )
 
 
 class Message(BaseModel):

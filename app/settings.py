@@ -94,6 +94,34 @@ class Settings(BaseSettings):
         default=1, ge=0, le=3600, description="Retry-After of a 503 sent under overload."
     )
 
+    # -- prediction cache -------------------------------------------------------------------------
+    cache_url: str = Field(
+        default="memory://",
+        description="Prediction cache: `memory://` (in this process only) or `redis://host:port/db` (the "
+        "in-process tier in front of Redis, which every replica shares).",
+    )
+    cache_max_entries: int = Field(
+        default=50_000,
+        ge=1,
+        le=100_000_000,
+        description="Most predictions the in-process tier holds, about 1.4 KB each (a one-step result).",
+    )
+    cache_strategy: Literal["lru", "lfu", "ttl"] = Field(
+        default="lru",
+        description="What the full in-process tier evicts: the least recently used entry, the least "
+        "frequently used, or the one nearest expiry. Expired entries always go first.",
+    )
+    cache_ttl_ms: int = Field(
+        default=60_000, ge=1, le=7 * 24 * 3_600_000, description="How long a prediction stays cached, in ms."
+    )
+    cache_timeout_ms: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Connect and read timeout of a Redis round-trip, in ms. A failed one makes requests skip "
+        "Redis for a short backoff, then try it again.",
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:

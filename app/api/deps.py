@@ -8,7 +8,9 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from app.cache import Cache
 from app.engine import Engine
+from app.metrics import Metrics
 from app.schemas import Limits
 from app.settings import Settings
 
@@ -29,9 +31,19 @@ async def get_limits(request: Request) -> Limits:
     return request.app.state.limits  # type: ignore[no-any-return]
 
 
+async def get_cache(request: Request) -> Cache:
+    return request.app.state.cache  # type: ignore[no-any-return]
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
+CacheDep = Annotated[Cache, Depends(get_cache)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def parse_body(request: Request, model: type[M], limits: Limits) -> M:

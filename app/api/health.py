@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import EngineDep
+from app.api.deps import CacheDep, EngineDep
 from app.api.responses import OrjsonResponse
 from app.schemas import Health, Readiness
 
@@ -18,10 +18,17 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(engine: EngineDep) -> OrjsonResponse:
-    """Readiness: 200 when the models are loaded and the engine runs; 503 with the reason otherwise."""
+async def readyz(engine: EngineDep, cache: CacheDep) -> OrjsonResponse:
+    """Readiness: 200 when the models are loaded and the engine runs; 503 with the reason otherwise.
+
+    A 200 says `degraded` and names the parts that do not work when some part that serving can do
+    without (the Redis cache) does not."""
     if not engine.running:
         readiness = Readiness(status="unavailable", reason="the inference engine is not running")
     else:
-        readiness = Readiness(status="ready", models=list(engine.predictors))
-    return OrjsonResponse(readiness.model_dump(), status_code=200 if readiness.status == "ready" else 503)
+        degraded = {"cache": cache.problem} if cache.problem else {}
+        readiness = Readiness(
+            status="degraded" if degraded else "ready", models=list(engine.predictors), degraded=degraded
+        )
+    body = readiness.model_dump(exclude=None if readiness.degraded else {"degraded"})
+    return OrjsonResponse(body, status_code=503 if readiness.status == "unavailable" else 200)
