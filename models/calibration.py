@@ -25,7 +25,8 @@ def normal_cdf(z: np.ndarray) -> np.ndarray:
 def band_probability(mu: np.ndarray, sigma: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """P(lo <= Y <= hi) for Y ~ N(mu, sigma^2), elementwise."""
     sigma = np.maximum(sigma, 1e-9)
-    return np.clip(normal_cdf((hi - mu) / sigma) - normal_cdf((lo - mu) / sigma), 0.0, 1.0)
+    cdf = normal_cdf(np.stack(((hi - mu) / sigma, (lo - mu) / sigma)))  # one call for both ends
+    return np.clip(cdf[0] - cdf[1], 0.0, 1.0)
 
 
 def fit_isotonic(x: np.ndarray, y: np.ndarray, n_knots: int = 64) -> tuple[list[float], list[float]]:

@@ -103,7 +103,15 @@ class Scaler:
         repeating their first context with a zero time delta. Vectorized over the batch: the
         serving path calls this for every micro-batch.
         """
-        B, D, T = len(features), self.n_features, seq_len
+        if all(len(f) >= seq_len for f in features):
+            return self._encode_full(timestamps, features, seq_len)
+        return self._encode_padded(timestamps, features, seq_len)
+
+    def _encode_padded(
+        self, timestamps: list[np.ndarray], features: list[np.ndarray], T: int
+    ) -> tuple[np.ndarray, WindowStats]:
+        """``encode`` for any mix of lengths: pads, and masks the padding out of every statistic."""
+        B, D = len(features), self.n_features
         raw = np.empty((B, T, D), dtype=np.float64)
         ts = np.empty((B, T), dtype=np.int64)
         valid = np.ones((B, T), dtype=bool)
@@ -126,10 +134,12 @@ class Scaler:
         dts_valid = np.where(pair, dts, np.nan)
         # median of the valid deltas per row: NaNs sort last, so index by each row's count
         n_dt = n[:, 0] - 1
-        srt = np.sort(dts_valid, axis=1)
-        lo = np.take_along_axis(srt, np.maximum((n_dt - 1) // 2, 0)[:, None], axis=1)[:, 0]
-        hi = np.take_along_axis(srt, np.maximum(n_dt // 2, 0)[:, None], axis=1)[:, 0]
-        dt_med = np.where(n_dt > 0, (lo + hi) / 2, 0.0)
+        dt_med = np.zeros(B)
+        if T > 1:
+            srt = np.sort(dts_valid, axis=1)
+            lo = np.take_along_axis(srt, np.maximum((n_dt - 1) // 2, 0)[:, None], axis=1)[:, 0]
+            hi = np.take_along_axis(srt, np.maximum(n_dt // 2, 0)[:, None], axis=1)[:, 0]
+            dt_med = np.where(n_dt > 0, (lo + hi) / 2, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.log(np.maximum(dts, 1e-3) / dt_med[:, None])
         rel = np.where(pair & (dt_med[:, None] > 0), np.clip(rel, -DT_CLIP, DT_CLIP), 0.0)
@@ -137,6 +147,30 @@ class Scaler:
         x[..., :D] = np.clip((y - center[:, None]) / scale[:, None], -INPUT_CLIP, INPUT_CLIP)
         x[:, 0, D] = 0.0
         x[:, 1:, D] = rel
+        return x, WindowStats(center=center, scale=scale, last=raw[:, -1].copy(), dt_s=dt_med)
+
+    def _encode_full(
+        self, timestamps: list[np.ndarray], features: list[np.ndarray], T: int
+    ) -> tuple[np.ndarray, WindowStats]:
+        """``encode`` for the common case of windows of at least T contexts: no padding, no masks."""
+        D = self.n_features
+        raw = np.stack([f[-T:] for f in features]).astype(np.float64, copy=False)  # (B, T, D)
+        ts = np.stack([t[-T:] for t in timestamps])  # (B, T)
+        assert raw.shape[2] == D, f"expected {D} features, got {raw.shape[2]}"
+        y = self.transform(raw)
+        center = y.mean(axis=1)  # (B, D)
+        scale = np.maximum(y.std(axis=1), self.min_scale)
+        x = np.empty((raw.shape[0], T, self.n_inputs), dtype=np.float32)
+        np.clip((y - center[:, None]) / scale[:, None], -INPUT_CLIP, INPUT_CLIP, out=x[..., :D])
+        if T > 1:
+            dts = np.diff(ts, axis=1) / 1000.0  # (B, T-1) seconds
+            dt_med = np.median(dts, axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.log(np.maximum(dts, 1e-3) / dt_med[:, None])
+            x[:, 1:, D] = np.where(dt_med[:, None] > 0, np.clip(rel, -DT_CLIP, DT_CLIP), 0.0)
+        else:
+            dt_med = np.zeros(raw.shape[0])
+        x[:, 0, D] = 0.0
         return x, WindowStats(center=center, scale=scale, last=raw[:, -1].copy(), dt_s=dt_med)
 
     def encode_targets(self, targets: np.ndarray, stats: WindowStats) -> np.ndarray:

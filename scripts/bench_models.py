@@ -29,6 +29,7 @@ from models.registry import build_model
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 KINDS = ("lstm", "transformer", "hybrid")
+DEFAULT_SEQ_LEN = 32
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -43,6 +44,9 @@ def read_meta(path: Path) -> dict:
 def load_model(kind: str, device: torch.device) -> tuple[torch.nn.Module, int, int, str]:
     """(model in eval mode, seq_len, n_inputs, where the weights came from)."""
     path = CHECKPOINT_DIR / f"{kind}.safetensors"
+    if not path.exists():  # a bare checkout: the architecture's defaults, the shipped sequence length
+        model = build_model(kind)
+        return model.to(device).eval(), DEFAULT_SEQ_LEN, model.config.n_inputs, "defaults, random weights"
     meta = read_meta(path)
     try:
         from models.checkpoint import load

@@ -67,3 +67,16 @@ def test_extreme_values_stay_finite_and_clipped() -> None:
     assert np.isfinite(x).all() and np.abs(x).max() <= INPUT_CLIP
     assert np.all(s.inverse(np.array([[-100.0] * 8, [100.0] * 8])) >= 0)
     assert np.all(s.inverse(np.array([[100.0] * 8]))[:, [2, 4, 5]] <= 1.0)
+
+
+def test_full_window_fast_path_matches_the_padded_path() -> None:
+    s = Scaler()
+    rng = np.random.default_rng(7)
+    for T in (1, 2, 17, 32):
+        windows = [_window(T + int(rng.integers(0, 5)), seed=int(rng.integers(1000))) for _ in range(6)]
+        ts, fs = [w[0] for w in windows], [w[1] for w in windows]
+        fast, fs_stats = s._encode_full(ts, fs, T)
+        slow, sl_stats = s._encode_padded(ts, fs, T)
+        np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+        for name in ("center", "scale", "last", "dt_s"):
+            np.testing.assert_allclose(getattr(fs_stats, name), getattr(sl_stats, name), rtol=1e-9)
