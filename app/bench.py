@@ -800,53 +800,18 @@ def _bench(args: argparse.Namespace) -> int:
         cpe_argv = [sys.executable, "-m", "app.cli", "serve", "--host", LOOPBACK, "--port", "{port}"]
         if args.cpe_command:
             cpe_argv = shlex.split(args.cpe_command)
+
+        def script(name: str, *extra: str) -> list[str]:
+            return [sys.executable, str(SCRIPTS / name), "--host", LOOPBACK, "--port", "{port}", *extra]
+
+        naive_args = ("--model", args.model, "--device", args.device, "--mode", args.naive_mode)
         specs: dict[str, tuple[list[str], dict[str, str]]] = {
             "cpe": (cpe_argv, cpe_env),
-            "naive": (
-                [
-                    sys.executable,
-                    str(SCRIPTS / "naive_server.py"),
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    "{port}",
-                    "--model",
-                    args.model,
-                    "--device",
-                    args.device,
-                    "--mode",
-                    args.naive_mode,
-                ],
-                {},
-            ),
+            "naive": (script("naive_server.py", *naive_args), {}),
         }
         if args.calibrate:
-            specs["raw"] = (
-                [
-                    sys.executable,
-                    str(SCRIPTS / "trivial_server.py"),
-                    "--kind",
-                    "raw",
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    "{port}",
-                ],
-                {},
-            )
-            specs["fastapi"] = (
-                [
-                    sys.executable,
-                    str(SCRIPTS / "trivial_server.py"),
-                    "--kind",
-                    "fastapi",
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    "{port}",
-                ],
-                {},
-            )
+            specs["raw"] = (script("trivial_server.py", "--kind", "raw"), {})
+            specs["fastapi"] = (script("trivial_server.py", "--kind", "fastapi"), {})
         servers: dict[str, Server] = {}
         for name, (argv, env) in specs.items():
             port = free_port()
@@ -912,10 +877,13 @@ def _bench(args: argparse.Namespace) -> int:
         f"load from {gen.tool}; {plan.describe()}; gain > 1 means CPE is better"
     )
     print(format_table(rows))
+    busy = load_before[0] > 0.5  # before any server of ours started: other work on the machine
     print(
-        "load average after: "
+        "load average before/after: "
+        + " ".join(f"{x:.2f}" for x in load_before)
+        + " / "
         + " ".join(f"{x:.2f}" for x in load_after)
-        + ("  (other work on this machine: figures are noisy)" if load_after[0] > 0.5 else "")
+        + ("  (other work was running: wall-clock figures are noisy)" if busy else "")
     )
     errors = {name: s.errors for name, s in summaries.items() if s.errors}
     if errors:
@@ -924,7 +892,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         report = {
             "started": started,
-            "config": {k: v for k, v in vars(args).items()},
+            "config": dict(vars(args)),
             "environment": {
                 "revision": revision,
                 "python": platform.python_version(),
