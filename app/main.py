@@ -8,11 +8,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import errors, health, metrics, models, openapi, predict
+from app.api import errors, health, metrics, models, openapi, predict, routing, stream
 from app.api.body_limit import BodySizeLimit
+from app.bus import Bus
 from app.cache import create_cache
 from app.engine import Engine, pick_device
+from app.hub import Hub
 from app.metrics import Metrics
+from app.routing import FailurePolicy
+from app.routing_schemas import RouteRequest
 from app.schemas import BatchPredictRequest, Limits, PredictRequest
 from app.settings import Settings
 from models.predictor import Predictor
@@ -32,6 +36,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout_ms=settings.cache_timeout_ms,
         metrics=app.state.metrics,
     )
+    bus = Bus(settings.bus_url, metrics=app.state.metrics)
+    hub = Hub(bus, settings.bus_channel, queue_size=settings.ws_queue_size, metrics=app.state.metrics)
     device = pick_device(settings.device)
     checkpoints = {kind: settings.checkpoint_dir / f"{kind}.safetensors" for kind in settings.models}
     predictors = {kind: Predictor.load(path, device) for kind, path in checkpoints.items()}
@@ -44,14 +50,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retry_after_s=settings.retry_after_s,
         torch_threads=settings.torch_threads,
     )
-    async with engine, cache:
+    async with engine, cache, bus, hub:
         app.state.engine = engine
         app.state.cache = cache
+        app.state.bus, app.state.hub = bus, hub
+        app.state.failure_policy = FailurePolicy(
+            settings.failure_rate, settings.failure_latency_factor, settings.breaker_threshold
+        )
         app.state.limits = Limits(
             max_window=settings.max_window,
             max_batch=settings.max_batch,
             horizons={kind: p.horizon for kind, p in predictors.items()},
             default_model=settings.model,
+            max_routes=settings.max_routes,
         )
         yield
 
@@ -73,7 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     # hottest first: routes match in order
-    for router in (predict.router, models.router, health.router, metrics.router):
+    routers = (predict.router, routing.router, stream.router, models.router, health.router, metrics.router)
+    for router in routers:
         app.include_router(router)
-    openapi.document(app, [PredictRequest, BatchPredictRequest])
+    openapi.document(app, [PredictRequest, BatchPredictRequest, RouteRequest])
     return app

@@ -61,6 +61,7 @@ class Limits:
     max_batch: int
     horizons: Mapping[str, int]  # served model kind -> its horizon H (steps it predicts)
     default_model: str
+    max_routes: int = 64  # candidate routes in one routing request
 
 
 def _limits(info: ValidationInfo) -> Limits | None:

@@ -34,5 +34,6 @@ def serve(
         http="httptools",
         log_level=settings.log_level,
         access_log=settings.access_log,
+        ws_per_message_deflate=settings.ws_compression,
         server_header=False,
     )

@@ -71,7 +71,10 @@ class Settings(BaseSettings):
         default=1024, ge=1, le=100_000, description="Most flows in one /v1/predict/batch request."
     )
     max_body_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="Largest request body accepted; a larger one is a 413."
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body or WebSocket frame accepted; a larger body is a 413, a "
+        "larger frame closes its socket (1008).",
     )
 
     # -- engine -----------------------------------------------------------------------------
@@ -120,6 +123,61 @@ class Settings(BaseSettings):
         le=10_000,
         description="Connect and read timeout of a Redis round-trip, in ms. A failed one makes requests skip "
         "Redis for a short backoff, then try it again.",
+    )
+
+    # -- routing -----------------------------------------------------------------------------
+    max_routes: int = Field(
+        default=64, ge=1, le=4096, description="Most candidate routes in one /v1/routing/recommend request."
+    )
+    failure_rate: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="A route counts as failing when its predicted loss_rate + error_rate exceeds this...",
+    )
+    failure_latency_factor: float = Field(
+        default=3.0,
+        gt=1.0,
+        le=1000.0,
+        description="...or its predicted latency exceeds this many times the median latency of its window.",
+    )
+    breaker_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Failure probability above which a route gets a CircuitBreakerPrediction message.",
+    )
+    flow_key_format: Literal["hex", "bytes"] = Field(
+        default="hex",
+        description="Flow keys in routing messages: `hex` (64 characters) or `bytes` (a list of 32 integers, "
+        "the serde form of a Rust `[u8; 32]`). HTTP answers always use hex.",
+    )
+
+    # -- bus and WebSockets ---------------------------------------------------------------------
+    bus_url: str = Field(
+        default="memory://",
+        description="Bus of the routing messages: `memory://` (this process only) or `redis://host:port/db` "
+        "(Redis pub/sub, shared by every replica).",
+    )
+    bus_channel: str = Field(
+        default="cpe:routing",
+        min_length=1,
+        description="Bus channel of the routing messages; replicas (and the ALM) on the same one see them.",
+    )
+    ws_queue_size: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Messages that may wait for one WebSocket client: a routing subscriber that falls "
+        "further behind loses its oldest; a prediction socket stops reading while this many are in flight.",
+    )
+    ws_heartbeat_s: float = Field(
+        default=15.0, gt=0.0, le=3600.0, description="Seconds between heartbeat frames on a routing socket."
+    )
+    ws_compression: bool = Field(
+        default=False,
+        description="Offer permessage-deflate on WebSockets: less bandwidth, but every routing message is "
+        "then compressed once per subscriber.",
     )
 
     @field_validator("models", mode="before")

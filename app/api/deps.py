@@ -7,10 +7,14 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.requests import HTTPConnection
 
+from app.bus import Bus
 from app.cache import Cache
 from app.engine import Engine
+from app.hub import Hub
 from app.metrics import Metrics
+from app.routing import FailurePolicy
 from app.schemas import Limits
 from app.settings import Settings
 
@@ -18,30 +22,45 @@ M = TypeVar("M", bound=BaseModel)
 
 
 # async, though they never await: FastAPI runs a plain `def` dependency in its thread pool, which would
-# cost two thread hand-offs per request
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+# cost two thread hand-offs per request. An HTTPConnection, not a Request: WebSocket routes use them too.
+async def get_settings(conn: HTTPConnection) -> Settings:
+    return conn.app.state.settings  # type: ignore[no-any-return]
 
 
-async def get_engine(request: Request) -> Engine:
-    return request.app.state.engine  # type: ignore[no-any-return]
+async def get_engine(conn: HTTPConnection) -> Engine:
+    return conn.app.state.engine  # type: ignore[no-any-return]
 
 
-async def get_limits(request: Request) -> Limits:
-    return request.app.state.limits  # type: ignore[no-any-return]
+async def get_limits(conn: HTTPConnection) -> Limits:
+    return conn.app.state.limits  # type: ignore[no-any-return]
 
 
-async def get_cache(request: Request) -> Cache:
-    return request.app.state.cache  # type: ignore[no-any-return]
+async def get_cache(conn: HTTPConnection) -> Cache:
+    return conn.app.state.cache  # type: ignore[no-any-return]
 
 
-async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+async def get_metrics(conn: HTTPConnection) -> Metrics:
+    return conn.app.state.metrics  # type: ignore[no-any-return]
+
+
+async def get_bus(conn: HTTPConnection) -> Bus:
+    return conn.app.state.bus  # type: ignore[no-any-return]
+
+
+async def get_hub(conn: HTTPConnection) -> Hub:
+    return conn.app.state.hub  # type: ignore[no-any-return]
+
+
+async def get_failure_policy(conn: HTTPConnection) -> FailurePolicy:
+    return conn.app.state.failure_policy  # type: ignore[no-any-return]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
+BusDep = Annotated[Bus, Depends(get_bus)]
+HubDep = Annotated[Hub, Depends(get_hub)]
+FailurePolicyDep = Annotated[FailurePolicy, Depends(get_failure_policy)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -50,9 +50,14 @@ def _jsonable(error: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def error_detail(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validation errors as a 422's ``detail`` lists them (the prediction stream's errors too)."""
+    return [_jsonable(e) for e in errors]
+
+
 async def validation_error(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, RequestValidationError)
-    return OrjsonResponse({"detail": [_jsonable(e) for e in exc.errors()]}, status_code=422)
+    return OrjsonResponse({"detail": error_detail(exc.errors())}, status_code=422)
 
 
 async def unavailable(request: Request, exc: Exception) -> OrjsonResponse:

@@ -1,0 +1,219 @@
+"""WebSocket streams: /v1/stream/routing pushes routing messages, /v1/stream/predict answers predictions.
+
+Frames are JSON text. A frame that cannot be understood gets an error frame and the socket stays open;
+abuse (binary frames, frames larger than CPE_MAX_BODY_BYTES) closes it with 1008, policy violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+from starlette.status import WS_1008_POLICY_VIOLATION
+
+from app.api.deps import EngineDep, HubDep, LimitsDep, SettingsDep
+from app.api.errors import error_detail
+from app.api.predict import _arrays as window_arrays
+from app.api.predict import _result as prediction_result
+from app.api.responses import dumps
+from app.bus.queue import QueueClosed
+from app.engine import Engine, EngineStopped, Overloaded
+from app.hub import Hub, StreamClient
+from app.metrics import Metrics
+from app.routing_schemas import StreamPredictRequest, SubscribeFrame
+from app.schemas import Limits
+
+router = APIRouter(prefix="/v1/stream", tags=["stream"])
+log = logging.getLogger("cpe.stream")
+
+_GONE = (WebSocketDisconnect, RuntimeError, OSError)  # what sending to a client that went away raises
+
+
+class PolicyViolation(Exception):
+    """The client broke the protocol in a way that ends the connection (close code 1008)."""
+
+
+async def _receive_text(websocket: WebSocket, max_bytes: int) -> str | None:
+    """The next text frame; None once the client has gone; ``PolicyViolation`` for abuse."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    text = message.get("text")
+    if text is None:
+        raise PolicyViolation("frames must be JSON text, not binary")
+    if len(text) > max_bytes:  # characters: a lower bound of the UTF-8 size
+        raise PolicyViolation(f"frame of {len(text)} characters exceeds the limit of {max_bytes} bytes")
+    return text
+
+
+# -- /v1/stream/routing -----------------------------------------------------------------------------
+@router.websocket("/routing")
+async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDep) -> None:
+    """Routing messages as they are published, filtered by flow key and type, with heartbeats."""
+    await websocket.accept()
+    client = hub.connect()
+    lock = asyncio.Lock()  # one frame at a time: the sender's messages and the replies to the client's ops
+    sender = asyncio.create_task(_send_routing(websocket, client, lock, settings.ws_heartbeat_s, hub.metrics))
+    try:
+        while (text := await _receive_text(websocket, settings.max_body_bytes)) is not None:
+            await _routing_op(websocket, hub, client, lock, text)
+    except PolicyViolation as exc:
+        with contextlib.suppress(*_GONE):
+            async with lock:
+                await websocket.close(WS_1008_POLICY_VIOLATION, str(exc))
+    finally:
+        hub.disconnect(client)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+
+
+async def _routing_op(
+    websocket: WebSocket, hub: Hub, client: StreamClient, lock: asyncio.Lock, text: str
+) -> None:
+    """Carry out one client frame and reply; the reply to a subscribe precedes the messages it selects."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return await _reply(websocket, lock, {"op": "error", "detail": f"malformed JSON: {exc}"})
+    op = frame.get("op") if isinstance(frame, dict) else None
+    if op == "subscribe":
+        try:
+            sub = SubscribeFrame.model_validate(frame)
+        except ValidationError as exc:
+            return await _reply(websocket, lock, {"op": "error", "detail": _describe(exc)})
+        await _reply(websocket, lock, {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types})
+        hub.subscribe(client, sub.flow_keys, sub.types)
+    elif op == "unsubscribe":
+        hub.unsubscribe(client)  # forgets what was queued; a message being written finishes before the reply
+        await _reply(websocket, lock, {"op": "unsubscribed"})
+    elif op == "ping":
+        await _reply(websocket, lock, {"op": "pong", "dropped": client.dropped})
+    else:
+        detail = 'a frame is a JSON object with an "op"' if op is None else f"unknown op {op!r}"
+        await _reply(
+            websocket, lock, {"op": "error", "detail": f"{detail}; ops: subscribe, unsubscribe, ping"}
+        )
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    """Every error of ``exc`` as ``field.path: message``, in one line."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'frame'}: {error['msg']}" for error in exc.errors()
+    )
+
+
+async def _reply(websocket: WebSocket, lock: asyncio.Lock, frame: dict[str, Any]) -> None:
+    async with lock:
+        await websocket.send_text(orjson.dumps(frame).decode())
+
+
+async def _send_routing(
+    websocket: WebSocket,
+    client: StreamClient,
+    lock: asyncio.Lock,
+    heartbeat_s: float,
+    metrics: Metrics | None,
+) -> None:
+    """Drain the client's queue onto its socket, and beat every ``heartbeat_s``; ends when the client goes."""
+    loop = asyncio.get_running_loop()
+    outbox = client.outbox
+    beat_at = loop.time() + heartbeat_s
+    try:
+        while True:
+            if loop.time() >= beat_at:
+                beat = orjson.dumps({"op": "heartbeat", "dropped": client.dropped}).decode()
+                async with lock:
+                    await websocket.send_text(beat)
+                beat_at = loop.time() + heartbeat_s
+            text = outbox.get_nowait()
+            if text is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(beat_at):
+                        await outbox.wait()
+                continue
+            async with lock:
+                await websocket.send_text(text)
+            if metrics is not None:
+                metrics.ws_messages_sent.inc()
+    except (*_GONE, QueueClosed):
+        pass  # the client went away: the receive loop sees it and cleans up
+
+
+# -- /v1/stream/predict -----------------------------------------------------------------------------
+@router.websocket("/predict")
+async def stream_predict(
+    websocket: WebSocket, engine: EngineDep, limits: LimitsDep, settings: SettingsDep
+) -> None:
+    """PredictRequests with an ``id``, answered ``{id, result}`` or ``{id, error}`` as each is ready."""
+    await websocket.accept()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+    in_flight = asyncio.Semaphore(settings.ws_queue_size)  # bounds ``answers`` and the tasks
+    sender = asyncio.create_task(_send_answers(websocket, answers, in_flight))
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while (text := await _receive_text(websocket, settings.max_body_bytes)) is not None:
+            await in_flight.acquire()  # released once the answer is written: a flood stops being read
+            task = asyncio.create_task(_predict(text, engine, limits, answers))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except PolicyViolation as exc:
+        with contextlib.suppress(*_GONE):
+            await websocket.close(WS_1008_POLICY_VIOLATION, str(exc))
+    finally:
+        for task in (*tasks, sender):
+            task.cancel()
+        await asyncio.gather(*tasks, sender, return_exceptions=True)
+
+
+async def _predict(text: str, engine: Engine, limits: Limits, answers: asyncio.Queue[bytes]) -> None:
+    """Answer one request frame: its result, or its error in the shape of the HTTP one."""
+    start = time.perf_counter()
+    try:
+        req = StreamPredictRequest.model_validate_json(text, context=limits)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        answers.put_nowait(
+            dumps({"id": _id_of(text), "error": {"status": 422, "detail": error_detail(errors)}})
+        )
+        return
+    try:
+        timestamps, features = window_arrays(req.contexts)
+        forecast = await engine.predict(req.model or limits.default_model, timestamps, features)
+    except (Overloaded, EngineStopped) as exc:
+        error = {"status": 503, "detail": str(exc), "retry_after_s": exc.retry_after_s}
+        answers.put_nowait(dumps({"id": req.id, "error": error}))
+        return
+    except Exception:
+        log.exception("prediction %r failed", req.id)
+        answers.put_nowait(dumps({"id": req.id, "error": {"status": 500, "detail": "the prediction failed"}}))
+        return
+    answers.put_nowait(dumps({"id": req.id, "result": prediction_result(req, features, forecast, start)}))
+
+
+def _id_of(text: str) -> str | int | None:
+    """The ``id`` of a frame that failed validation, if it has a usable one."""
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    value = frame.get("id") if isinstance(frame, dict) else None
+    return value if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+async def _send_answers(
+    websocket: WebSocket, answers: asyncio.Queue[bytes], in_flight: asyncio.Semaphore
+) -> None:
+    try:
+        while True:
+            answer = await answers.get()
+            await websocket.send_text(answer.decode())
+            in_flight.release()
+    except _GONE:
+        pass

@@ -1,0 +1,186 @@
+"""This process's routing subscribers: one bus subscription, fanned out to every routing WebSocket.
+
+Each message is parsed once (its type and flow key, for the filters) and decoded once; every matching
+client gets the same string in its own bounded queue, which its own sender task drains. The fan-out
+never waits on a client: a slow one loses its oldest messages (counted) and nobody else notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from itertools import chain
+from types import TracebackType
+from typing import Self
+
+import orjson
+
+from app.bus import Bus
+from app.bus.queue import DropOldestQueue
+from app.metrics import Metrics
+
+log = logging.getLogger("cpe.hub")
+
+MESSAGE_TYPES = ("RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction")
+
+
+class StreamClient:
+    """One routing WebSocket: what it asked for, and its queue of messages waiting to be sent."""
+
+    __slots__ = ("flow_keys", "outbox", "subscribed", "types")
+
+    def __init__(self, queue_size: int) -> None:
+        self.outbox: DropOldestQueue[str] = DropOldestQueue(queue_size)
+        self.subscribed = False
+        self.flow_keys: frozenset[str] | None = None  # hex; None = every flow
+        self.types: frozenset[str] | None = None  # None = every message type
+
+    @property
+    def dropped(self) -> int:
+        """Messages this client lost because it fell behind."""
+        return self.outbox.dropped
+
+
+def message_route(message: bytes) -> tuple[str, str | None]:
+    """A routing message's type and its flow key as hex (None for the messages about services)."""
+    decoded = orjson.loads(message)
+    if not isinstance(decoded, dict) or len(decoded) != 1:
+        raise ValueError("a routing message is an object with exactly one key, its type")
+    ((kind, body),) = decoded.items()
+    key = body.get("flow_key") if isinstance(body, dict) else None
+    if isinstance(key, list):  # the serde form of a Rust [u8; 32]
+        key = bytes(key).hex()
+    return kind, key
+
+
+class Hub:
+    """Fans the bus channel ``channel`` out to this process's routing WebSocket clients.
+
+    A client's ``flow_keys`` filter selects the messages that name a flow (``RoutingPrediction``);
+    ``LoadBalancingUpdate`` and ``CircuitBreakerPrediction`` are about routes shared by flows and carry no
+    flow key, so only the ``types`` filter selects them.
+    """
+
+    def __init__(self, bus: Bus, channel: str, *, queue_size: int, metrics: Metrics | None = None) -> None:
+        self.bus = bus
+        self.channel = channel
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self.received = 0  # bus messages fanned out
+        self.malformed = 0  # bus messages that were not routing messages
+        self._clients: set[StreamClient] = set()
+        self._every_flow: set[StreamClient] = set()  # subscribed without a flow filter
+        self._by_flow: dict[str, set[StreamClient]] = {}  # flow key -> clients filtering on it
+        self._subscribed: set[StreamClient] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Subscribe to the bus; returns once the subscription is in place."""
+        ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(ready), name="cpe-hub")
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._task.done():
+            self._task.result()  # raises what stopped it
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for client in self._clients:
+            client.outbox.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        async with self.bus.subscribe(self.channel) as subscription:
+            ready.set()
+            async for message in subscription:
+                self.publish_local(message)
+
+    # -- clients --------------------------------------------------------------------------------
+    def connect(self) -> StreamClient:
+        """A new client, not subscribed to anything yet."""
+        client = StreamClient(self.queue_size)
+        self._clients.add(client)
+        return client
+
+    def disconnect(self, client: StreamClient) -> None:
+        self.unsubscribe(client)
+        self._clients.discard(client)
+        client.outbox.close()
+
+    def subscribe(
+        self, client: StreamClient, flow_keys: Iterable[str] | None, types: Iterable[str] | None
+    ) -> None:
+        """Send ``client`` the messages that pass its filters from now on (a new subscribe replaces them)."""
+        self._unindex(client)
+        client.flow_keys = None if flow_keys is None else frozenset(flow_keys)
+        client.types = None if types is None else frozenset(types)
+        client.subscribed = True
+        self._subscribed.add(client)
+        if client.flow_keys is None:
+            self._every_flow.add(client)
+        else:
+            for key in client.flow_keys:
+                self._by_flow.setdefault(key, set()).add(client)
+        if self.metrics is not None:
+            self.metrics.ws_subscribers.set(len(self._subscribed))
+
+    def unsubscribe(self, client: StreamClient) -> None:
+        """Stop sending messages to ``client``, and forget those still waiting for it."""
+        self._unindex(client)
+        client.subscribed = False
+        client.outbox.clear()
+        if self.metrics is not None:
+            self.metrics.ws_subscribers.set(len(self._subscribed))
+
+    def _unindex(self, client: StreamClient) -> None:
+        self._subscribed.discard(client)
+        self._every_flow.discard(client)
+        for key in client.flow_keys or ():
+            clients = self._by_flow.get(key)
+            if clients is not None:
+                clients.discard(client)
+                if not clients:
+                    del self._by_flow[key]
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribed)
+
+    # -- fan-out --------------------------------------------------------------------------------
+    def publish_local(self, message: bytes) -> int:
+        """Queue ``message`` for every matching client of this process; returns how many."""
+        try:
+            kind, flow_key = message_route(message)
+            text = message.decode()
+        except (ValueError, AttributeError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            self.malformed += 1
+            log.warning("hub: ignored a bus message that is not a routing message: %s", exc)
+            return 0
+        self.received += 1
+        if flow_key is None:
+            targets: Iterable[StreamClient] = self._subscribed
+        else:
+            keyed = self._by_flow.get(flow_key)  # disjoint from _every_flow
+            targets = self._every_flow if keyed is None else chain(self._every_flow, keyed)
+        queued = dropped = 0
+        for client in targets:
+            if client.types is None or kind in client.types:
+                queued += 1
+                if not client.outbox.put(text):
+                    dropped += 1
+        if dropped and self.metrics is not None:
+            self.metrics.ws_messages_dropped.inc(dropped)
+        return queued

@@ -1,0 +1,299 @@
+"""Predicted contexts of a flow's candidate routes -> ranked suggestions, load weights, failure risk.
+
+Everything is read off each route's predictive distribution at step ``h`` (the request's horizon): per
+feature a Gaussian N(mu, sigma^2) in the scaler's space, i.e. log(x + floor) for latency and throughput
+(a log-normal in raw units), the identity for loss_rate and error_rate.
+
+Per route:
+
+- ``expected_latency_ms``, ``expected_throughput``: means of the log-normals,
+  ``exp(mu + sigma^2 / 2) - floor``. The mean, not the median that /v1/predict reports: an uncertain
+  route is expected to be slower than its median, and routing should see that.
+- ``reliability_score = (1 - E[loss_rate]) * (1 - E[error_rate])``: the chance a packet gets through and
+  its request succeeds, with ``E[max(Y, 0)] = mu * Phi(mu / sigma) + sigma * phi(mu / sigma)`` for a
+  rate ``Y`` (rates cannot go below 0; capped at 1).
+- ``failure_probability = 1 - (1 - P_rate) * (1 - P_latency)`` with
+  ``P_rate = P(loss_rate + error_rate > CPE_FAILURE_RATE)`` (the sum of the two Gaussians) and
+  ``P_latency = P(latency > CPE_FAILURE_LATENCY_FACTOR * median latency of the route's window)``, the two
+  taken as independent.
+
+Ranking: each route gets a score in [0, 1], 1 the best, from figures normalized over the candidates:
+``L = min latency / latency``, ``T = throughput / max throughput``, ``R = reliability_score``,
+``C = min cost / cost``. ``latency`` ranks by L, ``throughput`` by T, ``reliability`` by
+``R * (1 - failure_probability)`` and ``balanced`` by ``(L + T + R + C) / 4``. Ties go to the lower
+failure probability, then the lower latency, then the route_id.
+
+Load-balancing weights: ``w ∝ (1 - failure_probability) * max(score, 0.01)``, normalized to sum to 1. A
+better route gets proportionally more, and only a route certain to fail gets 0; if every route is, the
+weights fall back to the scores alone. The recommendation's ``confidence`` is the weighted mean of the
+routes' calibrated confidences: the probability that a request spread by the weights sees a latency
+within ±10 % of its route's prediction.
+
+A ``CircuitBreakerPrediction`` goes out for each route whose failure probability exceeds
+``CPE_BREAKER_THRESHOLD``, with ``recommended_threshold = CPE_FAILURE_RATE`` (the loss + error rate that
+the probability is about) and ``time_to_recovery_ms`` = the first later step whose failure probability is
+back at or below the threshold, times the step spacing; ``(H + 1)`` steps when none within the horizon H.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from app.engine import WindowForecast
+from app.routing_schemas import Objective
+from models.scaling import FEATURE_NAMES, Scaler
+
+LATENCY, LOSS, THROUGHPUT, UTILIZATION, ERRORS = (
+    FEATURE_NAMES.index(name)
+    for name in ("latency_ms", "loss_rate", "throughput_mbps", "utilization", "error_rate")
+)
+MIN_SCORE = 0.01  # the least score a weight is computed from: no route starves unless it surely fails
+MIN_SIGMA = 1e-9
+MAX_EXPONENT = 50.0  # as Scaler.inverse: exp(50) is far beyond any measurement and still finite
+_erfc = np.vectorize(math.erfc, otypes=[float])
+
+
+def _survival(z: np.ndarray) -> np.ndarray:
+    """P(Z > z) for a standard normal Z, elementwise (numpy has no erf; this runs on the event loop)."""
+    return 0.5 * _erfc(np.asarray(z, dtype=np.float64) / math.sqrt(2.0))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """What counts as a route failing, and when to warn its circuit breaker."""
+
+    rate: float = 0.05  # loss_rate + error_rate beyond this is a failure
+    latency_factor: float = 3.0  # so is latency beyond this many times the window's median
+    breaker_threshold: float = 0.5  # failure probability that triggers a CircuitBreakerPrediction
+
+
+@dataclass(frozen=True)
+class RouteForecast:
+    """What the routing reads of one route: its predictive distribution over the model's horizon H."""
+
+    route_id: str
+    cost_factor: float
+    point: np.ndarray  # (H, D) point forecast, raw units
+    loc: np.ndarray  # (H, D) mean in the scaler's space
+    std: np.ndarray  # (H, D) deviation in the scaler's space
+    confidence: np.ndarray  # (H,) calibrated confidence per step
+    dt_s: float  # spacing of the steps, seconds
+    window_latency_ms: float  # median latency of the route's window
+    scaler: Scaler
+
+
+def route_forecast(
+    route_id: str, cost_factor: float, features: np.ndarray, forecast: WindowForecast
+) -> RouteForecast:
+    """A route's forecast from the engine's, with its window ``features`` (n, D)."""
+    predictor = forecast.predictor
+    scaler = predictor.scaler
+    # the engine hands over the central interval; its half-width in the scaler's space is z * sigma. The
+    # wider side is the one not clipped at a feature's bound (rates at 0, raw values at 0).
+    z = NormalDist().inv_cdf(0.5 + predictor.calibration.interval / 2)
+    above = scaler.transform(forecast.upper) - forecast.loc
+    below = forecast.loc - scaler.transform(forecast.lower)
+    return RouteForecast(
+        route_id=route_id,
+        cost_factor=cost_factor,
+        point=forecast.mean,
+        loc=forecast.loc,
+        std=np.maximum(np.maximum(above, below) / z, MIN_SIGMA),
+        confidence=forecast.confidence,
+        dt_s=forecast.dt_s,
+        window_latency_ms=float(np.median(features[:, LATENCY])),
+        scaler=scaler,
+    )
+
+
+@dataclass
+class RouteOutlook:
+    """One route's figures at the request's horizon, and its place in the ranking."""
+
+    route_id: str
+    expected_latency_ms: float
+    expected_throughput: float
+    reliability_score: float
+    cost_factor: float
+    failure_probability: float
+    predicted_load: float  # utilization
+    confidence: float
+    predicted_context: list[float]
+    time_to_recovery_ms: int  # meaningful when failure_probability exceeds the breaker threshold
+    score: float = 0.0
+    weight: float = 0.0
+
+
+def _expected(scaler: Scaler, feature: int, mu: float, sigma: float) -> float:
+    """Mean of a feature's predictive distribution in raw units."""
+    if scaler.is_log[feature]:  # log-normal
+        return max(math.exp(min(mu + sigma * sigma / 2, MAX_EXPONENT)) - float(scaler.floors[feature]), 0.0)
+    a = mu / sigma  # a rate: E[max(Y, 0)] of Y ~ N(mu, sigma^2), capped at 1
+    rectified = mu * (1.0 - 0.5 * math.erfc(a / math.sqrt(2))) + sigma * math.exp(-a * a / 2) / math.sqrt(
+        2 * math.pi
+    )
+    return min(max(rectified, 0.0), 1.0)
+
+
+def failure_probabilities(route: RouteForecast, policy: FailurePolicy) -> np.ndarray:
+    """P(the route fails) at every step 1..H, (H,): see the module's docstring."""
+    scaler, loc, std = route.scaler, route.loc, route.std
+    assert not scaler.is_log[LOSS] and not scaler.is_log[ERRORS], (
+        "loss and error rates must be identity-scaled"
+    )
+    bound = np.full(scaler.n_features, 0.0)
+    bound[LATENCY] = policy.latency_factor * max(route.window_latency_ms, scaler.floors[LATENCY])
+    latency_bound = scaler.transform(bound)[LATENCY]
+    p_latency = _survival((latency_bound - loc[:, LATENCY]) / std[:, LATENCY])
+    rate_mu = loc[:, LOSS] + loc[:, ERRORS]
+    rate_sigma = np.hypot(std[:, LOSS], std[:, ERRORS])
+    p_rate = _survival((policy.rate - rate_mu) / rate_sigma)
+    return np.clip(1.0 - (1.0 - p_rate) * (1.0 - p_latency), 0.0, 1.0)  # type: ignore[no-any-return]
+
+
+def outlook(route: RouteForecast, horizon: int, policy: FailurePolicy) -> RouteOutlook:
+    """The figures of one route at step ``horizon`` (1-based)."""
+    h = horizon - 1
+    mu, sigma, scaler = route.loc[h], route.std[h], route.scaler
+    loss = _expected(scaler, LOSS, float(mu[LOSS]), float(sigma[LOSS]))
+    errors = _expected(scaler, ERRORS, float(mu[ERRORS]), float(sigma[ERRORS]))
+    failing = failure_probabilities(route, policy)
+    later = [s for s in range(h + 1, len(failing)) if failing[s] <= policy.breaker_threshold]
+    recovery_steps = (later[0] if later else len(failing)) + 1
+    return RouteOutlook(
+        route_id=route.route_id,
+        expected_latency_ms=_expected(scaler, LATENCY, float(mu[LATENCY]), float(sigma[LATENCY])),
+        expected_throughput=_expected(scaler, THROUGHPUT, float(mu[THROUGHPUT]), float(sigma[THROUGHPUT])),
+        reliability_score=(1.0 - loss) * (1.0 - errors),
+        cost_factor=route.cost_factor,
+        failure_probability=float(failing[h]),
+        predicted_load=float(route.point[h, UTILIZATION]),
+        confidence=float(route.confidence[h]),
+        predicted_context=[float(x) for x in route.point[h]],
+        time_to_recovery_ms=round(recovery_steps * route.dt_s * 1000.0),
+    )
+
+
+def rank(routes: list[RouteOutlook], objective: Objective) -> list[RouteOutlook]:
+    """Score ``routes`` for ``objective`` and return them best first (formulas: the module's docstring)."""
+    min_latency = min(max(r.expected_latency_ms, MIN_SIGMA) for r in routes)
+    max_throughput = max(r.expected_throughput for r in routes)
+    min_cost = min(r.cost_factor for r in routes)
+    for r in routes:
+        latency = min_latency / max(r.expected_latency_ms, MIN_SIGMA)
+        throughput = r.expected_throughput / max_throughput if max_throughput > 0 else 1.0
+        cost = min_cost / r.cost_factor
+        r.score = {
+            "latency": latency,
+            "throughput": throughput,
+            "reliability": r.reliability_score * (1.0 - r.failure_probability),
+            "balanced": (latency + throughput + r.reliability_score + cost) / 4,
+        }[objective]
+    return sorted(routes, key=lambda r: (-r.score, r.failure_probability, r.expected_latency_ms, r.route_id))
+
+
+def balance(routes: list[RouteOutlook]) -> dict[str, float]:
+    """Load-balancing weights of scored ``routes``: they sum to 1, better routes get more."""
+    raw = [(1.0 - r.failure_probability) * max(r.score, MIN_SCORE) for r in routes]
+    if sum(raw) <= 0.0:  # every route is certain to fail: spread by the scores alone
+        raw = [max(r.score, MIN_SCORE) for r in routes]
+    total = sum(raw)
+    for r, w in zip(routes, raw, strict=True):
+        r.weight = w / total
+    return {r.route_id: r.weight for r in routes}
+
+
+@dataclass
+class Recommendation:
+    """The routes of one flow ranked for one objective, with the weights and the overall confidence."""
+
+    flow_key: str  # hex
+    objective: Objective
+    routes: list[RouteOutlook]  # best first
+    weights: dict[str, float]
+    confidence: float
+    time_horizon_ms: int
+
+
+def recommend(
+    flow_key: str,
+    objective: Objective,
+    routes: list[RouteForecast],
+    horizon: int,
+    policy: FailurePolicy,
+) -> Recommendation:
+    """Rank ``routes`` of ``flow_key`` by their forecasts at step ``horizon``."""
+    ranked = rank([outlook(route, horizon, policy) for route in routes], objective)
+    weights = balance(ranked)
+    confidence = sum(r.weight * r.confidence for r in ranked)
+    best = next(route for route in routes if route.route_id == ranked[0].route_id)
+    return Recommendation(
+        flow_key=flow_key,
+        objective=objective,
+        routes=ranked,
+        weights=weights,
+        confidence=min(max(confidence, 0.0), 1.0),
+        time_horizon_ms=round(horizon * best.dt_s * 1000.0),
+    )
+
+
+# -- the routing messages (DESIGN.md: the Rust enum's externally tagged serde form) ---------------------
+FlowKeyFormat = Literal["hex", "bytes"]
+
+
+def wire_flow_key(flow_key: str, form: FlowKeyFormat) -> str | list[int]:
+    """A hex flow key as routing messages carry it: hex, or the 32 ints of a Rust ``[u8; 32]``."""
+    return flow_key if form == "hex" else list(bytes.fromhex(flow_key))
+
+
+def routing_messages(
+    rec: Recommendation, policy: FailurePolicy, flow_key_format: FlowKeyFormat
+) -> list[bytes]:
+    """RoutingPrediction, LoadBalancingUpdate and one CircuitBreakerPrediction per route at risk, as JSON."""
+    best = rec.routes[0]
+    messages: list[dict[str, Any]] = [
+        {
+            "RoutingPrediction": {
+                "flow_key": wire_flow_key(rec.flow_key, flow_key_format),
+                "predicted_context": best.predicted_context,
+                "confidence": rec.confidence,
+                "time_horizon_ms": rec.time_horizon_ms,
+                "routing_suggestions": [
+                    {
+                        "route_id": r.route_id,
+                        "expected_latency_ms": r.expected_latency_ms,
+                        "expected_throughput": r.expected_throughput,
+                        "reliability_score": r.reliability_score,
+                        "cost_factor": r.cost_factor,
+                    }
+                    for r in rec.routes
+                ],
+            }
+        },
+        {
+            "LoadBalancingUpdate": {
+                "service_weights": rec.weights,
+                "predicted_loads": {r.route_id: r.predicted_load for r in rec.routes},
+                "adaptation_confidence": rec.confidence,
+            }
+        },
+    ]
+    messages += [
+        {
+            "CircuitBreakerPrediction": {
+                "service_id": r.route_id,
+                "failure_probability": r.failure_probability,
+                "recommended_threshold": policy.rate,
+                "time_to_recovery_ms": r.time_to_recovery_ms,
+            }
+        }
+        for r in rec.routes
+        if r.failure_probability > policy.breaker_threshold
+    ]
+    return [orjson.dumps(message) for message in messages]
