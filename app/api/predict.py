@@ -8,12 +8,14 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import EngineDep, LimitsDep, parse_body
+from app.api.deps import CacheDep, EngineDep, LimitsDep, parse_body
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
-from app.api.responses import OrjsonResponse
+from app.api.responses import OrjsonResponse, dumps
+from app.cache import prediction_key
 from app.engine import WindowForecast
 from app.schemas import (
     BatchPredictRequest,
@@ -35,13 +37,22 @@ SIMILAR_PATTERNS = 3
     responses=ERROR_RESPONSES,
     openapi_extra=json_body(PredictRequest),
 )
-async def predict(request: Request, engine: EngineDep, limits: LimitsDep) -> OrjsonResponse:
-    """Forecast one flow's context `horizon` steps ahead from its recent window."""
+async def predict(request: Request, engine: EngineDep, limits: LimitsDep, cache: CacheDep) -> Response:
+    """Forecast one flow's context `horizon` steps ahead from its recent window.
+
+    The same window asked again of the same model version is answered from the cache (`cached: true`)."""
     start = time.perf_counter()
     req = await parse_body(request, PredictRequest, limits)
+    kind = req.model or limits.default_model
     timestamps, features = _arrays(req.contexts)
-    forecast = await engine.predict(req.model or limits.default_model, timestamps, features)
-    return OrjsonResponse(_result(req, features, forecast, start))
+    key = _key(engine.predictors[kind].version, req, timestamps, features)
+    stored = await cache.get(key)
+    if stored is not None:
+        return OrjsonResponse(_from_cache(stored, start))
+    forecast = await engine.predict(kind, timestamps, features)
+    body = dumps(_result(req, features, forecast, start))
+    await cache.set(_key(forecast.predictor.version, req, timestamps, features), body)
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -50,17 +61,28 @@ async def predict(request: Request, engine: EngineDep, limits: LimitsDep) -> Orj
     responses=ERROR_RESPONSES,
     openapi_extra=json_body(BatchPredictRequest),
 )
-async def predict_batch(request: Request, engine: EngineDep, limits: LimitsDep) -> OrjsonResponse:
+async def predict_batch(request: Request, engine: EngineDep, limits: LimitsDep, cache: CacheDep) -> Response:
     """Forecast many flows at once; the answers come in the order of the requests."""
     start = time.perf_counter()
-    batch = await parse_body(request, BatchPredictRequest, limits)
-    windows = [(req.model or limits.default_model, *_arrays(req.contexts)) for req in batch.requests]
-    forecasts = await asyncio.gather(*engine.submit_many(windows))
-    results = [
-        _result(req, features, forecast, start)
-        for req, (_, _, features), forecast in zip(batch.requests, windows, forecasts, strict=True)
-    ]
-    return OrjsonResponse({"results": results})
+    requests = (await parse_body(request, BatchPredictRequest, limits)).requests
+    windows = [(req.model or limits.default_model, *_arrays(req.contexts)) for req in requests]
+    versions = {kind: predictor.version for kind, predictor in engine.predictors.items()}
+    keys = [_key(versions[kind], req, t, f) for req, (kind, t, f) in zip(requests, windows, strict=True)]
+    stored = await cache.get_many(keys)  # one round-trip for the whole batch
+    misses = [i for i, value in enumerate(stored) if value is None]
+    forecasts = await asyncio.gather(*engine.submit_many([windows[i] for i in misses])) if misses else []
+    results: list[bytes] = [b""] * len(requests)  # each serialized once, the fresh ones also stored
+    fresh = []
+    for i, forecast in zip(misses, forecasts, strict=True):
+        (_, timestamps, features), req = windows[i], requests[i]
+        results[i] = dumps(_result(req, features, forecast, start))
+        fresh.append((_key(forecast.predictor.version, req, timestamps, features), results[i]))
+    if fresh:
+        await cache.set_many(fresh)  # one round-trip too
+    for i, value in enumerate(stored):
+        if value is not None:
+            results[i] = dumps(_from_cache(value, start))
+    return Response(b'{"results":[%s]}' % b",".join(results), media_type="application/json")
 
 
 def _arrays(contexts: list[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +92,19 @@ def _arrays(contexts: list[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
     # one flat pass over the floats: faster than np.array on the nested lists
     flat = chain.from_iterable(c["features"] for c in contexts)
     return timestamps, np.fromiter(flat, dtype=np.float64, count=n * D).reshape(n, D)
+
+
+def _key(version: str, req: PredictRequest, timestamps: np.ndarray, features: np.ndarray) -> str:
+    """The cache key of this request's prediction by the model ``version``."""
+    return prediction_key(version, req.flow_key, req.horizon, timestamps, features, req.contexts)
+
+
+def _from_cache(stored: bytes, start: float) -> dict[str, Any]:
+    """A stored PredictionResult, answered again: marked cached, with this request's processing time."""
+    result: dict[str, Any] = orjson.loads(stored)
+    result["cached"] = True
+    result["processing_time_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
+    return result
 
 
 def _result(

@@ -163,7 +163,7 @@ class RedisCache(Cache):
             problem = f"redis unreachable: {exc}" if str(exc) else f"redis unreachable: {type(exc).__name__}"
             if self.breaker.failed(problem):
                 self._up.set(0)
-                log.warning("cache: %s; answering without the Redis tier until it is back", problem)
+                log.warning("cache: answering without the Redis tier until it is back: %s", problem)
             return None
         except BaseException:  # cancelled (the client went away) or a bug: no verdict on Redis
             self.breaker.abandoned()
