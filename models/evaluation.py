@@ -77,7 +77,9 @@ def evaluate(predictor: Predictor, traces: list[Any], stride: int = 3, batch: in
     inside = (actual >= lower) & (actual <= upper)
     return {
         "windows": len(ts),
-        "mae": {name: float(v) for name, v in zip(FEATURE_NAMES, np.abs(pred - actual).mean(axis=0), strict=True)},
+        "mae": {
+            name: float(v) for name, v in zip(FEATURE_NAMES, np.abs(pred - actual).mean(axis=0), strict=True)
+        },
         "latency_mae": model_mae,
         "baseline_latency_mae": base,
         "ewma_best_alpha": best_alpha,

@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-LOG_VAR_MIN, LOG_VAR_MAX = -7.0, 7.0  # std 0.03..33 window deviations: a flat window cannot drive the NLL to -inf
+LOG_VAR_MIN, LOG_VAR_MAX = (
+    -7.0,
+    7.0,
+)  # std 0.03..33 window deviations: a flat window cannot drive the NLL to -inf
 
 
 class GaussianHead(nn.Module):

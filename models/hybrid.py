@@ -38,6 +38,7 @@ class HybridConfig:
 
 class HybridForecaster(nn.Module):
     kind = "hybrid"
+    positions: torch.Tensor  # (max_len, width) buffer, see sinusoidal_positions
 
     def __init__(self, config: HybridConfig) -> None:
         super().__init__()
@@ -46,7 +47,9 @@ class HybridForecaster(nn.Module):
         self.inp = nn.Linear(c.n_inputs, c.hidden)
         self.lstm = nn.LSTM(c.hidden, c.hidden, num_layers=c.lstm_layers, batch_first=True)
         self.register_buffer("positions", sinusoidal_positions(c.max_len, c.hidden), persistent=False)
-        layer = nn.TransformerEncoderLayer(c.hidden, c.heads, c.ff, c.dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            c.hidden, c.heads, c.ff, c.dropout, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, c.transformer_layers, enable_nested_tensor=False)
         self.gate = nn.Linear(2 * c.hidden, c.hidden)
         self.norm = nn.LayerNorm(c.hidden)
@@ -54,8 +57,8 @@ class HybridForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (B, T, F) scaled window, oldest first
-        B, T, F = x.shape
-        assert F == self.config.n_inputs, f"expected {self.config.n_inputs} input channels, got {F}"
+        _B, T, F = x.shape
+        assert self.config.n_inputs == F, f"expected {self.config.n_inputs} input channels, got {F}"
         e = self.inp(x)  # (B, T, hidden)
         h_lstm = self.lstm(torch.relu(e))[0][:, -1]  # (B, hidden)
         h_attn = self.encoder(e + self.positions[-T:])[:, -1]  # (B, hidden)

@@ -44,7 +44,9 @@ class LSTMForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (B, T, F) scaled window, oldest first
-        assert x.dim() == 3 and x.shape[-1] == self.config.n_inputs, f"expected (B, T, {self.config.n_inputs})"
+        assert x.dim() == 3 and x.shape[-1] == self.config.n_inputs, (
+            f"expected (B, T, {self.config.n_inputs})"
+        )
         h, _ = self.lstm(torch.relu(self.inp(x)))  # (B, T, hidden)
         summary = self.norm(h[:, -1])  # (B, hidden)
         return self.head(summary, x[:, -1, : self.config.n_features])  # (B, H, D) twice

@@ -48,7 +48,9 @@ class ScalerConfig:
     log_features: list[int] = field(default_factory=lambda: [1, 1, 0, 1, 0, 0, 1, 1])
     floors: list[float] = field(default_factory=lambda: [0.01, 0.01, 0.0, 0.01, 0.0, 0.0, 1.0, 1.0])
     # smallest per-window deviation in transformed units: 2 % for logs, half a point for rates
-    min_scale: list[float] = field(default_factory=lambda: [0.02, 0.02, 0.005, 0.02, 0.005, 0.005, 0.02, 0.02])
+    min_scale: list[float] = field(
+        default_factory=lambda: [0.02, 0.02, 0.005, 0.02, 0.005, 0.005, 0.02, 0.02]
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,7 +36,10 @@ class TrainConfig:
     seq_len: int = 32  # contexts the model reads
     horizon: int = 8  # future steps it predicts
     seed: int = 0
-    n_routes: int = 48  # synthetic routes to train on
+    n_routes: int = 64  # synthetic routes to train on
+    # each route is also seen thinned out (every 2nd, every 4th sample): the same network sampled
+    # less often, so windows span 5 s..4 min intervals and plateaus that outlast a short window
+    subsample_strides: tuple[int, ...] = (1, 2, 4)
     n_steps: int = 3000  # contexts per route
     val_fraction: float = 0.2  # the last part of every route, in time
     max_windows: int = 120_000  # training windows kept (random subset)
@@ -174,7 +177,8 @@ def train_step(
     ``sample_weights`` are the importance weights of a prioritized replay buffer (None = uniform).
     """
     model.train()
-    per_sample = forecast_loss(*model(x), y, weights, error_weight)
+    mean, log_var = model(x)
+    per_sample = forecast_loss(mean, log_var, y, weights, error_weight)
     loss = per_sample.mean() if sample_weights is None else (per_sample * sample_weights).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -232,11 +236,14 @@ def fit(
         losses = []
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            losses.append(train_step(model, optimizer, x_all[idx], y_all[idx], weights, error_weight=w_all[idx]))
+            losses.append(
+                train_step(model, optimizer, x_all[idx], y_all[idx], weights, error_weight=w_all[idx])
+            )
         val_loss = validation_error(model, val, weights)
         scheduler.step(val_loss)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
-        log(f"epoch {epoch:3d}  train {np.mean(losses):+.4f}  val {val_loss:+.4f}  lr {optimizer.param_groups[0]['lr']:.1e}")
+        lr = optimizer.param_groups[0]["lr"]
+        log(f"epoch {epoch:3d}  train {np.mean(losses):+.4f}  val {val_loss:+.4f}  lr {lr:.1e}")
         if val_loss < best - 1e-4:
             best, best_epoch, bad = val_loss, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -256,7 +263,9 @@ def fit(
     }
 
 
-def calibrate(model: nn.Module, scaler: Scaler, val: WindowSet, base: Calibration | None = None) -> Calibration:
+def calibrate(
+    model: nn.Module, scaler: Scaler, val: WindowSet, base: Calibration | None = None
+) -> Calibration:
     """Fit the temperatures and the confidence map on held-out windows (see models/calibration.py)."""
     cal = Calibration(**(base.to_dict() if base else {}))
     mean_s, std_s = predict_scaled(model, val.x)
@@ -277,14 +286,24 @@ def calibrate(model: nn.Module, scaler: Scaler, val: WindowSet, base: Calibratio
     return cal
 
 
-def train(cfg: TrainConfig, traces: list[Any], log: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
+def train(
+    cfg: TrainConfig, traces: list[Any], log: Callable[[str], None] = print
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train, calibrate and describe one model; returns it with the checkpoint metadata."""
+    traces = subsample(traces, cfg.subsample_strides)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     scaler = Scaler(ScalerConfig())
     split = 1.0 - cfg.val_fraction
     train_set = make_windows(
-        traces, scaler, cfg.seq_len, cfg.horizon, (0.0, split), rng, cfg.max_windows, cfg.short_window_fraction
+        traces,
+        scaler,
+        cfg.seq_len,
+        cfg.horizon,
+        (0.0, split),
+        rng,
+        cfg.max_windows,
+        cfg.short_window_fraction,
     )
     val_set = make_windows(traces, scaler, cfg.seq_len, cfg.horizon, (split, 1.0), rng, cfg.max_windows // 4)
     log(f"{cfg.kind}: {len(train_set)} training windows, {len(val_set)} validation windows")
@@ -333,8 +352,27 @@ def validation_figures(
     }
     start = 1.0 - cfg.val_fraction
     held_back = [
-        replace(tr, timestamps_ms=tr.timestamps_ms[int(len(tr) * start) :], features=tr.features[int(len(tr) * start) :])
+        replace(
+            tr,
+            timestamps_ms=tr.timestamps_ms[int(len(tr) * start) :],
+            features=tr.features[int(len(tr) * start) :],
+        )
         for tr in traces
     ]
     figures = evaluate(Predictor(model, meta), held_back, stride=4)
-    return {k: figures[k] for k in ("windows", "latency_mae", "ratio", "coverage", "ece", "mean_confidence", "hit_rate")}
+    return {
+        k: figures[k]
+        for k in ("windows", "latency_mae", "ratio", "coverage", "ece", "mean_confidence", "hit_rate")
+    }
+
+
+def subsample(traces: list[Any], strides: tuple[int, ...]) -> list[Any]:
+    """Route i thinned to every ``strides[i % len(strides)]``-th sample (a time-ordered subsequence)."""
+    from dataclasses import replace
+
+    out = []
+    for i, tr in enumerate(traces):
+        k = strides[i % len(strides)]
+        thinned = tr if k == 1 else replace(tr, timestamps_ms=tr.timestamps_ms[::k], features=tr.features[::k])
+        out.append(thinned)
+    return out

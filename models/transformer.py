@@ -46,12 +46,15 @@ class TransformerConfig:
 
 class TransformerForecaster(nn.Module):
     kind = "transformer"
+    positions: torch.Tensor  # (max_len, width) buffer, see sinusoidal_positions
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
         self.inp = nn.Linear(config.n_inputs, config.d_model)
-        self.register_buffer("positions", sinusoidal_positions(config.max_len, config.d_model), persistent=False)
+        self.register_buffer(
+            "positions", sinusoidal_positions(config.max_len, config.d_model), persistent=False
+        )
         layer = nn.TransformerEncoderLayer(
             config.d_model,
             config.heads,
@@ -67,9 +70,9 @@ class TransformerForecaster(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (B, T, F) scaled window, oldest first
-        B, T, F = x.shape
-        assert F == self.config.n_inputs, f"expected {self.config.n_inputs} input channels, got {F}"
-        assert T <= self.config.max_len, f"window of {T} is longer than max_len {self.config.max_len}"
+        _B, T, F = x.shape
+        assert self.config.n_inputs == F, f"expected {self.config.n_inputs} input channels, got {F}"
+        assert self.config.max_len >= T, f"window of {T} is longer than max_len {self.config.max_len}"
         h = self.inp(x) + self.positions[-T:]  # (B, T, d_model)
         h = self.encoder(h)  # (B, T, d_model)
         return self.head(self.norm(h[:, -1]), x[:, -1, : self.config.n_features])

@@ -27,11 +27,11 @@ def test_hyperparameter_ranges() -> None:
     build_model("lstm", hidden=32, layers=4)
     build_model("lstm", hidden=512, layers=1)
     build_model("transformer", heads=16, d_model=64)
-    with pytest.raises(ValueError, match="hidden must be 32..512"):
+    with pytest.raises(ValueError, match=r"hidden must be 32\.\.512"):
         build_model("lstm", hidden=16)
-    with pytest.raises(ValueError, match="layers must be 1..4"):
+    with pytest.raises(ValueError, match=r"layers must be 1\.\.4"):
         build_model("lstm", layers=5)
-    with pytest.raises(ValueError, match="heads must be 4..16"):
+    with pytest.raises(ValueError, match=r"heads must be 4\.\.16"):
         build_model("transformer", heads=2)
     with pytest.raises(ValueError, match="must divide by heads"):
         build_model("hybrid", hidden=36, heads=8)
