@@ -373,6 +373,8 @@ def subsample(traces: list[Any], strides: tuple[int, ...]) -> list[Any]:
     out = []
     for i, tr in enumerate(traces):
         k = strides[i % len(strides)]
-        thinned = tr if k == 1 else replace(tr, timestamps_ms=tr.timestamps_ms[::k], features=tr.features[::k])
+        thinned = (
+            tr if k == 1 else replace(tr, timestamps_ms=tr.timestamps_ms[::k], features=tr.features[::k])
+        )
         out.append(thinned)
     return out
