@@ -56,6 +56,7 @@ class WindowForecast:
     upper: np.ndarray  # (H, D) upper end
     confidence: np.ndarray  # (H,) calibrated P(latency within ±tolerance)
     loc: np.ndarray  # (H, D) point forecast in the scaler's transformed space
+    std: np.ndarray  # (H, D) its calibrated deviation there: loc and std are the predictive Gaussian
     dt_s: float  # spacing assumed between future steps, seconds (0 for a one-context window)
     predictor: Predictor  # the model version that made it
 
@@ -284,6 +285,7 @@ class Engine:
                             upper=outcome.upper[i],
                             confidence=outcome.confidence[i],
                             loc=outcome.loc[i],
+                            std=outcome.std[i],
                             dt_s=float(outcome.dt_s[i]),
                             predictor=predictor,
                         )

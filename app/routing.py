@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
@@ -92,23 +91,16 @@ def route_forecast(
     route_id: str, cost_factor: float, features: np.ndarray, forecast: WindowForecast
 ) -> RouteForecast:
     """A route's forecast from the engine's, with its window ``features`` (n, D)."""
-    predictor = forecast.predictor
-    scaler = predictor.scaler
-    # the engine hands over the central interval; its half-width in the scaler's space is z * sigma. The
-    # wider side is the one not clipped at a feature's bound (rates at 0, raw values at 0).
-    z = NormalDist().inv_cdf(0.5 + predictor.calibration.interval / 2)
-    above = scaler.transform(forecast.upper) - forecast.loc
-    below = forecast.loc - scaler.transform(forecast.lower)
     return RouteForecast(
         route_id=route_id,
         cost_factor=cost_factor,
         point=forecast.mean,
         loc=forecast.loc,
-        std=np.maximum(np.maximum(above, below) / z, MIN_SIGMA),
+        std=np.maximum(forecast.std, MIN_SIGMA),
         confidence=forecast.confidence,
         dt_s=forecast.dt_s,
         window_latency_ms=float(np.median(features[:, LATENCY])),
-        scaler=scaler,
+        scaler=forecast.predictor.scaler,
     )
 
 
