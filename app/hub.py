@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Iterable
 from itertools import chain
 from types import TracebackType
@@ -28,10 +29,11 @@ MESSAGE_TYPES = ("RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPred
 class StreamClient:
     """One routing WebSocket: what it asked for, and its queue of messages waiting to be sent."""
 
-    __slots__ = ("flow_keys", "outbox", "subscribed", "types")
+    __slots__ = ("flow_keys", "outbox", "replies", "subscribed", "types")
 
     def __init__(self, queue_size: int) -> None:
         self.outbox: DropOldestQueue[str] = DropOldestQueue(queue_size)
+        self.replies: deque[str] = deque()  # answers to the client's own frames: never dropped
         self.subscribed = False
         self.flow_keys: frozenset[str] | None = None  # hex; None = every flow
         self.types: frozenset[str] | None = None  # None = every message type
@@ -40,6 +42,11 @@ class StreamClient:
     def dropped(self) -> int:
         """Messages this client lost because it fell behind."""
         return self.outbox.dropped
+
+    def reply(self, frame: str) -> None:
+        """Queue an answer to the client's own frame: it goes out before any message still waiting."""
+        self.replies.append(frame)
+        self.outbox.wake()
 
 
 def message_route(message: bytes) -> tuple[str, str | None]:

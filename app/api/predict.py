@@ -14,14 +14,15 @@ from fastapi import APIRouter, Request, Response
 from app.api.deps import CacheDep, EngineDep, LimitsDep, parse_body
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
-from app.api.responses import OrjsonResponse, dumps
-from app.cache import prediction_key
-from app.engine import WindowForecast
+from app.api.responses import dumps
+from app.cache import Cache, prediction_key
+from app.engine import Engine, WindowForecast
 from app.schemas import (
     BatchPredictRequest,
     BatchPredictResult,
     ContextVector,
     D,
+    Limits,
     PredictionResult,
     PredictRequest,
 )
@@ -43,16 +44,25 @@ async def predict(request: Request, engine: EngineDep, limits: LimitsDep, cache:
     The same window asked again of the same model version is answered from the cache (`cached: true`)."""
     start = time.perf_counter()
     req = await parse_body(request, PredictRequest, limits)
+    return Response(await predict_one(req, engine, cache, limits, start), media_type="application/json")
+
+
+async def predict_one(
+    req: PredictRequest, engine: Engine, cache: Cache, limits: Limits, start: float
+) -> bytes:
+    """The serialized PredictionResult of ``req``: from the cache, else from the engine (then stored).
+
+    Shared by POST /v1/predict and the WebSocket stream /v1/stream/predict.
+    """
     kind = req.model or limits.default_model
     timestamps, features = _arrays(req.contexts)
-    key = _key(engine.predictors[kind].version, req, timestamps, features)
-    stored = await cache.get(key)
+    stored = await cache.get(_key(engine.predictors[kind].version, req, timestamps, features))
     if stored is not None:
-        return OrjsonResponse(_from_cache(stored, start))
+        return dumps(_from_cache(stored, start))
     forecast = await engine.predict(kind, timestamps, features)
     body = dumps(_result(req, features, forecast, start))
     await cache.set(_key(forecast.predictor.version, req, timestamps, features), body)
-    return Response(body, media_type="application/json")
+    return body
 
 
 @router.post(

@@ -17,12 +17,12 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from starlette.status import WS_1008_POLICY_VIOLATION
 
-from app.api.deps import EngineDep, HubDep, LimitsDep, SettingsDep
+from app.api.deps import CacheDep, EngineDep, HubDep, LimitsDep, SettingsDep
 from app.api.errors import error_detail
-from app.api.predict import _arrays as window_arrays
-from app.api.predict import _result as prediction_result
+from app.api.predict import predict_one
 from app.api.responses import dumps
 from app.bus.queue import QueueClosed
+from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
 from app.hub import Hub, StreamClient
 from app.metrics import Metrics
@@ -53,52 +53,55 @@ async def _receive_text(websocket: WebSocket, max_bytes: int) -> str | None:
 
 
 # -- /v1/stream/routing -----------------------------------------------------------------------------
+MAX_PENDING_REPLIES = 64  # a client this far behind on reading the replies to its own frames is abusing
+
+
 @router.websocket("/routing")
 async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDep) -> None:
     """Routing messages as they are published, filtered by flow key and type, with heartbeats."""
     await websocket.accept()
     client = hub.connect()
-    lock = asyncio.Lock()  # one frame at a time: the sender's messages and the replies to the client's ops
-    sender = asyncio.create_task(_send_routing(websocket, client, lock, settings.ws_heartbeat_s, hub.metrics))
+    # the only writer of this socket: messages, heartbeats and the replies to the client's frames
+    sender = asyncio.create_task(_send_routing(websocket, client, settings.ws_heartbeat_s, hub.metrics))
+    violation: PolicyViolation | None = None
     try:
         while (text := await _receive_text(websocket, settings.max_body_bytes)) is not None:
-            await _routing_op(websocket, hub, client, lock, text)
+            _routing_op(hub, client, text)
+            if len(client.replies) > MAX_PENDING_REPLIES:
+                raise PolicyViolation(f"more than {MAX_PENDING_REPLIES} replies left unread")
     except PolicyViolation as exc:
-        with contextlib.suppress(*_GONE):
-            async with lock:
-                await websocket.close(WS_1008_POLICY_VIOLATION, str(exc))
+        violation = exc
     finally:
         hub.disconnect(client)
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
+    if violation is not None:
+        with contextlib.suppress(*_GONE):
+            await websocket.close(WS_1008_POLICY_VIOLATION, str(violation))
 
 
-async def _routing_op(
-    websocket: WebSocket, hub: Hub, client: StreamClient, lock: asyncio.Lock, text: str
-) -> None:
-    """Carry out one client frame and reply; the reply to a subscribe precedes the messages it selects."""
+def _routing_op(hub: Hub, client: StreamClient, text: str) -> None:
+    """Carry out one client frame and queue its reply (a subscribe's goes before what it selects)."""
     try:
         frame = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return await _reply(websocket, lock, {"op": "error", "detail": f"malformed JSON: {exc}"})
+        return _reply(client, {"op": "error", "detail": f"malformed JSON: {exc}"})
     op = frame.get("op") if isinstance(frame, dict) else None
     if op == "subscribe":
         try:
             sub = SubscribeFrame.model_validate(frame)
         except ValidationError as exc:
-            return await _reply(websocket, lock, {"op": "error", "detail": _describe(exc)})
-        await _reply(websocket, lock, {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types})
+            return _reply(client, {"op": "error", "detail": _describe(exc)})
+        _reply(client, {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types})
         hub.subscribe(client, sub.flow_keys, sub.types)
     elif op == "unsubscribe":
-        hub.unsubscribe(client)  # forgets what was queued; a message being written finishes before the reply
-        await _reply(websocket, lock, {"op": "unsubscribed"})
+        hub.unsubscribe(client)  # forgets what was queued; a message being written goes before the reply
+        _reply(client, {"op": "unsubscribed"})
     elif op == "ping":
-        await _reply(websocket, lock, {"op": "pong", "dropped": client.dropped})
+        _reply(client, {"op": "pong", "dropped": client.dropped})
     else:
         detail = 'a frame is a JSON object with an "op"' if op is None else f"unknown op {op!r}"
-        await _reply(
-            websocket, lock, {"op": "error", "detail": f"{detail}; ops: subscribe, unsubscribe, ping"}
-        )
+        _reply(client, {"op": "error", "detail": f"{detail}; ops: subscribe, unsubscribe, ping"})
     return None
 
 
@@ -109,47 +112,61 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
-async def _reply(websocket: WebSocket, lock: asyncio.Lock, frame: dict[str, Any]) -> None:
-    async with lock:
-        await websocket.send_text(orjson.dumps(frame).decode())
+def _reply(client: StreamClient, frame: dict[str, Any]) -> None:
+    client.reply(orjson.dumps(frame).decode())
 
 
 async def _send_routing(
-    websocket: WebSocket,
-    client: StreamClient,
-    lock: asyncio.Lock,
-    heartbeat_s: float,
-    metrics: Metrics | None,
+    websocket: WebSocket, client: StreamClient, heartbeat_s: float, metrics: Metrics | None
 ) -> None:
-    """Drain the client's queue onto its socket, and beat every ``heartbeat_s``; ends when the client goes."""
+    """Write the client's replies, then its queued messages, and beat every ``heartbeat_s``.
+
+    It runs once per message per client, so it does as little as it can: one timer per heartbeat rather
+    than a timeout per wait, and the metric counted once per batch written rather than per message.
+    Ends when the client goes (its queue is closed, or a write fails).
+    """
     loop = asyncio.get_running_loop()
-    outbox = client.outbox
-    beat_at = loop.time() + heartbeat_s
+    outbox, replies = client.outbox, client.replies
+    beat_due = False
+
+    def beat() -> None:
+        nonlocal beat_due
+        beat_due = True
+        outbox.wake()
+
+    timer = loop.call_later(heartbeat_s, beat)
+    sent = 0
     try:
         while True:
-            if loop.time() >= beat_at:
-                beat = orjson.dumps({"op": "heartbeat", "dropped": client.dropped}).decode()
-                async with lock:
-                    await websocket.send_text(beat)
-                beat_at = loop.time() + heartbeat_s
-            text = outbox.get_nowait()
-            if text is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(beat_at):
-                        await outbox.wait()
+            if replies:
+                await websocket.send_text(replies.popleft())
                 continue
-            async with lock:
+            text = outbox.get_nowait()
+            if text is not None:
                 await websocket.send_text(text)
-            if metrics is not None:
-                metrics.ws_messages_sent.inc()
+                sent += 1
+                continue
+            if sent and metrics is not None:
+                metrics.ws_messages_sent.inc(sent)
+            sent = 0
+            if beat_due:
+                beat_due = False
+                timer = loop.call_later(heartbeat_s, beat)
+                await websocket.send_text(f'{{"op":"heartbeat","dropped":{client.dropped}}}')
+                continue
+            await outbox.wait()  # returns for a message, a reply or a heartbeat
     except (*_GONE, QueueClosed):
         pass  # the client went away: the receive loop sees it and cleans up
+    finally:
+        timer.cancel()
+        if sent and metrics is not None:
+            metrics.ws_messages_sent.inc(sent)
 
 
 # -- /v1/stream/predict -----------------------------------------------------------------------------
 @router.websocket("/predict")
 async def stream_predict(
-    websocket: WebSocket, engine: EngineDep, limits: LimitsDep, settings: SettingsDep
+    websocket: WebSocket, engine: EngineDep, cache: CacheDep, limits: LimitsDep, settings: SettingsDep
 ) -> None:
     """PredictRequests with an ``id``, answered ``{id, result}`` or ``{id, error}`` as each is ready."""
     await websocket.accept()
@@ -160,7 +177,7 @@ async def stream_predict(
     try:
         while (text := await _receive_text(websocket, settings.max_body_bytes)) is not None:
             await in_flight.acquire()  # released once the answer is written: a flood stops being read
-            task = asyncio.create_task(_predict(text, engine, limits, answers))
+            task = asyncio.create_task(_predict(text, engine, cache, limits, answers))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except PolicyViolation as exc:
@@ -172,8 +189,10 @@ async def stream_predict(
         await asyncio.gather(*tasks, sender, return_exceptions=True)
 
 
-async def _predict(text: str, engine: Engine, limits: Limits, answers: asyncio.Queue[bytes]) -> None:
-    """Answer one request frame: its result, or its error in the shape of the HTTP one."""
+async def _predict(
+    text: str, engine: Engine, cache: Cache, limits: Limits, answers: asyncio.Queue[bytes]
+) -> None:
+    """Answer one request frame as POST /v1/predict would (cache included); errors in the same shapes."""
     start = time.perf_counter()
     try:
         req = StreamPredictRequest.model_validate_json(text, context=limits)
@@ -184,8 +203,7 @@ async def _predict(text: str, engine: Engine, limits: Limits, answers: asyncio.Q
         )
         return
     try:
-        timestamps, features = window_arrays(req.contexts)
-        forecast = await engine.predict(req.model or limits.default_model, timestamps, features)
+        result = await predict_one(req, engine, cache, limits, start)
     except (Overloaded, EngineStopped) as exc:
         error = {"status": 503, "detail": str(exc), "retry_after_s": exc.retry_after_s}
         answers.put_nowait(dumps({"id": req.id, "error": error}))
@@ -194,7 +212,7 @@ async def _predict(text: str, engine: Engine, limits: Limits, answers: asyncio.Q
         log.exception("prediction %r failed", req.id)
         answers.put_nowait(dumps({"id": req.id, "error": {"status": 500, "detail": "the prediction failed"}}))
         return
-    answers.put_nowait(dumps({"id": req.id, "result": prediction_result(req, features, forecast, start)}))
+    answers.put_nowait(b'{"id":%s,"result":%s}' % (orjson.dumps(req.id), result))  # the result as serialized
 
 
 def _id_of(text: str) -> str | int | None:

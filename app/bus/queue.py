@@ -44,16 +44,23 @@ class DropOldestQueue(Generic[T]):
         return self._items.popleft() if self._items else None
 
     async def wait(self) -> None:
-        """Return once an item is queued; raises ``QueueClosed`` when closed and empty."""
-        while not self._items:
+        """Return once an item is queued or ``wake`` is called; ``QueueClosed`` when closed and empty."""
+        if not self._items:
             if self._closed:
                 raise QueueClosed
             self._ready.clear()
             await self._ready.wait()
+            if self._closed and not self._items:
+                raise QueueClosed
+
+    def wake(self) -> None:
+        """Make a pending ``wait`` return, queued item or not (e.g. for a timer of the consumer's)."""
+        self._ready.set()
 
     async def get(self) -> T:
         """The oldest item, waiting for one."""
-        await self.wait()
+        while not self._items:
+            await self.wait()
         return self._items.popleft()
 
     def clear(self) -> None:

@@ -332,6 +332,7 @@ async def test_the_predict_socket_answers_every_request_by_its_id(servers: Serve
     assert by_id.keys() == {*(f"good-{i}" for i in range(10)), 7, None}
     for i in range(10):
         result = by_id[f"good-{i}"]["result"]
+        assert result["cached"] is True  # the same path as POST /v1/predict, which cached this window
         assert (result["flow_key"], result["model_version"]) == (
             expected["flow_key"],
             expected["model_version"],
