@@ -40,9 +40,10 @@ def _serve(name: str, script: str, tmp_path: Path, *extra: str) -> Iterator[Serv
         server.stop()
 
 
-@pytest.fixture
-def naive(tmp_path: Path) -> Iterator[Server]:
-    yield from _serve("naive", "naive_server.py", tmp_path, "--model", "lstm", "--device", "cpu")
+@pytest.fixture(scope="module")  # one start (a few seconds: torch, the checkpoint) for the tests below
+def naive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    logs = tmp_path_factory.mktemp("naive")
+    yield from _serve("naive", "naive_server.py", logs, "--model", "lstm", "--device", "cpu")
 
 
 @pytest.fixture
