@@ -20,6 +20,7 @@ tracemalloc: 100,000 entries of the server's own serialized PredictionResult, pe
     python scripts/bench_cache.py                      # the default runs, a table
     python scripts/bench_cache.py --requests 10000 --json out.json
     python scripts/bench_cache.py --run redis://127.0.0.1:6379/14,1000,lru
+    python scripts/bench_cache.py --memory-only
 """
 
 from __future__ import annotations
@@ -307,11 +308,13 @@ def memory_per_entry(value: bytes, n: int = 100_000) -> dict[str, dict[str, floa
 
 
 def table(results: list[RunResult], memory: dict[str, dict[str, float]], value_len: int) -> str:
-    lines = [
-        "| run (url, max entries, strategy) | requests | errors | achieved | max (TTL) | max (no TTL) "
-        "| achieved/max | p50 hit ms | p50 miss ms | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = []
+    if results:
+        lines += [
+            "| run (url, max entries, strategy) | requests | errors | achieved | max (TTL) | max (no TTL) "
+            "| achieved/max | p50 hit ms | p50 miss ms | s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for r in results:
         lines.append(
             f"| {r.run} | {r.requests} | {r.errors} | {r.achieved:.1%} | {r.max_ttl:.1%} | {r.max_plain:.1%} "
@@ -344,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=200, help="miss/hit pairs of the latency phase")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument(
+        "--memory-only", action="store_true", help="only the memory per entry (of one result from a server)"
+    )
     return p
 
 
@@ -351,6 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     results, sample = [], b""
     with tempfile.TemporaryDirectory(prefix="cpe-bench-cache-") as log_dir:
+        if args.memory_only:
+            server = serve(DEFAULT_RUNS[0], args.ttl_ms, Path(log_dir))
+            try:
+                _, _, sample = asyncio.run(latency_pairs(server.port, 1, secrets.token_hex(4)))
+            finally:
+                server.stop()
+            print(table([], memory_per_entry(sample), len(sample)))
+            return 0
         for run in args.run or DEFAULT_RUNS:
             result, sample = bench_run(run, args, Path(log_dir))
             results.append(result)

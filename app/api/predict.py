@@ -106,7 +106,8 @@ def _arrays(contexts: list[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
 
 def _key(version: str, req: PredictRequest, timestamps: np.ndarray, features: np.ndarray) -> str:
     """The cache key of this request's prediction by the model ``version``."""
-    return prediction_key(version, req.flow_key, req.horizon, timestamps, features, req.contexts)
+    pattern_ids = [c.get("pattern_id") for c in req.contexts]
+    return prediction_key(version, req.flow_key, req.horizon, timestamps, features, pattern_ids)
 
 
 def _from_cache(stored: bytes, start: float) -> dict[str, Any]:

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 import orjson
 
-from app.schemas import ContextVector
-
 # Part of every digest: bump it when the stored result changes for the same model and window (a new field,
 # another similar_patterns rule), so that replicas of the new code do not serve what the old code stored.
 KEY_FORMAT = b"cpe-prediction-1"
@@ -30,10 +28,11 @@ def prediction_key(
     horizon: int,
     timestamps: np.ndarray,
     features: np.ndarray,
-    contexts: Sequence[ContextVector],
+    pattern_ids: Sequence[str | None],
 ) -> str:
-    """The cache key of the prediction for this window: ``timestamps`` (n,) int64, ``features`` (n, D)."""
-    assert len(timestamps) == len(features) == len(contexts), "one timestamp and feature row per context"
+    """The cache key of the prediction for this window: ``timestamps`` (n,) int64, ``features`` (n, D),
+    ``pattern_ids`` (n,) each context's pattern_id or None."""
+    assert len(timestamps) == len(features) == len(pattern_ids), "one timestamp, row, pattern id per context"
     digest = hashlib.blake2b(KEY_FORMAT, digest_size=16)
     digest.update(model_version.encode())
     digest.update(b"\0")
@@ -41,5 +40,5 @@ def prediction_key(
     digest.update(struct.pack("<II", horizon, len(timestamps)))
     digest.update(np.ascontiguousarray(timestamps, dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(features, dtype=np.float64).tobytes())
-    digest.update(orjson.dumps([c.get("pattern_id") for c in contexts]))
+    digest.update(orjson.dumps(list(pattern_ids)))
     return f"{{{flow_key}}}:{digest.hexdigest()}"

@@ -2,7 +2,9 @@
 
 Values are binary (the orjson bytes of a PredictionResult), stored with ``SET key value PX ttl``. A key
 is ``<prefix><the cache key>``; cache keys start with their flow's ``{flow_key}`` hash tag, so that a
-flow's keys share a Redis Cluster slot.
+flow's keys share a Redis Cluster slot. (The keys of a batch span flows, hence slots: on a Redis Cluster
+the MGET would have to be split per slot, as redis-py's ``RedisCluster.mget_nonatomic`` does. This tier
+speaks to one Redis, or a proxy in front of a cluster.)
 
 Redis may be down at start-up or go away at any time; the request path must not notice beyond the lost
 hits. Socket timeouts of tens of milliseconds bound what one round-trip can cost, redis-py's own retries
@@ -14,16 +16,15 @@ changes of state are logged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from app.cache.base import Cache
 from app.metrics import Metrics
@@ -32,7 +33,7 @@ log = logging.getLogger("cpe.cache")
 
 PREFIX = "cpe:pred:"
 # what a lost or hung connection raises; anything else is a bug, and is not swallowed
-_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+_FAILURES = (redis_errors.RedisError, OSError)  # OSError includes TimeoutError
 
 
 class Breaker:
@@ -160,7 +161,8 @@ class RedisCache(Cache):
             answer = await command(*args, **kwargs)
         except _FAILURES as exc:
             self._errors.inc()
-            problem = f"redis unreachable: {exc}" if str(exc) else f"redis unreachable: {type(exc).__name__}"
+            lost = isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError)
+            problem = f"redis {'unreachable' if lost else 'failed'}: {exc or type(exc).__name__}"
             if self.breaker.failed(problem):
                 self._up.set(0)
                 log.warning("cache: answering without the Redis tier until it is back: %s", problem)

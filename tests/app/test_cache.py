@@ -266,7 +266,7 @@ async def test_expired_entries_leave_before_live_ones_are_evicted(strategy: str)
 
 def _key(window: list, *, version: str = "lstm-aaaa", flow: str = FLOW_KEY, horizon: int = 1) -> str:
     timestamps, features = _arrays(window)
-    return prediction_key(version, flow, horizon, timestamps, features, window)
+    return prediction_key(version, flow, horizon, timestamps, features, [c.get("pattern_id") for c in window])
 
 
 def test_a_key_names_the_model_version_the_flow_the_horizon_and_the_window() -> None:
