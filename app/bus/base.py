@@ -29,6 +29,11 @@ class BusBackend(ABC):
         """Whether the last operation reached the transport."""
         return True
 
+    @property
+    def problem(self) -> str | None:
+        """Why the transport does not work now, or None when it does."""
+        return None
+
     async def connect(self) -> None:  # noqa: B027 (an optional hook: the memory backend needs none)
         """Open what the backend needs; one that cannot reach its server starts degraded."""
 

@@ -118,6 +118,11 @@ class Bus:
         return set(self._subscribers)
 
     @property
+    def problem(self) -> str | None:
+        """Why the bus does not reach other replicas now (e.g. Redis is down), or None when it does."""
+        return self.backend.problem
+
+    @property
     def errors(self) -> int:
         """Operations that failed to reach the backend's transport since start."""
         return self.backend.errors

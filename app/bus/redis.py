@@ -50,6 +50,7 @@ class RedisBackend(BusBackend):
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._listener: asyncio.Task[None] | None = None
         self._healthy = True
+        self._problem = ""
         self._metrics = metrics
         self.errors = 0
 
@@ -146,6 +147,7 @@ class RedisBackend(BusBackend):
             self._metrics.bus_errors.inc()
         if self._healthy:
             self._healthy = False
+            self._problem = f"Redis unreachable ({exc}); routing messages reach this replica's clients only"
             log.warning("bus: Redis is unreachable (%s); retrying until it is back", exc)
 
     def _recovered(self) -> None:
@@ -156,3 +158,7 @@ class RedisBackend(BusBackend):
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    @property
+    def problem(self) -> str | None:
+        return None if self._healthy else self._problem

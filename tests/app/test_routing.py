@@ -333,3 +333,15 @@ def test_recommend_limits_the_number_of_routes_and_writes_byte_flow_keys_when_to
             message = json.loads(ws.receive_text())
     assert answer["flow_key"] == bytes(range(32)).hex()  # HTTP answers in hex
     assert message["RoutingPrediction"]["flow_key"] == list(range(32))
+
+
+def test_with_the_bus_down_recommend_still_answers_and_readiness_says_degraded() -> None:
+    with TestClient(create_app(make_settings(bus_url="redis://127.0.0.1:1/0"))) as client:  # nothing there
+        readiness = client.get("/readyz")
+        assert readiness.status_code == 200
+        assert readiness.json()["status"] == "degraded"
+        assert "Redis unreachable" in readiness.json()["degraded"]["bus"]
+        assert client.post("/v1/routing/recommend", json=_body()).status_code == 200
+        metrics = client.get("/metrics").text
+    errors = next(line for line in metrics.splitlines() if line.startswith("cpe_bus_errors_total"))
+    assert float(errors.split()[-1]) >= 3  # the subscription and the two messages it could not publish
