@@ -33,6 +33,7 @@ A ``CircuitBreakerPrediction`` goes out for each route whose failure probability
 ``CPE_BREAKER_THRESHOLD``, with ``recommended_threshold = CPE_FAILURE_RATE`` (the loss + error rate that
 the probability is about) and ``time_to_recovery_ms`` = the first later step whose failure probability is
 back at or below the threshold, times the step spacing; ``(H + 1)`` steps when none within the horizon H.
+Times are 0 for a one-context window: it has no spacing to go by.
 """
 
 from __future__ import annotations

@@ -228,10 +228,13 @@ def _id_of(text: str) -> str | int | None:
 async def _send_answers(
     websocket: WebSocket, answers: asyncio.Queue[bytes], in_flight: asyncio.Semaphore
 ) -> None:
-    try:
-        while True:
-            answer = await answers.get()
+    """Write the answers as they come; each frees a slot, even when its client has gone, so that the
+    receive loop, perhaps waiting for a slot, goes on to read the disconnect."""
+    while True:
+        answer = await answers.get()
+        try:
             await websocket.send_text(answer.decode())
+        except _GONE:
+            pass
+        finally:
             in_flight.release()
-    except _GONE:
-        pass

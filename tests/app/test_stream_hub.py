@@ -1,0 +1,75 @@
+"""The hub's fan-out on its own: filters, both flow key forms, bad bus messages, clean-up, slow clients."""
+
+from __future__ import annotations
+
+import json
+
+from app.bus import Bus
+from app.hub import Hub
+
+KEY_A, KEY_B = "ab" * 32, "cd" * 32
+
+
+def _prediction(flow_key: str | list[int]) -> bytes:
+    body = {"flow_key": flow_key, "predicted_context": [], "confidence": 1.0, "time_horizon_ms": 0}
+    return json.dumps({"RoutingPrediction": {**body, "routing_suggestions": []}}).encode()
+
+
+UPDATE = json.dumps(
+    {"LoadBalancingUpdate": {"service_weights": {}, "predicted_loads": {}, "adaptation_confidence": 1}}
+).encode()
+
+
+def _hub() -> Hub:
+    return Hub(Bus("memory://"), "routing", queue_size=3)
+
+
+def test_filters_select_by_flow_key_in_either_form_and_by_type() -> None:
+    hub = _hub()
+    everything, only_a, a_predictions, updates, idle = (hub.connect() for _ in range(5))
+    hub.subscribe(everything, None, None)
+    hub.subscribe(only_a, [KEY_A], None)
+    hub.subscribe(a_predictions, [KEY_A], ["RoutingPrediction"])
+    hub.subscribe(updates, None, ["LoadBalancingUpdate"])
+    assert hub.publish_local(_prediction(list(bytes.fromhex(KEY_A)))) == 3  # the Rust [u8; 32] form
+    assert hub.publish_local(_prediction(KEY_B)) == 1
+    assert hub.publish_local(UPDATE) == 3  # about routes, not flows: flow filters let it through
+    assert len(everything.outbox) == 3 and len(only_a.outbox) == 2 and len(a_predictions.outbox) == 1
+    assert len(updates.outbox) == 1 and len(idle.outbox) == 0  # connected, never subscribed
+    assert updates.outbox.get_nowait() == UPDATE.decode()  # the bytes as published, decoded once
+
+
+def test_a_new_subscribe_replaces_the_filters_and_unsubscribe_forgets_the_queue() -> None:
+    hub = _hub()
+    client = hub.connect()
+    hub.subscribe(client, [KEY_A], None)
+    hub.subscribe(client, [KEY_B], None)
+    assert hub.publish_local(_prediction(KEY_A)) == 0
+    assert hub.publish_local(_prediction(KEY_B)) == 1
+    hub.unsubscribe(client)
+    assert len(client.outbox) == 0 and hub.subscribers == 0
+    assert hub.publish_local(_prediction(KEY_B)) == 0
+    hub.subscribe(client, None, None)
+    hub.disconnect(client)
+    assert hub.subscribers == 0 and hub.publish_local(UPDATE) == 0
+
+
+def test_a_slow_client_keeps_its_newest_messages_and_counts_the_rest() -> None:
+    hub = _hub()
+    slow = hub.connect()
+    hub.subscribe(slow, None, None)
+    messages = [_prediction(format(i, "064x")) for i in range(5)]
+    for message in messages:
+        hub.publish_local(message)
+    assert slow.dropped == 2
+    assert [slow.outbox.get_nowait() for _ in range(3)] == [m.decode() for m in messages[2:]]
+
+
+def test_messages_that_are_not_routing_messages_are_counted_and_skipped() -> None:
+    hub = _hub()
+    client = hub.connect()
+    hub.subscribe(client, None, None)
+    for junk in (b"\xff\xfe", b"not json", b"[1, 2]", b'{"A": 1, "B": 2}', _prediction([999] * 32)):
+        assert hub.publish_local(junk) == 0
+    assert hub.malformed == 5 and hub.received == 0
+    assert hub.publish_local(UPDATE) == 1
