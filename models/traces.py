@@ -73,16 +73,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "latency_ms",
-    "jitter_ms",
-    "loss_rate",
-    "throughput_mbps",
-    "utilization",
-    "error_rate",
-    "connections",
-    "queue_depth",
-)
+from models.scaling import FEATURE_NAMES  # the column order of DESIGN.md, defined once
+
 N_FEATURES = len(FEATURE_NAMES)
 SPLITS: tuple[str, ...] = ("train", "unseen")
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
