@@ -11,12 +11,13 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import CacheDep, EngineDep, LimitsDep, parse_body
+from app.api.deps import CacheDep, EngineDep, LimitsDep, parse_windows
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
 from app.api.responses import dumps
 from app.cache import Cache, prediction_key
 from app.engine import Engine, WindowForecast
+from app.fastparse import Window, windows_of
 from app.schemas import (
     BatchPredictRequest,
     BatchPredictResult,
@@ -43,25 +44,34 @@ async def predict(request: Request, engine: EngineDep, limits: LimitsDep, cache:
 
     The same window asked again of the same model version is answered from the cache (`cached: true`)."""
     start = time.perf_counter()
-    req = await parse_body(request, PredictRequest, limits)
-    return Response(await predict_one(req, engine, cache, limits, start), media_type="application/json")
+    [window] = await parse_windows(request, limits, batch=False)
+    return Response(await predict_window(window, engine, cache, limits, start), media_type="application/json")
 
 
 async def predict_one(
     req: PredictRequest, engine: Engine, cache: Cache, limits: Limits, start: float
 ) -> bytes:
-    """The serialized PredictionResult of ``req``: from the cache, else from the engine (then stored).
+    """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's)."""
+    [window] = windows_of([req])
+    return await predict_window(window, engine, cache, limits, start)
+
+
+async def predict_window(window: Window, engine: Engine, cache: Cache, limits: Limits, start: float) -> bytes:
+    """The serialized PredictionResult of ``window``: from the cache, else from the engine (then stored).
 
     Shared by POST /v1/predict and the WebSocket stream /v1/stream/predict.
     """
-    kind = req.model or limits.default_model
-    timestamps, features = _arrays(req.contexts)
-    stored = await cache.get(_key(engine.predictors[kind].version, req, timestamps, features))
+    kind = window.model or limits.default_model
+    version = engine.predictors[kind].version
+    key = _key(version, window)
+    stored = await cache.get(key)
     if stored is not None:
         return dumps(_from_cache(stored, start))
-    forecast = await engine.predict(kind, timestamps, features)
-    body = dumps(_result(req, features, forecast, start))
-    await cache.set(_key(forecast.predictor.version, req, timestamps, features), body)
+    forecast = await engine.predict(kind, window.timestamps, window.features)
+    body = dumps(_result(window, forecast, _elapsed_ms(start)))
+    if forecast.predictor.version != version:  # swapped meanwhile: the answer is the new version's
+        key = _key(forecast.predictor.version, window)
+    await cache.set(key, body)
     return body
 
 
@@ -74,19 +84,21 @@ async def predict_one(
 async def predict_batch(request: Request, engine: EngineDep, limits: LimitsDep, cache: CacheDep) -> Response:
     """Forecast many flows at once; the answers come in the order of the requests."""
     start = time.perf_counter()
-    requests = (await parse_body(request, BatchPredictRequest, limits)).requests
-    windows = [(req.model or limits.default_model, *_arrays(req.contexts)) for req in requests]
+    windows = await parse_windows(request, limits, batch=True)
+    kinds = [window.model or limits.default_model for window in windows]
     versions = {kind: predictor.version for kind, predictor in engine.predictors.items()}
-    keys = [_key(versions[kind], req, t, f) for req, (kind, t, f) in zip(requests, windows, strict=True)]
+    keys = [_key(versions[kind], window) for kind, window in zip(kinds, windows, strict=True)]
     stored = await cache.get_many(keys)  # one round-trip for the whole batch
     misses = [i for i, value in enumerate(stored) if value is None]
-    forecasts = await asyncio.gather(*engine.submit_many([windows[i] for i in misses])) if misses else []
-    results: list[bytes] = [b""] * len(requests)  # each serialized once, the fresh ones also stored
+    jobs = [(kinds[i], windows[i].timestamps, windows[i].features) for i in misses]
+    forecasts = await asyncio.gather(*engine.submit_many(jobs)) if misses else []
+    results: list[bytes] = [b""] * len(windows)  # each serialized once, the fresh ones also stored
     fresh = []
+    elapsed_ms = _elapsed_ms(start)  # one request, one processing time for the answers it computed
     for i, forecast in zip(misses, forecasts, strict=True):
-        (_, timestamps, features), req = windows[i], requests[i]
-        results[i] = dumps(_result(req, features, forecast, start))
-        fresh.append((_key(forecast.predictor.version, req, timestamps, features), results[i]))
+        results[i] = dumps(_result(windows[i], forecast, elapsed_ms))
+        version = forecast.predictor.version  # the key is the one looked up, unless the model was swapped
+        fresh.append((keys[i] if version == versions[kinds[i]] else _key(version, windows[i]), results[i]))
     if fresh:
         await cache.set_many(fresh)  # one round-trip too
     for i, value in enumerate(stored):
@@ -104,29 +116,32 @@ def _arrays(contexts: list[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
     return timestamps, np.fromiter(flat, dtype=np.float64, count=n * D).reshape(n, D)
 
 
-def _key(version: str, req: PredictRequest, timestamps: np.ndarray, features: np.ndarray) -> str:
-    """The cache key of this request's prediction by the model ``version``."""
-    pattern_ids = [c.get("pattern_id") for c in req.contexts]
-    return prediction_key(version, req.flow_key, req.horizon, timestamps, features, pattern_ids)
+def _key(version: str, window: Window) -> str:
+    """The cache key of this window's prediction by the model ``version``."""
+    return prediction_key(
+        version, window.flow_key, window.horizon, window.timestamps, window.features, window.pattern_ids
+    )
 
 
 def _from_cache(stored: bytes, start: float) -> dict[str, Any]:
     """A stored PredictionResult, answered again: marked cached, with this request's processing time."""
     result: dict[str, Any] = orjson.loads(stored)
     result["cached"] = True
-    result["processing_time_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
+    result["processing_time_ms"] = _elapsed_ms(start)
     return result
 
 
-def _result(
-    req: PredictRequest, features: np.ndarray, forecast: WindowForecast, start: float
-) -> dict[str, Any]:
-    """The PredictionResult of one request, as a dict that orjson writes (numpy arrays included)."""
-    h, n = req.horizon, len(req.contexts)
+def _elapsed_ms(start: float) -> float:
+    """Milliseconds since ``start`` (a ``time.perf_counter()``): a result's processing_time_ms."""
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+def _result(window: Window, forecast: WindowForecast, elapsed_ms: float) -> dict[str, Any]:
+    """The PredictionResult of one window, as a dict that orjson writes (numpy arrays included)."""
+    h, n = window.horizon, len(window.timestamps)
     step_ms = forecast.dt_s * 1000.0
-    similar = _similar_patterns(req.contexts, features, forecast, h)
     return {
-        "flow_key": req.flow_key,
+        "flow_key": window.flow_key,
         "predicted_context": forecast.mean[h - 1],
         "horizon": h,
         "steps": forecast.mean[:h],
@@ -136,8 +151,8 @@ def _result(
         "model_used": forecast.predictor.kind,
         "model_version": forecast.predictor.version,
         "cached": False,
-        "processing_time_ms": round((time.perf_counter() - start) * 1000.0, 3),
-        "similar_patterns": similar,
+        "processing_time_ms": elapsed_ms,
+        "similar_patterns": _similar_patterns(window, forecast),
         "metadata": {
             "step_ms": step_ms,
             "horizon_ms": step_ms * h,
@@ -147,25 +162,24 @@ def _result(
     }
 
 
-def _similar_patterns(
-    contexts: list[ContextVector], features: np.ndarray, forecast: WindowForecast, horizon: int
-) -> list[str]:
+def _similar_patterns(window: Window, forecast: WindowForecast) -> list[str]:
     """pattern_ids of the window's contexts nearest to the predicted context, nearest first.
 
     Distances are taken where the model compares contexts: in the scaler's transformed space (logs of
     the heavy-tailed features), each feature divided by its spread over this window, so that a 1 ms
     latency change and a 1 % loss change weigh what they mean for this flow.
     """
-    labelled = [i for i, c in enumerate(contexts) if c.get("pattern_id") is not None]
-    if not labelled:
+    pattern_ids = window.pattern_ids
+    if pattern_ids.count(None) == len(pattern_ids):  # the usual case, in one pass in C
         return []
+    labelled = [i for i, p in enumerate(pattern_ids) if p is not None]
     scaler = forecast.predictor.scaler
-    y = scaler.transform(features)  # (n, D)
+    y = scaler.transform(window.features)  # (n, D)
     spread = np.maximum(y.std(axis=0), scaler.min_scale)  # (D,)
-    distance = (((y[labelled] - forecast.loc[horizon - 1]) / spread) ** 2).sum(axis=1)  # (L,)
+    distance = (((y[labelled] - forecast.loc[window.horizon - 1]) / spread) ** 2).sum(axis=1)  # (L,)
     nearest: list[str] = []
     for j in np.argsort(distance, kind="stable"):
-        pattern = contexts[labelled[j]]["pattern_id"]
+        pattern = pattern_ids[labelled[j]]
         if pattern is not None and pattern not in nearest:
             nearest.append(pattern)
             if len(nearest) == SIMILAR_PATTERNS:
