@@ -116,11 +116,12 @@ batches = st.fixed_dictionaries({"requests": st.lists(requests(), min_size=1, ma
 
 # What a mutation may put in place of any value: each is wrong somewhere, some are right elsewhere
 ODD_VALUES = [
-    True, False, None, "1.5", "7", "x", "", 0, -1, 1, 1.0, 1.5, -0.0, 1e300, -1e300,
-    MAX_FEATURE * (1 + 1e-15), MAX_TIMESTAMP_MS + 1, 2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**30,
+    True, False, None, "1.5", "7", "x", "", 0, -1, 1, 1.0, 1.5, -0.0, 1e300, -1e300, 4, 5, 8, 9,
+    MAX_FEATURE, -MAX_FEATURE, MAX_FEATURE * (1 + 1e-15), MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS + 1,
+    2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**30,
     float("nan"), float("inf"), float("-inf"), [], {}, [1.0] * 7, [1.0] * 9, [[1.0] * 8],
     "ab" * 32, "AB" * 32, "g" * 64, [1] * 31, [256] + [0] * 31, [True] * 32, [1.0] * 32,
-    "lstm", "hybrid", "gru", "\ud800", "p" * 129,
+    "lstm", "hybrid", "gru", "\ud800", "p" * 128, "p" * 129, {"k" * 64: 1}, {str(i): 1 for i in range(33)},
     {"timestamp": 1, "features": [1.0] * 8}, {"rtt": 1.0}, {"k" * 65: 1.0},
 ]  # fmt: skip
 
@@ -141,9 +142,12 @@ def spoiled(draw: st.DrawFn, bodies: st.SearchStrategy[dict[str, Any]]) -> dict[
     """A valid body with one to three near misses: odd values, keys gone or added, widths, order, nesting."""
     body = copy.deepcopy(draw(bodies))
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_paths(body)))
-        if not path:
+        paths = _paths(body)[1:]
+        if not paths:
             continue
+        # a depth first: the few fields near the top are as likely to be spoiled as the many features
+        depth = draw(st.sampled_from(sorted({len(p) for p in paths})))
+        path = draw(st.sampled_from([p for p in paths if len(p) == depth]))
         parent = body
         for key in path[:-1]:
             parent = parent[key]
@@ -291,6 +295,43 @@ def test_the_collector_is_left_as_it_was(enabled: bool) -> None:
         assert gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+def _with(path: tuple[Any, ...], value: Any) -> str:
+    body = predict_body(3)
+    target = body
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return json.dumps(body)
+
+
+EDGES = [  # (where, the last value allowed, the first one refused)
+    (("horizon",), 8, 9),
+    (("model",), "hybrid", "gru"),
+    (("contexts", 0, "timestamp"), 0, -1),
+    (("contexts", 2, "timestamp"), MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS + 1),
+    (("contexts", 1, "features", 3), MAX_FEATURE, MAX_FEATURE * (1 + 2**-52)),
+    (("contexts", 1, "features", 3), -MAX_FEATURE, -MAX_FEATURE * (1 + 2**-52)),
+    (("contexts", 1, "pattern_id"), "p" * 128, "p" * 129),
+    (("contexts", 1, "pattern_id"), "p", ""),
+    (("contexts", 1, "metadata"), {"k" * 64: 1.0}, {"k" * 65: 1.0}),
+    (("contexts", 1, "metadata"), {str(i): 1.0 for i in range(32)}, {str(i): 1.0 for i in range(33)}),
+    (("flow_key",), [255] * 32, [256] * 32),
+    (("flow_key",), "ab" * 32, "AB" * 32),
+]
+
+
+@pytest.mark.parametrize(("path", "allowed", "refused"), EDGES, ids=[".".join(map(str, e[0])) for e in EDGES])
+def test_each_bound_is_pydantics_to_the_last_value(path: tuple[Any, ...], allowed: Any, refused: Any) -> None:
+    assert _check(_with(path, allowed), batch=False) is not None
+    assert _check(_with(path, refused), batch=False) is None
+
+
+def test_the_horizon_is_bound_by_the_named_model() -> None:
+    assert _check(json.dumps(predict_body(3, model="hybrid", horizon=4)), batch=False) is not None
+    assert _check(json.dumps(predict_body(3, model="hybrid", horizon=5)), batch=False) is None
+    assert _check(json.dumps(predict_body(3, model=None, horizon=8)), batch=False) is not None
 
 
 def test_the_window_and_batch_limits_are_the_deployments() -> None:
