@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -21,6 +20,7 @@ from app.cache import STRATEGIES, MemoryCache, TieredCache, create_cache, predic
 from app.cache.redis import RedisCache
 from app.metrics import Metrics
 from tests.app.payloads import FLOW_KEY, contexts
+from tests.app.ports import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 PREFIX = "cpe-test:pred:"
@@ -308,17 +308,11 @@ def test_features_are_hashed_as_given_not_as_a_lossy_rounding() -> None:
 # -- Redis unavailable --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_without_redis_the_cache_misses_fast_counts_and_backs_off(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     metrics = Metrics()
-    shared = RedisCache(f"redis://127.0.0.1:{_free_port()}/0", backoff_s=(0.2, 0.4), metrics=metrics)
+    shared = RedisCache(f"redis://127.0.0.1:{free_port()}/0", backoff_s=(0.2, 0.4), metrics=metrics)
     cache = TieredCache(MemoryCache(metrics=metrics), shared)
     with caplog.at_level("INFO", logger="cpe.cache"):
         start = time.perf_counter()

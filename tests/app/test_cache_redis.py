@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.payloads import contexts, make_settings
+from tests.app.ports import free_port
 
 SHARED_REDIS = "redis://127.0.0.1:6379/13"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _body(flow_key: str, seed: int, n: int = 16) -> dict:
@@ -79,7 +73,7 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
 
 @pytest.fixture
 def two_servers() -> Iterator[tuple[str, str]]:
-    ports = _free_port(), _free_port()
+    ports = free_port(), free_port()
     processes = [_start_server(port) for port in ports]  # both start at once
     urls = tuple(f"http://127.0.0.1:{port}" for port in ports)
     try:
@@ -129,7 +123,7 @@ class PrivateRedis:
     """A redis-server of this test's own, on a free port, without persistence."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -7,7 +7,6 @@ fixtures delete before and after.
 from __future__ import annotations
 
 import copy
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.payloads import FLOW_KEY, contexts, make_settings, predict_body
+from tests.app.ports import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 URLS = ["memory://", REDIS_URL]
@@ -33,12 +33,6 @@ def redis_db13() -> Iterator[None]:
     _clean_db13()
     yield
     _clean_db13()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _metric(client: TestClient, line_start: str) -> float:
@@ -77,7 +71,7 @@ def test_readyz_is_ready_and_unchanged_with_the_cache_whole(client: TestClient) 
 
 
 def test_with_redis_unreachable_from_the_start_the_app_serves_degraded() -> None:
-    settings = make_settings(cache_url=f"redis://127.0.0.1:{_free_port()}/0", models=("lstm",))
+    settings = make_settings(cache_url=f"redis://127.0.0.1:{free_port()}/0", models=("lstm",))
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200

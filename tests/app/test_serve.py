@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.app.payloads import predict_body
+from tests.app.ports import free_port
 
 SERVE = (
     "from app.serve import serve; from app.settings import Settings; "
@@ -23,15 +23,9 @@ SERVE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
     process = subprocess.Popen(
         [sys.executable, "-c", SERVE.format(port=port)],

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.app.payloads import FLOW_KEY, contexts, predict_body
+from tests.app.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -46,12 +47,6 @@ class Servers:
     channel: str
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
     """Two server processes on one Redis bus channel of their own, started side by side."""
@@ -67,7 +62,7 @@ def servers() -> Iterator[Servers]:
         "CPE_MAX_BODY_BYTES": str(MAX_FRAME),
         "CPE_LOG_LEVEL": "warning",
     }
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     with tempfile.TemporaryFile() as log_a, tempfile.TemporaryFile() as log_b:
         logs = [log_a, log_b]
         processes = [
