@@ -79,6 +79,7 @@ class Scaler:
         )
         self.is_log = np.asarray(c.log_features, dtype=bool)
         self.floors = np.asarray(c.floors, dtype=np.float64)
+        self._log_offset = self.floors + 1e-12
         self.min_scale = np.asarray(c.min_scale, dtype=np.float64)
         self.n_features = len(c.feature_names)
         self.n_inputs = self.n_features + TIME_CHANNELS
@@ -86,8 +87,10 @@ class Scaler:
     # -- per-value transforms -------------------------------------------------------------
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Raw features (..., D) -> transformed (..., D)."""
-        x = np.asarray(x, dtype=np.float64)
-        return np.where(self.is_log, np.log(np.maximum(x, 0.0) + self.floors + 1e-12), x)
+        return self._transform(np.asarray(x, dtype=np.float64))
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        return np.where(self.is_log, np.log(np.maximum(x, 0.0) + self._log_offset), x)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Transformed (..., D) -> raw (..., D), clipped to each feature's domain."""
@@ -154,22 +157,35 @@ class Scaler:
     def _encode_full(
         self, timestamps: list[np.ndarray], features: list[np.ndarray], T: int
     ) -> tuple[np.ndarray, WindowStats]:
-        """``encode`` for the common case of windows of at least T contexts: no padding, no masks."""
+        """``encode`` for the common case of windows of at least T contexts: no padding, no masks.
+
+        Written for the serving path's batches of one: it pays per numpy call, not per element, so the
+        statistics are spelled out (a sort for the median, one shared deviation) rather than taken from
+        ``np.median``/``np.std``, whose Python wrappers cost more than the arithmetic.
+        """
         D = self.n_features
-        raw = np.stack([f[-T:] for f in features]).astype(np.float64, copy=False)  # (B, T, D)
-        ts = np.stack([t[-T:] for t in timestamps])  # (B, T)
+        if len(features) == 1:
+            raw = np.asarray(features[0][-T:], dtype=np.float64)[None]  # (1, T, D)
+            ts = timestamps[0][-T:][None]  # (1, T)
+        else:
+            raw = np.stack([f[-T:] for f in features]).astype(np.float64, copy=False)  # (B, T, D)
+            ts = np.stack([t[-T:] for t in timestamps])  # (B, T)
         assert raw.shape[2] == D, f"expected {D} features, got {raw.shape[2]}"
-        y = self.transform(raw)
-        center = y.mean(axis=1)  # (B, D)
-        scale = np.maximum(y.std(axis=1), self.min_scale)
+        y = self._transform(raw)
+        center = np.add.reduce(y, axis=1) / T  # (B, D)
+        dev = y - center[:, None]  # (B, T, D)
+        scale = np.maximum(np.sqrt(np.add.reduce(dev * dev, axis=1) / T), self.min_scale)
         x = np.empty((raw.shape[0], T, self.n_inputs), dtype=np.float32)
-        np.clip((y - center[:, None]) / scale[:, None], -INPUT_CLIP, INPUT_CLIP, out=x[..., :D])
+        # min(max()) rather than np.clip, and no np.diff or np.errstate: each has a Python wrapper
+        np.minimum(np.maximum(dev / scale[:, None], -INPUT_CLIP), INPUT_CLIP, out=x[..., :D])
         if T > 1:
-            dts = np.diff(ts, axis=1) / 1000.0  # (B, T-1) seconds
-            dt_med = np.median(dts, axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = np.log(np.maximum(dts, 1e-3) / dt_med[:, None])
-            x[:, 1:, D] = np.where(dt_med[:, None] > 0, np.clip(rel, -DT_CLIP, DT_CLIP), 0.0)
+            dts = (ts[:, 1:] - ts[:, :-1]) / 1000.0  # (B, T-1) seconds
+            srt = np.sort(dts, axis=1)
+            dt_med = (srt[:, (T - 2) // 2] + srt[:, (T - 1) // 2]) / 2  # the median of T-1 deltas
+            # timestamps are whole ms: a positive median is >= 1e-3 and the floor only keeps 0 finite
+            rel = np.log(np.maximum(dts, 1e-3) / np.maximum(dt_med, 1e-3)[:, None])
+            rel = np.minimum(np.maximum(rel, -DT_CLIP), DT_CLIP)
+            x[:, 1:, D] = np.where(dt_med[:, None] > 0, rel, 0.0)
         else:
             dt_med = np.zeros(raw.shape[0])
         x[:, 0, D] = 0.0
