@@ -33,6 +33,7 @@ from app.schemas import (
     MAX_FEATURE,
     MAX_TIMESTAMP_MS,
     BatchPredictRequest,
+    ContextVector,
     D,
     FlowKey,
     Limits,
@@ -84,6 +85,14 @@ def windows_of(requests: Sequence[PredictRequest]) -> list[Window]:
         np.fromiter(chain.from_iterable(map(_FEATURES, contexts)), np.float64, len(contexts) * D),
         [c.get("pattern_id") for c in contexts],
     )
+
+
+def context_arrays(contexts: Sequence[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
+    """One window of contexts that pydantic validated as the engine takes it: timestamps (n,) int64 and
+    features (n, D) float64 (the routing endpoint's windows)."""
+    timestamps = np.array(list(map(_TIMESTAMP, contexts)), dtype=np.int64)
+    features = np.fromiter(chain.from_iterable(map(_FEATURES, contexts)), np.float64, len(contexts) * D)
+    return timestamps, features.reshape(-1, D)
 
 
 def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Window] | None:

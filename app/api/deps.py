@@ -56,6 +56,12 @@ async def get_failure_policy(conn: HTTPConnection) -> FailurePolicy:
     return conn.app.state.failure_policy  # type: ignore[no-any-return]
 
 
+def serving(conn: HTTPConnection) -> tuple[Engine, Limits, Cache]:
+    """The parts of the serving path, for the handlers of ``DirectRoute``s (which take no dependencies)."""
+    state = conn.app.state
+    return state.engine, state.limits, state.cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]

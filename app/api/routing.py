@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request
 from app.api.deps import BusDep, EngineDep, FailurePolicyDep, LimitsDep, SettingsDep, parse_body
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
-from app.api.predict import _arrays as window_arrays
 from app.api.responses import OrjsonResponse
+from app.fastparse import context_arrays
 from app.routing import Recommendation, recommend, route_forecast, routing_messages
 from app.routing_schemas import RouteRecommendation, RouteRequest
 
@@ -37,7 +37,7 @@ async def recommend_routes(
     start = time.perf_counter()
     req = await parse_body(request, RouteRequest, limits)
     kind = req.model or limits.default_model
-    windows = [(kind, *window_arrays(route.contexts)) for route in req.routes]
+    windows = [(kind, *context_arrays(route.contexts)) for route in req.routes]
     forecasts = await asyncio.gather(*engine.submit_many(windows))  # one forward pass for all routes
     routes = [
         route_forecast(route.route_id, route.cost_factor, features, forecast)
