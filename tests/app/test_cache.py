@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from app.api.predict import _arrays
 from app.cache import STRATEGIES, MemoryCache, TieredCache, create_cache, prediction_key
 from app.cache.redis import RedisCache
+from app.fastparse import context_arrays
 from app.metrics import Metrics
 from tests.app.payloads import FLOW_KEY, contexts
 from tests.app.ports import free_port
@@ -265,7 +265,7 @@ async def test_expired_entries_leave_before_live_ones_are_evicted(strategy: str)
 
 
 def _key(window: list, *, version: str = "lstm-aaaa", flow: str = FLOW_KEY, horizon: int = 1) -> str:
-    timestamps, features = _arrays(window)
+    timestamps, features = context_arrays(window)
     return prediction_key(version, flow, horizon, timestamps, features, [c.get("pattern_id") for c in window])
 
 
