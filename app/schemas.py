@@ -73,10 +73,17 @@ def _flow_key(value: Any) -> str:
     if isinstance(value, str):
         if _HEX_KEY.fullmatch(value):
             return value
+        if len(value) != 64:
+            raise PydanticCustomError(
+                "flow_key",
+                "flow_key must be 64 lowercase hex characters (32 bytes); got {length} characters",
+                {"length": len(value)},
+            )
+        bad = next(i for i, c in enumerate(value) if c not in "0123456789abcdef")
         raise PydanticCustomError(
             "flow_key",
-            "flow_key must be 64 lowercase hex characters (32 bytes); got {length} characters",
-            {"length": len(value)},
+            "flow_key must be 64 lowercase hex characters (32 bytes); character {position} is {char!r}",
+            {"position": bad, "char": value[bad]},
         )
     if isinstance(value, list):
         if len(value) == 32 and all(type(b) is int and 0 <= b <= 255 for b in value):

@@ -206,3 +206,14 @@ def test_extreme_but_valid_features_give_finite_answers(client: TestClient, feat
     response = client.post("/v1/predict", json={"flow_key": "ab" * 32, "contexts": window, "horizon": 8})
     assert response.status_code == 200
     assert None not in response.json()["predicted_context"]
+
+
+@pytest.mark.parametrize(
+    ("flow_key", "says"),
+    [("a" * 63, "got 63 characters"), ("a" * 10 + "g" + "a" * 53, "character 10 is 'g'")],
+)
+def test_a_bad_flow_key_is_explained(client: TestClient, flow_key: str, says: str) -> None:
+    response = client.post("/v1/predict", json=predict_body(flow_key=flow_key))
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "flow_key"] and says in error["msg"]
