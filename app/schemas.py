@@ -82,7 +82,7 @@ def _flow_key(value: Any) -> str:
         bad = next(i for i, c in enumerate(value) if c not in "0123456789abcdef")
         raise PydanticCustomError(
             "flow_key",
-            "flow_key must be 64 lowercase hex characters (32 bytes); character {position} is {char!r}",
+            "flow_key must be 64 lowercase hex characters (32 bytes); character {position} is '{char}'",
             {"position": bad, "char": value[bad]},
         )
     if isinstance(value, list):
