@@ -21,7 +21,10 @@ def _shipped_checkpoints() -> Path:
 class Settings(BaseSettings):
     """Everything an operator can set; each field is ``CPE_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="CPE_", env_file=".env", extra="ignore")
+    # errors leave out the values: one of them may be CPE_API_KEYS, and they end up in start-up logs
+    model_config = SettingsConfigDict(
+        env_prefix="CPE_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # -- server -----------------------------------------------------------------------------
     host: str = Field(
