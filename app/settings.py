@@ -115,8 +115,8 @@ class Settings(BaseSettings):
         ge=0.0,
         le=60_000.0,
         description="A window whose expected wait for the engine (the passes queued before it, its own "
-        "included, from measured pass times) exceeds this many ms gets a 503 at once (e.g. 25 for a p99 within "
-        "50 ms under overload, see scripts/bench_overload.py). 0: shed only when the queue is full.",
+        "included, from measured pass times) exceeds this many ms gets a 503 at once (e.g. 25 for a p99 "
+        "within 50 ms under overload, see scripts/bench_overload.py). 0: shed only when the queue is full.",
     )
     retry_after_s: int = Field(
         default=1, ge=0, le=3600, description="Retry-After of a 503 sent under overload."
