@@ -10,6 +10,15 @@ them further. The event loop never runs torch, and only the one inference thread
 One queue for all models rather than one per model: the bound on waiting work is then one number for
 the whole replica, FIFO order holds across models, and a batch that mixes models simply runs one
 forward pass per model present (in practice nearly all traffic goes to the default model).
+
+Admission. A full queue sheds load, but a queue long enough to absorb bursts also lets an admitted
+window wait for many forward passes. With a latency budget set, a window is also shed when the time it
+is expected to take exceeds the budget: the rest of the forward pass in flight, then the passes that the
+windows queued before it need, its own included. Pass times are measured, as a moving average per batch
+size class (powers of two), because a pass's time grows far less than linearly with its batch. An idle
+engine admits whatever comes, however slow the last passes were: shedding that window would shorten no
+one's wait, and its pass renews the measurements (shedding only while busy means passes keep running,
+so an estimate inflated by one slow pass cannot shut the engine for good).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +43,11 @@ log = logging.getLogger("cpe.engine")
 
 
 class Overloaded(Exception):
-    """The queue is full: the request is shed (503) rather than left to wait without bound."""
+    """The request is shed (503) rather than left to wait too long: the queue is full, or the expected
+    wait exceeds the latency budget."""
 
-    def __init__(self, queued: int, capacity: int, retry_after_s: int) -> None:
-        super().__init__(f"inference queue full ({queued} of {capacity} windows waiting); retry later")
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(f"{reason}; retry later")
         self.retry_after_s = retry_after_s
 
 
@@ -76,7 +87,7 @@ class EngineStats:
 
     forward_passes: int = 0  # Predictor.predict calls
     windows: int = 0  # windows answered
-    rejected: int = 0  # windows refused because the queue was full
+    rejected: int = 0  # windows refused: the queue was full, or their expected wait over the budget
     swaps: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)  # windows per forward pass -> passes
 
@@ -109,6 +120,7 @@ class Engine:
         queue_size: int = 2048,
         retry_after_s: int = 1,
         torch_threads: int = 1,
+        latency_budget_ms: float = 0.0,
     ) -> None:
         assert predictors, "the engine needs at least one model"
         self._predictors = dict(predictors)
@@ -117,6 +129,10 @@ class Engine:
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
         self.torch_threads = torch_threads
+        self.latency_budget_s = latency_budget_ms / 1e3  # 0: admission by queue length alone
+        self.pass_times = PassTimes()
+        self._pass_started = 0.0  # perf_counter() when the pass in flight began; 0 when none runs
+        self._pass_size = 0
         self.stats = EngineStats()
         self._queue: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
@@ -200,7 +216,17 @@ class Engine:
             raise EngineStopped(self.retry_after_s)
         if len(self._queue) + len(windows) > self.queue_size:
             self.stats.rejected += len(windows)
-            raise Overloaded(len(self._queue), self.queue_size, self.retry_after_s)
+            reason = f"inference queue full ({len(self._queue)} of {self.queue_size} windows waiting)"
+            raise Overloaded(reason, self.retry_after_s)
+        if self.latency_budget_s:
+            wait_s = self.expected_wait_s(len(windows))
+            if wait_s > self.latency_budget_s:
+                self.stats.rejected += len(windows)
+                reason = (
+                    f"expected wait {wait_s * 1e3:.0f} ms exceeds the latency budget of "
+                    f"{self.latency_budget_s * 1e3:.0f} ms ({len(self._queue)} windows waiting)"
+                )
+                raise Overloaded(reason, self.retry_after_s)
         unknown = {kind for kind, _, _ in windows} - self._predictors.keys()
         if unknown:
             raise KeyError(f"no model of kind {sorted(unknown)} is served")
@@ -212,6 +238,22 @@ class Engine:
             futures.append(future)
         self._wakeup.set()
         return futures
+
+    def expected_wait_s(self, n: int = 1) -> float:
+        """Seconds until ``n`` windows queued now would be answered: the rest of the pass in flight, then
+        the passes of what is queued and of them. 0 when the engine is idle, or nothing was measured."""
+        passes = self.pass_times
+        if not self._pass_started and not self._queue:
+            return 0.0
+        wait = 0.0
+        if self._pass_started:
+            wait = max(0.0, self._pass_started + passes.estimate(self._pass_size) - time.perf_counter())
+        full, rest = divmod(len(self._queue) + n, self.max_batch)
+        if full:
+            wait += full * passes.estimate(self.max_batch)
+        if rest:
+            wait += passes.estimate(rest)
+        return wait
 
     async def predict(self, kind: str, timestamps: np.ndarray, features: np.ndarray) -> WindowForecast:
         """Forecast one window, batched with whatever else is queued."""
@@ -229,7 +271,11 @@ class Engine:
                 groups = self._take()
                 if not groups:
                     continue
+                self._pass_size = sum(len(jobs) for _, jobs in groups)
+                self._pass_started = started = time.perf_counter()
                 outcomes = await self._thread.forward(groups)  # predict errors come back in outcomes
+                self._pass_started = 0.0
+                self.pass_times.record(self._pass_size, time.perf_counter() - started)
                 self._resolve(groups, outcomes)
                 groups = []
         except Exception:
@@ -337,6 +383,35 @@ def _settle(
 ) -> None:
     if not future.done():  # the batcher may have been cancelled meanwhile
         future.set_result(outcomes)
+
+
+class PassTimes:
+    """Measured forward-pass times: a moving average per batch size class (1, 2-3, 4-7, 8-15, ...).
+
+    ``estimate(n)`` answers the class of ``n``; for a class not measured yet, the nearest measured larger
+    class (an upper bound: smaller batches are faster), else the nearest smaller one (a lower bound: it
+    admits such batches until one has been measured), else 0.
+    """
+
+    ALPHA = 0.2  # weight of the newest pass: the average follows a change of load within ~10 passes
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, float] = {}  # size class (n.bit_length()) -> average seconds
+
+    def record(self, n: int, seconds: float) -> None:
+        cls = n.bit_length()
+        old = self._seconds.get(cls)
+        self._seconds[cls] = seconds if old is None else old + self.ALPHA * (seconds - old)
+
+    def estimate(self, n: int) -> float:
+        cls = n.bit_length()
+        seconds = self._seconds.get(cls)
+        if seconds is not None:
+            return seconds
+        larger = [c for c in self._seconds if c > cls]
+        if larger:
+            return self._seconds[min(larger)]
+        return self._seconds[max(self._seconds)] if self._seconds else 0.0
 
 
 def _forward(groups: list[tuple[Predictor, list[_Job]]]) -> list[Forecast | BaseException]:

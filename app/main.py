@@ -7,10 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.api import errors, health, metrics, models, openapi, predict, routing, stream
 from app.api.body_limit import BodySizeLimit
+from app.api.errors import AUTH_RESPONSES
+from app.auth import ApiKeys, mask_query_keys, require_scope
 from app.bus import Bus
 from app.cache import create_cache
 from app.engine import Engine, pick_device
@@ -29,6 +31,8 @@ log = logging.getLogger("cpe")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the models, run the engine and the cache while the app serves, stop them cleanly after."""
     settings: Settings = app.state.settings
+    if app.state.api_keys.open:
+        log.warning("CPE_API_KEYS is empty: every endpoint is open to anyone who can reach this port")
     cache = create_cache(  # first: a bad URL fails before the models load
         settings.cache_url,
         max_entries=settings.cache_max_entries,
@@ -50,6 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.queue_size,
         retry_after_s=settings.retry_after_s,
         torch_threads=settings.torch_threads,
+        latency_budget_ms=settings.engine_latency_budget_ms,
     )
     async with engine, cache, bus, hub:
         app.state.engine = engine
@@ -93,11 +98,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.api_keys = ApiKeys.parse(settings.api_keys.get_secret_value())
+    mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    # hottest first: routes match in order
-    routers = (predict.router, routing.router, stream.router, models.router, health.router, metrics.router)
-    for router in routers:
-        app.include_router(router)
+    # hottest first: routes match in order. The streams check their keys themselves (accept_websocket);
+    # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without keys the
+    # check is left off: FastAPI's solving of even a dependency that returns at once costs a request
+    # 10-20 µs (scripts/bench_auth.py)
+    read = (
+        {}
+        if app.state.api_keys.open
+        else {
+            "dependencies": [Depends(require_scope("read"))],
+            "responses": AUTH_RESPONSES,
+        }
+    )
+    for router, access in (
+        (predict.router, read),
+        (routing.router, read),
+        (stream.router, {}),
+        (models.router, read),
+        (health.router, {}),
+        (metrics.router, {}),
+    ):
+        app.include_router(router, **access)  # type: ignore[arg-type]
     openapi.document(app, [PredictRequest, BatchPredictRequest, RouteRequest])
     return app

@@ -5,8 +5,27 @@ from __future__ import annotations
 import os
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.settings import Settings
+
+GOING_AWAY = 1001
+
+
+class GoingAwayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's default WebSocket protocol, except that a server shutting down closes its sockets with
+    1001, going away (RFC 6455: "a server going down"), rather than 1012, service restart: clients should
+    reconnect, to another replica, not wait for this one."""
+
+    def shutdown(self) -> None:
+        if not self.handshake_complete or self.close_sent:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": GOING_AWAY})
+        self.conn.send_close(GOING_AWAY, "the server is shutting down")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
 
 
 def serve(
@@ -34,6 +53,9 @@ def serve(
         http="httptools",
         log_level=settings.log_level,
         access_log=settings.access_log,
+        ws=GoingAwayWebSocketProtocol,
+        ws_max_size=settings.ws_max_frame_bytes,
         ws_per_message_deflate=settings.ws_compression,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
         server_header=False,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_KINDS = ("lstm", "transformer", "hybrid")
@@ -21,7 +21,10 @@ def _shipped_checkpoints() -> Path:
 class Settings(BaseSettings):
     """Everything an operator can set; each field is ``CPE_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="CPE_", env_file=".env", extra="ignore")
+    # errors leave out the values: one of them may be CPE_API_KEYS, and they end up in start-up logs
+    model_config = SettingsConfigDict(
+        env_prefix="CPE_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # -- server -----------------------------------------------------------------------------
     host: str = Field(
@@ -38,6 +41,12 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the server and of the `cpe` loggers."
+    )
+    shutdown_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="On SIGTERM, how long requests in flight may take to finish before they are cancelled.",
     )
     access_log: bool = Field(
         default=False, description="Log every request (costs throughput; off by default)."
@@ -63,6 +72,15 @@ class Settings(BaseSettings):
         description="Intra-op threads of the inference thread. One leaves a core for the event loop.",
     )
 
+    # -- access -------------------------------------------------------------------------------
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="API keys and their scopes, `key:scope` entries separated by `;` (e.g. "
+        "`k1...:read;k2...:admin`). Scopes: `read` (predictions, routing, streams, model list) < `write` "
+        "(feedback) < `admin` (model changes), each granting the ones before it. Keys: 16+ characters, no "
+        "whitespace or `:;,`. Empty: no authentication (a warning at start-up). See SECURITY.md.",
+    )
+
     # -- request limits -----------------------------------------------------------------------
     max_window: int = Field(
         default=256, ge=1, le=100_000, description="Most contexts in one request's window."
@@ -73,8 +91,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,
-        description="Largest request body or WebSocket frame accepted; a larger body is a 413, a "
-        "larger frame closes its socket (1008).",
+        description="Largest request body accepted; a larger one is a 413.",
     )
 
     # -- engine -----------------------------------------------------------------------------
@@ -92,6 +109,14 @@ class Settings(BaseSettings):
         default=2048,
         ge=1,
         description="Windows that may wait for the engine; beyond that requests get a 503.",
+    )
+    engine_latency_budget_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=60_000.0,
+        description="A window whose expected wait for the engine (the passes queued before it, its own "
+        "included, from measured pass times) exceeds this many ms gets a 503 at once (e.g. 25 for a p99 "
+        "within 50 ms under overload, see scripts/bench_overload.py). 0: shed only when the queue is full.",
     )
     retry_after_s: int = Field(
         default=1, ge=0, le=3600, description="Retry-After of a 503 sent under overload."
@@ -171,6 +196,24 @@ class Settings(BaseSettings):
         description="Messages that may wait for one WebSocket client: a routing subscriber that falls "
         "further behind loses its oldest; a prediction socket stops reading while this many are in flight.",
     )
+    ws_max_frame_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest WebSocket frame (message) accepted; a larger one closes its socket with 1009.",
+    )
+    ws_rate_per_s: float = Field(
+        default=2000.0,
+        gt=0.0,
+        description="Frames a WebSocket client may send per second on average (a token bucket per socket). "
+        "A frame over the rate is not carried out: it gets an error with status 429 and `retry_after_s`.",
+    )
+    ws_rate_burst: int = Field(
+        default=2000,
+        ge=1,
+        description="Frames a WebSocket client may send at once above the rate. A client refused this many "
+        "frames in a row is closed with 1008.",
+    )
     ws_heartbeat_s: float = Field(
         default=15.0, gt=0.0, le=3600.0, description="Seconds between heartbeat frames on a routing socket."
     )
@@ -197,6 +240,14 @@ class Settings(BaseSettings):
             raise ValueError(f"models: unknown model kind(s) {unknown}; expected some of {list(MODEL_KINDS)}")
         return tuple(dict.fromkeys(value))  # drop duplicates, keep order
 
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, value: SecretStr) -> SecretStr:
+        from app.auth import parse_api_keys  # imported here: reading the settings needs no web framework
+
+        parse_api_keys(value.get_secret_value())  # its errors name an entry by position, never the key
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.model not in self.models:
@@ -212,6 +263,8 @@ class Settings(BaseSettings):
         """These settings as ``CPE_*`` variables: how they reach the worker processes of ``serve``."""
         env = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             text = ",".join(value) if isinstance(value, tuple) else str(value)
             env[f"CPE_{name.upper()}"] = text
         return env

@@ -83,3 +83,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Overloaded or shutting down; retry after the `Retry-After` header's seconds.",
     },
 }
+
+# for the OpenAPI `responses=` of the routes behind an API key (app/auth.py)
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "No API key, or an unknown one (CPE_API_KEYS)."},
+    403: {"model": Message, "description": "The API key lacks the scope this route needs."},
+}

@@ -1,7 +1,10 @@
 """WebSocket streams: /v1/stream/routing pushes routing messages, /v1/stream/predict answers predictions.
 
-Frames are JSON text. A frame that cannot be understood gets an error frame and the socket stays open;
-abuse (binary frames, frames larger than CPE_MAX_BODY_BYTES) closes it with 1008, policy violation.
+Frames are JSON text. A frame that cannot be understood gets an error frame and the socket stays open.
+Each socket may send CPE_WS_RATE_PER_S frames a second, in bursts of CPE_WS_RATE_BURST: a frame over the
+rate gets an error with status 429 and is not carried out. Abuse closes the socket: a frame larger than
+CPE_WS_MAX_FRAME_BYTES with 1009 (message too big); a binary frame, or CPE_WS_RATE_BURST frames in a row
+over the rate, with 1008 (policy violation). A key without the ``read`` scope is closed with 1008 too.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
-from starlette.status import WS_1008_POLICY_VIOLATION
+from starlette.status import WS_1008_POLICY_VIOLATION, WS_1009_MESSAGE_TOO_BIG
 
 from app.api.deps import CacheDep, EngineDep, HubDep, LimitsDep, SettingsDep
 from app.api.errors import error_detail
 from app.api.predict import predict_one
 from app.api.responses import dumps
+from app.auth import accept_websocket
 from app.bus.queue import QueueClosed
 from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
@@ -36,7 +40,45 @@ _GONE = (WebSocketDisconnect, RuntimeError, OSError)  # what sending to a client
 
 
 class PolicyViolation(Exception):
-    """The client broke the protocol in a way that ends the connection (close code 1008)."""
+    """The client broke the protocol in a way that ends the connection (close code 1008, or ``code``)."""
+
+    def __init__(self, reason: str, code: int = WS_1008_POLICY_VIOLATION) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class FrameRate:
+    """A token bucket per socket: ``rate`` frames a second on average, ``burst`` at once."""
+
+    __slots__ = ("burst", "last", "rate", "refused", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.refused = 0  # frames refused in a row
+
+    def admit(self) -> bool:
+        """Whether the next frame is within the rate; raises ``PolicyViolation`` for a flood."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.refused = 0
+            return True
+        self.refused += 1
+        if self.refused >= self.burst:
+            raise PolicyViolation(f"{self.refused} frames in a row over the rate of {self.rate:g}/s")
+        return False
+
+    def refusal(self) -> dict[str, Any]:
+        """The error of a frame over the rate, as both streams answer it."""
+        return {
+            "status": 429,
+            "detail": f"more than {self.rate:g} frames per second; this one was not carried out",
+            "retry_after_s": round((1.0 - self.tokens) / self.rate, 3),
+        }
 
 
 async def _receive_text(websocket: WebSocket, max_bytes: int) -> str | None:
@@ -47,8 +89,12 @@ async def _receive_text(websocket: WebSocket, max_bytes: int) -> str | None:
     text = message.get("text")
     if text is None:
         raise PolicyViolation("frames must be JSON text, not binary")
-    if len(text) > max_bytes:  # characters: a lower bound of the UTF-8 size
-        raise PolicyViolation(f"frame of {len(text)} characters exceeds the limit of {max_bytes} bytes")
+    # characters: a lower bound of the UTF-8 size. Under uvicorn its ws_max_size (the same setting, see
+    # app/serve.py) refuses a larger frame in bytes, with the same code, before it is buffered whole.
+    if len(text) > max_bytes:
+        raise PolicyViolation(
+            f"frame of {len(text)} characters exceeds the limit of {max_bytes} bytes", WS_1009_MESSAGE_TOO_BIG
+        )
     return text
 
 
@@ -59,14 +105,19 @@ MAX_PENDING_REPLIES = 64  # a client this far behind on reading the replies to i
 @router.websocket("/routing")
 async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDep) -> None:
     """Routing messages as they are published, filtered by flow key and type, with heartbeats."""
-    await websocket.accept()
+    if not await accept_websocket(websocket, "read"):
+        return
     client = hub.connect()
     # the only writer of this socket: messages, heartbeats and the replies to the client's frames
     sender = asyncio.create_task(_send_routing(websocket, client, settings.ws_heartbeat_s, hub.metrics))
     violation: PolicyViolation | None = None
+    rate = FrameRate(settings.ws_rate_per_s, settings.ws_rate_burst)
     try:
-        while (text := await _receive_text(websocket, settings.max_body_bytes)) is not None:
-            _routing_op(hub, client, text)
+        while (text := await _receive_text(websocket, settings.ws_max_frame_bytes)) is not None:
+            if rate.admit():
+                _routing_op(hub, client, text)
+            else:
+                _reply(client, {"op": "error", **rate.refusal()})
             if len(client.replies) > MAX_PENDING_REPLIES:
                 raise PolicyViolation(f"more than {MAX_PENDING_REPLIES} replies left unread")
     except PolicyViolation as exc:
@@ -77,7 +128,7 @@ async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDe
         await asyncio.gather(sender, return_exceptions=True)
     if violation is not None:
         with contextlib.suppress(*_GONE):
-            await websocket.close(WS_1008_POLICY_VIOLATION, str(violation))
+            await websocket.close(violation.code, str(violation))
 
 
 def _routing_op(hub: Hub, client: StreamClient, text: str) -> None:
@@ -169,20 +220,25 @@ async def stream_predict(
     websocket: WebSocket, engine: EngineDep, cache: CacheDep, limits: LimitsDep, settings: SettingsDep
 ) -> None:
     """PredictRequests with an ``id``, answered ``{id, result}`` or ``{id, error}`` as each is ready."""
-    await websocket.accept()
+    if not await accept_websocket(websocket, "read"):
+        return
     answers: asyncio.Queue[bytes] = asyncio.Queue()
     in_flight = asyncio.Semaphore(settings.ws_queue_size)  # bounds ``answers`` and the tasks
     sender = asyncio.create_task(_send_answers(websocket, answers, in_flight))
     tasks: set[asyncio.Task[None]] = set()
+    rate = FrameRate(settings.ws_rate_per_s, settings.ws_rate_burst)
     try:
-        while (text := await _receive_text(websocket, settings.max_body_bytes)) is not None:
+        while (text := await _receive_text(websocket, settings.ws_max_frame_bytes)) is not None:
             await in_flight.acquire()  # released once the answer is written: a flood stops being read
+            if not rate.admit():
+                answers.put_nowait(dumps({"id": _id_of(text), "error": rate.refusal()}))
+                continue
             task = asyncio.create_task(_predict(text, engine, cache, limits, answers))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except PolicyViolation as exc:
         with contextlib.suppress(*_GONE):
-            await websocket.close(WS_1008_POLICY_VIOLATION, str(exc))
+            await websocket.close(exc.code, str(exc))
     finally:
         for task in (*tasks, sender):
             task.cancel()

@@ -12,8 +12,18 @@ FLOW_KEY = "0123456789abcdef" * 4
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Test settings: no .env file, the CPU, small request limits so that tests can exceed them."""
-    values: dict[str, Any] = {"device": "cpu", "max_window": 64, "max_batch": 16, "queue_size": 2048}
+    """Test settings: no .env file, the CPU, small request limits so that tests can exceed them.
+
+    No latency budget: on a busy machine it would shed requests that tests expect answered (the tests of
+    the budget set one).
+    """
+    values: dict[str, Any] = {
+        "device": "cpu",
+        "max_window": 64,
+        "max_batch": 16,
+        "queue_size": 2048,
+        "engine_latency_budget_ms": 0.0,
+    }
     return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
 

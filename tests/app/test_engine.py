@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.cache import create_cache
-from app.engine import Engine, EngineStopped, Overloaded, pick_device
+from app.engine import Engine, EngineStopped, Overloaded, PassTimes, pick_device
 from app.main import create_app
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
@@ -177,3 +177,37 @@ def test_pick_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_pass_times_answer_the_nearest_measured_size_class() -> None:
+    times = PassTimes()
+    assert times.estimate(64) == 0.0  # nothing measured: admit, and measure
+    times.record(3, 0.010)  # class 2-3
+    times.record(40, 0.030)  # class 32-63
+    assert times.estimate(2) == 0.010
+    assert times.estimate(8) == 0.030  # a larger class measured: an upper bound
+    assert times.estimate(200) == 0.030  # only smaller ones: the largest, a lower bound
+    times.record(50, 0.040)
+    assert times.estimate(33) == pytest.approx(0.030 + PassTimes.ALPHA * 0.010)
+
+
+def test_over_the_latency_budget_requests_get_503_and_the_engine_recovers_at_once() -> None:
+    app = create_app(make_settings(engine_latency_budget_ms=1.0, retry_after_s=2, models=("lstm",)))
+
+    async def burst() -> tuple[list[httpx.Response], httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
+                assert (await client.post("/v1/predict", json=predict_body(8, horizon=2))).status_code == 200
+                # pass times measured: a burst finds the engine busy, and each pass takes more than 1 ms
+                burst = await asyncio.gather(
+                    *(client.post("/v1/predict", json=predict_body(8 + i % 24)) for i in range(60))
+                )
+                return burst, await client.post("/v1/predict", json=predict_body(9, horizon=3))
+
+    responses, after = asyncio.run(burst())
+    shed = [r for r in responses if r.status_code == 503]
+    assert {r.status_code for r in responses} == {200, 503}
+    assert all(r.headers["retry-after"] == "2" for r in shed)
+    assert "exceeds the latency budget of 1 ms" in shed[0].json()["detail"]
+    assert after.status_code == 200  # idle again: admitted whatever the last passes took

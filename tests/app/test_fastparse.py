@@ -72,12 +72,12 @@ def _check(body: str | bytes, batch: bool) -> list[Window] | None:
 
 finite = st.floats(min_value=-MAX_FEATURE, max_value=MAX_FEATURE)  # -0.0 and subnormals included
 features = st.lists(st.one_of(finite, st.integers(-(10**15), 10**15), st.booleans()), min_size=8, max_size=8)
-metadata = st.dictionaries(
-    st.text(max_size=66),
+metadata = st.dictionaries(  # valid: keys of up to 64 characters (the bounds are tested below)
+    st.text(max_size=64),
     st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers()),
     max_size=3,
 )
-pattern_id = st.one_of(st.none(), st.text(min_size=1, max_size=130))
+pattern_id = st.one_of(st.none(), st.text(min_size=1, max_size=128))  # valid; the bounds: below
 
 
 @st.composite

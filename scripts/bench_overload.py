@@ -1,0 +1,167 @@
+"""Overload: the saturation rate of POST /v1/predict, then 3x that rate open-loop, then a light load again.
+
+    python scripts/bench_overload.py [--budget-ms 25] [--factor 3] [--runs 3] [--duration 5]
+
+Starts `cpe serve` (lstm, CPU unless CPE_DEVICE says otherwise) with CPE_ENGINE_LATENCY_BUDGET_MS set to
+``--budget-ms``. Saturation: the throughput of closed-loop load (scripts/loadgen.py, 64 connections).
+Overload: requests sent at a fixed rate, ``--factor`` x saturation, whatever the answers (open loop), each
+on a free connection of a pool (a new one when all are busy), its latency counted from the moment it was
+due, so that a slow server cannot hide its queue by slowing the sender. Recovery: 10 % of saturation right
+after. Prints one JSON line per run and the medians over runs: admitted (200) p50/p99, the share of 503
+and whether each carried Retry-After, and the recovery phase's p99 and 503 share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from faults import Server, window
+from loadgen import drive, read_templates
+
+_HEAD = b"\r\n\r\n"
+
+
+@dataclass
+class OpenLoop:
+    latencies_ms: dict[int, list[float]] = field(default_factory=dict)  # status -> latencies
+    retry_after: int = 0  # 503s that carried Retry-After
+    errors: int = 0
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, pool: list[_Conn], stats: OpenLoop) -> None:
+        self.pool, self.stats = pool, stats
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.due = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, due: float) -> None:
+        assert self.transport is not None
+        self.due = due
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(_HEAD)
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        if len(self.buffer) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        self.stats.latencies_ms.setdefault(status, []).append((time.perf_counter() - self.due) * 1e3)
+        if status == 503 and b"\r\nretry-after:" in head:
+            self.stats.retry_after += 1
+        del self.buffer[: end + 4 + length]
+        self.pool.append(self)  # idle again
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.due:
+            self.stats.errors += 1
+
+
+async def open_loop(port: int, bodies: list[bytes], rate: float, duration_s: float) -> OpenLoop:
+    loop = asyncio.get_running_loop()
+    stats, idle = OpenLoop(), []  # type: ignore[var-annotated]
+    requests = [
+        b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        for body in bodies
+    ]
+    start = time.perf_counter()
+    n = int(rate * duration_s)
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if idle:
+            conn = idle.pop()
+        else:
+            _, conn = await loop.create_connection(lambda: _Conn(idle, stats), "127.0.0.1", port)
+        conn.send(requests[i % len(requests)], due)
+    await asyncio.sleep(2.0)  # the last answers
+    return stats
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(p / 100 * len(values)))], 2) if values else float("nan")
+
+
+def summary(stats: OpenLoop) -> dict[str, float]:
+    ok = stats.latencies_ms.get(200, [])
+    shed = len(stats.latencies_ms.get(503, []))
+    total = sum(map(len, stats.latencies_ms.values())) + stats.errors
+    return {
+        "answered": total,
+        "admitted_p50_ms": _pct(ok, 50),
+        "admitted_p99_ms": _pct(ok, 99),
+        "shed_share": round(shed / total, 3) if total else 0.0,
+        "shed_with_retry_after": round(stats.retry_after / shed, 3) if shed else 1.0,
+        "other": total - len(ok) - shed,
+    }
+
+
+async def one_run(port: int, bodies_file: str, bodies: list[bytes], args: argparse.Namespace) -> dict:
+    closed = await drive(f"http://127.0.0.1:{port}/v1/predict", read_templates(bodies_file), 64, 3.0, 1.0, 0)
+    saturation = closed["requests"] / closed["duration_s"]
+    overload = summary(await open_loop(port, bodies, args.factor * saturation, args.duration))
+    recovery = summary(await open_loop(port, bodies, 0.1 * saturation, 3.0))
+    return {"saturation_rps": round(saturation), "overload": overload, "recovery": recovery}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--budget-ms", type=float, default=25.0, help="CPE_ENGINE_LATENCY_BUDGET_MS")
+    parser.add_argument("--factor", type=float, default=3.0, help="overload rate / saturation rate")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of overload per run")
+    args = parser.parse_args(argv)
+    # distinct windows of 32 contexts, flow keys tagged per request: no answer comes from the cache
+    bodies = [json.dumps({"flow_key": f"{i:064x}", "contexts": window(i, 32)}).encode() for i in range(4096)]
+    server = Server(engine_latency_budget_ms=str(args.budget_ms))
+    runs = []
+    try:
+        server.wait_ready()
+        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl") as f:
+            # loadgen tags each request in place of @@@@@@@@: the keys' leading zeros here
+            f.write(
+                b"\n".join(
+                    b.replace(b'"flow_key": "00000000', b'"flow_key": "@@@@@@@@', 1) for b in bodies[:64]
+                )
+            )
+            f.flush()
+            for _ in range(args.runs):
+                run = asyncio.run(one_run(server.port, f.name, bodies, args))
+                print(json.dumps(run), flush=True)
+                runs.append(run)
+    finally:
+        server.stop()
+    median = {
+        phase: {k: statistics.median(r[phase][k] for r in runs) for k in runs[0][phase]}
+        for phase in ("overload", "recovery")
+    }
+    median["saturation_rps"] = statistics.median(r["saturation_rps"] for r in runs)  # type: ignore[assignment]
+    print(json.dumps({"budget_ms": args.budget_ms, "factor": args.factor, "median_of": len(runs), **median}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
