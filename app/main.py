@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app.api import errors, health, metrics, models, openapi, predict, routing, stream
+from app.api.admission import Admission, InflightLimit
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
 from app.auth import ApiKeys, mask_query_keys, require_scope
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = ApiKeys.parse(settings.api_keys.get_secret_value())
     mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.state.admission = InflightLimit(settings.max_inflight, settings.retry_after_s)
+    app.add_middleware(Admission, limit=app.state.admission)  # added last: it runs first
     errors.install(app)
     # hottest first: routes match in order. The streams check their keys themselves (accept_websocket);
     # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without keys the

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         "included, from measured pass times) exceeds this many ms gets a 503 at once (e.g. 25 for a p99 "
         "within 50 ms under overload, see scripts/bench_overload.py). 0: shed only when the queue is full.",
     )
+    max_inflight: int = Field(
+        default=128,
+        ge=0,
+        le=1_000_000,
+        description="Prediction and routing requests in progress at once; one more gets a 503 before its "
+        "body is read, which keeps the event loop's backlog short under overload. 0: no cap.",
+    )
     retry_after_s: int = Field(
         default=1, ge=0, le=3600, description="Retry-After of a 503 sent under overload."
     )
