@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import torch
 
 from models.predictor import Forecast, Predictor
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 log = logging.getLogger("cpe.engine")
 
@@ -67,6 +71,7 @@ class _Job:
     timestamps: np.ndarray  # (n,) int64 ms
     features: np.ndarray  # (n, D) float64
     future: asyncio.Future[WindowForecast]
+    enqueued: float  # time.perf_counter() when queued: where its queue wait and latency start
 
 
 @dataclass
@@ -108,8 +113,10 @@ class Engine:
         queue_size: int = 2048,
         retry_after_s: int = 1,
         torch_threads: int = 1,
+        metrics: Metrics | None = None,
     ) -> None:
         assert predictors, "the engine needs at least one model"
+        self.metrics = metrics  # recorded per batch (and per shed request), never per window
         self._predictors = dict(predictors)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_us / 1e6
@@ -203,15 +210,18 @@ class Engine:
             raise EngineStopped(self.retry_after_s)
         if len(self._queue) + len(windows) > self.queue_size:
             self.stats.rejected += len(windows)
+            if self.metrics is not None:
+                self.metrics.observe_shed(len(windows))
             raise Overloaded(len(self._queue), self.queue_size, self.retry_after_s)
         unknown = {kind for kind, _, _ in windows} - self._predictors.keys()
         if unknown:
             raise KeyError(f"no model of kind {sorted(unknown)} is served")
         loop = self._task.get_loop()
         futures = []
+        now = time.perf_counter()
         for kind, timestamps, features in windows:
             future: asyncio.Future[WindowForecast] = loop.create_future()
-            self._queue.append(_Job(kind, timestamps, features, future))
+            self._queue.append(_Job(kind, timestamps, features, future, now))
             futures.append(future)
         self._wakeup.set()
         return futures
@@ -232,11 +242,15 @@ class Engine:
                 groups = self._take()
                 if not groups:
                     continue
+                taken = time.perf_counter()
                 try:
                     outcomes = await loop.run_in_executor(self._executor, _forward, groups)
                 except Exception as exc:  # the executor failed; predict errors come back in outcomes
                     outcomes = [exc] * len(groups)
+                done = time.perf_counter()
                 self._resolve(groups, outcomes)
+                if self.metrics is not None:
+                    self._record(groups, outcomes, taken, done)
                 groups = []
         except Exception:
             log.exception("the batcher stopped on an error; the engine no longer serves")
@@ -290,6 +304,21 @@ class Engine:
                             predictor=predictor,
                         )
                     )
+
+    def _record(
+        self,
+        groups: list[tuple[Predictor, list[_Job]]],
+        outcomes: list[Forecast | BaseException],
+        taken: float,
+        done: float,
+    ) -> None:
+        """The batch's figures, once per model present (after the futures: the clients come first)."""
+        assert self.metrics is not None
+        for (predictor, jobs), outcome in zip(groups, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.metrics.observe_failure(predictor.kind, len(jobs))
+            else:
+                self.metrics.observe_batch(predictor.kind, [job.enqueued for job in jobs], taken, done)
 
     def _fail(self, jobs: Iterable[_Job]) -> None:
         for job in jobs:

@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import errors, health, metrics, models, openapi, predict, routing, stream
+from app.api import errors, health, metrics, models, openapi, predict, routing, stats, stream
 from app.api.body_limit import BodySizeLimit
+from app.api.request_id import RequestId
 from app.bus import Bus
 from app.cache import create_cache
 from app.engine import Engine, pick_device
@@ -50,11 +51,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue_size=settings.queue_size,
         retry_after_s=settings.retry_after_s,
         torch_threads=settings.torch_threads,
+        metrics=app.state.metrics,
     )
+    app.state.metrics.watch(engine, device, settings.model)
     async with engine, cache, bus, hub:
         app.state.engine = engine
         app.state.cache = cache
         app.state.bus, app.state.hub = bus, hub
+        app.state.device = device
         app.state.failure_policy = FailurePolicy(
             settings.failure_rate, settings.failure_latency_factor, settings.breaker_threshold
         )
@@ -94,9 +98,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.state.metrics.instrument(app)  # outside the body limit: a 413 is a request like any other
+    app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
     errors.install(app)
     # hottest first: routes match in order
-    routers = (predict.router, routing.router, stream.router, models.router, health.router, metrics.router)
+    routers = (
+        predict.router,
+        routing.router,
+        stream.router,
+        models.router,
+        stats.router,
+        health.router,
+        metrics.router,
+    )
     for router in routers:
         app.include_router(router)
     openapi.document(app, [PredictRequest, BatchPredictRequest, RouteRequest])

@@ -6,6 +6,7 @@ import os
 
 import uvicorn
 
+from app.logs import uvicorn_config
 from app.settings import Settings
 
 
@@ -33,6 +34,7 @@ def serve(
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=uvicorn_config(settings.log_format, settings.log_level),
         access_log=settings.access_log,
         ws_per_message_deflate=settings.ws_compression,
         server_header=False,
