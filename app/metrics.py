@@ -301,6 +301,18 @@ class Metrics:
     def watch(self, engine: Engine, device: str, default_model: str) -> None:
         """Read ``engine``'s queue and models, and the GPU's memory on CUDA, at every scrape."""
         self.registry.register(_EngineCollector(engine, device, default_model))
+        # Every served model's series exist from the start, at 0: a rate() or an alert over them then
+        # has a first point before the first prediction or the first error.
+        for kind in engine.predictors:
+            self.predictions.labels(kind)
+            self.prediction_errors.labels(kind)
+            for histogram in (
+                self.prediction_seconds,
+                self.queue_wait_seconds,
+                self.forward_seconds,
+                self.batch_size,
+            ):
+                histogram.observe(kind, ())
 
     # -- recording, once per batch ------------------------------------------------------------------
     def observe_batch(self, model: str, enqueued: Sequence[float], taken: float, done: float) -> None:
