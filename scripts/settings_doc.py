@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.settings import Settings  # noqa: E402
+from app.settings import Settings
 
 
 def _default(name: str) -> str:
