@@ -32,12 +32,15 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
 
 from models.predictor import Forecast, Predictor
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 log = logging.getLogger("cpe.engine")
 
@@ -79,6 +82,7 @@ class _Job:
     timestamps: np.ndarray  # (n,) int64 ms
     features: np.ndarray  # (n, D) float64
     future: asyncio.Future[WindowForecast]
+    enqueued: float  # time.perf_counter() when queued: where its queue wait and latency start
 
 
 @dataclass
@@ -121,8 +125,10 @@ class Engine:
         retry_after_s: int = 1,
         torch_threads: int = 1,
         latency_budget_ms: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         assert predictors, "the engine needs at least one model"
+        self.metrics = metrics  # recorded per batch (and per shed request), never per window
         self._predictors = dict(predictors)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_us / 1e6
@@ -216,12 +222,16 @@ class Engine:
             raise EngineStopped(self.retry_after_s)
         if len(self._queue) + len(windows) > self.queue_size:
             self.stats.rejected += len(windows)
+            if self.metrics is not None:
+                self.metrics.observe_shed(len(windows))
             reason = f"inference queue full ({len(self._queue)} of {self.queue_size} windows waiting)"
             raise Overloaded(reason, self.retry_after_s)
         if self.latency_budget_s:
             wait_s = self.expected_wait_s(len(windows))
             if wait_s > self.latency_budget_s:
                 self.stats.rejected += len(windows)
+                if self.metrics is not None:
+                    self.metrics.observe_shed(len(windows))
                 reason = (
                     f"expected wait {wait_s * 1e3:.0f} ms exceeds the latency budget of "
                     f"{self.latency_budget_s * 1e3:.0f} ms ({len(self._queue)} windows waiting)"
@@ -232,9 +242,10 @@ class Engine:
             raise KeyError(f"no model of kind {sorted(unknown)} is served")
         loop = self._task.get_loop()
         futures = []
+        now = time.perf_counter()
         for kind, timestamps, features in windows:
             future: asyncio.Future[WindowForecast] = loop.create_future()
-            self._queue.append(_Job(kind, timestamps, features, future))
+            self._queue.append(_Job(kind, timestamps, features, future, now))
             futures.append(future)
         self._wakeup.set()
         return futures
@@ -272,11 +283,14 @@ class Engine:
                 if not groups:
                     continue
                 self._pass_size = sum(len(jobs) for _, jobs in groups)
-                self._pass_started = started = time.perf_counter()
+                self._pass_started = taken = time.perf_counter()
                 outcomes = await self._thread.forward(groups)  # predict errors come back in outcomes
                 self._pass_started = 0.0
-                self.pass_times.record(self._pass_size, time.perf_counter() - started)
+                done = time.perf_counter()
+                self.pass_times.record(self._pass_size, done - taken)
                 self._resolve(groups, outcomes)
+                if self.metrics is not None:
+                    self._record(groups, outcomes, taken, done)
                 groups = []
         except Exception:
             log.exception("the batcher stopped on an error; the engine no longer serves")
@@ -330,6 +344,21 @@ class Engine:
                             predictor=predictor,
                         )
                     )
+
+    def _record(
+        self,
+        groups: list[tuple[Predictor, list[_Job]]],
+        outcomes: list[Forecast | BaseException],
+        taken: float,
+        done: float,
+    ) -> None:
+        """The batch's figures, once per model present (after the futures: the clients come first)."""
+        assert self.metrics is not None
+        for (predictor, jobs), outcome in zip(groups, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.metrics.observe_failure(predictor.kind, len(jobs))
+            else:
+                self.metrics.observe_batch(predictor.kind, [job.enqueued for job in jobs], taken, done)
 
     def _fail(self, jobs: Iterable[_Job]) -> None:
         for job in jobs:

@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from app.api import errors, health, metrics, models, openapi, predict, routing, stream
+from app.api import errors, health, metrics, models, openapi, predict, routing, stats, stream
 from app.api.admission import Admission, InflightLimit
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
+from app.api.request_id import RequestId
 from app.auth import ApiKeys, mask_query_keys, require_scope
 from app.bus import Bus
 from app.cache import create_cache
@@ -56,11 +57,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retry_after_s=settings.retry_after_s,
         torch_threads=settings.torch_threads,
         latency_budget_ms=settings.engine_latency_budget_ms,
+        metrics=app.state.metrics,
     )
+    app.state.metrics.watch(engine, device, settings.model)
     async with engine, cache, bus, hub:
         app.state.engine = engine
         app.state.cache = cache
         app.state.bus, app.state.hub = bus, hub
+        app.state.device = device
         app.state.failure_policy = FailurePolicy(
             settings.failure_rate, settings.failure_latency_factor, settings.breaker_threshold
         )
@@ -103,12 +107,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.state.admission = InflightLimit(settings.max_inflight, settings.retry_after_s)
-    app.add_middleware(Admission, limit=app.state.admission)  # added last: it runs first
+    app.add_middleware(Admission, limit=app.state.admission)  # before the body is read
+    app.state.metrics.instrument(app)  # outside the limits: a 413 or a 503 is a request like any other
+    app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
     errors.install(app)
     # hottest first: routes match in order. The streams check their keys themselves (accept_websocket);
-    # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without keys the
-    # check is left off: FastAPI's solving of even a dependency that returns at once costs a request
-    # 10-20 µs (scripts/bench_auth.py)
+    # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without
+    # keys the check is left off: FastAPI's solving of even a dependency that returns at once costs a
+    # request 10-20 µs (scripts/bench_auth.py)
     read = (
         {}
         if app.state.api_keys.open
@@ -122,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (routing.router, read),
         (stream.router, {}),
         (models.router, read),
+        (stats.router, read),
         (health.router, {}),
         (metrics.router, {}),
     ):

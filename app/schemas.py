@@ -367,6 +367,62 @@ class Readiness(BaseModel):
     )
 
 
+class LatencyStats(BaseModel):
+    """Percentiles of the engine's prediction latency (queue wait + forward pass) over recent windows."""
+
+    windows: int = Field(description="Windows the percentiles are taken over: the most recent ones.")
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class CacheStats(BaseModel):
+    """The prediction cache since start."""
+
+    lookups: int = Field(description="Windows looked up (each in the in-process tier first).")
+    hits: int = Field(description="Lookups answered by any tier.")
+    hit_rate: float | None = Field(description="hits / lookups; null before the first lookup.")
+    hits_by_tier: dict[str, int]
+    errors: int = Field(description="Failed round-trips to Redis.")
+    entries: int = Field(description="Entries held by the in-process tier.")
+
+
+class EngineStatsOut(BaseModel):
+    """The micro-batching engine since start."""
+
+    queue_depth: int
+    queue_capacity: int
+    forward_passes: int
+    mean_batch_size: float | None
+    shed_windows: int = Field(description="Windows refused with a 503 because the queue was full.")
+
+
+class MemoryStats(BaseModel):
+    """Memory of this process, and of its GPU when the models run on CUDA."""
+
+    rss_bytes: int | None = Field(description="Resident set size; null where /proc is not available.")
+    gpu_allocated_bytes: int | None = None
+    gpu_reserved_bytes: int | None = None
+    gpu_total_bytes: int | None = None
+
+
+class Stats(BaseModel):
+    """This replica's performance figures since it started (GET /v1/stats)."""
+
+    uptime_s: float
+    predictions: int = Field(description="Windows answered: computed by a model or served from the cache.")
+    predictions_by_model: dict[str, int] = Field(description="Windows computed, per model kind.")
+    cached_predictions: int
+    latency: LatencyStats | None = Field(description="null before the first computed prediction.")
+    cache: CacheStats
+    engine: EngineStatsOut
+    default_model: str
+    models: dict[str, str] = Field(description="Served model kinds and their versions.")
+    device: str
+    memory: MemoryStats
+
+
 class Message(BaseModel):
     """An error that is not about a particular field."""
 

@@ -7,6 +7,7 @@ import os
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from app.logs import uvicorn_config
 from app.settings import Settings
 
 GOING_AWAY = 1001
@@ -52,6 +53,7 @@ def serve(
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=uvicorn_config(settings.log_format, settings.log_level),
         access_log=settings.access_log,
         ws=GoingAwayWebSocketProtocol,
         ws_max_size=settings.ws_max_frame_bytes,

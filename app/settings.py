@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         default=False, description="Log every request (costs throughput; off by default)."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as `text`, or `json`: one object per line with `ts`, `level`, `logger`, "
+        "`message` and the `request_id` (also echoed in the `X-Request-ID` response header).",
+    )
 
     # -- models -----------------------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = Field(
