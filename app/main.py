@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
-from app.api import errors, health, metrics, models, openapi, predict, routing, stream
+from app.api import errors, feedback, health, metrics, models, openapi, predict, routing, stream
 from app.api.body_limit import BodySizeLimit
 from app.bus import Bus
 from app.cache import create_cache
 from app.engine import Engine, pick_device
 from app.hub import Hub
+from app.learning.online import OnlineLearning
 from app.metrics import Metrics
 from app.routing import FailurePolicy
 from app.routing_schemas import RouteRequest
-from app.schemas import BatchPredictRequest, Limits, PredictRequest
+from app.schemas import BatchPredictRequest, FeedbackRequest, Limits, PredictRequest, RollbackRequest
 from app.settings import Settings
 from models.predictor import Predictor
 
@@ -51,7 +54,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retry_after_s=settings.retry_after_s,
         torch_threads=settings.torch_threads,
     )
-    async with engine, cache, bus, hub:
+    learning = (
+        OnlineLearning.from_settings(settings, engine, bus, app.state.metrics, checkpoints, device)
+        if settings.learning_enabled
+        else None
+    )
+    async with engine, cache, bus, hub, learning or contextlib.nullcontext():
+        app.state.learning = learning
+        app.state.recent = None if learning is None else learning.recent
         app.state.engine = engine
         app.state.cache = cache
         app.state.bus, app.state.hub = bus, hub
@@ -96,8 +106,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     # hottest first: routes match in order
-    routers = (predict.router, routing.router, stream.router, models.router, health.router, metrics.router)
+    routers = (
+        predict.router,
+        routing.router,
+        stream.router,
+        feedback.router,
+        models.router,
+        models.admin,
+        health.router,
+        metrics.router,
+    )
     for router in routers:
         app.include_router(router)
-    openapi.document(app, [PredictRequest, BatchPredictRequest, RouteRequest])
+    bodies: list[type[BaseModel]] = [
+        PredictRequest,
+        BatchPredictRequest,
+        RouteRequest,
+        FeedbackRequest,
+        RollbackRequest,
+    ]
+    openapi.document(app, bodies)
     return app

@@ -25,6 +25,7 @@ from app.bus.queue import QueueClosed
 from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
 from app.hub import Hub, StreamClient
+from app.learning.recent import RecentWindows
 from app.metrics import Metrics
 from app.routing_schemas import StreamPredictRequest, SubscribeFrame
 from app.schemas import Limits
@@ -173,11 +174,12 @@ async def stream_predict(
     answers: asyncio.Queue[bytes] = asyncio.Queue()
     in_flight = asyncio.Semaphore(settings.ws_queue_size)  # bounds ``answers`` and the tasks
     sender = asyncio.create_task(_send_answers(websocket, answers, in_flight))
+    recent: RecentWindows | None = websocket.app.state.recent
     tasks: set[asyncio.Task[None]] = set()
     try:
         while (text := await _receive_text(websocket, settings.max_body_bytes)) is not None:
             await in_flight.acquire()  # released once the answer is written: a flood stops being read
-            task = asyncio.create_task(_predict(text, engine, cache, limits, answers))
+            task = asyncio.create_task(_predict(text, engine, cache, limits, answers, recent))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except PolicyViolation as exc:
@@ -190,7 +192,12 @@ async def stream_predict(
 
 
 async def _predict(
-    text: str, engine: Engine, cache: Cache, limits: Limits, answers: asyncio.Queue[bytes]
+    text: str,
+    engine: Engine,
+    cache: Cache,
+    limits: Limits,
+    answers: asyncio.Queue[bytes],
+    recent: RecentWindows | None,
 ) -> None:
     """Answer one request frame as POST /v1/predict would (cache included); errors in the same shapes."""
     start = time.perf_counter()
@@ -203,7 +210,7 @@ async def _predict(
         )
         return
     try:
-        result = await predict_one(req, engine, cache, limits, start)
+        result = await predict_one(req, engine, cache, limits, start, recent)
     except (Overloaded, EngineStopped) as exc:
         error = {"status": 503, "detail": str(exc), "retry_after_s": exc.retry_after_s}
         answers.put_nowait(dumps({"id": req.id, "error": error}))
