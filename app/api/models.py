@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import RedisError
 
 from app.api import scopes
 from app.api.deps import EngineDep, LearningDep, LimitsDep, SettingsDep, parse_body
@@ -22,7 +23,7 @@ async def list_models(engine: EngineDep, settings: SettingsDep, learning: Learni
     """List the loaded models: kind, version, shapes, device, size, training summary and version history."""
     models = []
     for kind, predictor in engine.predictors.items():
-        history = [] if learning is None else await learning.rollout.versions.history(kind)
+        history = [] if learning is None else await learning.rollout.history(kind)
         models.append(
             ModelInfo(
                 kind=kind,
@@ -60,6 +61,8 @@ async def rollback(request: Request, limits: LimitsDep, learning: LearningDep) -
         previous, version = await learning.rollout.rollback(kind, body.version)
     except UnknownVersion as exc:
         raise _invalid("version", body.version, str(exc)) from None
+    except (RedisError, OSError) as exc:
+        raise HTTPException(503, f"the version store is unreachable: {exc}") from None
     return RollbackResult(model=kind, version=version, previous=previous)
 
 

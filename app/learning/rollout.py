@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import orjson
+from redis import exceptions as redis_errors
 
 from app.bus import Bus
 from app.engine import Engine
@@ -30,6 +31,8 @@ from models.checkpoint import CheckpointError
 from models.predictor import Predictor
 
 log = logging.getLogger("cpe.learning")
+
+_FAILURES = (redis_errors.RedisError, OSError)
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,17 @@ class Rollout:
 
     async def start(self) -> None:
         """Serve what the store says is current (a replica started after a rollout), then listen."""
-        for kind, predictor in self.engine.predictors.items():
-            current = await self.versions.current(kind)
-            if current is None:
-                await self.versions.record(VersionRecord(predictor.version, kind, "shipped"), None)
-            elif current != predictor.version:
-                await self.activate(kind, current)
+        try:
+            for kind, predictor in self.engine.predictors.items():
+                current = await self.versions.current(kind)
+                if current is None:
+                    await self.versions.record(VersionRecord(predictor.version, kind, "shipped"), None)
+                elif current != predictor.version:
+                    await self.activate(kind, current)
+        except _FAILURES as exc:  # serve what was loaded; announcements bring the replica up to date
+            log.warning(
+                "rollout: the version store is unreachable at start; serving the shipped models: %s", exc
+            )
         ready = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._listen(ready), name="cpe-rollout")
         await ready.wait()
@@ -150,6 +158,14 @@ class Rollout:
                 record.version,
             )
         return True
+
+    async def history(self, kind: str) -> list[VersionRecord]:
+        """The kind's version history, newest first; empty while the version store is unreachable."""
+        try:
+            return await self.versions.history(kind)
+        except _FAILURES as exc:
+            log.warning("rollout: the version history is unreachable: %s", exc)
+            return []
 
     async def rollback(self, kind: str, version: str | None) -> tuple[str, str]:
         """Make an earlier version of ``kind`` live again; (previous, now serving). Raises UnknownVersion."""
