@@ -280,6 +280,11 @@ class Settings(BaseSettings):
     learning_keep_versions: int = Field(
         default=10, ge=2, le=1_000, description="Model versions whose weights are kept for rollback."
     )
+    learning_layers: Literal["head", "all"] = Field(
+        default="head",
+        description="What learns online: `head` (the final norm and output head; about half the time per "
+        "step, and the offline training's feature extraction is kept) or `all` the weights.",
+    )
     learning_threads: int = Field(
         default=1, ge=1, le=256, description="Intra-op threads of the training thread."
     )

@@ -56,6 +56,7 @@ class LearnerConfig:
     rollback_margin: float = 0.05
     lease_ttl_ms: int = 3_000
     threads: int = 1
+    layers: str = "head"
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class Learner:
         torch.set_num_threads(self.config.threads)
         cfg = self.config
         predictor = self.engine.predictors[cfg.kind]
-        trainer = Trainer(predictor, cfg.lr)
+        trainer = Trainer(predictor, cfg.lr, layers=cfg.layers)
         serving = copy.deepcopy(trainer.model)  # the serving weights, on the CPU, for comparisons
         tuner = Tuner(cfg.lr, cfg.lr_min, cfg.lr_max, cfg.steps_per_s)
         replay = ReplayBuffer(

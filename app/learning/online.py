@@ -108,6 +108,7 @@ class OnlineLearning:
             rollback_margin=settings.learning_rollback_margin,
             lease_ttl_ms=settings.learning_lease_ttl_ms,
             threads=settings.learning_threads,
+            layers=settings.learning_layers,
         )
         learner = Learner(config, engine, store, rollout, lease, metrics)
         recent = RecentWindows(settings.recent_predictions)

@@ -5,6 +5,12 @@ The copy is a deep copy of the serving version's module: the engine keeps servin
 until a better copy is rolled out as a new version (``rollout.py``). The step itself is the offline
 training's (``models.training.step_losses``: the same robust loss, gradient clipping, and a skip when the
 loss or gradient is not finite), with the replay buffer's importance weights.
+
+By default (``layers="head"``) only the last layers learn: the final norm and the Gaussian head, which
+every architecture ends with. The encoder (LSTM, attention) then runs forward only, without a graph, and
+the backward pass is two small layers: a step of 32 windows costs about half of a full one (see
+scripts/bench_learning.py), and what the offline training learned about reading windows is not worn away
+by a few thousand samples of one deployment. ``layers="all"`` trains every weight.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from models.predictor import Predictor
 from models.training import TARGET_CLIP, default_feature_weights, mean_error, step_losses
 
 WEIGHT_DECAY = 1e-5  # the offline training's
+HEAD_LAYERS = ("norm.", "head.")  # the parameters that learn online with layers="head"
 
 
 @dataclass
@@ -52,9 +59,13 @@ def weights_finite(model: nn.Module) -> bool:
 class Trainer:
     """A trainable copy of a serving predictor's model, and the optimizer that moves it."""
 
-    def __init__(self, predictor: Predictor, lr: float, max_grad_norm: float = 1.0) -> None:
+    def __init__(
+        self, predictor: Predictor, lr: float, max_grad_norm: float = 1.0, layers: str = "head"
+    ) -> None:
+        assert layers in ("head", "all"), f"layers must be 'head' or 'all', got {layers!r}"
         self.lr = lr
         self.max_grad_norm = max_grad_norm
+        self.layers = layers
         self.feature_weights = torch.tensor(default_feature_weights(), dtype=torch.float32)
         self.reset(predictor)
 
@@ -62,7 +73,11 @@ class Trainer:
         """Start again from ``predictor``'s weights, with a fresh optimizer state."""
         self.base = predictor
         self.model: nn.Module = copy.deepcopy(predictor.model).cpu()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=WEIGHT_DECAY)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(self.layers == "all" or name.startswith(HEAD_LAYERS))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        assert trainable, f"{predictor.kind} has no parameter named {HEAD_LAYERS}"
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=WEIGHT_DECAY)
         self.steps = 0  # steps applied since the reset
 
     def set_lr(self, lr: float) -> None:
