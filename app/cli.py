@@ -78,10 +78,18 @@ def cmd_drift(args: argparse.Namespace) -> int:
         kind=args.model[0],
         out=args.plot,
         json_out=args.json,
+        learning=dict(_setting(text) for text in args.learning_setting),
     )
     figures = run(cfg)
     met = all(t["recovery_met"] and t["end_met"] for t in figures["targets"].values())
     return 1 if args.strict and not met else 0
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--learning-setting takes NAME=VALUE (a Settings field), got {text!r}")
+    return name.strip().lower().removeprefix("cpe_"), value.strip()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -140,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=250, help="--drift: samples per rolling MAE")
     p.add_argument("--drift-seed", type=int, default=7, help="--drift: seed of the route and its trace")
     p.add_argument("--plot", default="drift.png", help="--drift: where to save the plot (PNG)")
+    p.add_argument(
+        "--learning-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--drift: a setting of the service's learner, e.g. learning_layers=all (repeatable)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="write synthetic route traces as JSON lines, for replay")

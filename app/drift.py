@@ -98,7 +98,11 @@ def replay_through_service(cfg: DriftConfig, ts: np.ndarray, fs: np.ndarray, seq
                     "/v1/feedback", json={"prediction_id": result["prediction_id"], "actual": actual}
                 )
             assert response.status_code == 202, response.text
-        stats = dict(client.app.state.learning.learner.stats)  # type: ignore[attr-defined]
+        learner = client.app.state.learning.learner  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10.0  # the last samples may still be on their way to the replay buffer
+        while learner.stats["samples"] < n - seq_len and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = dict(learner.stats)
         history = client.get("/v1/models").json()["models"][0]["history"]
     return {
         "online": online,
@@ -187,7 +191,9 @@ def _figures(
     shift: int,
 ) -> dict[str, Any]:
     w = cfg.window
-    pre = slice(shift - w, shift)  # the last window before the shift
+    # the level before the shift: the whole pre-shift span (one window of it would be at the mercy of a
+    # single burst or congestion episode, which the traces have a few times a day)
+    pre = slice(0, shift)
     end = slice(len(actual) - w, len(actual))  # the last window of the trace
 
     def mae(method: str, part: slice) -> tuple[float, float]:
@@ -199,7 +205,7 @@ def _figures(
         out["pre_shift"][m] = dict(zip(("mae_ms", "relative"), mae(m, pre), strict=True))
         out["end"][m] = dict(zip(("mae_ms", "relative"), mae(m, end), strict=True))
     for unit, k in (("ms", 0), ("relative", 1)):
-        level = out["pre_shift"]["online"]["mae_ms" if k == 0 else "relative"]
+        level = out["pre_shift"]["online"]["mae_ms" if k == 0 else "relative"]  # the pre-shift mean
         curve = curves["online"][k]
         # first fully post-shift window whose MAE is within 20 % of the pre-shift level
         first = next((j for j in range(shift, len(curve)) if curve[j] <= 1.2 * level), None)
