@@ -229,7 +229,10 @@ class RedisFeedback(FeedbackStore):
                 await self.connect()
                 return []
             raise
-        return [(_text(entry_id), sample) for entry_id, sample in _entries(answer)]
+        entries, malformed = _entries(answer)
+        if malformed:  # acknowledged at once, or they would stay pending in the group for ever
+            await self.ack(malformed)
+        return entries
 
     async def ack(self, ids: list[str]) -> None:
         if ids:
@@ -257,12 +260,14 @@ def _text(value: bytes | str) -> str:
 _Answer = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]  # XREADGROUP's: per stream, its entries
 
 
-def _entries(answer: _Answer) -> list[tuple[str, Feedback]]:
-    out = []
+def _entries(answer: _Answer) -> tuple[list[tuple[str, Feedback]], list[str]]:
+    """The samples of an XREADGROUP answer, and the ids of the entries that were not samples."""
+    out, malformed = [], []
     for _stream, entries in answer or ():
         for entry_id, fields in entries:
             try:
                 out.append((_text(entry_id), Feedback.from_fields(fields)))
             except (KeyError, ValueError) as exc:
+                malformed.append(_text(entry_id))
                 log.warning("learning: skipped malformed feedback entry %s: %s", _text(entry_id), exc)
-    return out
+    return out, malformed

@@ -200,3 +200,32 @@ def test_feedback_to_one_server_is_learned_and_the_other_hot_loads_it(prefix: st
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def test_the_stream_is_read_through_the_group_and_taken_over_from_its_tail(prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    from app.learning.feedback import GROUP, RedisFeedback
+    from tests.app.test_learning import sample
+
+    client = Redis.from_url(REDIS_URL)
+    try:
+        first = RedisFeedback(client=client, prefix=prefix, consumer="first", maxlen=1000)
+        await first.connect()
+        ids = [await first.append(sample(i)) for i in range(3)]
+        await client.xadd(first.stream, {"k": b"not a sample"})
+        read = await first.read(10, block_ms=100)
+        assert [entry_id for entry_id, _ in read] == ids
+        await first.ack(ids)
+        assert (await client.xpending(first.stream, GROUP))["pending"] == 0  # the malformed one too
+        # a new learner refills its replay buffer from the tail, and is not handed those entries again
+        later = await first.append(sample(3))
+        second = RedisFeedback(client=client, prefix=prefix, consumer="second", maxlen=1000)
+        tail = await second.take_over(3)  # sample 2, the malformed entry (skipped), sample 3
+        assert [s.actual.tolist() for s in tail] == [sample(2).actual.tolist(), sample(3).actual.tolist()]
+        assert await second.read(10, block_ms=100) == []
+        newest = await second.append(sample(4))
+        assert [entry_id for entry_id, _ in await second.read(10, block_ms=100)] == [newest]
+        assert later < newest
+    finally:
+        await client.aclose()
