@@ -126,6 +126,7 @@ class Learner:
     # -- on the event loop ----------------------------------------------------------------------
     async def _hold_lease(self) -> None:
         period_s = self.config.lease_ttl_ms / 3000.0
+        unreachable = False
         while True:
             was_held = self._active.is_set()
             try:
@@ -136,7 +137,11 @@ class Learner:
                     log.info("learning: this replica (%s) is the learner now", self.lease.holder)
             except _FAILURES as exc:
                 held = False
-                log.warning("learning: lease unreachable: %s", exc)
+                if not unreachable:  # once per outage, not every period
+                    log.warning("learning: the lease is unreachable; no training until it is back: %s", exc)
+                unreachable = True
+            else:
+                unreachable = False
             if was_held and not held:
                 log.warning("learning: lost the lease; training pauses")
             (self._active.set if held else self._active.clear)()
