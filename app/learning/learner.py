@@ -187,13 +187,16 @@ class Learner:
         self.metrics.learning_step_rate.set(tuner.steps_per_s)
         next_step = 0.0
         since_eval = 0
-        while not self._stop.is_set():
-            ready = (
+
+        def ready() -> bool:
+            return (
                 self._active.is_set()
                 and len(replay) >= cfg.min_samples
                 and replay.validation_size >= cfg.replay_validation
             )
-            wait = max(next_step - time.monotonic(), 0.0) if ready else IDLE_S
+
+        while not self._stop.is_set():
+            wait = max(next_step - time.monotonic(), 0.0) if ready() else IDLE_S
             self._take_incoming(trainer, replay, wait)
             current = self.engine.predictors[cfg.kind]
             if current.version != trainer.base.version:  # a rollback, or another learner's version
@@ -201,7 +204,7 @@ class Learner:
                 serving = copy.deepcopy(trainer.model)
                 tuner.restart()
                 since_eval = 0
-            if not ready or time.monotonic() < next_step:
+            if not ready() or time.monotonic() < next_step:  # again: a take-over empties the buffer
                 continue
             next_step = time.monotonic() + 1.0 / tuner.steps_per_s
             try:
