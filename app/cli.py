@@ -44,6 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.drift:
+        return cmd_drift(args)
     from models.evaluation import evaluate, format_report, standard_test_sets
     from models.predictor import Predictor
 
@@ -63,6 +65,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 1 if failed and args.strict else 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from app.drift import DriftConfig, run
+
+    cfg = DriftConfig(
+        pre=args.pre,
+        post=args.post,
+        window=args.window,
+        seed=args.drift_seed,
+        kind=args.model[0],
+        out=args.plot,
+        json_out=args.json,
+        learning=dict(_setting(text) for text in args.learning_setting),
+    )
+    figures = run(cfg)
+    met = all(t["recovery_met"] and t["end_met"] for t in figures["targets"].values())
+    return 1 if args.strict and not met else 0
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--learning-setting takes NAME=VALUE (a Settings field), got {text!r}")
+    return name.strip().lower().removeprefix("cpe_"), value.strip()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -110,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, help="test sets use seed+1 and seed+2")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a model misses a target")
+    p.add_argument(
+        "--drift",
+        action="store_true",
+        help="instead: replay a regime-shift trace through the running service with feedback (the first "
+        "--model learns), and compare its rolling MAE with the frozen model, persistence and EWMA",
+    )
+    p.add_argument("--pre", type=int, default=1500, help="--drift: feedback samples before the shift")
+    p.add_argument("--post", type=int, default=2500, help="--drift: feedback samples after the shift")
+    p.add_argument("--window", type=int, default=250, help="--drift: samples per rolling MAE")
+    p.add_argument("--drift-seed", type=int, default=7, help="--drift: seed of the route and its trace")
+    p.add_argument("--plot", default="drift.png", help="--drift: where to save the plot (PNG)")
+    p.add_argument(
+        "--learning-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="--drift: a setting of the service's learner, e.g. learning_layers=all (repeatable)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="write synthetic route traces as JSON lines, for replay")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from pydantic import BaseModel
 
-from app.api import errors, health, metrics, models, openapi, predict, routing, stats, stream
+from app.api import errors, feedback, health, metrics, models, openapi, predict, routing, stats, stream
 from app.api.admission import Admission, InflightLimit
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
@@ -19,10 +21,11 @@ from app.bus import Bus
 from app.cache import create_cache
 from app.engine import Engine, pick_device
 from app.hub import Hub
+from app.learning.online import OnlineLearning
 from app.metrics import Metrics
 from app.routing import FailurePolicy
 from app.routing_schemas import RouteRequest
-from app.schemas import BatchPredictRequest, Limits, PredictRequest
+from app.schemas import BatchPredictRequest, FeedbackRequest, Limits, PredictRequest, RollbackRequest
 from app.settings import Settings
 from models.predictor import Predictor
 
@@ -60,7 +63,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics=app.state.metrics,
     )
     app.state.metrics.watch(engine, device, settings.model)
-    async with engine, cache, bus, hub:
+    learning = (
+        OnlineLearning.from_settings(settings, engine, bus, app.state.metrics, checkpoints, device)
+        if settings.learning_enabled
+        else None
+    )
+    async with engine, cache, bus, hub, learning or contextlib.nullcontext():
+        app.state.learning = learning
+        app.state.recent = None if learning is None else learning.recent
         app.state.engine = engine
         app.state.cache = cache
         app.state.bus, app.state.hub = bus, hub
@@ -115,23 +125,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without
     # keys the check is left off: FastAPI's solving of even a dependency that returns at once costs a
     # request 10-20 µs (scripts/bench_auth.py)
-    read = (
-        {}
-        if app.state.api_keys.open
-        else {
-            "dependencies": [Depends(require_scope("read"))],
-            "responses": AUTH_RESPONSES,
-        }
+    keys = app.state.api_keys
+    read, write, admin = (
+        {} if keys.open else {"dependencies": [Depends(require_scope(scope))], "responses": AUTH_RESPONSES}
+        for scope in ("read", "write", "admin")
     )
     for router, access in (
         (predict.router, read),
         (routing.router, read),
         (stream.router, {}),
+        (feedback.router, write),
         (models.router, read),
+        (models.admin, admin),
         (stats.router, read),
         (health.router, {}),
         (metrics.router, {}),
     ):
         app.include_router(router, **access)  # type: ignore[arg-type]
-    openapi.document(app, [PredictRequest, BatchPredictRequest, RouteRequest])
+    bodies: list[type[BaseModel]] = [
+        PredictRequest,
+        BatchPredictRequest,
+        RouteRequest,
+        FeedbackRequest,
+        RollbackRequest,
+    ]
+    openapi.document(app, bodies)
     return app

@@ -34,13 +34,28 @@ Exported:
 - ``cpe_ws_messages_sent_total``: routing messages written to those clients.
 - ``cpe_ws_messages_dropped_total``: routing messages a slow client lost (its oldest, to make room).
 - ``cpe_bus_errors_total``: bus operations that could not reach the bus's transport (Redis).
+- ``cpe_learning_feedback_total{result}``: feedback ``accepted`` (202) or ``refused`` (429: the in-process
+  buffer is full; 503: the Redis stream is unreachable).
+- ``cpe_learning_steps_total``, ``cpe_learning_step_seconds``: training steps applied, and their time.
+- ``cpe_learning_last_step_timestamp_seconds``: when the last step was applied (alerts on a stalled
+  learner).
+- ``cpe_learning_skipped_steps_total``: steps not applied because their loss or gradient was not finite.
+- ``cpe_learning_train_loss``, ``cpe_learning_validation_loss{model}``: the last step's minibatch loss;
+  the trained copy's (``candidate``) and the serving version's (``serving``) loss on the held-back feedback.
+- ``cpe_learning_rate``: the learning rate the tuner set; ``cpe_learning_steps_per_second``: its step rate.
+- ``cpe_learning_buffer_size{part}``: samples in the replay buffer (``replay``), held back
+  (``validation``), and feedback waiting for the learner (``pending``, in-process buffer only).
+- ``cpe_learning_rollouts_total``: new versions that went live (counted by the learner that made them).
+- ``cpe_learning_rollbacks_total{reason}``: trained copies thrown away (``nonfinite`` weights, ``worse``
+  than the serving version) and rollbacks by an operator (``manual``).
+- ``cpe_learning_reloads_total{result}``: versions this replica loaded from the bus (``ok``) or could not
+  load (``error``: it kept serving the version it had).
+- ``cpe_learning_lease_held``: 1 while this replica holds the learner's lease, else 0.
 - ``cpe_gpu_memory_allocated_bytes``, ``cpe_gpu_memory_reserved_bytes``, ``cpe_gpu_memory_total_bytes``:
   torch's CUDA allocator, only when the models run on CUDA.
 - ``process_*`` (resident memory, CPU seconds, open file descriptors, start time), ``python_gc_*`` and
   ``python_info``: prometheus_client's standard collectors, on this registry.
 
-The learning metrics (``cpe_learning_*``) are the learner's to export; deploy/ already alerts and graphs
-them.
 """
 
 from __future__ import annotations
@@ -58,6 +73,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     GCCollector,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -276,6 +292,8 @@ class Metrics:
         )
         self.latencies = LatencyRing()
 
+        self._learning_collectors()
+
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -349,6 +367,66 @@ class Metrics:
                 if sample.labels == wanted and not sample.name.endswith("_created"):
                     return float(sample.value)
         return 0.0
+
+    def _learning_collectors(self) -> None:
+        registry = self.registry
+        self.feedback = Counter(
+            "cpe_learning_feedback", "Feedback accepted or refused.", ["result"], registry=registry
+        )
+        self.learning_steps = Counter("cpe_learning_steps", "Training steps applied.", registry=registry)
+        self.learning_step_seconds = Histogram(
+            "cpe_learning_step_seconds",
+            "Time of one training step (a minibatch forward, backward and update).",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.learning_last_step = Gauge(
+            "cpe_learning_last_step_timestamp_seconds",
+            "Unix time of the last training step applied (a stalled learner stops moving it).",
+            registry=registry,
+        )
+        self.learning_skipped_steps = Counter(
+            "cpe_learning_skipped_steps",
+            "Training steps not applied because their loss or gradient was not finite.",
+            registry=registry,
+        )
+        self.learning_train_loss = Gauge(
+            "cpe_learning_train_loss", "Loss of the last training minibatch.", registry=registry
+        )
+        self.learning_validation_loss = Gauge(
+            "cpe_learning_validation_loss",
+            "Loss on the held-back feedback of the trained copy (candidate) and of the serving version.",
+            ["model"],
+            registry=registry,
+        )
+        self.learning_rate = Gauge("cpe_learning_rate", "The learner's learning rate.", registry=registry)
+        self.learning_step_rate = Gauge(
+            "cpe_learning_steps_per_second", "The learner's allowed step rate.", registry=registry
+        )
+        self.learning_buffer = Gauge(
+            "cpe_learning_buffer_size",
+            "Feedback samples in the replay buffer, held back for validation, or waiting for the learner.",
+            ["part"],
+            registry=registry,
+        )
+        self.learning_rollouts = Counter(
+            "cpe_learning_rollouts", "New model versions that went live.", registry=registry
+        )
+        self.learning_rollbacks = Counter(
+            "cpe_learning_rollbacks",
+            "Trained copies thrown away (nonfinite, worse) and rollbacks by an operator (manual).",
+            ["reason"],
+            registry=registry,
+        )
+        self.learning_reloads = Counter(
+            "cpe_learning_reloads",
+            "Model versions loaded from the bus (ok) or that failed to load (error).",
+            ["result"],
+            registry=registry,
+        )
+        self.learning_lease_held = Gauge(
+            "cpe_learning_lease_held", "1 while this replica holds the learner's lease.", registry=registry
+        )
 
     def render(self) -> bytes:
         """The text exposition format of every collector, as ``GET /metrics`` serves it."""

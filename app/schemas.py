@@ -16,6 +16,7 @@ from typing import (
     Any,
     Literal,
     NotRequired,  # pydantic needs these on Python < 3.12
+    Self,
 )
 
 from pydantic import (
@@ -28,6 +29,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
@@ -157,6 +159,28 @@ class ContextVector(TypedDict):
     ]
 
 
+def _checked_window(contexts: list[ContextVector], info: ValidationInfo) -> list[ContextVector]:
+    """A window within the deployment's length limit, its timestamps not decreasing."""
+    limits = _limits(info)
+    if limits is not None and len(contexts) > limits.max_window:
+        raise PydanticCustomError(
+            "too_long",
+            "List should have at most {max_length} items after validation, not {actual_length}",
+            {"field_type": "List", "max_length": limits.max_window, "actual_length": len(contexts)},
+        )
+    previous = contexts[0]["timestamp"]
+    for i, context in enumerate(contexts):
+        if context["timestamp"] < previous:
+            raise PydanticCustomError(
+                "timestamps_decreasing",
+                "timestamps must not decrease: contexts[{index}].timestamp is {timestamp}, "
+                "before {previous} of the context before it",
+                {"index": i, "timestamp": context["timestamp"], "previous": previous},
+            )
+        previous = context["timestamp"]
+    return contexts
+
+
 class PredictRequest(BaseModel):
     """A window of one flow's recent contexts, oldest first, to forecast from."""
 
@@ -183,24 +207,7 @@ class PredictRequest(BaseModel):
     @field_validator("contexts")
     @classmethod
     def _window(cls, contexts: list[ContextVector], info: ValidationInfo) -> list[ContextVector]:
-        limits = _limits(info)
-        if limits is not None and len(contexts) > limits.max_window:
-            raise PydanticCustomError(
-                "too_long",
-                "List should have at most {max_length} items after validation, not {actual_length}",
-                {"field_type": "List", "max_length": limits.max_window, "actual_length": len(contexts)},
-            )
-        previous = contexts[0]["timestamp"]
-        for i, context in enumerate(contexts):
-            if context["timestamp"] < previous:
-                raise PydanticCustomError(
-                    "timestamps_decreasing",
-                    "timestamps must not decrease: contexts[{index}].timestamp is {timestamp}, "
-                    "before {previous} of the context before it",
-                    {"index": i, "timestamp": context["timestamp"], "previous": previous},
-                )
-            previous = context["timestamp"]
-        return contexts
+        return _checked_window(contexts, info)
 
     @field_validator("model")
     @classmethod
@@ -267,6 +274,7 @@ class BatchPredictRequest(BaseModel):
 
 
 _EXAMPLE_RESULT: dict[str, Any] = {
+    "prediction_id": "5c1d0e3a9b7f4c2d8e6a1b0c3d5e7f90",
     "flow_key": _EXAMPLE_KEY,
     "predicted_context": [14.6, 2.2, 0.002, 801.0, 0.7, 0.001, 128.0, 9.0],
     "horizon": 2,
@@ -291,6 +299,11 @@ class PredictionResult(BaseModel):
 
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_RESULT]})
 
+    prediction_id: str = Field(
+        description="Names this prediction (its window, horizon and model version) for POST /v1/feedback. "
+        "The replica that answered remembers the window of its recent predictions (CPE_RECENT_PREDICTIONS); "
+        "feedback by id that reaches another replica is a 422, and the client sends the window instead."
+    )
     flow_key: str = Field(description="The request's flow key, as 64 hex characters.")
     predicted_context: list[float] = Field(description=f"The {D} features predicted at step `horizon`.")
     horizon: int = Field(description="Steps ahead of the last context that `predicted_context` is for.")
@@ -323,6 +336,108 @@ class BatchPredictResult(BaseModel):
     results: list[PredictionResult]
 
 
+class VersionInfo(BaseModel):
+    """One model version that went live on the replicas."""
+
+    version: str = Field(examples=["lstm-0982051dc94c"])
+    source: Literal["shipped", "online", "rollback"] = Field(
+        description="`shipped`: the checkpoint the service started with; `online`: learned from feedback; "
+        "`rollback`: an earlier version made live again by POST /v1/models/rollback."
+    )
+    parent: str | None = Field(default=None, description="The version that served before this one.")
+    activated_at: float = Field(description="When it went live, seconds since the Unix epoch.")
+    validation: dict[str, float] = Field(
+        default_factory=dict,
+        description="For online versions: its loss (`loss`) and the replaced version's (`serving_loss`) on "
+        "the same held-back feedback (`samples`), and the training `steps` behind it.",
+    )
+
+
+class RollbackRequest(BaseModel):
+    """Which model to roll back, and to which version."""
+
+    model: str | None = Field(default=None, description="Model kind; null = the service's default.")
+    version: str | None = Field(
+        default=None, description="A version from the model's history; null = the one before the serving one."
+    )
+
+
+class RollbackResult(BaseModel):
+    """The version now serving after a rollback."""
+
+    model: str
+    version: str
+    previous: str
+
+
+class FeedbackRequest(BaseModel):
+    """What really happened after a window: its actual next context, for online learning.
+
+    Either the window itself (`flow_key` and `contexts`, as in a predict request), or the
+    `prediction_id` of a prediction this replica made from it.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "flow_key": _EXAMPLE_KEY,
+                    "contexts": _EXAMPLE_CONTEXTS,
+                    "actual": {"timestamp": 1_700_000_003_000, "features": _EXAMPLE_CONTEXTS[2]["features"]},
+                },
+                {
+                    "prediction_id": "5c1d0e3a9b7f4c2d8e6a1b0c3d5e7f90",
+                    "actual": {"timestamp": 1_700_000_003_000, "features": _EXAMPLE_CONTEXTS[2]["features"]},
+                },
+            ]
+        }
+    )
+
+    flow_key: FlowKey | None = Field(default=None, description="The flow, when the window is sent.")
+    contexts: list[ContextVector] | None = Field(
+        default=None, min_length=1, description="The window predicted from, oldest first (as predicted)."
+    )
+    prediction_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = Field(
+        default=None, description="The `prediction_id` of a PredictionResult, instead of the window."
+    )
+    actual: ContextVector = Field(description="The context that really came next.")
+
+    @field_validator("contexts")
+    @classmethod
+    def _window(
+        cls, contexts: list[ContextVector] | None, info: ValidationInfo
+    ) -> list[ContextVector] | None:
+        return None if contexts is None else _checked_window(contexts, info)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        if self.prediction_id is not None:
+            if self.contexts is not None or self.flow_key is not None:
+                raise PydanticCustomError(
+                    "feedback_form", "send either prediction_id, or flow_key and contexts; not both"
+                )
+            return self
+        if self.contexts is None or self.flow_key is None:
+            raise PydanticCustomError(
+                "feedback_form", "feedback needs prediction_id, or both flow_key and contexts"
+            )
+        last = self.contexts[-1]["timestamp"]
+        if self.actual["timestamp"] < last:
+            raise PydanticCustomError(
+                "actual_before_window",
+                "actual.timestamp {timestamp} is before the window's last context ({last})",
+                {"timestamp": self.actual["timestamp"], "last": last},
+            )
+        return self
+
+
+class FeedbackAccepted(BaseModel):
+    """Feedback taken: it is in the feedback stream (Redis) or the in-process buffer, and will be learned."""
+
+    accepted: Literal[True] = True
+    id: str = Field(description="Its id in the feedback stream (the Redis Stream entry id, or a counter).")
+
+
 class ModelInfo(BaseModel):
     """One loaded model."""
 
@@ -336,6 +451,11 @@ class ModelInfo(BaseModel):
     parameters: int = Field(description="Number of trainable parameters.")
     training: dict[str, Any] = Field(description="The checkpoint's training summary and validation figures.")
     hparams: dict[str, Any] = Field(description="Architecture hyper-parameters.")
+    history: list[VersionInfo] = Field(
+        default_factory=list,
+        description="Versions of this kind that went live, the serving one first, with their validation "
+        "figures on the held-back feedback (online versions only).",
+    )
 
 
 class ModelList(BaseModel):
@@ -343,6 +463,7 @@ class ModelList(BaseModel):
 
     default: str
     models: list[ModelInfo]
+    learning: bool = Field(default=False, description="Whether this replica learns from feedback.")
 
 
 class Health(BaseModel):

@@ -235,6 +235,115 @@ class Settings(BaseSettings):
         "then compressed once per subscriber.",
     )
 
+    # -- online learning ----------------------------------------------------------------------
+    learning_enabled: bool = Field(
+        default=True,
+        description="Learn from POST /v1/feedback and roll out better versions. Without feedback the learner "
+        "only waits; set false to refuse feedback (404) and keep the shipped models.",
+    )
+    learning_url: str = Field(
+        default="memory://",
+        description="Where feedback and model versions live: `memory://` (this process learns alone from "
+        "its own feedback) or `redis://host:port/db` (a Redis Stream every replica appends to, one learner "
+        "at a time by lease, new weights published to every replica; needs CPE_BUS_URL=redis:// too).",
+    )
+    learning_prefix: str = Field(
+        default="cpe:learn:",
+        min_length=1,
+        description="Prefix of the Redis keys of the feedback stream, lease, versions and their weights.",
+    )
+    models_channel: str = Field(
+        default="cpe:models",
+        min_length=1,
+        description="Bus channel announcing new model versions; every replica on it hot-loads them.",
+    )
+    feedback_buffer: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="In-process feedback (learning_url memory://) waiting for the learner; beyond it "
+        "feedback is refused with 429 + Retry-After, never dropped. About 2.5 KB each.",
+    )
+    feedback_stream_maxlen: int = Field(
+        default=200_000,
+        ge=1_000,
+        description="Entries the Redis feedback stream keeps (approximately); older ones are trimmed after "
+        "the learner has read them into its replay buffer.",
+    )
+    recent_predictions: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Windows of recent predictions each replica remembers for feedback by prediction_id.",
+    )
+    replay_capacity: int = Field(
+        default=20_000,
+        ge=64,
+        le=10_000_000,
+        description="Feedback samples the replay buffer holds for training; the oldest go first.",
+    )
+    replay_validation: int = Field(
+        default=512,
+        ge=16,
+        le=100_000,
+        description="The most recent feedback samples, held back from training to compare versions on.",
+    )
+    learning_min_samples: int = Field(
+        default=256,
+        ge=1,
+        description="Training samples needed (beyond the held-back ones) before the first step.",
+    )
+    learning_batch: int = Field(default=32, ge=1, le=4096, description="Samples per training step.")
+    learning_rate: float = Field(
+        default=3e-4, gt=0.0, le=1.0, description="Initial learning rate (AdamW); the tuner moves it."
+    )
+    learning_rate_min: float = Field(default=1e-5, gt=0.0, le=1.0, description="Lowest learning rate.")
+    learning_rate_max: float = Field(default=3e-3, gt=0.0, le=1.0, description="Highest learning rate.")
+    learning_steps_per_s: float = Field(
+        default=20.0,
+        gt=0.0,
+        le=10_000.0,
+        description="Most training steps per second (the tuner slows down to a tenth of it while the "
+        "validation loss does not improve): bounds the CPU the learner takes from serving.",
+    )
+    learning_eval_steps: int = Field(
+        default=100,
+        ge=1,
+        description="Training steps between comparisons of the trained copy with the serving version.",
+    )
+    learning_min_improvement: float = Field(
+        default=0.01,
+        ge=0.0,
+        lt=1.0,
+        description="A trained copy goes live when its loss on the held-back feedback is this fraction below "
+        "the serving version's.",
+    )
+    learning_rollback_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=10.0,
+        description="A trained copy this fraction worse than the serving version is thrown away (rolled back "
+        "to the serving weights) rather than trained on.",
+    )
+    learning_lease_ttl_ms: int = Field(
+        default=3_000,
+        ge=100,
+        le=600_000,
+        description="Expiry of the learner's lease in Redis; it renews every third of it. A replica takes "
+        "over this long after the learner died.",
+    )
+    learning_keep_versions: int = Field(
+        default=10, ge=2, le=1_000, description="Model versions whose weights are kept for rollback."
+    )
+    learning_layers: Literal["head", "all"] = Field(
+        default="head",
+        description="What learns online: `head` (the final norm and output head; about half the time per "
+        "step, and the offline training's feature extraction is kept) or `all` the weights.",
+    )
+    learning_threads: int = Field(
+        default=1, ge=1, le=256, description="Intra-op threads of the training thread."
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
@@ -264,6 +373,16 @@ class Settings(BaseSettings):
     def _consistent(self) -> Self:
         if self.model not in self.models:
             raise ValueError(f"model {self.model!r} is not among the loaded models {list(self.models)}")
+        if not self.learning_rate_min <= self.learning_rate <= self.learning_rate_max:
+            raise ValueError(
+                f"learning_rate ({self.learning_rate}) must lie within learning_rate_min "
+                f"({self.learning_rate_min}) and learning_rate_max ({self.learning_rate_max})"
+            )
+        if self.learning_url.split(":", 1)[0] != "memory" and self.bus_url.split(":", 1)[0] == "memory":
+            raise ValueError(
+                "learning_url is shared (Redis) but bus_url is memory://: the other replicas would never "
+                "hear of new model versions; set CPE_BUS_URL to the Redis URL too"
+            )
         if self.queue_size < self.max_batch:
             raise ValueError(
                 f"queue_size ({self.queue_size}) must be >= max_batch ({self.max_batch}), "

@@ -176,15 +176,50 @@ def train_step(
 
     ``sample_weights`` are the importance weights of a prioritized replay buffer (None = uniform).
     """
+    return step_losses(model, optimizer, x, y, weights, sample_weights, error_weight, max_grad_norm).loss
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step did: its loss, each sample's loss, and whether the update was applied."""
+
+    loss: float  # the (importance-weighted) minibatch loss; NaN/inf when not applied for that reason
+    per_sample: np.ndarray  # (B,) each sample's unweighted loss before the step: its replay priority
+    applied: bool  # False: the loss or the gradient was not finite, and the weights were left as they were
+
+
+def step_losses(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    sample_weights: torch.Tensor | None = None,
+    error_weight: torch.Tensor | None = None,
+    max_grad_norm: float = 1.0,
+) -> StepOutcome:
+    """``train_step`` with its details: the per-sample losses, and a guard against non-finite updates.
+
+    ``y`` may hold fewer steps than the model's horizon (online feedback carries only the next context):
+    the loss is then taken on the first ``y.shape[1]`` steps. A non-finite loss or gradient norm skips
+    the optimizer step, so one poisoned minibatch cannot turn the weights into NaN.
+    """
     model.train()
     mean, log_var = model(x)
-    per_sample = forecast_loss(mean, log_var, y, weights, error_weight)
+    steps = y.shape[1]
+    per_sample = forecast_loss(mean[:, :steps], log_var[:, :steps], y, weights, error_weight)
     loss = per_sample.mean() if sample_weights is None else (per_sample * sample_weights).mean()
     optimizer.zero_grad(set_to_none=True)
+    detached = per_sample.detach().numpy()
+    if not torch.isfinite(loss):
+        return StepOutcome(float(loss.detach()), detached, applied=False)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return StepOutcome(float("nan"), detached, applied=False)
     optimizer.step()
-    return float(loss.detach())
+    return StepOutcome(float(loss.detach()), detached, applied=True)
 
 
 @torch.inference_mode()
@@ -205,11 +240,26 @@ def validation_error(model: nn.Module, data: WindowSet, weights: torch.Tensor) -
     Not the NLL: on the rate features (mostly flat, rarely a spike) the NLL rewards ever narrower
     variances and then swings with every rare spike, while calibration fixes the variance scale anyway.
     """
-    mean, _ = predict_scaled(model, data.x)
+    return mean_error(model, data.x, data.y, weights, data.error_weight)
+
+
+def mean_error(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: torch.Tensor,
+    error_weight: np.ndarray | None = None,
+) -> float:
+    """``validation_error`` on arrays: x (N, T, F), y (N, S, D) with S <= H steps, error_weight (N, D).
+
+    The online learner compares versions with it on its held-back feedback (S = 1, the next context).
+    """
+    mean, _ = predict_scaled(model, x)
     huber = nn.functional.smooth_l1_loss(
-        torch.from_numpy(mean), torch.from_numpy(data.y), reduction="none", beta=HUBER_BETA
+        torch.from_numpy(mean[:, : y.shape[1]]), torch.from_numpy(y), reduction="none", beta=HUBER_BETA
     )
-    huber = huber * torch.from_numpy(data.error_weight).unsqueeze(1)
+    if error_weight is not None:
+        huber = huber * torch.from_numpy(error_weight).unsqueeze(1)
     return float((huber * weights).sum(-1).mean() / weights.sum())
 
 

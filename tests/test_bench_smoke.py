@@ -138,3 +138,12 @@ def test_bench_refuses_bad_options_before_starting_anything(capsys: pytest.Captu
     assert bench_main(["--cpe-command", "python serve.py"]) == 2
     assert bench_main(["--env", "NOT_CPE=1"]) == 2
     assert "{port}" in capsys.readouterr().err
+
+
+def test_bench_learning_times_training_steps(tmp_path: Path) -> None:
+    out = tmp_path / "learning.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_learning.py"
+    argv = [sys.executable, str(script), "--steps", "5", "--layers", "head", "--json", str(out)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    figures = json.loads(out.read_text())["lstm/head"]
+    assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["p90_ms"]

@@ -14,6 +14,7 @@ from app.cache import Cache
 from app.engine import Engine
 from app.fastparse import Window, predict_windows
 from app.hub import Hub
+from app.learning.online import OnlineLearning
 from app.metrics import Metrics
 from app.routing import FailurePolicy
 from app.schemas import Limits
@@ -56,6 +57,10 @@ async def get_failure_policy(conn: HTTPConnection) -> FailurePolicy:
     return conn.app.state.failure_policy  # type: ignore[no-any-return]
 
 
+async def get_learning(conn: HTTPConnection) -> OnlineLearning | None:
+    return conn.app.state.learning  # type: ignore[no-any-return]
+
+
 def serving(conn: HTTPConnection) -> tuple[Engine, Limits, Cache]:
     """The parts of the serving path, for the handlers of ``DirectRoute``s (which take no dependencies)."""
     state = conn.app.state
@@ -70,6 +75,7 @@ HubDep = Annotated[Hub, Depends(get_hub)]
 FailurePolicyDep = Annotated[FailurePolicy, Depends(get_failure_policy)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+LearningDep = Annotated[OnlineLearning | None, Depends(get_learning)]
 
 
 async def parse_body(request: Request, model: type[M], limits: Limits) -> M:

@@ -15,9 +15,10 @@ from app.api.direct import DirectRoute
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
 from app.api.responses import dumps
-from app.cache import Cache, prediction_key
+from app.cache import Cache, prediction_id, prediction_key
 from app.engine import Engine, WindowForecast
 from app.fastparse import Window, windows_of
+from app.learning.recent import RecentWindows
 from app.schemas import (
     BatchPredictRequest,
     BatchPredictResult,
@@ -45,32 +46,52 @@ async def predict(request: Request) -> Response:
     start = time.perf_counter()
     engine, limits, cache = serving(request)
     [window] = await parse_windows(request, limits, batch=False)
-    return Response(await predict_window(window, engine, cache, limits, start), media_type="application/json")
+    # app state rather than one more dependency: FastAPI resolves each dependency on every request
+    recent = request.app.state.recent
+    body = await predict_window(window, engine, cache, limits, start, recent)
+    return Response(body, media_type="application/json")
 
 
 async def predict_one(
-    req: PredictRequest, engine: Engine, cache: Cache, limits: Limits, start: float
+    req: PredictRequest,
+    engine: Engine,
+    cache: Cache,
+    limits: Limits,
+    start: float,
+    recent: RecentWindows | None = None,
 ) -> bytes:
     """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's)."""
     [window] = windows_of([req])
-    return await predict_window(window, engine, cache, limits, start)
+    return await predict_window(window, engine, cache, limits, start, recent)
 
 
-async def predict_window(window: Window, engine: Engine, cache: Cache, limits: Limits, start: float) -> bytes:
+async def predict_window(
+    window: Window,
+    engine: Engine,
+    cache: Cache,
+    limits: Limits,
+    start: float,
+    recent: RecentWindows | None = None,
+) -> bytes:
     """The serialized PredictionResult of ``window``: from the cache, else from the engine (then stored).
 
-    Shared by POST /v1/predict and the WebSocket stream /v1/stream/predict.
+    Shared by POST /v1/predict and the WebSocket stream /v1/stream/predict. ``recent`` (None when the
+    service does not learn) remembers the window under its prediction_id, for feedback by id.
     """
     kind = window.model or limits.default_model
     version = engine.predictors[kind].version
     key = _key(version, window)
     stored = await cache.get(key)
     if stored is not None:
+        if recent is not None:
+            recent.remember(prediction_id(key), window)
         return dumps(_from_cache(stored, start))
     forecast = await engine.predict(kind, window.timestamps, window.features)
-    body = dumps(_result(window, forecast, _elapsed_ms(start)))
     if forecast.predictor.version != version:  # swapped meanwhile: the answer is the new version's
         key = _key(forecast.predictor.version, window)
+    body = dumps(_result(window, forecast, _elapsed_ms(start), key))
+    if recent is not None:
+        recent.remember(prediction_id(key), window)
     await cache.set(key, body)
     return body
 
@@ -97,9 +118,15 @@ async def predict_batch(request: Request) -> Response:
     fresh = []
     elapsed_ms = _elapsed_ms(start)  # one request, one processing time for the answers it computed
     for i, forecast in zip(misses, forecasts, strict=True):
-        results[i] = dumps(_result(windows[i], forecast, elapsed_ms))
         version = forecast.predictor.version  # the key is the one looked up, unless the model was swapped
-        fresh.append((keys[i] if version == versions[kinds[i]] else _key(version, windows[i]), results[i]))
+        if version != versions[kinds[i]]:
+            keys[i] = _key(version, windows[i])
+        results[i] = dumps(_result(windows[i], forecast, elapsed_ms, keys[i]))
+        fresh.append((keys[i], results[i]))
+    recent = request.app.state.recent
+    if recent is not None:
+        for key, window in zip(keys, windows, strict=True):
+            recent.remember(prediction_id(key), window)
     if fresh:
         await cache.set_many(fresh)  # one round-trip too
     for i, value in enumerate(stored):
@@ -128,11 +155,12 @@ def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-def _result(window: Window, forecast: WindowForecast, elapsed_ms: float) -> dict[str, Any]:
-    """The PredictionResult of one window, as a dict that orjson writes (numpy arrays included)."""
+def _result(window: Window, forecast: WindowForecast, elapsed_ms: float, key: str) -> dict[str, Any]:
+    """The PredictionResult of one window, stored under cache ``key``, as a dict that orjson writes."""
     h, n = window.horizon, len(window.timestamps)
     step_ms = forecast.dt_s * 1000.0
     return {
+        "prediction_id": prediction_id(key),
         "flow_key": window.flow_key,
         "predicted_context": forecast.mean[h - 1],
         "horizon": h,

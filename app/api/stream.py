@@ -29,6 +29,7 @@ from app.bus.queue import QueueClosed
 from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
 from app.hub import Hub, StreamClient
+from app.learning.recent import RecentWindows
 from app.metrics import Metrics
 from app.routing_schemas import StreamPredictRequest, SubscribeFrame
 from app.schemas import Limits
@@ -225,6 +226,7 @@ async def stream_predict(
     answers: asyncio.Queue[bytes] = asyncio.Queue()
     in_flight = asyncio.Semaphore(settings.ws_queue_size)  # bounds ``answers`` and the tasks
     sender = asyncio.create_task(_send_answers(websocket, answers, in_flight))
+    recent: RecentWindows | None = websocket.app.state.recent
     tasks: set[asyncio.Task[None]] = set()
     rate = FrameRate(settings.ws_rate_per_s, settings.ws_rate_burst)
     try:
@@ -233,7 +235,7 @@ async def stream_predict(
             if not rate.admit():
                 answers.put_nowait(dumps({"id": _id_of(text), "error": rate.refusal()}))
                 continue
-            task = asyncio.create_task(_predict(text, engine, cache, limits, answers))
+            task = asyncio.create_task(_predict(text, engine, cache, limits, answers, recent))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except PolicyViolation as exc:
@@ -246,7 +248,12 @@ async def stream_predict(
 
 
 async def _predict(
-    text: str, engine: Engine, cache: Cache, limits: Limits, answers: asyncio.Queue[bytes]
+    text: str,
+    engine: Engine,
+    cache: Cache,
+    limits: Limits,
+    answers: asyncio.Queue[bytes],
+    recent: RecentWindows | None,
 ) -> None:
     """Answer one request frame as POST /v1/predict would (cache included); errors in the same shapes."""
     start = time.perf_counter()
@@ -259,7 +266,7 @@ async def _predict(
         )
         return
     try:
-        result = await predict_one(req, engine, cache, limits, start)
+        result = await predict_one(req, engine, cache, limits, start, recent)
     except (Overloaded, EngineStopped) as exc:
         error = {"status": 503, "detail": str(exc), "retry_after_s": exc.retry_after_s}
         answers.put_nowait(dumps({"id": req.id, "error": error}))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from app.cache.base import Cache
-from app.cache.keys import prediction_key
+from app.cache.keys import prediction_id, prediction_key
 from app.cache.memory import STRATEGIES, MemoryCache
 from app.cache.tiered import TieredCache
 from app.metrics import Metrics
@@ -18,7 +18,15 @@ from app.metrics import Metrics
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["STRATEGIES", "Cache", "MemoryCache", "TieredCache", "create_cache", "prediction_key"]
+__all__ = [
+    "STRATEGIES",
+    "Cache",
+    "MemoryCache",
+    "TieredCache",
+    "create_cache",
+    "prediction_id",
+    "prediction_key",
+]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 

@@ -6,6 +6,9 @@ horizon and the window as the request gave it (timestamps, features, and the pat
 window that changed in any of those is a new key. The contexts' ``metadata`` is left out: no part of the
 answer depends on it, so windows that differ only there share their prediction. The ``{flow_key}`` hash
 tag keeps a flow's keys in one Redis Cluster slot.
+
+A prediction's ``prediction_id`` (what POST /v1/feedback refers to) is the key's digest: it names the
+same things, and costs nothing more to make.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import orjson
 
 # Part of every digest: bump it when the stored result changes for the same model and window (a new field,
 # another similar_patterns rule), so that replicas of the new code do not serve what the old code stored.
-KEY_FORMAT = b"cpe-prediction-1"
+KEY_FORMAT = b"cpe-prediction-2"  # 2: results carry their prediction_id
 
 
 def prediction_key(
@@ -42,3 +45,8 @@ def prediction_key(
     digest.update(np.ascontiguousarray(features, dtype=np.float64).tobytes())
     digest.update(orjson.dumps(list(pattern_ids)))
     return f"{{{flow_key}}}:{digest.hexdigest()}"
+
+
+def prediction_id(key: str) -> str:
+    """The ``prediction_id`` of the prediction stored under ``key``: its 32 hex digest characters."""
+    return key[-32:]

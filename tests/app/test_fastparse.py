@@ -348,7 +348,8 @@ def _answer(response: Any) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = orjson.loads(response.content)
     for result in answer.get("results", [answer]):
-        del result["processing_time_ms"], result["flow_key"]
+        # the prediction_id names the flow key too
+        del result["processing_time_ms"], result["flow_key"], result["prediction_id"]
     return answer
 
 

@@ -1,0 +1,336 @@
+"""The learner: feedback in, better versions out, in a thread of its own.
+
+Three loops. On the event loop, ``_hold_lease`` keeps (or tries to take) the learner's lease, and
+``_ingest`` moves feedback from the store (in-process buffer or Redis Stream) to the training thread
+while the lease is held. In the training thread (``_train``), samples are encoded into the replay
+buffer, minibatch steps run on a copy of the serving model at the tuner's step rate, and every
+``eval_steps`` steps the copy is compared with the serving version on the held-back slice: better, it
+is rolled out (published through ``Rollout`` on the event loop); broken or worse, it is thrown away.
+The event loop never runs torch, and neither does the engine's inference thread for the learner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from redis import exceptions as redis_errors
+
+from app.engine import Engine
+from app.learning.feedback import Feedback, FeedbackStore
+from app.learning.lease import LocalLease, RedisLease
+from app.learning.replay import ReplayBuffer
+from app.learning.rollout import Rollout, judge
+from app.learning.trainer import Trainer, encode, weights_finite
+from app.learning.tuner import Tuner
+from app.learning.versions import VersionRecord
+from app.metrics import Metrics
+from models import checkpoint
+
+log = logging.getLogger("cpe.learning")
+
+_FAILURES = (redis_errors.RedisError, OSError)
+IDLE_S = 0.2  # how long the training thread waits for work before looking again
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    kind: str  # the model kind trained
+    batch: int = 32
+    lr: float = 3e-4
+    lr_min: float = 1e-5
+    lr_max: float = 3e-3
+    steps_per_s: float = 20.0
+    eval_steps: int = 100
+    min_samples: int = 256
+    replay_capacity: int = 20_000
+    replay_validation: int = 512
+    min_improvement: float = 0.01
+    rollback_margin: float = 0.05
+    lease_ttl_ms: int = 3_000
+    threads: int = 1
+    layers: str = "head"
+
+
+@dataclass(frozen=True)
+class _TakeOver:
+    """A marker for the training thread: this replica just became the learner; start from ``samples``."""
+
+    samples: list[Feedback]
+
+
+class Learner:
+    """The online learning of one model kind on this replica; ``async with learner:`` runs it."""
+
+    def __init__(
+        self,
+        config: LearnerConfig,
+        engine: Engine,
+        store: FeedbackStore,
+        rollout: Rollout,
+        lease: LocalLease | RedisLease,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.rollout = rollout
+        self.lease = lease
+        self.metrics = metrics
+        self.stats = {"steps": 0, "skipped": 0, "rollouts": 0, "discarded": 0, "samples": 0}
+        self._incoming: queue.SimpleQueue[list[Feedback] | _TakeOver] = queue.SimpleQueue()
+        self._active = threading.Event()  # the lease is held: train
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._train, name="cpe-learner", daemon=True)
+        self._thread.start()
+        self._tasks = [
+            self._loop.create_task(self._hold_lease(), name="cpe-lease"),
+            self._loop.create_task(self._ingest(), name="cpe-ingest"),
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        if self.lease.held:
+            try:
+                await self.lease.release()
+            except _FAILURES as exc:
+                log.warning("learning: could not release the lease (it expires by itself): %s", exc)
+        self.metrics.learning_lease_held.set(0)
+
+    async def __aenter__(self) -> Learner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- on the event loop ----------------------------------------------------------------------
+    async def _hold_lease(self) -> None:
+        period_s = self.config.lease_ttl_ms / 3000.0
+        unreachable = False
+        while True:
+            was_held = self._active.is_set()
+            try:
+                held = await self.lease.acquire()
+                if held and not was_held:
+                    capacity = self.config.replay_capacity + self.config.replay_validation
+                    self._incoming.put(_TakeOver(await self.store.take_over(capacity)))
+                    log.info("learning: this replica (%s) is the learner now", self.lease.holder)
+            except _FAILURES as exc:
+                held = False
+                if not unreachable:  # once per outage, not every period
+                    log.warning("learning: the lease is unreachable; no training until it is back: %s", exc)
+                unreachable = True
+            else:
+                unreachable = False
+            if was_held and not held:
+                log.warning("learning: lost the lease; training pauses")
+            (self._active.set if held else self._active.clear)()
+            self.metrics.learning_lease_held.set(1 if held else 0)
+            await asyncio.sleep(period_s)
+
+    async def _ingest(self) -> None:
+        while True:
+            if not self._active.is_set():
+                await asyncio.sleep(IDLE_S)
+                continue
+            try:
+                entries = await self.store.read(512, block_ms=200)
+                if entries:
+                    self._incoming.put([sample for _, sample in entries])
+                    await self.store.ack([entry_id for entry_id, _ in entries])
+            except _FAILURES as exc:
+                log.warning("learning: cannot read feedback: %s", exc)
+                await asyncio.sleep(1.0)
+            self.metrics.learning_buffer.labels(part="pending").set(self.store.pending)
+
+    async def _publish(self, record: VersionRecord, blob: bytes) -> bool:
+        if not await self.lease.acquire():  # lost meanwhile: the new learner decides now
+            return False
+        return await self.rollout.publish(record, blob)
+
+    # -- in the training thread -----------------------------------------------------------------
+    def _train(self) -> None:
+        torch.set_num_threads(self.config.threads)
+        cfg = self.config
+        predictor = self.engine.predictors[cfg.kind]
+        trainer = Trainer(predictor, cfg.lr, layers=cfg.layers)
+        serving = copy.deepcopy(trainer.model)  # the serving weights, on the CPU, for comparisons
+        tuner = Tuner(cfg.lr, cfg.lr_min, cfg.lr_max, cfg.steps_per_s)
+        replay = ReplayBuffer(
+            cfg.replay_capacity,
+            cfg.replay_validation,
+            predictor.seq_len,
+            predictor.scaler.n_inputs,
+            predictor.scaler.n_features,
+        )
+        self.metrics.learning_rate.set(tuner.lr)
+        self.metrics.learning_step_rate.set(tuner.steps_per_s)
+        next_step = 0.0
+        since_eval = 0
+
+        def ready() -> bool:
+            return (
+                self._active.is_set()
+                and len(replay) >= cfg.min_samples
+                and replay.validation_size >= cfg.replay_validation
+            )
+
+        while not self._stop.is_set():
+            wait = max(next_step - time.monotonic(), 0.0) if ready() else IDLE_S
+            self._take_incoming(trainer, replay, wait)
+            current = self.engine.predictors[cfg.kind]
+            if current.version != trainer.base.version:  # a rollback, or another learner's version
+                trainer.reset(current)
+                serving = copy.deepcopy(trainer.model)
+                tuner.restart()
+                since_eval = 0
+            if not ready() or time.monotonic() < next_step:  # again: a take-over empties the buffer
+                continue
+            next_step = time.monotonic() + 1.0 / tuner.steps_per_s
+            try:
+                step = trainer.step(replay, cfg.batch)
+            except Exception:
+                log.exception("learning: a training step failed")
+                continue
+            if step.applied:
+                self.stats["steps"] += 1
+                since_eval += 1
+                self.metrics.learning_steps.inc()
+                self.metrics.learning_last_step.set_to_current_time()
+                self.metrics.learning_step_seconds.observe(step.seconds)
+                self.metrics.learning_train_loss.set(step.loss)
+            else:
+                self.stats["skipped"] += 1
+                self.metrics.learning_skipped_steps.inc()
+            if since_eval >= cfg.eval_steps:
+                since_eval = 0
+                if self._evaluate(trainer, serving, tuner, replay):
+                    serving = copy.deepcopy(trainer.model)  # the trained copy serves now
+
+    def _take_incoming(self, trainer: Trainer, replay: ReplayBuffer, wait_s: float) -> None:
+        """Encode whatever feedback arrived into the replay buffer, waiting up to ``wait_s`` for some."""
+        try:
+            item = self._incoming.get(timeout=wait_s) if wait_s > 0 else self._incoming.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, _TakeOver):
+                replay.clear()
+                samples = item.samples
+            else:
+                samples = item
+            if samples:
+                x, y = encode(trainer.base, samples)
+                replay.add(x, y)
+                self.stats["samples"] += len(samples)
+            try:
+                item = self._incoming.get_nowait()
+            except queue.Empty:
+                break
+        self.metrics.learning_buffer.labels(part="replay").set(len(replay))
+        self.metrics.learning_buffer.labels(part="validation").set(replay.validation_size)
+
+    def _evaluate(
+        self, trainer: Trainer, serving: torch.nn.Module, tuner: Tuner, replay: ReplayBuffer
+    ) -> bool:
+        """Compare the trained copy with the serving version on the held-back slice, and act on it;
+        True when the copy went live."""
+        cfg = self.config
+        x, y = replay.held_back()
+        finite = weights_finite(trainer.model)
+        candidate_loss = trainer.validation_loss(trainer.model, x, y) if finite else float("nan")
+        serving_loss = trainer.validation_loss(serving, x, y)
+        self.metrics.learning_validation_loss.labels(model="candidate").set(candidate_loss)
+        self.metrics.learning_validation_loss.labels(model="serving").set(serving_loss)
+        verdict = judge(
+            candidate_loss,
+            serving_loss,
+            finite=finite,
+            min_improvement=cfg.min_improvement,
+            rollback_margin=cfg.rollback_margin,
+        )
+        log.debug("learning: candidate %.5f, serving %.5f: %s", candidate_loss, serving_loss, verdict.reason)
+        promoted = False
+        if verdict.discard:
+            self.stats["discarded"] += 1
+            self.metrics.learning_rollbacks.labels(reason=verdict.reason).inc()
+            log.warning(
+                "learning: threw the trained copy away (%s); back to %s", verdict.reason, trainer.base.version
+            )
+            trainer.reset(trainer.base)
+            tuner.setback()
+        elif verdict.promote:
+            promoted = self._promote(trainer, candidate_loss, serving_loss, len(x))
+            tuner.observe(candidate_loss, serving_loss)
+            if promoted:
+                tuner.restart()
+        else:
+            tuner.observe(candidate_loss, serving_loss)
+        trainer.set_lr(tuner.lr)
+        self.metrics.learning_rate.set(tuner.lr)
+        self.metrics.learning_step_rate.set(tuner.steps_per_s)
+        return promoted
+
+    def _promote(self, trainer: Trainer, candidate_loss: float, serving_loss: float, samples: int) -> bool:
+        """Publish the trained copy as a new version; True when it serves now."""
+        base = trainer.base
+        meta = {k: v for k, v in base.meta.items() if k != "version"}
+        validation = {
+            "loss": round(candidate_loss, 6),
+            "serving_loss": round(serving_loss, 6),
+            "samples": float(samples),
+            "steps": float(trainer.steps),
+        }
+        meta["online"] = {"parent": base.version, **validation}
+        blob = checkpoint.to_bytes(trainer.model, meta)
+        version = f"{base.kind}-{checkpoint.read_meta(blob)['weights_sha256'][:12]}"
+        record = VersionRecord(version, base.kind, "online", parent=base.version, validation=validation)
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._publish(record, blob), self._loop)
+        try:
+            published = future.result(timeout=30.0)
+        except Exception:
+            log.exception("learning: publishing %s failed", version)
+            return False
+        now = self.engine.predictors[base.kind]
+        if not published or now.version != version:
+            return False
+        trainer.base = now  # keep training the same copy: it is what serves now
+        self.stats["rollouts"] += 1
+        self.metrics.learning_rollouts.inc()
+        log.info(
+            "learning: rolled out %s (loss %.5f vs %.5f of %s)",
+            version,
+            candidate_loss,
+            serving_loss,
+            base.version,
+        )
+        return True
+
+
+def replica_id() -> str:
+    """This process's name in the lease and the consumer group: host, pid and a random suffix."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}-{np.random.default_rng().integers(1 << 16):04x}"

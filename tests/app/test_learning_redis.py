@@ -1,0 +1,231 @@
+"""Online learning across processes, on the machine's Redis (database 12, keys of each test deleted after).
+
+Feedback lands in the Redis Stream before its 202; the learner's lease passes to another replica when
+its holder is killed; two real servers share the stream, and the one that does not learn hot-loads
+what the other rolls out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from app.learning.lease import RedisLease
+from app.main import create_app
+from tests.app.payloads import FLOW_KEY, contexts, make_settings
+from tests.app.ports import free_port
+from tests.app.test_learning import biased_feedback
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of this test only; its keys are deleted afterwards."""
+    prefix = f"cpe-test-{secrets.token_hex(6)}:"
+    yield prefix
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+
+
+def test_feedback_is_in_the_stream_before_the_202(prefix: str) -> None:
+    settings = make_settings(
+        models=("lstm",),
+        learning_url=REDIS_URL,
+        bus_url=REDIS_URL,
+        learning_prefix=prefix,
+        models_channel=f"{prefix}models",
+    )
+    with TestClient(create_app(settings)) as client, redis.Redis.from_url(REDIS_URL) as r:
+        body = biased_feedback(7)
+        response = client.post("/v1/feedback", json=body)
+        assert response.status_code == 202
+        [(entry_id, fields)] = r.xrange(f"{prefix}feedback")
+        assert entry_id.decode() == response.json()["id"]
+        assert fields[b"k"].decode() == FLOW_KEY
+        assert int(fields[b"at"]) == body["actual"]["timestamp"]
+
+
+def test_unreachable_stream_refuses_feedback_with_503() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    settings = make_settings(models=("lstm",), learning_url=url, bus_url=url)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/feedback", json=biased_feedback(1))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "cannot be stored" in response.json()["detail"]
+        assert (
+            client.post("/v1/predict", json={"flow_key": FLOW_KEY, "contexts": contexts(8)}).status_code
+            == 200
+        )
+
+
+HOLDER = """
+import asyncio, sys
+from redis.asyncio import Redis
+from app.learning.lease import RedisLease
+
+async def main():
+    lease = RedisLease(Redis.from_url(sys.argv[1]), sys.argv[2], "doomed", ttl_ms=600)
+    while True:
+        if await lease.acquire():
+            print("held", flush=True)
+        await asyncio.sleep(0.2)
+
+asyncio.run(main())
+"""
+
+
+async def test_the_lease_is_taken_over_when_its_holder_dies(prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    key = f"{prefix}lease"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, REDIS_URL, key], stdout=subprocess.PIPE, cwd=os.getcwd()
+    )
+    client = Redis.from_url(REDIS_URL)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        mine = RedisLease(client, key, "successor", ttl_ms=600)
+        assert await mine.acquire() is False  # alive and renewing: nobody else gets it
+        await asyncio.sleep(0.8)
+        assert await mine.acquire() is False
+        holder.send_signal(signal.SIGKILL)  # dies without releasing
+        holder.wait()
+        killed = time.monotonic()
+        while not await mine.acquire():
+            assert time.monotonic() - killed < 2.0, "the lease was not taken over after its expiry"
+            await asyncio.sleep(0.05)
+        assert await mine.current_holder() == "successor"
+        assert await mine.acquire() is True  # renewing its own
+        await mine.release()
+        assert await mine.current_holder() is None
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        await client.aclose()
+
+
+# -- two servers ------------------------------------------------------------------------------------------
+
+
+def _start(port: int, prefix: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
+    env |= {
+        "CPE_MODELS": "lstm",
+        "CPE_MODEL": "lstm",
+        "CPE_DEVICE": "cpu",
+        "CPE_LOG_LEVEL": "warning",
+        "CPE_LEARNING_URL": REDIS_URL,
+        "CPE_BUS_URL": REDIS_URL,
+        "CPE_BUS_CHANNEL": f"{prefix}routing",
+        "CPE_MODELS_CHANNEL": f"{prefix}models",
+        "CPE_LEARNING_PREFIX": prefix,
+        "CPE_LEARNING_MIN_SAMPLES": "32",
+        "CPE_REPLAY_VALIDATION": "16",
+        "CPE_LEARNING_EVAL_STEPS": "10",
+        "CPE_LEARNING_STEPS_PER_S": "200",
+        "CPE_LEARNING_RATE": "0.001",
+        "CPE_LEARNING_LEASE_TTL_MS": "1000",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} was not ready in time")
+
+
+def test_feedback_to_one_server_is_learned_and_the_other_hot_loads_it(prefix: str) -> None:
+    ports = free_port(), free_port()
+    processes = [_start(port, prefix) for port in ports]
+    a, b = (f"http://127.0.0.1:{port}" for port in ports)
+    try:
+        for process, url in zip(processes, (a, b), strict=True):
+            _wait_ready(process, url)
+        shipped = httpx.get(f"{a}/v1/models").json()["models"][0]["version"]
+        with httpx.Client() as client:
+            for i in range(80):
+                assert client.post(f"{a}/v1/feedback", json=biased_feedback(i)).status_code == 202
+            seen: dict[str, float] = {}
+            deadline = time.monotonic() + 60
+            while len(seen) < 2 and time.monotonic() < deadline:
+                for url in (a, b):
+                    if (
+                        url not in seen
+                        and client.get(f"{url}/v1/models").json()["models"][0]["version"] != shipped
+                    ):
+                        seen[url] = time.monotonic()
+                time.sleep(0.02)
+            assert len(seen) == 2, f"a new version reached only {list(seen)}"
+            assert abs(seen[a] - seen[b]) < 1.0, f"the replicas swapped {abs(seen[a] - seen[b]):.2f} s apart"
+            models = [client.get(f"{url}/v1/models").json()["models"][0] for url in (a, b)]
+            holders = [client.get(f"{url}/metrics").text for url in (a, b)]
+        # the same history on both, from Redis; exactly one of them learned it
+        assert models[0]["history"][-1]["version"] == shipped
+        assert [h["version"] for h in models[0]["history"]] == [h["version"] for h in models[1]["history"]]
+        assert sum("cpe_learning_lease_held 1.0" in text for text in holders) == 1
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def test_the_stream_is_read_through_the_group_and_taken_over_from_its_tail(prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    from app.learning.feedback import GROUP, RedisFeedback
+    from tests.app.test_learning import sample
+
+    client = Redis.from_url(REDIS_URL)
+    try:
+        first = RedisFeedback(client=client, prefix=prefix, consumer="first", maxlen=1000)
+        await first.connect()
+        ids = [await first.append(sample(i)) for i in range(3)]
+        await client.xadd(first.stream, {"k": b"not a sample"})
+        read = await first.read(10, block_ms=100)
+        assert [entry_id for entry_id, _ in read] == ids
+        await first.ack(ids)
+        assert (await client.xpending(first.stream, GROUP))["pending"] == 0  # the malformed one too
+        # a new learner refills its replay buffer from the tail, and is not handed those entries again
+        later = await first.append(sample(3))
+        second = RedisFeedback(client=client, prefix=prefix, consumer="second", maxlen=1000)
+        tail = await second.take_over(3)  # sample 2, the malformed entry (skipped), sample 3
+        assert [s.actual.tolist() for s in tail] == [sample(2).actual.tolist(), sample(3).actual.tolist()]
+        assert await second.read(10, block_ms=100) == []
+        newest = await second.append(sample(4))
+        assert [entry_id for entry_id, _ in await second.read(10, block_ms=100)] == [newest]
+        assert later < newest
+    finally:
+        await client.aclose()
