@@ -221,3 +221,20 @@ async def test_a_websocket_key_in_the_query_or_a_header_is_let_in_and_never_logg
     assert "/v1/stream/routing?api_key=***" in text, text[-2000:]
     assert '"POST /v1/predict HTTP/1.1" 200' in text
     assert READER not in text and ADMIN not in text
+
+
+def test_feedback_needs_a_write_key_and_rollback_an_admin_key(keyed: TestClient) -> None:
+    body = predict_body(8)
+    actual = {"timestamp": body["contexts"][-1]["timestamp"] + 1000, "features": [10.0] * 8}
+    feedback = {"flow_key": body["flow_key"], "contexts": body["contexts"], "actual": actual}
+    for key, status in ((None, 401), (READER, 403), (WRITER, 202), (ADMIN, 202)):
+        headers = {} if key is None else {"X-API-Key": key}
+        assert keyed.post("/v1/feedback", json=feedback, headers=headers).status_code == status, key
+    for key, status in ((READER, 403), (WRITER, 403)):
+        response = keyed.post("/v1/models/rollback", json={}, headers={"X-API-Key": key})
+        assert response.status_code == status, key
+    # an admin gets past the check: nothing to roll back to yet is the rollback's own answer, not 401/403
+    assert keyed.post("/v1/models/rollback", json={}, headers={"X-API-Key": ADMIN}).status_code not in (
+        401,
+        403,
+    )
