@@ -7,6 +7,12 @@ drains it as it goes. ``RedisFeedback`` (``redis://``) appends each sample to a 
 202 always means the sample is in the stream. The learner of the moment (the lease holder) reads the
 stream through a consumer group and acknowledges what it has put in its replay buffer. The stream is
 trimmed to about ``maxlen`` entries: a retention bound, far beyond what the replay buffer holds.
+
+A sample in the stream outlives a restart of Redis only as far as Redis persists it: with
+``appendonly yes`` and ``appendfsync always`` every 202 survives a crash of Redis (``everysec``: all but
+up to the last second's); without persistence a restarted Redis is empty and what the learner had not
+read yet is gone. Once Redis is back, the consumer group is made again if it went missing, at the start
+of the stream: a stream without the group holds nothing the group has delivered yet.
 """
 
 from __future__ import annotations
@@ -196,12 +202,17 @@ class RedisFeedback(FeedbackStore):
 
     async def connect(self) -> None:
         try:
-            await self.client.xgroup_create(self.stream, GROUP, id="$", mkstream=True)
+            await self._make_group("$")
+        except _FAILURES as exc:  # the group is made on the first read once Redis is back
+            log.warning("learning: the feedback stream is unreachable at start: %s", exc)
+
+    async def _make_group(self, start: str) -> None:
+        """Make the consumer group, delivering the entries after ``start``; nothing if it exists."""
+        try:
+            await self.client.xgroup_create(self.stream, GROUP, id=start, mkstream=True)
         except redis_errors.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        except _FAILURES as exc:  # the group is made on the first read once Redis is back
-            log.warning("learning: the feedback stream is unreachable at start: %s", exc)
 
     async def disconnect(self) -> None:
         if self._owns_client:
@@ -225,8 +236,8 @@ class RedisFeedback(FeedbackStore):
                 GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
             )
         except redis_errors.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted (or Redis restarted empty): make it again
-                await self.connect()
+            if "NOGROUP" in str(exc):  # the stream was deleted, or Redis restarted: make the group again
+                await self._make_group("0")  # at the start: nothing there was delivered to the group
                 return []
             raise
         entries, malformed = _entries(answer)
@@ -243,7 +254,13 @@ class RedisFeedback(FeedbackStore):
         if not tail:
             return []
         # the group continues after the newest sample taken here: none of these is delivered again
-        await self.client.xgroup_setid(self.stream, GROUP, id=_text(tail[0][0]))
+        newest = _text(tail[0][0])
+        try:
+            await self.client.xgroup_setid(self.stream, GROUP, id=newest)
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):  # (the group went missing with a restart of Redis)
+                raise
+            await self._make_group(newest)
         samples = []
         for entry_id, fields in reversed(tail):
             try:

@@ -7,6 +7,13 @@ buffer, minibatch steps run on a copy of the serving model at the tuner's step r
 ``eval_steps`` steps the copy is compared with the serving version on the held-back slice: better, it
 is rolled out (published through ``Rollout`` on the event loop); broken or worse, it is thrown away.
 The event loop never runs torch, and neither does the engine's inference thread for the learner.
+
+On shutdown nothing accepted is left behind untaken: the learner first moves whatever still waits in
+the in-process buffer (``memory://``) into the training thread, which takes all of it into the replay
+buffer before it stops, and logs how many samples it took in over its life. That is all ``memory://``
+can promise: the replay buffer, like every version rolled out there, lives in this process and ends
+with it. With Redis nothing is drained at shutdown: what this learner has not read stays in the stream
+for the next learner, which also refills its replay buffer from the stream's tail.
 """
 
 from __future__ import annotations
@@ -103,12 +110,19 @@ class Learner:
         ]
 
     async def stop(self) -> None:
-        self._stop.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self.store.pending:  # in-process feedback: hand all of it to the training thread
+            self._incoming.put([sample for _, sample in await self.store.read(512, block_ms=0)])
+        self._stop.set()  # the thread takes what is queued in before it ends
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        log.info(
+            "learning: stopped; %d feedback samples taken in, %d left waiting",
+            self.stats["samples"],
+            self.store.pending,
+        )
         if self.lease.held:
             try:
                 await self.lease.release()
@@ -226,6 +240,7 @@ class Learner:
                 since_eval = 0
                 if self._evaluate(trainer, serving, tuner, replay):
                     serving = copy.deepcopy(trainer.model)  # the trained copy serves now
+        self._take_incoming(trainer, replay, 0.0)  # what stop() handed over last
 
     def _take_incoming(self, trainer: Trainer, replay: ReplayBuffer, wait_s: float) -> None:
         """Encode whatever feedback arrived into the replay buffer, waiting up to ``wait_s`` for some."""
