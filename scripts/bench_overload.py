@@ -130,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--budget-ms", type=float, default=25.0, help="CPE_ENGINE_LATENCY_BUDGET_MS")
+    parser.add_argument("--max-inflight", type=int, default=128, help="CPE_MAX_INFLIGHT")
     parser.add_argument("--factor", type=float, default=3.0, help="overload rate / saturation rate")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of overload per run")
     args = parser.parse_args(argv)
     # distinct windows of 32 contexts, flow keys tagged per request: no answer comes from the cache
     bodies = [json.dumps({"flow_key": f"{i:064x}", "contexts": window(i, 32)}).encode() for i in range(4096)]
-    server = Server(engine_latency_budget_ms=str(args.budget_ms))
+    server = Server(engine_latency_budget_ms=str(args.budget_ms), max_inflight=str(args.max_inflight))
     runs = []
     try:
         server.wait_ready()
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         for phase in ("overload", "recovery")
     }
     median["saturation_rps"] = statistics.median(r["saturation_rps"] for r in runs)  # type: ignore[assignment]
-    print(json.dumps({"budget_ms": args.budget_ms, "factor": args.factor, "median_of": len(runs), **median}))
+    head = {"budget_ms": args.budget_ms, "max_inflight": args.max_inflight, "factor": args.factor}
+    print(json.dumps({**head, "median_of": len(runs), **median}))
     return 0
 
 
