@@ -36,6 +36,8 @@ class OpenLoop:
     latencies_ms: dict[int, list[float]] = field(default_factory=dict)  # status -> latencies
     retry_after: int = 0  # 503s that carried Retry-After
     errors: int = 0
+    send_lag_ms: list[float] = field(default_factory=list)  # how late the generator sent each request
+    unsent: int = 0  # requests due while every connection was still waiting for an answer
 
 
 class _Conn(asyncio.Protocol):
@@ -74,7 +76,13 @@ class _Conn(asyncio.Protocol):
             self.stats.errors += 1
 
 
-async def open_loop(port: int, bodies: list[bytes], rate: float, duration_s: float) -> OpenLoop:
+async def open_loop(
+    port: int, bodies: list[bytes], rate: float, duration_s: float, connections: int
+) -> OpenLoop:
+    """Send at ``rate`` per second for ``duration_s``, whatever the answers, on ``connections`` connections
+    opened beforehand. Opening one on demand would hold the schedule up for a handshake with a busy
+    server (the generator then measures its own backlog: seconds, seen here); a request due while every
+    connection still waits for an answer is counted as unsent instead."""
     loop = asyncio.get_running_loop()
     stats, idle = OpenLoop(), []  # type: ignore[var-annotated]
     requests = [
@@ -82,6 +90,10 @@ async def open_loop(port: int, bodies: list[bytes], rate: float, duration_s: flo
         b"content-length: %d\r\n\r\n%s" % (len(body), body)
         for body in bodies
     ]
+    opened = await asyncio.gather(
+        *(loop.create_connection(lambda: _Conn(idle, stats), "127.0.0.1", port) for _ in range(connections))
+    )
+    idle.extend(conn for _, conn in opened)
     start = time.perf_counter()
     n = int(rate * duration_s)
     for i in range(n):
@@ -89,12 +101,14 @@ async def open_loop(port: int, bodies: list[bytes], rate: float, duration_s: flo
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        if idle:
-            conn = idle.pop()
-        else:
-            _, conn = await loop.create_connection(lambda: _Conn(idle, stats), "127.0.0.1", port)
-        conn.send(requests[i % len(requests)], due)
+        if not idle:
+            stats.unsent += 1
+            continue
+        stats.send_lag_ms.append((time.perf_counter() - due) * 1e3)  # the generator's own backlog
+        idle.pop().send(requests[i % len(requests)], due)
     await asyncio.sleep(2.0)  # the last answers
+    for transport, _ in opened:
+        transport.close()
     return stats
 
 
@@ -111,6 +125,10 @@ def summary(stats: OpenLoop) -> dict[str, float]:
         "answered": total,
         "admitted_p50_ms": _pct(ok, 50),
         "admitted_p99_ms": _pct(ok, 99),
+        "shed_p50_ms": _pct(stats.latencies_ms.get(503, []), 50),
+        "shed_p99_ms": _pct(stats.latencies_ms.get(503, []), 99),
+        "send_lag_p99_ms": _pct(stats.send_lag_ms, 99),
+        "unsent": stats.unsent,
         "shed_share": round(shed / total, 3) if total else 0.0,
         "shed_with_retry_after": round(stats.retry_after / shed, 3) if shed else 1.0,
         "other": total - len(ok) - shed,
@@ -120,8 +138,10 @@ def summary(stats: OpenLoop) -> dict[str, float]:
 async def one_run(port: int, bodies_file: str, bodies: list[bytes], args: argparse.Namespace) -> dict:
     closed = await drive(f"http://127.0.0.1:{port}/v1/predict", read_templates(bodies_file), 64, 3.0, 1.0, 0)
     saturation = closed["requests"] / closed["duration_s"]
-    overload = summary(await open_loop(port, bodies, args.factor * saturation, args.duration))
-    recovery = summary(await open_loop(port, bodies, 0.1 * saturation, 3.0))
+    overload = summary(
+        await open_loop(port, bodies, args.factor * saturation, args.duration, args.connections)
+    )
+    recovery = summary(await open_loop(port, bodies, 0.1 * saturation, 3.0, args.connections))
     return {"saturation_rps": round(saturation), "overload": overload, "recovery": recovery}
 
 
@@ -130,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--budget-ms", type=float, default=25.0, help="CPE_ENGINE_LATENCY_BUDGET_MS")
+    parser.add_argument("--connections", type=int, default=512, help="opened before each open-loop phase")
     parser.add_argument("--max-inflight", type=int, default=128, help="CPE_MAX_INFLIGHT")
     parser.add_argument("--factor", type=float, default=3.0, help="overload rate / saturation rate")
     parser.add_argument("--runs", type=int, default=3)
