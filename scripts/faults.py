@@ -269,9 +269,18 @@ async def redis_drill(duration_s: float, clients: int, persist: bool) -> dict[st
             redis.start()  # same port, empty
             phase[0] = "after"
             back = time.monotonic()
-            while (await probe.get("/readyz")).json()["status"] != "ready" and time.monotonic() < until:
+            # The cache's breaker lets a request probe Redis once its backoff (doubling while Redis was down)
+            # is over: past the load's end, a trickle of predictions keeps probing, as traffic would.
+            trickle = 0
+            while (await probe.get("/readyz")).json()["status"] != "ready" and time.monotonic() < back + 10:
+                if time.monotonic() > until:
+                    trickle += 1
+                    await probe.post("/v1/predict", json={"flow_key": "ef" * 32, "contexts": window(trickle)})
                 await asyncio.sleep(0.05)
-            ready["after"] = (await probe.get("/readyz")).json()["status"]
+            answer = (await probe.get("/readyz")).json()
+            ready["after"] = answer["status"]
+            if answer.get("degraded"):
+                ready["after_degraded"] = answer["degraded"]  # which part did not come back, and why
             recovery_s = time.monotonic() - back
             await asyncio.gather(*load)
         # the learner reads the stream as it goes; give it a moment for the last ones

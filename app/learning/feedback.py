@@ -95,8 +95,6 @@ class FeedbackUnavailable(Exception):
 class FeedbackStore(ABC):
     """Accepted feedback, in order, until the learner has taken it; use as ``async with store:``."""
 
-    problem: str | None = None  # why feedback cannot be accepted now (GET /readyz names it); None: fine
-
     async def connect(self) -> None:  # noqa: B027 (optional hook)
         """Open what the store needs."""
 
@@ -206,7 +204,6 @@ class RedisFeedback(FeedbackStore):
         try:
             await self._make_group("$")
         except _FAILURES as exc:  # the group is made on the first read once Redis is back
-            self.problem = f"feedback stream unreachable: {exc or type(exc).__name__}"
             log.warning("learning: the feedback stream is unreachable at start: %s", exc)
 
     async def _make_group(self, start: str) -> None:
@@ -230,9 +227,7 @@ class RedisFeedback(FeedbackStore):
                 approximate=True,
             )
         except _FAILURES as exc:
-            self.problem = f"feedback stream unreachable: {exc or type(exc).__name__}"
             raise FeedbackUnavailable(f"redis: {exc or type(exc).__name__}", self.retry_after_s) from None
-        self.problem = None  # an append that works is the proof that feedback is accepted again
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
     async def read(self, count: int, block_ms: int) -> list[tuple[str, Feedback]]:
@@ -266,6 +261,9 @@ class RedisFeedback(FeedbackStore):
             if "NOGROUP" not in str(exc):  # (the group went missing with a restart of Redis)
                 raise
             await self._make_group(newest)
+        # what the group delivered but nobody acknowledged (Redis went away between a read and its ack)
+        # is in this tail too, now in the new learner's replay buffer: acknowledged, not pending for ever
+        await self.client.xack(self.stream, GROUP, *(entry_id for entry_id, _ in tail))
         samples = []
         for entry_id, fields in reversed(tail):
             try:

@@ -163,15 +163,21 @@ class Learner:
             await asyncio.sleep(period_s)
 
     async def _ingest(self) -> None:
+        unacked: list[str] = []  # taken in, but Redis went away before it heard so: acknowledged later
         while True:
             if not self._active.is_set():
                 await asyncio.sleep(IDLE_S)
                 continue
             try:
+                if unacked:
+                    await self.store.ack(unacked)
+                    unacked = []
                 entries = await self.store.read(512, block_ms=200)
                 if entries:
                     self._incoming.put([sample for _, sample in entries])
-                    await self.store.ack([entry_id for entry_id, _ in entries])
+                    unacked = [entry_id for entry_id, _ in entries]
+                    await self.store.ack(unacked)
+                    unacked = []
             except _FAILURES as exc:
                 log.warning("learning: cannot read feedback: %s", exc)
                 await asyncio.sleep(1.0)

@@ -57,7 +57,6 @@ def test_feedback_is_in_the_stream_before_the_202(prefix: str) -> None:
         assert entry_id.decode() == response.json()["id"]
         assert fields[b"k"].decode() == FLOW_KEY
         assert int(fields[b"at"]) == body["actual"]["timestamp"]
-        assert client.get("/readyz").json()["status"] == "ready"
 
 
 def test_unreachable_stream_refuses_feedback_with_503() -> None:
@@ -67,9 +66,6 @@ def test_unreachable_stream_refuses_feedback_with_503() -> None:
         response = client.post("/v1/feedback", json=biased_feedback(1))
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "cannot be stored" in response.json()["detail"]
-        ready = client.get("/readyz")  # serving goes on: ready, but degraded, naming the feedback stream
-        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
-        assert ready.json()["degraded"]["feedback"].startswith("feedback stream unreachable")
         assert (
             client.post("/v1/predict", json={"flow_key": FLOW_KEY, "contexts": contexts(8)}).status_code
             == 200
