@@ -9,11 +9,9 @@ a missing one fails these tests with how to install it rather than skipping the 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +28,7 @@ from websockets.sync.client import connect
 from app.main import create_app
 from tests.app.payloads import make_settings, predict_body
 from tests.app.ports import free_port
+from tests.app.servers import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -174,51 +173,34 @@ class Balanced:
 def balanced() -> Iterator[Balanced]:
     """nginx with the deploy config in front of two real `cpe serve` replicas that log JSON."""
     nginx = _tool("nginx", "nginx")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")} | {
+    settings = {
         "CPE_DEVICE": "cpu",
         "CPE_MODELS": "lstm",
         "CPE_MODEL": "lstm",
         "CPE_LOG_FORMAT": "json",
         "CPE_ACCESS_LOG": "true",
     }
-    ports = [free_port(), free_port()]
     listen = free_port()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        tempfile.TemporaryFile() as log_1,
-        tempfile.TemporaryFile() as log_2,
-    ):
-        logs = [log_1, log_2]
-        replicas = [
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            for port, log in zip(ports, logs, strict=True)
-        ]
-        conf = _local_nginx_conf(Path(tmp), listen, ports)
+    with serving(settings, 2) as replicas, tempfile.TemporaryDirectory() as tmp:
+        conf = _local_nginx_conf(Path(tmp), listen, [replica.port for replica in replicas])
         proxy = subprocess.Popen(
             [nginx, "-c", str(conf), "-p", tmp, "-e", "stderr", "-g", f"daemon off; pid {tmp}/nginx.pid;"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
         try:
-            for url, process in zip(urls, replicas, strict=True):
-                _wait(f"{url}/readyz", process)
             _wait(f"http://127.0.0.1:{listen}/readyz", proxy)
-            yield Balanced(f"127.0.0.1:{listen}", urls, logs)
+            yield Balanced(
+                f"127.0.0.1:{listen}",
+                [replica.url for replica in replicas],
+                [replica.log for replica in replicas],
+            )
         finally:
-            for process in [proxy, *replicas]:
-                process.terminate()
-            for process in [proxy, *replicas]:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            proxy.terminate()
+            try:
+                proxy.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
 
 
 def _wait(url: str, process: subprocess.Popen[bytes]) -> None:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO
 
 import httpx
@@ -26,9 +21,8 @@ from app.auth import ApiKeys, MaskQueryKeys, parse_api_keys, require_scope
 from app.main import create_app
 from app.settings import Settings
 from tests.app.payloads import make_settings, predict_body
-from tests.app.ports import free_port
+from tests.app.servers import serving
 
-ROOT = Path(__file__).resolve().parents[2]
 READER = "reader-key-0123456789"
 WRITER = "writer-key-0123456789"
 ADMIN = "admin-key-0123456789ab"
@@ -157,7 +151,7 @@ def test_the_log_filter_masks_the_query_key() -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, IO[bytes]]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")} | {
+    settings = {
         "CPE_DEVICE": "cpu",
         "CPE_MODELS": "lstm",
         "CPE_MODEL": "lstm",
@@ -165,28 +159,8 @@ def server() -> Iterator[tuple[str, IO[bytes]]]:
         "CPE_LOG_LEVEL": "info",
         "CPE_ACCESS_LOG": "true",
     }
-    port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            yield f"127.0.0.1:{port}", log
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with serving(settings) as [served]:
+        yield f"127.0.0.1:{served.port}", served.log
 
 
 @pytest.mark.parametrize("query", ["", "?api_key=nobody-0123456789"])

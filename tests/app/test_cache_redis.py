@@ -6,11 +6,9 @@ runs a private redis-server on a free port, never the machine's own on 6379.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -23,6 +21,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from tests.app.payloads import contexts, make_settings
 from tests.app.ports import free_port
+from tests.app.servers import serving
 
 SHARED_REDIS = "redis://127.0.0.1:6379/13"
 
@@ -41,54 +40,17 @@ def _metric(client: TestClient, sample: str) -> float:
 # -- two servers ----------------------------------------------------------------------------------
 
 
-def _start_server(port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
-    env |= {
+@pytest.fixture
+def two_servers() -> Iterator[tuple[str, str]]:
+    settings = {
         "CPE_CACHE_URL": SHARED_REDIS,
         "CPE_MODELS": "lstm",
         "CPE_MODEL": "lstm",
         "CPE_DEVICE": "cpu",
         "CPE_LOG_LEVEL": "warning",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-        try:
-            if httpx.get(f"{url}/readyz").json().get("status") == "ready":
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} was not ready in time")
-
-
-@pytest.fixture
-def two_servers() -> Iterator[tuple[str, str]]:
-    ports = free_port(), free_port()
-    processes = [_start_server(port) for port in ports]  # both start at once
-    urls = tuple(f"http://127.0.0.1:{port}" for port in ports)
-    try:
-        for process, url in zip(processes, urls, strict=True):
-            _wait_ready(process, url)
-        yield urls  # type: ignore[misc]
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with serving(settings, 2, ready="ready", stop_signal=signal.SIGINT) as (a, b):  # both start at once
+        yield a.url, b.url
 
 
 def test_what_one_server_computed_is_a_hit_on_another(two_servers: tuple[str, str]) -> None:

@@ -9,15 +9,8 @@ failure reruns the same way.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -33,9 +26,8 @@ from schemathesis.checks import (
 
 from app.main import create_app
 from tests.app.payloads import make_settings
-from tests.app.ports import free_port
+from tests.app.servers import serving
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_EXAMPLES = 20
 CHECKS = (
     not_a_server_error,
@@ -49,7 +41,7 @@ CHECKS = (
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")} | {
+    env = {
         "CPE_DEVICE": "cpu",
         "CPE_MODELS": "lstm,hybrid",
         "CPE_MODEL": "lstm",
@@ -58,32 +50,11 @@ def server() -> Iterator[str]:
         "CPE_MAX_ROUTES": "4",
         "CPE_LOG_LEVEL": "warning",
     }
-    port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
-                try:
-                    if httpx.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            log.seek(0)
-            tail = log.read().decode()[-3000:]
-            assert "Traceback" not in tail, tail  # no handler failed, even where the answer was fine
+    with serving(env) as [served]:
+        yield served.url
+        served.stop()
+        tail = served.output()[-3000:]
+        assert "Traceback" not in tail, tail  # no handler failed, even where the answer was fine
 
 
 @pytest.fixture(scope="module")

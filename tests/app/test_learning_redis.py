@@ -25,6 +25,7 @@ from app.learning.lease import RedisLease
 from app.main import create_app
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 from tests.app.ports import free_port
+from tests.app.servers import serving
 from tests.app.test_learning import biased_feedback
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -122,9 +123,8 @@ async def test_the_lease_is_taken_over_when_its_holder_dies(prefix: str) -> None
 # -- two servers ------------------------------------------------------------------------------------------
 
 
-def _start(port: int, prefix: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
-    env |= {
+def _settings(prefix: str) -> dict[str, str]:
+    return {
         "CPE_MODELS": "lstm",
         "CPE_MODEL": "lstm",
         "CPE_DEVICE": "cpu",
@@ -141,34 +141,11 @@ def _start(port: int, prefix: str) -> subprocess.Popen[bytes]:
         "CPE_LEARNING_RATE": "0.001",
         "CPE_LEARNING_LEASE_TTL_MS": "1000",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} was not ready in time")
 
 
 def test_feedback_to_one_server_is_learned_and_the_other_hot_loads_it(prefix: str) -> None:
-    ports = free_port(), free_port()
-    processes = [_start(port, prefix) for port in ports]
-    a, b = (f"http://127.0.0.1:{port}" for port in ports)
-    try:
-        for process, url in zip(processes, (a, b), strict=True):
-            _wait_ready(process, url)
+    with serving(_settings(prefix), 2, stop_signal=signal.SIGINT) as servers:
+        a, b = (server.url for server in servers)
         shipped = httpx.get(f"{a}/v1/models").json()["models"][0]["version"]
         with httpx.Client() as client:
             for i in range(80):
@@ -200,15 +177,6 @@ def test_feedback_to_one_server_is_learned_and_the_other_hot_loads_it(prefix: st
         assert histories[0] == histories[1]
         # exactly one of them learned it
         assert sum("cpe_learning_lease_held 1.0" in text for text in holders) == 1
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 async def test_the_stream_is_read_through_the_group_and_taken_over_from_its_tail(prefix: str) -> None:

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,9 +20,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.app.payloads import FLOW_KEY, contexts, predict_body
-from tests.app.ports import free_port
+from tests.app.servers import serving
 
-ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/14"
 OTHER_KEY = "fe" * 32
 QUEUE_SIZE = 16
@@ -51,7 +45,7 @@ class Servers:
 def servers() -> Iterator[Servers]:
     """Two server processes on one Redis bus channel of their own, started side by side."""
     channel = f"cpe:test:stream:{uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")} | {
+    env = {
         "CPE_DEVICE": "cpu",
         "CPE_MODELS": "lstm",
         "CPE_MODEL": "lstm",
@@ -62,46 +56,9 @@ def servers() -> Iterator[Servers]:
         "CPE_WS_MAX_FRAME_BYTES": str(MAX_FRAME),
         "CPE_LOG_LEVEL": "warning",
     }
-    ports = [free_port(), free_port()]
-    with tempfile.TemporaryFile() as log_a, tempfile.TemporaryFile() as log_b:
-        logs = [log_a, log_b]
-        processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            for port, log in zip(ports, logs, strict=True)
-        ]
-        try:
-            for process, port, log in zip(processes, ports, logs, strict=True):
-                _wait_ready(process, port, log)
-            a, b = (Server(f"http://127.0.0.1:{p}", f"ws://127.0.0.1:{p}") for p in ports)
-            yield Servers(a, b, channel)
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-
-
-def _wait_ready(process: subprocess.Popen[bytes], port: int, log: IO[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            raise AssertionError(f"the server did not start:\n{log.read().decode()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    with serving(env, 2) as processes:
+        a, b = (Server(process.url, f"ws://127.0.0.1:{process.port}") for process in processes)
+        yield Servers(a, b, channel)
 
 
 @asynccontextmanager
