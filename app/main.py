@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.state.admission = InflightLimit(settings.max_inflight, settings.retry_after_s)
+    app.state.metrics.watch_admission(app.state.admission)
     app.add_middleware(Admission, limit=app.state.admission)  # before the body is read
     app.state.metrics.instrument(app)  # outside the limits: a 413 or a 503 is a request like any other
     app.add_middleware(RequestId)  # outermost: every log line of the request carries its id

@@ -21,6 +21,8 @@ Exported:
 - ``cpe_predictions_total{model}``, ``cpe_prediction_errors_total{model}``: windows forecast, and windows
   whose forward pass failed.
 - ``cpe_shed_windows_total``: windows refused because the queue was full (their requests got a 503).
+- ``cpe_shed_requests_total``, ``cpe_requests_in_flight``: requests refused by the in-flight cap
+  (``CPE_MAX_INFLIGHT``) before their body was read, and those in progress now.
 - ``cpe_queue_depth``, ``cpe_queue_capacity``: windows waiting now, and the most that may wait.
 - ``cpe_engine_running``: 1 while the engine serves. ``cpe_model_swaps_total``: models hot-swapped.
 - ``cpe_model_info{model, version, device, default}``: 1 per served model.
@@ -85,6 +87,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from app.api.admission import InflightLimit
     from app.engine import Engine
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -332,6 +335,10 @@ class Metrics:
             ):
                 histogram.observe(kind, ())
 
+    def watch_admission(self, limit: InflightLimit) -> None:
+        """Read the in-flight cap's requests in progress and refusals at every scrape."""
+        self.registry.register(_AdmissionCollector(limit))
+
     # -- recording, once per batch ------------------------------------------------------------------
     def observe_batch(self, model: str, enqueued: Sequence[float], taken: float, done: float) -> None:
         """A forward pass of ``model`` over windows queued at ``enqueued`` (``time.perf_counter()``s),
@@ -468,6 +475,27 @@ class _EngineCollector(Collector):
             yield _gauge("cpe_gpu_memory_allocated_bytes", "GPU memory held by tensors.", allocated)
             yield _gauge("cpe_gpu_memory_reserved_bytes", "GPU memory torch reserved.", reserved)
             yield _gauge("cpe_gpu_memory_total_bytes", "GPU memory of the device.", total)
+
+
+class _AdmissionCollector(Collector):
+    """The in-flight cap's figures (app/api/admission.py), read at scrape time: it counts for itself."""
+
+    def __init__(self, limit: InflightLimit) -> None:
+        self.limit = limit
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge(
+            "cpe_requests_in_flight", "Prediction and routing requests in progress.", self.limit.inflight
+        )
+        yield CounterMetricFamily(
+            "cpe_shed_requests",
+            "Prediction and routing requests refused with a 503 before their body was read "
+            "(CPE_MAX_INFLIGHT were in progress).",
+            self.limit.shed,
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

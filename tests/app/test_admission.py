@@ -60,3 +60,10 @@ async def test_probes_and_other_paths_are_never_capped() -> None:
 def test_the_app_applies_the_setting(cap: int) -> None:
     app = create_app(make_settings(max_inflight=cap))
     assert app.state.admission.max_inflight == cap
+
+
+def test_the_refusals_and_the_requests_in_flight_are_exported() -> None:
+    app = create_app(make_settings(max_inflight=4))
+    app.state.admission.shed, app.state.admission.inflight = 3, 2
+    text = app.state.metrics.render().decode()
+    assert "cpe_shed_requests_total 3.0" in text and "cpe_requests_in_flight 2.0" in text
