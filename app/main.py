@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from app.api import errors, feedback, health, metrics, models, openapi, predict, routing, stats, stream
-from app.api.admission import Admission, InflightLimit
+from app.api.admission import STATE_KEY, Admission, InflightLimit
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
 from app.api.request_id import RequestId
@@ -33,7 +33,7 @@ log = logging.getLogger("cpe")
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
     """Load the models, run the engine and the cache while the app serves, stop them cleanly after."""
     settings: Settings = app.state.settings
     if app.state.api_keys.open:
@@ -93,7 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         try:
-            yield
+            yield {STATE_KEY: app.state.admission}  # the lifespan state: where uvicorn's protocol finds it
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()

@@ -7,6 +7,7 @@ import os
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from app.api.admission import AdmissionHttpProtocol
 from app.logs import uvicorn_config
 from app.settings import Settings
 
@@ -51,7 +52,7 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=AdmissionHttpProtocol,  # httptools, refusing at once past the in-flight cap
         log_level=settings.log_level,
         log_config=uvicorn_config(settings.log_format, settings.log_level),
         access_log=settings.access_log,

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
+import time
 
 import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
 from app.api.admission import Admission, InflightLimit
+from app.api.request_id import RequestId
 from app.main import create_app
 from tests.app.payloads import make_settings
+from tests.app.servers import serving
 
 
 class Gate:
@@ -67,3 +72,50 @@ def test_the_refusals_and_the_requests_in_flight_are_exported() -> None:
     app.state.admission.shed, app.state.admission.inflight = 3, 2
     text = app.state.metrics.render().decode()
     assert "cpe_shed_requests_total 3.0" in text and "cpe_requests_in_flight 2.0" in text
+
+
+async def test_every_refusal_through_the_middleware_is_the_same_size() -> None:
+    """RequestId rewrites the response's start message: refusals must not share one (it grew a header a
+    refusal, until each 503 was kilobytes)."""
+    gate, limit = Gate(), InflightLimit(max_inflight=1, retry_after_s=1)
+    limit.inflight = 1
+    transport = httpx.ASGITransport(app=RequestId(Admission(gate, limit)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
+        for _ in range(3):
+            refused = await client.post("/v1/predict", content=b"{}")
+            assert refused.status_code == 503
+            assert [k for k, _ in refused.headers.raw].count(b"x-request-id") == 1
+            assert len(refused.headers.raw) == 4  # content-type, content-length, retry-after, x-request-id
+    assert limit.shed == 3
+
+
+def _metric(base: str, name: str) -> float:
+    [value] = re.findall(rf"^{name} (\S+)$", httpx.get(f"{base}/metrics").text, re.M)
+    return float(value)
+
+
+def test_a_real_server_refuses_in_the_protocol_before_the_app() -> None:
+    """`cpe serve` at a full cap: the 503 comes from uvicorn's protocol (AdmissionHttpProtocol), without
+    the app's middleware (no X-Request-Id), and the request admitted before it is still answered."""
+    settings = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_MAX_INFLIGHT": "1"}
+    with serving(settings) as [served]:
+        body = b'{"flow_key": "' + b"ab" * 32 + b'", "contexts": []}'
+        with socket.create_connection(("127.0.0.1", served.port)) as held:
+            # admitted, then waiting for the rest of its body: the one request in flight
+            held.sendall(b"POST /v1/predict HTTP/1.1\r\nhost: cpe\r\ncontent-type: application/json\r\n")
+            held.sendall(b"content-length: %d\r\n\r\n%s" % (len(body), body[:10]))
+            for _ in range(200):
+                if _metric(served.url, "cpe_requests_in_flight") == 1:
+                    break
+                time.sleep(0.02)
+            assert _metric(served.url, "cpe_requests_in_flight") == 1
+            refused = httpx.post(f"{served.url}/v1/predict/batch", content=b"{}")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert "in progress (1)" in refused.json()["detail"]
+            assert "x-request-id" not in refused.headers  # the app never saw it
+            assert _metric(served.url, "cpe_shed_requests_total") == 1
+            assert httpx.get(f"{served.url}/readyz").status_code == 200  # not capped
+            held.sendall(body[10:])
+            answer = held.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 422 ") and b"x-request-id" in answer  # through the app
+        assert _metric(served.url, "cpe_requests_in_flight") == 0
