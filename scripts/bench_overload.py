@@ -1,14 +1,18 @@
 """Overload: the saturation rate of POST /v1/predict, then 3x that rate open-loop, then a light load again.
 
-    python scripts/bench_overload.py [--budget-ms 25] [--factor 3] [--runs 3] [--duration 5]
+    python scripts/bench_overload.py [--max-inflight 16] [--budget-ms 0] [--factor 3] [--runs 3]
 
 Starts `cpe serve` (lstm, CPU unless CPE_DEVICE says otherwise) with CPE_ENGINE_LATENCY_BUDGET_MS set to
-``--budget-ms``. Saturation: the throughput of closed-loop load (scripts/loadgen.py, 64 connections).
-Overload: requests sent at a fixed rate, ``--factor`` x saturation, whatever the answers (open loop), each
-on a free connection of a pool (a new one when all are busy), its latency counted from the moment it was
-due, so that a slow server cannot hide its queue by slowing the sender. Recovery: 10 % of saturation right
-after. Prints one JSON line per run and the medians over runs: admitted (200) p50/p99, the share of 503
-and whether each carried Retry-After, and the recovery phase's p99 and 503 share.
+``--budget-ms``. As in `cpe bench`, the server is pinned to the first CPU and this process, the load
+generator (on uvloop), to the last, so that neither measures the other's use of a core (``--pin none``:
+not pinned). Saturation: the answers/s (200s) of closed-loop load (scripts/loadgen.py, 64 connections),
+measured once on a server without the in-flight cap (CPE_MAX_INFLIGHT=0), the rest on one with
+``--max-inflight``. Overload: requests sent at a fixed rate, ``--factor`` x saturation, whatever the
+answers (open loop), each on a free connection of a pool (a new one when all are busy), its latency
+counted from the moment it was due, so that a slow server cannot hide its queue by slowing the sender.
+Recovery: 10 % of saturation right after. Prints one JSON line per run and the medians over runs: admitted
+(200) p50/p99, the share of 503 and whether each carried Retry-After, and the recovery phase's p99 and
+503 share.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -117,12 +124,13 @@ def _pct(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p / 100 * len(values)))], 2) if values else float("nan")
 
 
-def summary(stats: OpenLoop) -> dict[str, float]:
+def summary(stats: OpenLoop, duration_s: float) -> dict[str, float]:
     ok = stats.latencies_ms.get(200, [])
     shed = len(stats.latencies_ms.get(503, []))
     total = sum(map(len, stats.latencies_ms.values())) + stats.errors
     return {
         "answered": total,
+        "admitted_per_s": round(len(ok) / duration_s),
         "admitted_p50_ms": _pct(ok, 50),
         "admitted_p99_ms": _pct(ok, 99),
         "shed_p50_ms": _pct(stats.latencies_ms.get(503, []), 50),
@@ -135,53 +143,77 @@ def summary(stats: OpenLoop) -> dict[str, float]:
     }
 
 
-async def one_run(port: int, bodies_file: str, bodies: list[bytes], args: argparse.Namespace) -> dict:
+async def saturation(port: int, bodies_file: str) -> float:
+    """Answers/s (200s) of closed-loop load on 64 connections."""
     closed = await drive(f"http://127.0.0.1:{port}/v1/predict", read_templates(bodies_file), 64, 3.0, 1.0, 0)
-    saturation = closed["requests"] / closed["duration_s"]
+    return float(closed["statuses"].get("200", 0) / closed["duration_s"])
+
+
+async def one_run(port: int, bodies: list[bytes], rate: float, args: argparse.Namespace) -> dict:
     overload = summary(
-        await open_loop(port, bodies, args.factor * saturation, args.duration, args.connections)
+        await open_loop(port, bodies, args.factor * rate, args.duration, args.connections), args.duration
     )
-    recovery = summary(await open_loop(port, bodies, 0.1 * saturation, 3.0, args.connections))
-    return {"saturation_rps": round(saturation), "overload": overload, "recovery": recovery}
+    recovery = summary(await open_loop(port, bodies, 0.1 * rate, 3.0, args.connections), 3.0)
+    return {"overload": overload, "recovery": recovery}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--budget-ms", type=float, default=25.0, help="CPE_ENGINE_LATENCY_BUDGET_MS")
+    parser.add_argument("--budget-ms", type=float, default=0.0, help="CPE_ENGINE_LATENCY_BUDGET_MS")
     parser.add_argument("--connections", type=int, default=512, help="opened before each open-loop phase")
     parser.add_argument("--max-inflight", type=int, default=128, help="CPE_MAX_INFLIGHT")
     parser.add_argument("--factor", type=float, default=3.0, help="overload rate / saturation rate")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of overload per run")
+    parser.add_argument(
+        "--pin", choices=("auto", "none"), default="auto", help="auto: server CPU 0, load last"
+    )
     args = parser.parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = {cpus[0]} if args.pin == "auto" and len(cpus) > 1 else None
+    if server_cpus is not None:
+        os.sched_setaffinity(0, {cpus[-1]})
     # distinct windows of 32 contexts, flow keys tagged per request: no answer comes from the cache
     bodies = [json.dumps({"flow_key": f"{i:064x}", "contexts": window(i, 32)}).encode() for i in range(4096)]
-    server = Server(engine_latency_budget_ms=str(args.budget_ms), max_inflight=str(args.max_inflight))
+    budget = str(args.budget_ms)
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl") as f:
+        # loadgen tags each request in place of @@@@@@@@: the keys' leading zeros here
+        f.write(
+            b"\n".join(b.replace(b'"flow_key": "00000000', b'"flow_key": "@@@@@@@@', 1) for b in bodies[:64])
+        )
+        f.flush()
+        # the saturation rate of the service without a cap: with one, a closed loop wider than the cap would
+        # retry each refusal at once, a storm that no client pool makes, and measure that storm instead
+        server = Server(server_cpus, engine_latency_budget_ms=budget, max_inflight="0")
+        try:
+            server.wait_ready()
+            rate = uvloop.run(saturation(server.port, f.name))
+        finally:
+            server.stop()
+    print(json.dumps({"saturation_rps": round(rate)}), flush=True)
+    server = Server(server_cpus, engine_latency_budget_ms=budget, max_inflight=str(args.max_inflight))
     runs = []
     try:
         server.wait_ready()
-        with tempfile.NamedTemporaryFile("wb", suffix=".jsonl") as f:
-            # loadgen tags each request in place of @@@@@@@@: the keys' leading zeros here
-            f.write(
-                b"\n".join(
-                    b.replace(b'"flow_key": "00000000', b'"flow_key": "@@@@@@@@', 1) for b in bodies[:64]
-                )
-            )
-            f.flush()
-            for _ in range(args.runs):
-                run = asyncio.run(one_run(server.port, f.name, bodies, args))
-                print(json.dumps(run), flush=True)
-                runs.append(run)
+        for _ in range(args.runs):
+            run = uvloop.run(one_run(server.port, bodies, rate, args))
+            print(json.dumps(run), flush=True)
+            runs.append(run)
     finally:
         server.stop()
     median = {
         phase: {k: statistics.median(r[phase][k] for r in runs) for k in runs[0][phase]}
         for phase in ("overload", "recovery")
     }
-    median["saturation_rps"] = statistics.median(r["saturation_rps"] for r in runs)  # type: ignore[assignment]
-    head = {"budget_ms": args.budget_ms, "max_inflight": args.max_inflight, "factor": args.factor}
+    median["saturation_rps"] = round(rate)  # type: ignore[assignment]
+    head = {
+        "budget_ms": args.budget_ms,
+        "max_inflight": args.max_inflight,
+        "factor": args.factor,
+        "server_cpus": sorted(server_cpus) if server_cpus else "all",
+    }
     print(json.dumps({**head, "median_of": len(runs), **median}))
     return 0
 

@@ -64,7 +64,8 @@ def window(seed: int, n: int = 16) -> list[dict[str, Any]]:
 class Server:
     """A `python -m app.cli serve` process with the given CPE_* settings, its output in a temporary file."""
 
-    def __init__(self, **settings: str) -> None:
+    def __init__(self, cpus: set[int] | None = None, **settings: str) -> None:
+        """``cpus``: pin the server to these CPUs (its threads too), as benchmarks do; None: not pinned."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
@@ -77,6 +78,7 @@ class Server:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
