@@ -5,6 +5,9 @@ Used by the service's inference thread and by ``cpe evaluate``, so both see exac
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from torch import nn
 from models import checkpoint
 from models.calibration import Calibration, band_probability
 from models.scaling import Scaler, ScalerConfig
+
+log = logging.getLogger("cpe.models")
 
 
 @dataclass
@@ -32,7 +37,21 @@ class Forecast:
 
 
 class Predictor:
-    def __init__(self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu") -> None:
+    """A model version ready to serve: its scaler, its calibration, and its forward pass compiled.
+
+    ``compiled`` (the default): the forward pass runs as a frozen TorchScript trace of ``model`` rather
+    than op by op from Python (``compile_forward``). ``model`` stays the eager module, for training and
+    inspection.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        meta: dict[str, Any],
+        device: str | torch.device = "cpu",
+        *,
+        compiled: bool = True,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.meta = meta
@@ -46,16 +65,20 @@ class Predictor:
         self._temperature = self.calibration.temperatures(self.horizon, self.scaler.n_features)
         self._z = self.calibration.z()
         self._knots = self.calibration.knots()  # the calibration is fixed for the predictor's life
+        example = torch.zeros(2, self.seq_len, self.scaler.n_inputs, device=self.device)
+        self._forward = compile_forward(self.model, example) if compiled else self.model
 
     @classmethod
-    def load(cls, source: str | Path | bytes, device: str | torch.device = "cpu") -> Predictor:
+    def load(
+        cls, source: str | Path | bytes, device: str | torch.device = "cpu", *, compiled: bool = True
+    ) -> Predictor:
         ckpt = checkpoint.load(source, device=device)
-        return cls(ckpt.model, ckpt.meta, device)
+        return cls(ckpt.model, ckpt.meta, device, compiled=compiled)
 
     @torch.inference_mode()
     def forward_scaled(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, T, F) scaled inputs -> scaled mean and deviation (B, H, D) as numpy."""
-        mean, log_var = self.model(torch.from_numpy(x).to(self.device))
+        mean, log_var = self._forward(torch.from_numpy(x).to(self.device))
         log_var = log_var.float().cpu().numpy()
         return mean.float().cpu().numpy(), np.exp(0.5 * log_var, out=log_var)  # numpy: cheaper per call
 
@@ -90,3 +113,30 @@ class Predictor:
             lo, hi = (1 - tol) * pred, (1 + tol) * pred
         raw = band_probability(loc[..., p], std[..., p], lo, hi)
         return np.interp(raw, *self._knots)
+
+
+def compile_forward(
+    model: nn.Module, example: torch.Tensor
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``model``'s forward pass as a frozen TorchScript trace (weights folded in), or ``model`` itself when
+    tracing fails.
+
+    Why: eager PyTorch pays Python dispatch on every op, and every op releases and takes back the GIL. At
+    batch 1 that is a quarter to three fifths of the forward pass (CPU, one thread: LSTM 375 -> 267 µs,
+    Transformer 730 -> 298, Hybrid 766 -> 460; 10-15 % at batch 16-128), and while the event loop is
+    busy, each taking back of the GIL waits for the loop to let go of it. The trace runs all ops in C++
+    under one release. Its outputs are bit-identical to the eager model's at every batch size (the
+    architectures have no data-dependent control flow; the sequence length is always the model's ``T``,
+    and the batch dimension stays symbolic), which tests/models check. TorchScript is deprecated in favour
+    of ``torch.compile``, which needs a C++ tool chain at start-up and compiles for seconds per model and
+    batch shape; a trace takes ~0.1 s. Should a later torch drop it, the eager model serves, as here when
+    tracing fails for any reason.
+    """
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # its deprecation notice, and the tracer's on the shape asserts
+            traced = torch.jit.trace(model, example, check_trace=False)
+            return torch.jit.freeze(traced.eval())  # type: ignore[no-any-return]
+    except Exception as exc:  # any failure: serve the eager model, as before
+        log.warning("serving %s eagerly: tracing its forward pass failed (%s)", type(model).__name__, exc)
+        return model

@@ -1,0 +1,37 @@
+"""Predictor's compiled forward pass: the same numbers as the eager model, or the eager model itself."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.checkpoint import CHECKPOINT_DIR
+from models.predictor import Predictor, compile_forward
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer", "hybrid"])
+def test_the_compiled_forward_gives_the_eager_numbers_at_every_batch_size(kind: str) -> None:
+    compiled = Predictor.load(CHECKPOINT_DIR / f"{kind}.safetensors")
+    eager = Predictor.load(CHECKPOINT_DIR / f"{kind}.safetensors", compiled=False)
+    assert isinstance(compiled._forward, torch.jit.ScriptModule) and eager._forward is eager.model
+    rng = np.random.default_rng(0)
+    for batch in (1, 5, 64):  # traced at 2: the batch dimension must stay symbolic
+        x = rng.normal(size=(batch, compiled.seq_len, compiled.scaler.n_inputs)).astype(np.float32)
+        for got, want in zip(compiled.forward_scaled(x), eager.forward_scaled(x), strict=True):
+            assert got.shape == want.shape == (batch, compiled.horizon, compiled.scaler.n_features)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_model_that_cannot_be_traced_is_served_eagerly(caplog: pytest.LogCaptureFixture) -> None:
+    class Untraceable(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            raise RuntimeError("no tracing here")
+
+    model = Untraceable()
+    with caplog.at_level(logging.WARNING, logger="cpe.models"):
+        assert compile_forward(model, torch.zeros(2, 4, 3)) is model
+    assert "serving Untraceable eagerly" in caplog.text and "no tracing here" in caplog.text
