@@ -103,7 +103,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 # Few buckets: each one is a series per handler, method and status class, and an observe walks them.
 HTTP_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5)
 # Handlers the HTTP instrumentation skips: scrapes and probes would drown the traffic they measure.
-UNINSTRUMENTED = ("^/metrics$", "^/healthz$", "^/readyz$")
+UNINSTRUMENTED = ("/metrics", "/healthz", "/readyz")
 # Recent prediction latencies kept for GET /v1/stats's percentiles: 8,192 doubles, 64 KiB.
 RING_SIZE = 8192
 # Below this many windows a batch is recorded in plain Python: numpy's per-call overhead (~1 µs a call)
@@ -303,21 +303,14 @@ class Metrics:
 
     # -- wiring ---------------------------------------------------------------------------------
     def instrument(self, app: FastAPI) -> None:
-        """Add the HTTP metrics (prometheus-fastapi-instrumentator) to ``app``.
+        """Add the HTTP metrics to ``app`` (app/api/http_metrics.py).
 
         One histogram and nothing else: its ``_count`` is the request counter, so a separate
         ``http_requests_total`` would only double the per-request work; size metrics would parse headers.
         """
-        from app.api.http_metrics import HttpMetrics, request_latency
+        from app.api.http_metrics import HttpMetrics
 
-        app.add_middleware(
-            HttpMetrics,
-            should_group_status_codes=True,
-            should_ignore_untemplated=True,  # a scan of random paths must not mint series
-            excluded_handlers=UNINSTRUMENTED,
-            instrumentations=[request_latency(self.registry, HTTP_BUCKETS)],
-            registry=self.registry,
-        )
+        app.add_middleware(HttpMetrics, registry=self.registry, buckets=HTTP_BUCKETS, excluded=UNINSTRUMENTED)
 
     def watch(self, engine: Engine, device: str, default_model: str) -> None:
         """Read ``engine``'s queue and models, and the GPU's memory on CUDA, at every scrape."""

@@ -126,7 +126,7 @@ async def measure_asgi(requests: int, rounds: int, body: bytes) -> dict[str, lis
 
 async def measure_alone() -> dict[str, list[float]]:
     """CPU µs per request of each middleware alone, around an app that answers at once."""
-    from app.api.http_metrics import HttpMetrics, request_latency
+    from app.api.http_metrics import HttpMetrics
     from app.api.request_id import RequestId
     from app.main import create_app
     from app.metrics import HTTP_BUCKETS, UNINSTRUMENTED, Metrics
@@ -137,14 +137,7 @@ async def measure_alone() -> dict[str, list[float]]:
         await send({"type": "http.response.body", "body": b"{}"})
 
     registry = Metrics().registry
-    http_metrics = HttpMetrics(
-        answer,
-        should_group_status_codes=True,
-        should_ignore_untemplated=True,
-        excluded_handlers=list(UNINSTRUMENTED),
-        instrumentations=[request_latency(registry, HTTP_BUCKETS)],
-        registry=registry,
-    )
+    http_metrics = HttpMetrics(answer, registry=registry, buckets=HTTP_BUCKETS, excluded=UNINSTRUMENTED)
     apps = {"none": answer, "request_id": RequestId(answer), "http_metrics": http_metrics}
     scope = _scope(b"{}") | {"app": create_app()}  # the routes that name the handler
 

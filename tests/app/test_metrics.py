@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import numpy as np
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.api.http_metrics import HttpMetrics
 from app.engine import Engine, Overloaded
 from app.main import create_app
 from app.metrics import BatchHistogram, LatencyRing, Metrics
@@ -183,3 +185,22 @@ async def test_stats_report_uptime_predictions_hit_rate_latency_model_and_memory
     assert stats["memory"]["rss_bytes"] > 50e6 and stats["memory"]["gpu_allocated_bytes"] is None
     assert stats["uptime_s"] > 0
     json.dumps(stats)  # plain JSON all the way down
+
+
+async def test_a_request_that_fails_before_answering_counts_as_5xx() -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    registry = CollectorRegistry()
+    metrics = HttpMetrics(broken, registry=registry, buckets=(0.1, 1.0), excluded=("/healthz",))
+    scope = {"type": "http", "method": "POST", "path": "/v1/predict", "app": create_app()}
+    with pytest.raises(RuntimeError):
+        await metrics(scope, None, None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        await metrics(scope | {"path": "/healthz", "method": "GET"}, None, None)  # type: ignore[arg-type]
+    labels = {"handler": "/v1/predict", "method": "POST", "status": "5xx"}
+    assert registry.get_sample_value("http_request_duration_seconds_count", labels) == 1
+    assert (
+        registry.get_sample_value("http_request_duration_seconds_count", labels | {"handler": "/healthz"})
+        is None
+    )
