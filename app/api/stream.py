@@ -28,7 +28,7 @@ from app.auth import accept_websocket
 from app.bus.queue import QueueClosed
 from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
-from app.hub import Hub, StreamClient
+from app.hub import PUSH_EXTENSION, Hub, StreamClient
 from app.learning.recent import RecentWindows
 from app.metrics import Metrics
 from app.routing_schemas import StreamPredictRequest, SubscribeFrame
@@ -108,8 +108,9 @@ async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDe
     """Routing messages as they are published, filtered by flow key and type, with heartbeats."""
     if not await accept_websocket(websocket, "read"):
         return
-    client = hub.connect()
-    # the only writer of this socket: messages, heartbeats and the replies to the client's frames
+    client = hub.connect(websocket.scope.get("extensions", {}).get(PUSH_EXTENSION))
+    # the writer of this socket: heartbeats, the replies to the client's frames, and the messages the hub
+    # could not push (app/hub.py)
     sender = asyncio.create_task(_send_routing(websocket, client, settings.ws_heartbeat_s, hub.metrics))
     violation: PolicyViolation | None = None
     rate = FrameRate(settings.ws_rate_per_s, settings.ws_rate_burst)

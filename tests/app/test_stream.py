@@ -300,3 +300,31 @@ async def test_the_predict_socket_answers_every_request_by_its_id(servers: Serve
         (["body", "contexts", 2, "features"], "too_short")
     ]
     assert by_id[None]["error"]["detail"][0]["type"] == "json_invalid"
+
+
+async def test_compressed_sockets_get_every_message_through_their_compressor_in_order() -> None:
+    """With permessage-deflate negotiated, the server does not push the shared uncompressed frame (the
+    operator asked for compression): the messages go through the socket's own compressor, in order."""
+    env = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_WS_COMPRESSION": "true"}
+    with serving(env) as [process]:
+        server = Server(process.url, f"ws://127.0.0.1:{process.port}")
+        async with connect(f"{server.ws}/v1/stream/routing", proxy=None, compression="deflate") as ws:
+            [deflate] = ws.protocol.extensions
+            decode, rsv1 = deflate.decode, []  # RSV1 marks a compressed message (RFC 7692)
+
+            def recording(frame: Any, **options: Any) -> Any:
+                rsv1.append(frame.rsv1)
+                return decode(frame, **options)
+
+            deflate.decode = recording  # type: ignore[method-assign]
+            await ws.send(json.dumps({"op": "subscribe", "types": ["RoutingPrediction"]}))
+            assert (await _frame(ws))["op"] == "subscribed"
+            for key in ("ab" * 32, "cd" * 32):
+                await _recommend(server, key)
+            frames = [await _frame(ws), await _frame(ws)]
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{server.http}/metrics")).text
+    assert [f["RoutingPrediction"]["flow_key"] for f in frames] == ["ab" * 32, "cd" * 32]
+    assert rsv1[:3] == [True, True, True], rsv1  # the ack and both messages compressed (then the close)
+    sent = next(line for line in metrics.splitlines() if line.startswith("cpe_ws_messages_sent_total"))
+    assert float(sent.split()[-1]) == 2

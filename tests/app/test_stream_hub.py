@@ -73,3 +73,47 @@ def test_messages_that_are_not_routing_messages_are_counted_and_skipped() -> Non
         assert hub.publish_local(junk) == 0
     assert hub.malformed == 5 and hub.received == 0
     assert hub.publish_local(UPDATE) == 1
+
+
+class Socket:
+    """A client's push: records the frames written, or refuses (a full buffer, a closing socket)."""
+
+    def __init__(self, accepts: bool = True) -> None:
+        self.accepts = accepts
+        self.frames: list[bytes] = []
+
+    def __call__(self, frame: bytes) -> bool:
+        if self.accepts:
+            self.frames.append(frame)
+        return self.accepts
+
+
+def test_a_client_keeping_up_gets_each_message_pushed_as_one_encoded_frame() -> None:
+    hub = _hub()
+    socket = Socket()
+    client = hub.connect(socket)
+    hub.subscribe(client, None, None)
+    message = _prediction(KEY_A)
+    assert hub.publish_local(message) == 1
+    assert len(client.outbox) == 0 and hub.pushed == 1
+    # an unmasked final text frame: FIN + opcode 1, a 16-bit length (the message is over 125 bytes)
+    [frame] = socket.frames
+    assert frame[:2] == b"\x81\x7e" and int.from_bytes(frame[2:4], "big") == len(message)
+    assert frame[4:] == message
+
+
+def test_order_holds_a_message_is_queued_behind_what_waits_and_when_the_push_is_refused() -> None:
+    hub = _hub()
+    busy, refused = Socket(), Socket(accepts=False)
+    behind, full = hub.connect(busy), hub.connect(refused)
+    hub.subscribe(behind, None, None)
+    hub.subscribe(full, None, None)
+    behind.reply('{"op":"subscribed"}')  # a reply the sender has not written yet goes first
+    first, second = _prediction(KEY_A), _prediction(KEY_B)
+    assert hub.publish_local(first) == 2
+    assert busy.frames == [] and [behind.outbox.get_nowait()] == [first.decode()]
+    assert full.outbox.get_nowait() == first.decode() and hub.pushed == 0
+    behind.replies.clear()  # the sender wrote the reply and the queue is empty: pushes resume
+    assert hub.publish_local(second) == 2
+    assert busy.frames[0].endswith(second) and hub.pushed == 1
+    assert full.outbox.get_nowait() == second.decode()  # refused again: queued
