@@ -1,11 +1,17 @@
 """Micro-batching inference: queue -> batch -> one forward pass per model on the device -> futures.
 
-Requests put their windows in one bounded queue and await a future. A batcher task on the event loop
-takes whatever is queued (up to ``max_batch`` windows), hands the batch to a single inference thread,
-and resolves the futures when it comes back. While a forward pass runs, new windows queue up and
-form the next batch, so under load batches grow by themselves; ``max_wait_us`` can add a delay to grow
-them further. The event loop never runs torch, and only the one inference thread calls
+Requests put their windows in one bounded queue and await a future. The batcher, callbacks on the
+event loop, takes whatever is queued (up to ``max_batch`` windows), hands the batch to a single
+inference thread, and resolves the futures when it comes back. While a forward pass runs, new windows
+queue up and form the next batch, so under load batches grow by themselves; ``max_wait_us`` can add a
+delay to grow them further. The event loop never runs torch, and only the one inference thread calls
 ``Predictor.predict``.
+
+Callbacks rather than a batcher task: a request's window then waits for three turns of the event loop
+(the dispatch of its batch, the thread's answer that resolves its future, its handler's resumption)
+instead of five (the task's wake-up and its resumption after the pass were two more). Under overload a
+turn of the loop lasts as long as the work that arrived during the last one, tens of milliseconds, so
+every turn saved shows in the admitted requests' latency (scripts/bench_overload.py).
 
 One queue for all models rather than one per model: the bound on waiting work is then one number for
 the whole replica, FIFO order holds across models, and a batch that mixes models simply runs one
@@ -29,10 +35,10 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import torch
@@ -141,29 +147,33 @@ class Engine:
         self._pass_size = 0
         self.stats = EngineStats()
         self._queue: deque[_Job] = deque()
-        self._wakeup = asyncio.Event()
         self._thread: InferenceThread | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch_due: asyncio.Handle | None = None  # a dispatch is scheduled
+        self._passing: list[tuple[Predictor, list[_Job]]] | None = None  # the batch in the thread
+        self._idle: asyncio.Event | None = None  # set while no pass is in flight
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        assert self._task is None, "the engine was already started"
-        self._thread = InferenceThread(asyncio.get_running_loop(), self.torch_threads)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="cpe-batcher")
+        assert self._loop is None, "the engine was already started"
+        self._loop = asyncio.get_running_loop()
+        self._thread = InferenceThread(self._loop, self.torch_threads)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def stop(self) -> None:
         """Refuse new work, fail what is still queued, finish the batch in flight, join the thread."""
         self._closed = True
+        if self._dispatch_due is not None:
+            self._dispatch_due.cancel()
+            self._dispatch_due = None
         self._fail(self._queue)
         self._queue.clear()
-        self._wakeup.set()
-        try:
-            if self._task is not None:
-                await self._task
-        finally:
-            if self._thread is not None:
-                await asyncio.to_thread(self._thread.stop)  # after the batcher: no batch is in flight
+        if self._idle is not None:
+            await self._idle.wait()  # the pass in flight answers its windows
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.stop)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -176,7 +186,7 @@ class Engine:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done() and not self._closed
+        return self._loop is not None and not self._closed
 
     # -- models -----------------------------------------------------------------------------
     @property
@@ -218,7 +228,7 @@ class Engine:
         self, windows: Sequence[tuple[str, np.ndarray, np.ndarray]]
     ) -> list[asyncio.Future[WindowForecast]]:
         """Queue several windows at once, all or none, so that they share forward passes."""
-        if self._closed or self._task is None:
+        if self._closed or self._loop is None:
             raise EngineStopped(self.retry_after_s)
         if len(self._queue) + len(windows) > self.queue_size:
             self.stats.rejected += len(windows)
@@ -240,14 +250,15 @@ class Engine:
         unknown = {kind for kind, _, _ in windows} - self._predictors.keys()
         if unknown:
             raise KeyError(f"no model of kind {sorted(unknown)} is served")
-        loop = self._task.get_loop()
+        loop = self._loop
         futures = []
         now = time.perf_counter()
         for kind, timestamps, features in windows:
             future: asyncio.Future[WindowForecast] = loop.create_future()
             self._queue.append(_Job(kind, timestamps, features, future, now))
             futures.append(future)
-        self._wakeup.set()
+        if self._passing is None and self._dispatch_due is None:
+            self._schedule()
         return futures
 
     def expected_wait_s(self, n: int = 1) -> float:
@@ -270,36 +281,56 @@ class Engine:
         """Forecast one window, batched with whatever else is queued."""
         return await self.submit(kind, timestamps, features)
 
-    # -- the batcher --------------------------------------------------------------------------
-    async def _run(self) -> None:
-        assert self._thread is not None
-        groups: list[tuple[Predictor, list[_Job]]] = []
+    # -- the batcher: callbacks on the event loop --------------------------------------------------
+    def _schedule(self) -> None:
+        """Dispatch at the end of this turn of the loop, with whatever else arrives in it; or later, to
+        let the batch grow, when max_wait_us says so and the batch is not full yet."""
+        assert self._loop is not None
+        if self.max_wait_s and len(self._queue) < self.max_batch:
+            self._dispatch_due = self._loop.call_later(self.max_wait_s, self._dispatch)
+        else:
+            self._dispatch_due = self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Hand what is queued (up to max_batch windows) to the inference thread, unless a pass runs."""
+        self._dispatch_due = None
+        if self._closed or self._passing is not None:
+            return
+        groups = self._take()
+        if not groups:
+            return
+        assert self._thread is not None and self._idle is not None
+        self._passing = groups
+        self._idle.clear()
+        self._pass_size = sum(len(jobs) for _, jobs in groups)
+        self._pass_started = time.perf_counter()
+        self._thread.forward(groups, self._passed)
+
+    def _passed(self, outcomes: list[Forecast | BaseException]) -> None:
+        """The thread's answer, on the event loop: resolve the batch's windows, then start the next pass
+        with what queued meanwhile: at once (it is all there: no need to wait for a turn of the loop),
+        unless max_wait_us asks to let a batch that is not full grow."""
+        groups, taken, done = self._passing or [], self._pass_started, time.perf_counter()
+        self._passing, self._pass_started = None, 0.0
+        assert self._idle is not None
+        self._idle.set()
         try:
-            while not self._closed:
-                await self._wakeup.wait()
-                if self.max_wait_s and len(self._queue) < self.max_batch and not self._closed:
-                    await asyncio.sleep(self.max_wait_s)  # let the batch grow
-                groups = self._take()
-                if not groups:
-                    continue
-                self._pass_size = sum(len(jobs) for _, jobs in groups)
-                self._pass_started = taken = time.perf_counter()
-                outcomes = await self._thread.forward(groups)  # predict errors come back in outcomes
-                self._pass_started = 0.0
-                done = time.perf_counter()
-                self.pass_times.record(self._pass_size, done - taken)
-                self._resolve(groups, outcomes)
-                if self.metrics is not None:
-                    self._record(groups, outcomes, taken, done)
-                groups = []
-        except Exception:
-            log.exception("the batcher stopped on an error; the engine no longer serves")
-            raise
-        finally:  # however the loop ends, nobody may be left waiting
+            self.pass_times.record(self._pass_size, done - taken)
+            self._resolve(groups, outcomes)
+            if self.metrics is not None:
+                self._record(groups, outcomes, taken, done)
+        except Exception:  # a bug here must not leave anyone waiting for ever
+            log.exception("the batcher failed on a batch's answers; the engine no longer serves")
             self._closed = True
             self._fail(job for _, jobs in groups for job in jobs)
             self._fail(self._queue)
             self._queue.clear()
+            return
+        if self._queue and not self._closed:
+            if self.max_wait_s and len(self._queue) < self.max_batch:
+                self._schedule()
+            else:
+                self._dispatch()
 
     def _take(self) -> list[tuple[Predictor, list[_Job]]]:
         """Up to max_batch live jobs off the queue, grouped by model; the model versions are fixed here."""
@@ -311,8 +342,6 @@ class Engine:
                 continue
             by_kind.setdefault(job.kind, []).append(job)
             taken += 1
-        if not self._queue:
-            self._wakeup.clear()
         return [(self._predictors[kind], jobs) for kind, jobs in by_kind.items()]
 
     def _resolve(
@@ -366,8 +395,11 @@ class Engine:
                 job.future.set_exception(EngineStopped(self.retry_after_s))
 
 
+_Done = Callable[[list[Forecast | BaseException]], None]  # called with a pass's outcomes
+
+
 class InferenceThread:
-    """The one thread that runs the models: a batch in, its outcomes back on the event loop.
+    """The one thread that runs the models: a batch in, its outcomes handed back on the event loop.
 
     A plain thread with a queue rather than a ThreadPoolExecutor: ``run_in_executor`` wraps every call
     in a concurrent future, a work item and an asyncio future chained to it, which cost the event loop
@@ -377,18 +409,15 @@ class InferenceThread:
     def __init__(self, loop: asyncio.AbstractEventLoop, torch_threads: int) -> None:
         self._loop = loop
         self._torch_threads = torch_threads
-        self._inbox: queue.SimpleQueue[tuple[list[tuple[Predictor, list[_Job]]], asyncio.Future[Any]] | None]
+        self._inbox: queue.SimpleQueue[tuple[list[tuple[Predictor, list[_Job]]], _Done] | None]
         self._inbox = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="cpe-inference", daemon=True)
         self._thread.start()
 
-    def forward(
-        self, groups: list[tuple[Predictor, list[_Job]]]
-    ) -> asyncio.Future[list[Forecast | BaseException]]:
-        """Run ``groups`` in the thread; the future resolves on the event loop with one outcome per group."""
-        future: asyncio.Future[list[Forecast | BaseException]] = self._loop.create_future()
-        self._inbox.put((groups, future))
-        return future
+    def forward(self, groups: list[tuple[Predictor, list[_Job]]], done: _Done) -> None:
+        """Run ``groups`` in the thread; ``done(outcomes)`` is then called on the event loop, with one
+        outcome per group (a Forecast, or the exception that its forward pass raised)."""
+        self._inbox.put((groups, done))
 
     def stop(self) -> None:
         """Finish the batch in hand, then end the thread (blocking: call it off the event loop)."""
@@ -399,19 +428,12 @@ class InferenceThread:
         # torch keeps the intra-op thread count per calling thread with OpenMP: set it where predict runs
         torch.set_num_threads(self._torch_threads)
         while (item := self._inbox.get()) is not None:
-            groups, future = item
+            groups, done = item
             outcomes = _forward(groups)
             try:
-                self._loop.call_soon_threadsafe(_settle, future, outcomes)
+                self._loop.call_soon_threadsafe(done, outcomes)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
-
-
-def _settle(
-    future: asyncio.Future[list[Forecast | BaseException]], outcomes: list[Forecast | BaseException]
-) -> None:
-    if not future.done():  # the batcher may have been cancelled meanwhile
-        future.set_result(outcomes)
 
 
 class PassTimes:
