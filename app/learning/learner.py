@@ -48,6 +48,7 @@ log = logging.getLogger("cpe.learning")
 
 _FAILURES = (redis_errors.RedisError, OSError)
 IDLE_S = 0.2  # how long the training thread waits for work before looking again
+CHECK_S = 1.0  # how often a replica that does not read the feedback store probes it
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,14 @@ class Learner:
 
     async def _ingest(self) -> None:
         unacked: list[str] = []  # taken in, but Redis went away before it heard so: acknowledged later
+        next_check = 0.0
         while True:
             if not self._active.is_set():
+                if time.monotonic() >= next_check:
+                    # nothing reads the store here: probe it, so that its problem (GET /readyz) comes and
+                    # goes with it, not with the next feedback
+                    next_check = time.monotonic() + CHECK_S
+                    await self.store.check()
                 await asyncio.sleep(IDLE_S)
                 continue
             try:
