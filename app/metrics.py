@@ -50,6 +50,9 @@ Exported:
 - ``cpe_learning_rollouts_total``: new versions that went live (counted by the learner that made them).
 - ``cpe_learning_rollbacks_total{reason}``: trained copies thrown away (``nonfinite`` weights, ``worse``
   than the serving version) and rollbacks by an operator (``manual``).
+- ``cpe_learning_held_back_total{baseline}``: trained copies better than the serving version that did not
+  go live because their next-step latency error was not below a baseline's (``persistence``, ``ewma``);
+  they train on. Not a rollback: nothing is thrown away.
 - ``cpe_learning_reloads_total{result}``: versions this replica loaded from the bus (``ok``) or could not
   load (``error``: it kept serving the version it had).
 - ``cpe_learning_lease_held``: 1 while this replica holds the learner's lease, else 0.
@@ -418,6 +421,14 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.learning_held_back = Counter(
+            "cpe_learning_held_back",
+            "Trained copies better than the serving version held back by a baseline they did not beat.",
+            ["baseline"],
+            registry=registry,
+        )
+        for baseline in ("persistence", "ewma"):  # at 0 from the start, for increase() over the first one
+            self.learning_held_back.labels(baseline)
         self.learning_reloads = Counter(
             "cpe_learning_reloads",
             "Model versions loaded from the bus (ok) or that failed to load (error).",

@@ -349,7 +349,9 @@ class VersionInfo(BaseModel):
     validation: dict[str, float] = Field(
         default_factory=dict,
         description="For online versions: its loss (`loss`) and the replaced version's (`serving_loss`) on "
-        "the same held-back feedback (`samples`), and the training `steps` behind it.",
+        "the same held-back feedback (`samples`); its next-step latency MAE there (`latency_mae`) and "
+        "that of the baselines it beat (`persistence_mae`, `ewma_mae`), in the scaled space the model "
+        "predicts in (units of each window's own deviation of log latency); and the training `steps`.",
     )
 
 

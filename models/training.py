@@ -252,9 +252,17 @@ def mean_error(
 ) -> float:
     """``validation_error`` on arrays: x (N, T, F), y (N, S, D) with S <= H steps, error_weight (N, D).
 
-    The online learner compares versions with it on its held-back feedback (S = 1, the next context).
+    The online learner compares versions with it (as ``forecast_error`` of one forward pass) on its
+    held-back feedback (S = 1, the next context).
     """
     mean, _ = predict_scaled(model, x)
+    return forecast_error(mean, y, weights, error_weight)
+
+
+def forecast_error(
+    mean: np.ndarray, y: np.ndarray, weights: torch.Tensor, error_weight: np.ndarray | None = None
+) -> float:
+    """``mean_error`` of forecasts already made: mean (N, H, D) scaled, y (N, S, D) with S <= H steps."""
     huber = nn.functional.smooth_l1_loss(
         torch.from_numpy(mean[:, : y.shape[1]]), torch.from_numpy(y), reduction="none", beta=HUBER_BETA
     )

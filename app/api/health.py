@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import BusDep, CacheDep, EngineDep
+from app.api.deps import BusDep, CacheDep, EngineDep, LearningDep
 from app.api.responses import OrjsonResponse
 from app.schemas import Health, Readiness
 
@@ -18,15 +18,19 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(engine: EngineDep, cache: CacheDep, bus: BusDep) -> OrjsonResponse:
+async def readyz(engine: EngineDep, cache: CacheDep, bus: BusDep, learning: LearningDep) -> OrjsonResponse:
     """Readiness: 200 when the models are loaded and the engine runs; 503 with the reason otherwise.
 
     A 200 says `degraded` and names the parts that do not work when some part that serving can do
-    without (the Redis cache, the Redis bus) does not."""
+    without (the Redis cache, the Redis bus, the Redis feedback stream) does not."""
     if not engine.running:
         readiness = Readiness(status="unavailable", reason="the inference engine is not running")
     else:
-        problems = {"cache": cache.problem, "bus": bus.problem}
+        problems = {
+            "cache": cache.problem,
+            "bus": bus.problem,
+            "feedback": learning.store.problem if learning is not None else None,
+        }
         degraded = {part: problem for part, problem in problems.items() if problem}
         readiness = Readiness(
             status="degraded" if degraded else "ready", models=list(engine.predictors), degraded=degraded

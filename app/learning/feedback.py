@@ -13,14 +13,20 @@ A sample in the stream outlives a restart of Redis only as far as Redis persists
 up to the last second's); without persistence a restarted Redis is empty and what the learner had not
 read yet is gone. Once Redis is back, the consumer group is made again if it went missing, at the start
 of the stream: a stream without the group holds nothing the group has delivered yet.
+
+``problem`` says why the stream failed its last operation (None once one succeeds again): GET /readyz
+reports it. Only the learner reads the stream; the other replicas ``check`` it (a PING) now and then,
+so that their ``problem`` follows Redis without waiting for feedback to arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -121,6 +127,14 @@ class FeedbackStore(ABC):
         """Samples waiting for the learner (known for the in-process buffer only; else 0)."""
         return 0
 
+    @property
+    def problem(self) -> str | None:
+        """Why the store does not work now, or None when it does (the in-process buffer always does)."""
+        return None
+
+    async def check(self) -> None:  # noqa: B027 (only a remote store can fail)
+        """Probe the store, so that ``problem`` follows it even while nothing else uses it; never raises."""
+
     async def __aenter__(self) -> Self:
         await self.connect()
         return self
@@ -199,12 +213,39 @@ class RedisFeedback(FeedbackStore):
         self.consumer = consumer
         self.maxlen = maxlen
         self.retry_after_s = retry_after_s
+        self._problem: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last operation on the stream failed; None once one succeeds (or before any failed)."""
+        return self._problem
+
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[None]:
+        """Keep ``problem`` up to date with how the Redis calls made inside turn out."""
+        try:
+            yield
+        except _FAILURES as exc:
+            lost = isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError)
+            problem = f"redis {'unreachable' if lost else 'failed'}: {exc or type(exc).__name__}"
+            if self._problem is None:  # once per outage
+                log.warning("learning: the feedback stream does not work: %s", problem)
+            self._problem = problem
+            raise
+        if self._problem is not None:
+            log.info("learning: the feedback stream works again")
+            self._problem = None
 
     async def connect(self) -> None:
         try:
-            await self._make_group("$")
-        except _FAILURES as exc:  # the group is made on the first read once Redis is back
-            log.warning("learning: the feedback stream is unreachable at start: %s", exc)
+            with self._watched():
+                await self._make_group("$")
+        except _FAILURES:  # the group is made on the first read once Redis is back
+            pass
+
+    async def check(self) -> None:
+        with contextlib.suppress(*_FAILURES), self._watched():
+            await self.client.ping()  # type: ignore[misc]  # redis-py types it sync-or-async
 
     async def _make_group(self, start: str) -> None:
         """Make the consumer group, delivering the entries after ``start``; nothing if it exists."""
@@ -220,26 +261,28 @@ class RedisFeedback(FeedbackStore):
 
     async def append(self, sample: Feedback) -> str:
         try:
-            entry = await self.client.xadd(
-                self.stream,
-                sample.to_fields(),  # type: ignore[arg-type]
-                maxlen=self.maxlen,
-                approximate=True,
-            )
+            with self._watched():
+                entry = await self.client.xadd(
+                    self.stream,
+                    sample.to_fields(),  # type: ignore[arg-type]
+                    maxlen=self.maxlen,
+                    approximate=True,
+                )
         except _FAILURES as exc:
             raise FeedbackUnavailable(f"redis: {exc or type(exc).__name__}", self.retry_after_s) from None
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
     async def read(self, count: int, block_ms: int) -> list[tuple[str, Feedback]]:
-        try:
-            answer = await self.client.xreadgroup(
-                GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
-            )
-        except redis_errors.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted, or Redis restarted: make the group again
-                await self._make_group("0")  # at the start: nothing there was delivered to the group
-                return []
-            raise
+        with self._watched():
+            try:
+                answer = await self.client.xreadgroup(
+                    GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+                )
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted, or Redis restarted: make the group again
+                    await self._make_group("0")  # at the start: nothing there was delivered to the group
+                    return []
+                raise
         entries, malformed = _entries(answer)
         if malformed:  # acknowledged at once, or they would stay pending in the group for ever
             await self.ack(malformed)
@@ -247,9 +290,14 @@ class RedisFeedback(FeedbackStore):
 
     async def ack(self, ids: list[str]) -> None:
         if ids:
-            await self.client.xack(self.stream, GROUP, *ids)
+            with self._watched():
+                await self.client.xack(self.stream, GROUP, *ids)
 
     async def take_over(self, count: int) -> list[Feedback]:
+        with self._watched():
+            return await self._take_over(count)
+
+    async def _take_over(self, count: int) -> list[Feedback]:
         tail = await self.client.xrevrange(self.stream, count=count)
         if not tail:
             return []

@@ -4,8 +4,10 @@ Three loops. On the event loop, ``_hold_lease`` keeps (or tries to take) the lea
 ``_ingest`` moves feedback from the store (in-process buffer or Redis Stream) to the training thread
 while the lease is held. In the training thread (``_train``), samples are encoded into the replay
 buffer, minibatch steps run on a copy of the serving model at the tuner's step rate, and every
-``eval_steps`` steps the copy is compared with the serving version on the held-back slice: better, it
-is rolled out (published through ``Rollout`` on the event loop); broken or worse, it is thrown away.
+``eval_steps`` steps the copy is compared with the serving version and the baselines (persistence,
+EWMA) on the held-back slice: better than all, it is rolled out (published through ``Rollout`` on the
+event loop); better than the serving version only, it is held back and trains on; broken or worse, it
+is thrown away.
 The event loop never runs torch, and neither does the engine's inference thread for the learner.
 
 On shutdown nothing accepted is left behind untaken: the learner first moves whatever still waits in
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import queue
 import threading
 import time
@@ -34,8 +37,8 @@ from app.engine import Engine
 from app.learning.feedback import Feedback, FeedbackStore
 from app.learning.lease import LocalLease, RedisLease
 from app.learning.replay import ReplayBuffer
-from app.learning.rollout import Rollout, judge
-from app.learning.trainer import Trainer, encode, weights_finite
+from app.learning.rollout import Rollout, baseline_errors, judge
+from app.learning.trainer import Trainer, Validation, encode, weights_finite
 from app.learning.tuner import Tuner
 from app.learning.versions import VersionRecord
 from app.metrics import Metrics
@@ -45,6 +48,7 @@ log = logging.getLogger("cpe.learning")
 
 _FAILURES = (redis_errors.RedisError, OSError)
 IDLE_S = 0.2  # how long the training thread waits for work before looking again
+CHECK_S = 1.0  # how often a replica that does not read the feedback store probes it
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,8 @@ class Learner:
         self.rollout = rollout
         self.lease = lease
         self.metrics = metrics
-        self.stats = {"steps": 0, "skipped": 0, "rollouts": 0, "discarded": 0, "samples": 0}
+        self.stats = {"steps": 0, "skipped": 0, "rollouts": 0, "discarded": 0, "held_back": 0, "samples": 0}
+        self._last_reason = ""  # the last evaluation's verdict, in the training thread
         self._incoming: queue.SimpleQueue[list[Feedback] | _TakeOver] = queue.SimpleQueue()
         self._active = threading.Event()  # the lease is held: train
         self._stop = threading.Event()
@@ -115,9 +120,13 @@ class Learner:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # a cancel can be lost inside redis-py (seen about once in 15 stops, ``_ingest`` cancelled in an
+        # XREADGROUP soon after the stream key was deleted): the task then waits for ever, and so did
+        # the shutdown. Cancelled again, it ends.
+        while pending := [task for task in self._tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
         while self.store.pending:  # in-process feedback: hand all of it to the training thread
             self._incoming.put([sample for _, sample in await self.store.read(512, block_ms=0)])
         self._stop.set()  # the thread takes what is queued in before it ends
@@ -169,8 +178,14 @@ class Learner:
 
     async def _ingest(self) -> None:
         unacked: list[str] = []  # taken in, but Redis went away before it heard so: acknowledged later
+        next_check = 0.0
         while True:
             if not self._active.is_set():
+                if time.monotonic() >= next_check:
+                    # nothing reads the store here: probe it, so that its problem (GET /readyz) comes and
+                    # goes with it, not with the next feedback
+                    next_check = time.monotonic() + CHECK_S
+                    await self.store.check()
                 await asyncio.sleep(IDLE_S)
                 continue
             try:
@@ -279,23 +294,33 @@ class Learner:
     def _evaluate(
         self, trainer: Trainer, serving: torch.nn.Module, tuner: Tuner, replay: ReplayBuffer
     ) -> bool:
-        """Compare the trained copy with the serving version on the held-back slice, and act on it;
-        True when the copy went live."""
+        """Compare the trained copy with the serving version and the baselines on the held-back slice, and
+        act on it; True when the copy went live."""
         cfg = self.config
         x, y = replay.held_back()
         finite = weights_finite(trainer.model)
-        candidate_loss = trainer.validation_loss(trainer.model, x, y) if finite else float("nan")
-        serving_loss = trainer.validation_loss(serving, x, y)
-        self.metrics.learning_validation_loss.labels(model="candidate").set(candidate_loss)
+        candidate = trainer.validation(trainer.model, x, y) if finite else Validation(math.nan, math.nan)
+        serving_loss = trainer.validation(serving, x, y).loss
+        baseline_maes = baseline_errors(x, y, trainer.base.calibration.primary_feature)
+        self.metrics.learning_validation_loss.labels(model="candidate").set(candidate.loss)
         self.metrics.learning_validation_loss.labels(model="serving").set(serving_loss)
         verdict = judge(
-            candidate_loss,
+            candidate.loss,
             serving_loss,
             finite=finite,
             min_improvement=cfg.min_improvement,
             rollback_margin=cfg.rollback_margin,
+            latency_mae=candidate.latency_mae,
+            baseline_maes=baseline_maes,
         )
-        log.debug("learning: candidate %.5f, serving %.5f: %s", candidate_loss, serving_loss, verdict.reason)
+        figures = {
+            "loss": candidate.loss,
+            "serving_loss": serving_loss,
+            "latency_mae": candidate.latency_mae,
+            **{f"{name}_mae": mae for name, mae in baseline_maes.items()},
+        }
+        summary = ", ".join(f"{name} {value:.5f}" for name, value in figures.items())
+        log.debug("learning: candidate %s: %s", summary, verdict.reason)
         promoted = False
         if verdict.discard:
             self.stats["discarded"] += 1
@@ -306,24 +331,29 @@ class Learner:
             trainer.reset(trainer.base)
             tuner.setback()
         elif verdict.promote:
-            promoted = self._promote(trainer, candidate_loss, serving_loss, len(x))
-            tuner.observe(candidate_loss, serving_loss)
+            promoted = self._promote(trainer, figures, len(x))
+            tuner.observe(candidate.loss, serving_loss)
             if promoted:
                 tuner.restart()
         else:
-            tuner.observe(candidate_loss, serving_loss)
+            if verdict.held_back_by is not None:
+                self.stats["held_back"] += 1
+                self.metrics.learning_held_back.labels(baseline=verdict.held_back_by).inc()
+                if verdict.reason != self._last_reason:  # it may last many evaluations: said when it starts
+                    log.info("learning: held the trained copy back, %s (%s)", verdict.reason, summary)
+            tuner.observe(candidate.loss, serving_loss)
+        self._last_reason = verdict.reason
         trainer.set_lr(tuner.lr)
         self.metrics.learning_rate.set(tuner.lr)
         self.metrics.learning_step_rate.set(tuner.steps_per_s)
         return promoted
 
-    def _promote(self, trainer: Trainer, candidate_loss: float, serving_loss: float, samples: int) -> bool:
-        """Publish the trained copy as a new version; True when it serves now."""
+    def _promote(self, trainer: Trainer, figures: dict[str, float], samples: int) -> bool:
+        """Publish the trained copy as a new version with its validation ``figures``; True when it serves."""
         base = trainer.base
         meta = {k: v for k, v in base.meta.items() if k != "version"}
         validation = {
-            "loss": round(candidate_loss, 6),
-            "serving_loss": round(serving_loss, 6),
+            **{name: round(value, 6) for name, value in figures.items()},
             "samples": float(samples),
             "steps": float(trainer.steps),
         }
@@ -345,11 +375,15 @@ class Learner:
         self.stats["rollouts"] += 1
         self.metrics.learning_rollouts.inc()
         log.info(
-            "learning: rolled out %s (loss %.5f vs %.5f of %s)",
+            "learning: rolled out %s (loss %.5f vs %.5f of %s; latency MAE %.5f, persistence %.5f, "
+            "EWMA %.5f)",
             version,
-            candidate_loss,
-            serving_loss,
+            figures["loss"],
+            figures["serving_loss"],
             base.version,
+            figures["latency_mae"],
+            figures["persistence_mae"],
+            figures["ewma_mae"],
         )
         return True
 

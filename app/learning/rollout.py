@@ -1,8 +1,11 @@
 """Rollout: which trained copy may go live, and how a version goes live on every replica.
 
 ``judge`` is the rule: a trained copy goes live only when its loss on the held-back feedback is below
-the serving version's by ``min_improvement``; non-finite weights or loss, or a loss worse by more than
-``rollback_margin``, throw the copy away (it is reset to the serving weights, and counted).
+the serving version's by ``min_improvement``, and its next-step latency error there is below that of
+each baseline (``baseline_errors``: persistence and EWMA), since a model that does not beat persistence
+is not shipped; a copy better than the serving version but not than a baseline is held back (counted)
+and trains on. Non-finite weights or loss, or a loss worse by more than ``rollback_margin``, throw the
+copy away (it is reset to the serving weights, and counted).
 
 ``Rollout`` makes a version live: it records the version and its safetensors blob in the version store,
 swaps it into this replica's engine (``Engine.swap``: between batches, never mid-batch; the version is
@@ -18,8 +21,10 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 from redis import exceptions as redis_errors
 
@@ -27,6 +32,7 @@ from app.bus import Bus
 from app.engine import Engine
 from app.learning.versions import VersionRecord, VersionStore
 from app.metrics import Metrics
+from models import baselines
 from models.checkpoint import CheckpointError
 from models.predictor import Predictor
 
@@ -39,7 +45,8 @@ _FAILURES = (redis_errors.RedisError, OSError)
 class Verdict:
     promote: bool  # the trained copy goes live
     discard: bool  # the trained copy is thrown away: back to the serving weights
-    reason: str  # better | nonfinite | worse | not better yet
+    reason: str  # better | nonfinite | worse | not better yet | not better than <baseline>
+    held_back_by: str | None = None  # the baseline a copy better than the serving version did not beat
 
 
 def judge(
@@ -49,15 +56,40 @@ def judge(
     finite: bool,
     min_improvement: float,
     rollback_margin: float,
+    latency_mae: float,
+    baseline_maes: Mapping[str, float],
 ) -> Verdict:
-    """What to do with a trained copy, from its loss and the serving version's on the same held-back slice."""
+    """What to do with a trained copy, from its loss and the serving version's on the same held-back slice,
+    and its latency MAE there against each baseline's (``baseline_errors``), in the order given."""
     if not finite or not math.isfinite(candidate_loss):
         return Verdict(False, True, "nonfinite")
     if candidate_loss <= serving_loss * (1.0 - min_improvement):
+        for name, baseline_mae in baseline_maes.items():
+            if not latency_mae < baseline_mae:  # (a NaN error beats nothing)
+                return Verdict(False, False, f"not better than {name}", held_back_by=name)
         return Verdict(True, False, "better")
     if candidate_loss > serving_loss * (1.0 + rollback_margin):
         return Verdict(False, True, "worse")
     return Verdict(False, False, "not better yet")
+
+
+def baseline_errors(x: np.ndarray, y: np.ndarray, feature: int) -> dict[str, float]:
+    """The next-step MAE of persistence and EWMA on ``feature`` of held-back samples x (V, T, F), y (V, 1, D).
+
+    In the scaled space the model reads and predicts in (``models.scaling``: each window's transformed
+    features, standardized by that window's own mean and deviation), so that they compare with the
+    model's error there: persistence is the window's last scaled value, EWMA (``models.baselines``, its
+    default smoothing) runs over the window's scaled values. Standardizing is affine per window, so EWMA
+    there is EWMA of the transformed feature (for latency, its log: a geometric rather than arithmetic
+    average of the raw values). Left-padding repeats a window's first context, which changes neither.
+    """
+    window = x[:, :, feature : feature + 1]  # (V, T, 1)
+    actual = y[:, 0, feature]  # (V,)
+    unused = np.empty(window.shape[:2])  # the timestamps: neither forecaster reads them
+    return {
+        "persistence": float(np.abs(baselines.persistence(unused, window)[:, 0] - actual).mean()),
+        "ewma": float(np.abs(baselines.ewma(unused, window)[:, 0] - actual).mean()),
+    }
 
 
 class UnknownVersion(LookupError):

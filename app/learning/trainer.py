@@ -26,7 +26,7 @@ from torch import nn
 from app.learning.feedback import Feedback
 from app.learning.replay import ReplayBuffer
 from models.predictor import Predictor
-from models.training import TARGET_CLIP, default_feature_weights, mean_error, step_losses
+from models.training import TARGET_CLIP, default_feature_weights, forecast_error, predict_scaled, step_losses
 
 WEIGHT_DECAY = 1e-5  # the offline training's
 HEAD_LAYERS = ("norm.", "head.")  # the parameters that learn online with layers="head"
@@ -39,6 +39,14 @@ class Step:
     loss: float
     seconds: float
     applied: bool  # False: skipped, its loss or gradient was not finite
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A model's figures on the held-back samples, in the scaled space it predicts in."""
+
+    loss: float  # the offline early-stopping criterion (feature-weighted Huber), on the next step
+    latency_mae: float  # the next step's mean absolute error on the primary feature (latency)
 
 
 def encode(predictor: Predictor, samples: list[Feedback]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +111,11 @@ class Trainer:
             self.steps += 1
         return Step(outcome.loss, time.perf_counter() - start, outcome.applied)
 
-    def validation_loss(self, model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-        """``model``'s loss on held-back samples: the offline early-stopping criterion, on the next step."""
-        return mean_error(model, x, y, self.feature_weights)
+    def validation(self, model: nn.Module, x: np.ndarray, y: np.ndarray) -> Validation:
+        """``model``'s figures on held-back samples x (N, T, F), y (N, 1, D), from one forward pass."""
+        mean, _ = predict_scaled(model, x)  # (N, H, D)
+        p = self.base.calibration.primary_feature
+        return Validation(
+            loss=forecast_error(mean, y, self.feature_weights),
+            latency_mae=float(np.abs(mean[:, 0, p] - y[:, 0, p]).mean()),
+        )

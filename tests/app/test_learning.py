@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.learning.feedback import Feedback, FeedbackFull, MemoryFeedback
 from app.learning.replay import ReplayBuffer
-from app.learning.rollout import judge
+from app.learning.rollout import baseline_errors, judge
 from app.learning.trainer import Trainer, encode, weights_finite
 from app.learning.tuner import Tuner
 from app.main import create_app
@@ -42,6 +42,22 @@ def biased_feedback(i: int) -> dict[str, Any]:
     actual = window.pop()
     actual["features"][0] *= 2.0
     return {"flow_key": FLOW_KEY, "contexts": window, "actual": actual}
+
+
+def persistent_feedback(i: int) -> dict[str, Any]:
+    """Feedback whose actual repeats the window's last context: persistence is exact there, no model is."""
+    window = contexts(33, seed=i)
+    actual = window.pop()
+    actual["features"] = window[-1]["features"]
+    return {"flow_key": FLOW_KEY, "contexts": window, "actual": actual}
+
+
+def metric(client: TestClient, series: str) -> float:
+    """The value of one series in GET /metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} is not exported")
 
 
 def wait_for(predicate: Any, timeout_s: float = 30.0) -> Any:
@@ -76,7 +92,9 @@ def test_feedback_is_accepted_and_learned_into_a_new_version() -> None:
         model = wait_for(rolled_out)
         latest, first = model["history"][0], model["history"][-1]
         assert latest["source"] == "online" and latest["parent"] == shipped
-        assert latest["validation"]["loss"] < latest["validation"]["serving_loss"]
+        figures = latest["validation"]
+        assert figures["loss"] < figures["serving_loss"]
+        assert figures["latency_mae"] < min(figures["persistence_mae"], figures["ewma_mae"])
         assert first == {**first, "version": shipped, "source": "shipped"}
         # the new version answers, under new cache keys
         result = client.post("/v1/predict", json={"flow_key": FLOW_KEY, "contexts": contexts(32)}).json()
@@ -84,6 +102,20 @@ def test_feedback_is_accepted_and_learned_into_a_new_version() -> None:
         metrics = client.get("/metrics").text
         assert 'cpe_learning_feedback_total{result="accepted"} 80.0' in metrics
         assert "cpe_learning_rollouts_total 1.0" in metrics or "cpe_learning_rollouts_total 2.0" in metrics
+
+
+def test_a_copy_better_than_the_serving_version_but_not_than_persistence_stays_back() -> None:
+    with TestClient(create_app(learning_settings())) as client:
+        shipped = client.get("/v1/models").json()["models"][0]["version"]
+        for i in range(80):
+            assert client.post("/v1/feedback", json=persistent_feedback(i)).status_code == 202
+        wait_for(lambda: metric(client, 'cpe_learning_held_back_total{baseline="persistence"}') >= 2)
+        learner = client.app.state.learning.learner  # type: ignore[attr-defined]
+        client.portal.call(learner.stop)  # no evaluation while this test looks
+        assert learner.stats["held_back"] >= 2 and learner.stats["rollouts"] == 0
+        model = client.get("/v1/models").json()["models"][0]
+        assert model["version"] == shipped and [r["source"] for r in model["history"]] == ["shipped"]
+        assert metric(client, "cpe_learning_rollouts_total") == 0.0
 
 
 def test_feedback_by_prediction_id_and_by_an_unknown_one() -> None:
@@ -267,20 +299,71 @@ def test_a_nan_update_is_not_applied() -> None:
     assert weights_finite(trainer.model)
 
 
+RULE = {"min_improvement": 0.01, "rollback_margin": 0.05}
+BEATEN = {"latency_mae": 0.5, "baseline_maes": {"persistence": 0.8, "ewma": 0.7}}  # both baselines beaten
+
+
 def test_nan_weights_are_rolled_back_and_only_better_copies_are_promoted() -> None:
     predictor = lstm()
     trainer = Trainer(predictor, lr=1e-3)
     with torch.no_grad():
         next(trainer.model.parameters()).fill_(float("nan"))
     assert not weights_finite(trainer.model)
-    verdict = judge(float("nan"), 1.0, finite=False, min_improvement=0.01, rollback_margin=0.05)
+    verdict = judge(float("nan"), 1.0, finite=False, **RULE, **BEATEN)
     assert verdict.discard and not verdict.promote and verdict.reason == "nonfinite"
     trainer.reset(trainer.base)  # what the learner does with a discarded copy
     assert weights_finite(trainer.model)
-    assert judge(0.98, 1.0, finite=True, min_improvement=0.01, rollback_margin=0.05).promote
-    assert not judge(0.995, 1.0, finite=True, min_improvement=0.01, rollback_margin=0.05).promote
-    worse = judge(1.2, 1.0, finite=True, min_improvement=0.01, rollback_margin=0.05)
+    assert judge(0.98, 1.0, finite=True, **RULE, **BEATEN).promote
+    assert not judge(0.995, 1.0, finite=True, **RULE, **BEATEN).promote
+    worse = judge(1.2, 1.0, finite=True, **RULE, **BEATEN)
     assert worse.discard and worse.reason == "worse"
+
+
+@pytest.mark.parametrize(
+    ("latency_mae", "reason", "held_back_by"),
+    [
+        (0.5, "better", None),
+        (0.8, "not better than persistence", "persistence"),  # a tie is not better
+        (0.9, "not better than persistence", "persistence"),  # the first baseline not beaten is named
+        (0.75, "not better than ewma", "ewma"),
+        (float("nan"), "not better than persistence", "persistence"),
+    ],
+)
+def test_a_copy_better_than_the_serving_version_must_also_beat_every_baseline(
+    latency_mae: float, reason: str, held_back_by: str | None
+) -> None:
+    baselines = {"persistence": 0.8, "ewma": 0.7}
+    verdict = judge(0.9, 1.0, finite=True, **RULE, latency_mae=latency_mae, baseline_maes=baselines)
+    assert (verdict.reason, verdict.held_back_by) == (reason, held_back_by)
+    assert verdict.promote is (reason == "better") and not verdict.discard  # held back, not thrown away
+    # the baselines only decide between going live and staying back: not better yet stays not better yet
+    not_yet = judge(0.995, 1.0, finite=True, **RULE, latency_mae=latency_mae, baseline_maes=baselines)
+    assert not_yet.reason == "not better yet"
+
+
+def test_baseline_errors_are_persistence_and_ewma_on_one_feature() -> None:
+    x = np.full((2, 3, 3), 99.0, dtype=np.float32)  # (V, T, F): only feature 1 may be read
+    x[:, :, 1] = [[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]]
+    y = np.full((2, 1, 2), -99.0, dtype=np.float32)
+    y[:, 0, 1] = [1.0, 1.0]
+    errors = baseline_errors(x, y, feature=1)
+    # persistence: 1 and 0 -> errors 0 and 1; EWMA (alpha 0.3): 0.3 and 2 * 0.7**2 = 0.98 -> 0.7 and 0.02
+    assert errors == {"persistence": pytest.approx(0.5), "ewma": pytest.approx(0.36)}
+
+
+def test_baseline_errors_are_in_the_space_the_model_predicts_in() -> None:
+    predictor = lstm()
+    repeated = []
+    for i in range(20):
+        s = sample(i)
+        s.actual = s.features[-1].copy()  # what came next is the last context again
+        repeated.append(s)
+    x, y = encode(predictor, repeated)
+    errors = baseline_errors(x, y, predictor.calibration.primary_feature)
+    assert errors["persistence"] < 1e-6 < 0.1 < errors["ewma"]
+    # the model's error there is measured the same way: in the same units, and above persistence's 0
+    figures = Trainer(predictor, lr=1e-3).validation(predictor.model, x, y)
+    assert math.isfinite(figures.loss) and errors["persistence"] < figures.latency_mae < 10.0
 
 
 def test_the_tuner_speeds_up_while_validation_improves_and_slows_down_when_not() -> None:

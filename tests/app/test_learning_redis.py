@@ -2,7 +2,8 @@
 
 Feedback lands in the Redis Stream before its 202; the learner's lease passes to another replica when
 its holder is killed; two real servers share the stream, and the one that does not learn hot-loads
-what the other rolls out.
+what the other rolls out. GET /readyz reports a feedback stream that does not work, and stops once it
+works again (database 9; the outage on a private redis-server, never the machine's own).
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from app.learning.feedback import FeedbackUnavailable, MemoryFeedback, RedisFeedback
 from app.learning.lease import RedisLease
 from app.main import create_app
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 from tests.app.ports import free_port
 from tests.app.servers import serving
-from tests.app.test_learning import biased_feedback
+from tests.app.test_cache_redis import PrivateRedis
+from tests.app.test_learning import biased_feedback, sample
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 
@@ -206,3 +210,124 @@ async def test_the_stream_is_read_through_the_group_and_taken_over_from_its_tail
         assert later < newest
     finally:
         await client.aclose()
+
+
+# -- GET /readyz and the feedback stream ------------------------------------------------------------
+
+HEALTH_REDIS = "redis://127.0.0.1:6379/9"
+
+
+@pytest.fixture
+def health_prefix() -> Iterator[str]:
+    """A key prefix of this test only, in database 9; its keys are deleted afterwards."""
+    prefix = f"cpe-test-{secrets.token_hex(6)}:"
+    yield prefix
+    with redis.Redis.from_url(HEALTH_REDIS) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+
+
+def _readiness(client: TestClient, until: Callable[[dict[str, Any]], bool], timeout_s: float = 10.0) -> Any:
+    """GET /readyz's body once ``until`` holds for it (asserting a 200 each time), without other traffic."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.get("/readyz")
+        assert response.status_code == 200, response.text
+        if until(response.json()):
+            return response.json()
+        assert time.monotonic() < deadline, f"/readyz stayed {response.json()}"
+        time.sleep(0.05)
+
+
+def _ready(readiness: dict[str, Any]) -> bool:
+    return readiness["status"] == "ready" and "degraded" not in readiness
+
+
+def _feedback_degraded(readiness: dict[str, Any]) -> bool:
+    return readiness["status"] == "degraded" and "feedback" in readiness["degraded"]
+
+
+async def test_the_stream_problem_comes_with_a_failure_and_goes_with_the_next_success(
+    health_prefix: str,
+) -> None:
+    unreachable = RedisFeedback(
+        f"redis://127.0.0.1:{free_port()}/0", prefix=health_prefix, consumer="c", maxlen=100
+    )
+    async with unreachable:
+        problem = unreachable.problem
+        assert problem is not None and problem.startswith("redis unreachable: ")
+        with pytest.raises(FeedbackUnavailable):
+            await unreachable.append(sample(1))
+        await unreachable.check()  # a probe that fails raises nothing, and the problem stays
+        assert unreachable.problem is not None
+    assert MemoryFeedback(limit=1).problem is None
+
+    async with RedisFeedback(HEALTH_REDIS, prefix=health_prefix, consumer="c", maxlen=100) as store:
+        assert store.problem is None
+        await store.client.delete(store.stream)
+        await store.client.set(store.stream, b"not a stream")  # every stream command fails on it
+        with pytest.raises(FeedbackUnavailable):
+            await store.append(sample(1))
+        assert store.problem is not None and store.problem.startswith("redis failed: WRONGTYPE")
+        with pytest.raises(redis.ResponseError):
+            await store.read(10, block_ms=0)
+        await store.client.delete(store.stream)
+        assert (await store.read(10, block_ms=0)) == [] and store.problem is None  # the group made again
+        await store.client.set(store.stream, b"not a stream")
+        with pytest.raises(FeedbackUnavailable):
+            await store.append(sample(2))
+        await store.check()  # Redis answers: the probe clears it too
+        assert store.problem is None
+
+
+def test_readyz_names_a_broken_feedback_stream_and_forgets_it_once_it_works(health_prefix: str) -> None:
+    settings = make_settings(
+        models=("lstm",),
+        learning_url=HEALTH_REDIS,
+        bus_url=HEALTH_REDIS,
+        learning_prefix=health_prefix,
+        models_channel=f"{health_prefix}models",
+        bus_channel=f"{health_prefix}routing",
+    )
+    with TestClient(create_app(settings)) as client, redis.Redis.from_url(HEALTH_REDIS) as r:
+        _readiness(client, _ready)
+        stream = f"{health_prefix}feedback"
+        r.delete(stream)
+        r.set(stream, b"not a stream")  # the learner's next read of it fails
+        readiness = _readiness(client, _feedback_degraded)
+        assert list(readiness["degraded"]) == ["feedback"]
+        assert readiness["degraded"]["feedback"].startswith("redis failed: WRONGTYPE")
+        assert client.post("/v1/feedback", json=biased_feedback(1)).status_code == 503
+        r.delete(stream)
+        _readiness(client, _ready)  # by itself: no feedback was sent
+        assert client.post("/v1/feedback", json=biased_feedback(2)).status_code == 202
+
+
+def test_readyz_reports_a_feedback_stream_outage_until_redis_is_back() -> None:
+    server = PrivateRedis()
+    server.start()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        settings = make_settings(models=("lstm",), learning_url=url, bus_url=url)
+        with TestClient(create_app(settings)) as client:
+            _readiness(client, _ready)
+            server.stop()
+            readiness = _readiness(client, _feedback_degraded)
+            assert readiness["degraded"]["feedback"].startswith("redis unreachable: ")
+            predicted = client.post("/v1/predict", json={"flow_key": FLOW_KEY, "contexts": contexts(8)})
+            assert predicted.status_code == 200  # serving goes on
+            server.start()  # same port, empty
+            _readiness(client, _ready)
+            assert client.post("/v1/feedback", json=biased_feedback(3)).status_code == 202
+    finally:
+        server.stop()
+
+
+def test_readyz_is_degraded_from_the_start_when_the_stream_is_unreachable() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    with TestClient(create_app(make_settings(models=("lstm",), learning_url=url, bus_url=url))) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 200
+        assert response.json()["status"] == "degraded"
+        assert response.json()["degraded"]["feedback"].startswith("redis unreachable: ")
