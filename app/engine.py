@@ -282,12 +282,14 @@ class Engine:
         return await self.submit(kind, timestamps, features)
 
     # -- the batcher: callbacks on the event loop --------------------------------------------------
-    def _schedule(self) -> None:
-        """Dispatch at the end of this turn of the loop, with whatever else arrives in it; or later, to
-        let the batch grow, when max_wait_us says so and the batch is not full yet."""
+    def _schedule(self, *, at_once: bool = False) -> None:
+        """Dispatch later, to let the batch grow, when max_wait_us says so and the batch is not full yet;
+        else now (``at_once``), or at the end of this turn of the loop, with whatever else arrives in it."""
         assert self._loop is not None
         if self.max_wait_s and len(self._queue) < self.max_batch:
             self._dispatch_due = self._loop.call_later(self.max_wait_s, self._dispatch)
+        elif at_once:
+            self._dispatch()
         else:
             self._dispatch_due = self._loop.call_soon(self._dispatch)
 
@@ -327,10 +329,7 @@ class Engine:
             self._queue.clear()
             return
         if self._queue and not self._closed:
-            if self.max_wait_s and len(self._queue) < self.max_batch:
-                self._schedule()
-            else:
-                self._dispatch()
+            self._schedule(at_once=True)
 
     def _take(self) -> list[tuple[Predictor, list[_Job]]]:
         """Up to max_batch live jobs off the queue, grouped by model; the model versions are fixed here."""

@@ -49,9 +49,18 @@ class InflightLimit:
             (b"retry-after", str(retry_after_s).encode()),
         )
 
+    def capped(self, path: str) -> bool:
+        """Whether requests for ``path`` count against the cap (none do without one)."""
+        return self.max_inflight > 0 and path.startswith(CAPPED)
+
+    @property
+    def reached(self) -> bool:
+        """Whether the cap's requests are all in progress: one more is refused."""
+        return self.inflight >= self.max_inflight
+
     def full(self, path: str) -> bool:
         """Whether a request for ``path`` is to be refused now."""
-        return 0 < self.max_inflight <= self.inflight and path.startswith(CAPPED)
+        return self.capped(path) and self.reached
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The 503 with Retry-After, as an ASGI app; the body, if any, is left unread."""
@@ -71,10 +80,10 @@ class Admission:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.limit
-        if scope["type"] != "http" or not limit.max_inflight or not scope["path"].startswith(CAPPED):
+        if scope["type"] != "http" or not limit.capped(scope["path"]):
             await self.app(scope, receive, send)
             return
-        if limit.inflight >= limit.max_inflight:
+        if limit.reached:
             await limit.refuse(scope, receive, send)
             return
         limit.inflight += 1
