@@ -1,32 +1,37 @@
 """Prediction request bodies parsed for the handlers: a fast path for the common shape, pydantic for the rest.
 
-The fast path parses the body with orjson and checks the usual well-formed shape of the whole request,
-batch included, in a few passes over all its contexts at once (each in C) and a few array operations,
-then answers the ``Window``s that the handlers use, their arrays already built. The moment anything is
-unusual (a string where a number should be, a float timestamp, a missing or an extra key, a limit
-exceeded, a token that orjson refuses such as NaN...) it answers ``None`` and pydantic validates the body
-as before, so that the accepted set, the values and every error stay pydantic's. The tests check that
-against pydantic on generated bodies, valid and spoiled (tests/app/test_fastparse.py).
+The fast path decodes the body with msgspec into structs that state the request's rules (types, bounds,
+lengths, no unknown keys), so that decoding and nearly all the checking happen in one pass in C; what is
+left (flow keys, the deployment's limits, the order of timestamps) is a few passes over all the contexts
+of the whole request at once, batch included. It answers the ``Window``s that the handlers use, their
+arrays already built. The moment anything is unusual (a string where a number should be, a float
+timestamp, a missing or an extra key, a limit exceeded, a token such as NaN...) it answers ``None`` and
+pydantic validates the body as before, so that the accepted set, the values and every error stay
+pydantic's. The tests check that against pydantic on generated bodies, valid and spoiled
+(tests/app/test_fastparse.py).
 
-What it saves (scripts/bench_parse.py, event-loop CPU per window of 32 contexts on the 2-CPU dev box):
-a batch of 512 windows 60-65 µs instead of 100-110 (``model_validate_json`` then the arrays), of which
-``orjson.loads`` alone is 33; a body of one window about the same as pydantic, whose parser is as fast
-as orjson there and whose fixed costs are lower.
+Why msgspec rather than ``orjson.loads`` and checks in Python: orjson builds a dict per context and the
+checks then walk them; msgspec builds a slotted struct per context, no key strings, and checks each
+value as it reads it. What it saves (scripts/bench_parse.py, event-loop CPU per window of 32 contexts on
+the 2-CPU dev box): a batch of 512 windows about 20 µs instead of 30 (orjson and its checks) or 55
+(pydantic's ``model_validate_json``, then the arrays).
 """
 
 from __future__ import annotations
 
 import gc
 import re
+import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
-from operator import itemgetter
-from typing import Any
+from operator import attrgetter, itemgetter
+from typing import Annotated
 
+import msgspec
 import numpy as np
-import orjson
+from msgspec import Meta
 from pydantic import TypeAdapter, ValidationError
 
 from app.schemas import (
@@ -40,14 +45,40 @@ from app.schemas import (
     PredictRequest,
 )
 
-_REQUEST_KEYS = frozenset(PredictRequest.model_fields)
 _FLOW_KEY: TypeAdapter[str] = TypeAdapter(FlowKey)  # the schema's own rule and normalization
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")  # the usual form of a flow key, cheaper to match than to validate
 _TIMESTAMP, _FEATURES = itemgetter("timestamp"), itemgetter("features")
-_METADATA, _PATTERN_ID = itemgetter("metadata"), itemgetter("pattern_id")
-_ABSENT = object()  # an optional key that a context leaves out
-_NUMBERS = frozenset({float, int})  # what a metadata value may be here (pydantic turns an int into a float)
-_MAX_METADATA, _MAX_METADATA_KEY, _MAX_PATTERN_ID = 32, 64, 128
+
+# The schema's rules (app/schemas.py), as msgspec states them. A value that pydantic would take only
+# laxly (a bool timestamp, a float one with no fraction, a number in a string) fails here and goes to
+# pydantic. A bool feature is taken, as pydantic takes it: array("d") makes it 1.0 or 0.0.
+_Feature = Annotated[float, Meta(ge=-MAX_FEATURE, le=MAX_FEATURE)] | bool
+_Finite = Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]  # 1e400 is out of range
+
+
+class _Context(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    timestamp: Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_MS)]
+    features: Annotated[list[_Feature], Meta(min_length=D, max_length=D)]
+    metadata: Annotated[dict[Annotated[str, Meta(max_length=64)], _Finite], Meta(max_length=32)] = {}
+    pattern_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    flow_key: str | list[int]
+    contexts: Annotated[list[_Context], Meta(min_length=1)]
+    model: str | None = None
+    horizon: int = 1
+
+
+class _Batch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    requests: Annotated[list[_Request], Meta(min_length=1)]
+
+
+_REQUEST = msgspec.json.Decoder(_Request)
+_BATCH = msgspec.json.Decoder(_Batch)
+_CONTEXTS, _STAMP, _ROW, _PATTERN_ID = (
+    attrgetter(name) for name in ("contexts", "timestamp", "features", "pattern_id")
+)
 
 
 @dataclass(slots=True, eq=False)  # not frozen: a frozen one costs 2 µs more to make, and a batch makes 512
@@ -115,109 +146,36 @@ def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Wind
 
 def _fast_windows(body: bytes | str, limits: Limits, batch: bool) -> list[Window] | None:
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        requests = _BATCH.decode(body).requests if batch else [_REQUEST.decode(body)]
+    except msgspec.DecodeError:  # malformed, or a rule broken (ValidationError is one): pydantic's call
         return None
-    if not batch:
-        return _checked([doc], limits)
-    if type(doc) is not dict or len(doc) != 1 or type(requests := doc.get("requests")) is not list:
+    if len(requests) > limits.max_batch:
         return None
-    if not 1 <= len(requests) <= limits.max_batch:
-        return None
-    return _checked(requests, limits)
-
-
-def _checked(requests: list[Any], limits: Limits) -> list[Window] | None:
-    """The windows of parsed requests when every part has the common, valid shape; else None."""
     heads: list[tuple[str, str | None, int]] = []
-    windows: list[list[Any]] = []
     for req in requests:
-        if type(req) is not dict or not req.keys() <= _REQUEST_KEYS:
-            return None
-        contexts, model = req.get("contexts"), req.get("model")
-        if type(contexts) is not list or not 1 <= len(contexts) <= limits.max_window:
-            return None
-        if model is not None and (type(model) is not str or model not in limits.horizons):
-            return None
-        horizon = req.get("horizon", 1)  # a default is not validated, as in pydantic
-        if "horizon" in req:
-            most = limits.horizons.get(model or limits.default_model)
-            if type(horizon) is not int or most is None or not 1 <= horizon <= most:
-                return None
-        flow_key = req.get("flow_key")
+        model, horizon, flow_key = req.model, req.horizon, req.flow_key
+        most = limits.horizons.get(model or limits.default_model)
+        if most is None or not 1 <= horizon <= most or len(req.contexts) > limits.max_window:
+            return None  # an absent horizon is 1, within every model's
         if type(flow_key) is not str or not _HEX_KEY.fullmatch(flow_key):  # else it is its own normal form
             try:
                 flow_key = _FLOW_KEY.validate_python(flow_key)
             except ValidationError:
                 return None
         heads.append((flow_key, model, horizon))
-        windows.append(contexts)
 
-    # Every context of every window at once, each pass in C. A value of a wrong type makes a pass raise:
-    # KeyError for a missing key; TypeError for a context or a feature row that is no container, or a
-    # number that is none of what pydantic takes without parsing a string: array("q") takes ints and
-    # bools (True is 1), array("d") floats, ints and bools, converted as pydantic converts them.
+    # every context of every window at once, each pass in C
+    windows = list(map(_CONTEXTS, requests))
     contexts = list(chain.from_iterable(windows))
-    try:
-        stamps = list(map(_TIMESTAMP, contexts))
-        rows = list(map(_FEATURES, contexts))
-        pattern_ids = _pattern_ids(contexts)
-        if pattern_ids is None or set(map(len, rows)) != {D}:
-            return None
-        timestamps = np.frombuffer(array("q", stamps), dtype=np.int64)
-        features = np.frombuffer(array("d", list(chain.from_iterable(rows))), dtype=np.float64)
-    except (KeyError, TypeError, OverflowError):
-        return None
-    # bounds, with as few numpy calls as can be: they cost more than the work itself on one window
-    if min(stamps) < 0 or max(stamps) > MAX_TIMESTAMP_MS:
-        return None
-    if not (features.min() >= -MAX_FEATURE and features.max() <= MAX_FEATURE):  # NaN fails too
-        return None
+    timestamps = np.frombuffer(array("q", list(map(_STAMP, contexts))), dtype=np.int64)
+    features = np.frombuffer(array("d", list(chain.from_iterable(map(_ROW, contexts)))), dtype=np.float64)
     ends = list(accumulate(map(len, windows)))
     earlier = timestamps[1:] < timestamps[:-1]  # (n - 1,) a context earlier than the one before it
     if len(ends) > 1:
         earlier[[end - 1 for end in ends[:-1]]] = False  # a window may start before the last one ends
     if earlier.any():
         return None
-    return _windows(heads, ends, timestamps, features, pattern_ids)
-
-
-def _pattern_ids(contexts: list[dict[str, Any]]) -> list[str | None] | None:
-    """Each context's pattern_id (None where it has none), when no context has a key of its own and
-    their metadata and pattern ids are valid; else None. Raises KeyError for a missing key."""
-    n, keys = len(contexts), sum(map(len, contexts))
-    if keys == 2 * n:  # timestamp and features only: the lean form
-        return [None] * n
-    if keys == 4 * n:  # all four keys in every context: the full form
-        metadata = list(map(_METADATA, contexts))
-        pattern_ids = list(map(_PATTERN_ID, contexts))
-    else:
-        metadata = [c.get("metadata", _ABSENT) for c in contexts]
-        pattern_ids = [c.get("pattern_id", _ABSENT) for c in contexts]
-        if keys != 4 * n - metadata.count(_ABSENT) - pattern_ids.count(_ABSENT):
-            return None  # some context has a key of its own
-        pattern_ids = [None if p is _ABSENT else p for p in pattern_ids]
-    if metadata.count({}) != n and not all(map(_valid_metadata, metadata)):
-        return None
-    if pattern_ids.count(None) != n and not all(map(_valid_pattern_id, pattern_ids)):
-        return None
-    return pattern_ids
-
-
-def _valid_metadata(metadata: Any) -> bool:
-    if metadata is _ABSENT:
-        return True
-    if type(metadata) is not dict or len(metadata) > _MAX_METADATA:
-        return False
-    # JSON keys are strings; orjson gives no non-finite float, and turns ints past 64 bits into floats
-    return (
-        max(map(len, metadata), default=0) <= _MAX_METADATA_KEY
-        and set(map(type, metadata.values())) <= _NUMBERS
-    )
-
-
-def _valid_pattern_id(pattern_id: Any) -> bool:
-    return pattern_id is None or (type(pattern_id) is str and 1 <= len(pattern_id) <= _MAX_PATTERN_ID)
+    return _windows(heads, ends, timestamps, features, list(map(_PATTERN_ID, contexts)))
 
 
 def _windows(
