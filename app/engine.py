@@ -70,16 +70,50 @@ class EngineStopped(Exception):
 
 @dataclass(slots=True)
 class WindowForecast:
-    """One window's forecast over its model's full horizon H (views into the batch's arrays)."""
+    """One window's forecast over its model's full horizon H: row ``index`` of its forward pass's arrays.
 
-    mean: np.ndarray  # (H, D) point forecast, raw units
-    lower: np.ndarray  # (H, D) lower end of the central interval
-    upper: np.ndarray  # (H, D) upper end
-    confidence: np.ndarray  # (H,) calibrated P(latency within ±tolerance)
-    loc: np.ndarray  # (H, D) point forecast in the scaler's transformed space
-    std: np.ndarray  # (H, D) its calibrated deviation there: loc and std are the predictive Gaussian
-    dt_s: float  # spacing assumed between future steps, seconds (0 for a one-context window)
+    A handle rather than six views cut per window: resolving a pass of 256 windows then costs one small
+    object each, and the batch endpoint reads the rows of all its windows at once (``batch``, ``index``).
+    """
+
+    batch: Forecast  # the whole forward pass's forecast
+    index: int  # this window's row in it
     predictor: Predictor  # the model version that made it
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(H, D) point forecast, raw units."""
+        return self.batch.mean[self.index]
+
+    @property
+    def lower(self) -> np.ndarray:
+        """(H, D) lower end of the central interval."""
+        return self.batch.lower[self.index]
+
+    @property
+    def upper(self) -> np.ndarray:
+        """(H, D) upper end."""
+        return self.batch.upper[self.index]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """(H,) calibrated P(latency within ±tolerance)."""
+        return self.batch.confidence[self.index]
+
+    @property
+    def loc(self) -> np.ndarray:
+        """(H, D) point forecast in the scaler's transformed space."""
+        return self.batch.loc[self.index]
+
+    @property
+    def std(self) -> np.ndarray:
+        """(H, D) its calibrated deviation there: loc and std are the predictive Gaussian."""
+        return self.batch.std[self.index]
+
+    @property
+    def dt_s(self) -> float:
+        """Spacing assumed between future steps, seconds (0 for a one-context window)."""
+        return float(self.batch.dt_s[self.index])
 
 
 @dataclass(slots=True)
@@ -360,18 +394,7 @@ class Engine:
             self.stats.batch_sizes[len(jobs)] += 1
             for i, job in enumerate(jobs):
                 if not job.future.done():
-                    job.future.set_result(
-                        WindowForecast(
-                            mean=outcome.mean[i],
-                            lower=outcome.lower[i],
-                            upper=outcome.upper[i],
-                            confidence=outcome.confidence[i],
-                            loc=outcome.loc[i],
-                            std=outcome.std[i],
-                            dt_s=float(outcome.dt_s[i]),
-                            predictor=predictor,
-                        )
-                    )
+                    job.future.set_result(WindowForecast(outcome, i, predictor))
 
     def _record(
         self,

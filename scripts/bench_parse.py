@@ -35,8 +35,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from app.api.predict import _key, _result
-from app.api.responses import dumps
+from app.api.predict import _answers, _key
 from app.bench import concrete, make_requests
 from app.engine import Engine
 from app.fastparse import fast_windows, windows_of
@@ -139,9 +138,7 @@ def main(argv: list[str]) -> int:
         measure(
             {
                 "cache key": lambda: [_key(version, w) for w in fast],
-                "result + serialization": lambda: [
-                    dumps(_result(w, f, 1.0, key)) for w, f, key in zip(fast, forecasts, keys, strict=True)
-                ],
+                "result + serialization": lambda: _answers(fast, forecasts, 1.0, keys),
             },
             args.repeat,
             args.in_flight,

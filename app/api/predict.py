@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,7 @@ async def predict_window(
     forecast = await engine.predict(kind, window.timestamps, window.features)
     if forecast.predictor.version != version:  # swapped meanwhile: the answer is the new version's
         key = _key(forecast.predictor.version, window)
-    body = dumps(_result(window, forecast, _elapsed_ms(start), key))
+    [body] = _answers([window], [forecast], _elapsed_ms(start), [key])
     if recent is not None:
         recent.remember(prediction_id(key), window)
     await cache.set(key, body)
@@ -115,14 +116,16 @@ async def predict_batch(request: Request) -> Response:
     jobs = [(kinds[i], windows[i].timestamps, windows[i].features) for i in misses]
     forecasts = await asyncio.gather(*engine.submit_many(jobs)) if misses else []
     results: list[bytes] = [b""] * len(windows)  # each serialized once, the fresh ones also stored
-    fresh = []
-    elapsed_ms = _elapsed_ms(start)  # one request, one processing time for the answers it computed
     for i, forecast in zip(misses, forecasts, strict=True):
         version = forecast.predictor.version  # the key is the one looked up, unless the model was swapped
         if version != versions[kinds[i]]:
             keys[i] = _key(version, windows[i])
-        results[i] = dumps(_result(windows[i], forecast, elapsed_ms, keys[i]))
-        fresh.append((keys[i], results[i]))
+    # one request, one processing time for the answers it computed
+    answers = _answers([windows[i] for i in misses], forecasts, _elapsed_ms(start), [keys[i] for i in misses])
+    fresh = []
+    for i, answer in zip(misses, answers, strict=True):
+        results[i] = answer
+        fresh.append((keys[i], answer))
     recent = request.app.state.recent
     if recent is not None:
         for key, window in zip(keys, windows, strict=True):
@@ -155,31 +158,59 @@ def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-def _result(window: Window, forecast: WindowForecast, elapsed_ms: float, key: str) -> dict[str, Any]:
-    """The PredictionResult of one window, stored under cache ``key``, as a dict that orjson writes."""
-    h, n = window.horizon, len(window.timestamps)
-    step_ms = forecast.dt_s * 1000.0
-    return {
-        "prediction_id": prediction_id(key),
-        "flow_key": window.flow_key,
-        "predicted_context": forecast.mean[h - 1],
-        "horizon": h,
-        "steps": forecast.mean[:h],
-        "confidence": float(forecast.confidence[h - 1]),
-        "lower": forecast.lower[h - 1],
-        "upper": forecast.upper[h - 1],
-        "model_used": forecast.predictor.kind,
-        "model_version": forecast.predictor.version,
-        "cached": False,
-        "processing_time_ms": elapsed_ms,
-        "similar_patterns": _similar_patterns(window, forecast),
-        "metadata": {
-            "step_ms": step_ms,
-            "horizon_ms": step_ms * h,
-            "window_length": float(n),
-            "contexts_used": float(min(n, forecast.predictor.seq_len)),
-        },
-    }
+def _answers(
+    windows: Sequence[Window], forecasts: Sequence[WindowForecast], elapsed_ms: float, keys: Sequence[str]
+) -> list[bytes]:
+    """The serialized PredictionResult of each window, in order, stored under its cache key.
+
+    The numbers are read per forward pass and horizon, a few numpy calls for all the windows that share
+    them (a batch request's are nearly all in one or two passes), rather than a dozen calls per window.
+    """
+    answers: list[bytes] = [b""] * len(windows)
+    groups: dict[tuple[int, int], list[int]] = {}  # (forward pass, horizon) -> positions in ``windows``
+    for j, (window, forecast) in enumerate(zip(windows, forecasts, strict=True)):
+        groups.setdefault((id(forecast.batch), window.horizon), []).append(j)
+    for (_, h), members in groups.items():
+        batch, predictor = forecasts[members[0]].batch, forecasts[members[0]].predictor
+        rows: list[int] | slice = [forecasts[j].index for j in members]
+        if rows == list(range(rows[0], rows[0] + len(rows))):  # the usual case: a view, not a copy
+            rows = slice(rows[0], rows[0] + len(rows))
+        steps = batch.mean[rows, :h].tolist()  # (k, h, D)
+        numbers = zip(
+            steps,
+            batch.confidence[rows, h - 1].tolist(),
+            batch.lower[rows, h - 1].tolist(),
+            batch.upper[rows, h - 1].tolist(),
+            (batch.dt_s[rows] * 1000.0).tolist(),
+            members,
+            strict=True,
+        )
+        for steps_j, confidence, lower, upper, step_ms, j in numbers:
+            window, n = windows[j], len(windows[j].timestamps)
+            answers[j] = dumps(
+                {
+                    "prediction_id": prediction_id(keys[j]),
+                    "flow_key": window.flow_key,
+                    "predicted_context": steps_j[h - 1],
+                    "horizon": h,
+                    "steps": steps_j,
+                    "confidence": confidence,
+                    "lower": lower,
+                    "upper": upper,
+                    "model_used": predictor.kind,
+                    "model_version": predictor.version,
+                    "cached": False,
+                    "processing_time_ms": elapsed_ms,
+                    "similar_patterns": _similar_patterns(window, forecasts[j]),
+                    "metadata": {
+                        "step_ms": step_ms,
+                        "horizon_ms": step_ms * h,
+                        "window_length": float(n),
+                        "contexts_used": float(min(n, predictor.seq_len)),
+                    },
+                }
+            )
+    return answers
 
 
 def _similar_patterns(window: Window, forecast: WindowForecast) -> list[str]:

@@ -37,14 +37,20 @@ def prediction_key(
     ``pattern_ids`` (n,) each context's pattern_id or None."""
     assert len(timestamps) == len(features) == len(pattern_ids), "one timestamp, row, pattern id per context"
     digest = hashlib.blake2b(KEY_FORMAT, digest_size=16)
-    digest.update(model_version.encode())
-    digest.update(b"\0")
-    digest.update(flow_key.encode())
-    digest.update(struct.pack("<II", horizon, len(timestamps)))
-    digest.update(np.ascontiguousarray(timestamps, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(features, dtype=np.float64).tobytes())
-    digest.update(orjson.dumps(list(pattern_ids)))
+    # the same bytes in as ever, in fewer calls: the head at once, and the arrays' own buffers, uncopied
+    head = b"%s\0%s" % (model_version.encode(), flow_key.encode())
+    digest.update(head + struct.pack("<II", horizon, len(timestamps)))
+    digest.update(_buffer(timestamps, np.int64))
+    digest.update(_buffer(features, np.float64))
+    digest.update(orjson.dumps(pattern_ids if type(pattern_ids) is list else list(pattern_ids)))
     return f"{{{flow_key}}}:{digest.hexdigest()}"
+
+
+def _buffer(a: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
+    """``a`` as a C-contiguous array of ``dtype``: itself when it is one already (a window's rows are)."""
+    if a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def prediction_id(key: str) -> str:
