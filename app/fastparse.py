@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import re
 import sys
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
@@ -53,12 +52,15 @@ _TIMESTAMP, _FEATURES = itemgetter("timestamp"), itemgetter("features")
 # laxly (a bool timestamp, a float one with no fraction, a number in a string) fails here and goes to
 # pydantic. A bool feature is taken, as pydantic takes it: array("d") makes it 1.0 or 0.0.
 _Feature = Annotated[float, Meta(ge=-MAX_FEATURE, le=MAX_FEATURE)] | bool
+# a tuple of exactly D rather than a list of D..D: msgspec then decodes a row without growing a list
+_Row = tuple[_Feature, _Feature, _Feature, _Feature, _Feature, _Feature, _Feature, _Feature]
+assert D == 8, "_Row spells out the D features of a context"
 _Finite = Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]  # 1e400 is out of range
 
 
 class _Context(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     timestamp: Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_MS)]
-    features: Annotated[list[_Feature], Meta(min_length=D, max_length=D)]
+    features: _Row
     metadata: Annotated[dict[Annotated[str, Meta(max_length=64)], _Finite], Meta(max_length=32)] = {}
     pattern_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
@@ -167,8 +169,9 @@ def _fast_windows(body: bytes | str, limits: Limits, batch: bool) -> list[Window
     # every context of every window at once, each pass in C
     windows = list(map(_CONTEXTS, requests))
     contexts = list(chain.from_iterable(windows))
-    timestamps = np.frombuffer(array("q", list(map(_STAMP, contexts))), dtype=np.int64)
-    features = np.frombuffer(array("d", list(chain.from_iterable(map(_ROW, contexts)))), dtype=np.float64)
+    n = len(contexts)
+    timestamps = np.fromiter(map(_STAMP, contexts), np.int64, n)
+    features = np.fromiter(chain.from_iterable(map(_ROW, contexts)), np.float64, n * D)  # a bool is 1.0
     ends = list(accumulate(map(len, windows)))
     earlier = timestamps[1:] < timestamps[:-1]  # (n - 1,) a context earlier than the one before it
     if len(ends) > 1:
