@@ -70,7 +70,8 @@ class EngineStopped(Exception):
 
 @dataclass(slots=True)
 class WindowForecast:
-    """One window's forecast over its model's full horizon H: row ``index`` of its forward pass's arrays.
+    """One window's forecast, S steps ahead (at least the steps its client asked for, at most the model's
+    horizon H): row ``index`` of its forward pass's arrays.
 
     A handle rather than six views cut per window: resolving a pass of 256 windows then costs one small
     object each, and the batch endpoint reads the rows of all its windows at once (``batch``, ``index``).
@@ -82,32 +83,32 @@ class WindowForecast:
 
     @property
     def mean(self) -> np.ndarray:
-        """(H, D) point forecast, raw units."""
+        """(S, D) point forecast, raw units."""
         return self.batch.mean[self.index]
 
     @property
     def lower(self) -> np.ndarray:
-        """(H, D) lower end of the central interval."""
+        """(S, D) lower end of the central interval."""
         return self.batch.lower[self.index]
 
     @property
     def upper(self) -> np.ndarray:
-        """(H, D) upper end."""
+        """(S, D) upper end."""
         return self.batch.upper[self.index]
 
     @property
     def confidence(self) -> np.ndarray:
-        """(H,) calibrated P(latency within ±tolerance)."""
+        """(S,) calibrated P(latency within ±tolerance)."""
         return self.batch.confidence[self.index]
 
     @property
     def loc(self) -> np.ndarray:
-        """(H, D) point forecast in the scaler's transformed space."""
+        """(S, D) point forecast in the scaler's transformed space."""
         return self.batch.loc[self.index]
 
     @property
     def std(self) -> np.ndarray:
-        """(H, D) its calibrated deviation there: loc and std are the predictive Gaussian."""
+        """(S, D) its calibrated deviation there: loc and std are the predictive Gaussian."""
         return self.batch.std[self.index]
 
     @property
@@ -123,6 +124,7 @@ class _Job:
     features: np.ndarray  # (n, D) float64
     future: asyncio.Future[WindowForecast]
     enqueued: float  # time.perf_counter() when queued: where its queue wait and latency start
+    steps: int | None  # the steps ahead its client reads; None: the model's whole horizon
 
 
 @dataclass
@@ -253,15 +255,19 @@ class Engine:
         return len(self._queue)
 
     def submit(
-        self, kind: str, timestamps: np.ndarray, features: np.ndarray
+        self, kind: str, timestamps: np.ndarray, features: np.ndarray, steps: int | None = None
     ) -> asyncio.Future[WindowForecast]:
         """Queue one window (``(n,)`` int64 ms, ``(n, D)`` float64); raises ``Overloaded`` when full."""
-        return self.submit_many([(kind, timestamps, features)])[0]
+        return self.submit_many([(kind, timestamps, features)], steps)[0]
 
     def submit_many(
-        self, windows: Sequence[tuple[str, np.ndarray, np.ndarray]]
+        self, windows: Sequence[tuple[str, np.ndarray, np.ndarray]], steps: int | None = None
     ) -> list[asyncio.Future[WindowForecast]]:
-        """Queue several windows at once, all or none, so that they share forward passes."""
+        """Queue several windows at once, all or none, so that they share forward passes.
+
+        ``steps``: how many steps ahead the caller reads, at most (its forecasts' arrays may hold more);
+        None for the model's whole horizon. A pass decodes the most that any of its windows asks for.
+        """
         if self._closed or self._loop is None:
             raise EngineStopped(self.retry_after_s)
         if len(self._queue) + len(windows) > self.queue_size:
@@ -289,7 +295,7 @@ class Engine:
         now = time.perf_counter()
         for kind, timestamps, features in windows:
             future: asyncio.Future[WindowForecast] = loop.create_future()
-            self._queue.append(_Job(kind, timestamps, features, future, now))
+            self._queue.append(_Job(kind, timestamps, features, future, now, steps))
             futures.append(future)
         if self._passing is None and self._dispatch_due is None:
             self._schedule()
@@ -311,9 +317,11 @@ class Engine:
             wait += passes.estimate(rest)
         return wait
 
-    async def predict(self, kind: str, timestamps: np.ndarray, features: np.ndarray) -> WindowForecast:
+    async def predict(
+        self, kind: str, timestamps: np.ndarray, features: np.ndarray, steps: int | None = None
+    ) -> WindowForecast:
         """Forecast one window, batched with whatever else is queued."""
-        return await self.submit(kind, timestamps, features)
+        return await self.submit(kind, timestamps, features, steps)
 
     # -- the batcher: callbacks on the event loop --------------------------------------------------
     def _schedule(self, *, at_once: bool = False) -> None:
@@ -492,7 +500,18 @@ def _forward(groups: list[tuple[Predictor, list[_Job]]]) -> list[Forecast | Base
     outcomes: list[Forecast | BaseException] = []
     for predictor, jobs in groups:
         try:
-            outcomes.append(predictor.predict([j.timestamps for j in jobs], [j.features for j in jobs]))
+            timestamps, features = [j.timestamps for j in jobs], [j.features for j in jobs]
+            outcomes.append(predictor.predict(timestamps, features, _most_steps(jobs)))
         except Exception as exc:
             outcomes.append(exc)
     return outcomes
+
+
+def _most_steps(jobs: list[_Job]) -> int | None:
+    """The most steps ahead that any of the jobs reads: None (the whole horizon) when one says so."""
+    most = 0
+    for job in jobs:
+        if job.steps is None:
+            return None
+        most = max(most, job.steps)
+    return most

@@ -25,14 +25,15 @@ log = logging.getLogger("cpe.models")
 
 @dataclass
 class Forecast:
-    """Predictions for a batch of windows, every step up to the model's horizon H."""
+    """Predictions for a batch of windows, every step up to S, the model's horizon H or fewer."""
 
-    mean: np.ndarray  # (B, H, D) point forecast, raw units (the median of the predictive distribution)
-    lower: np.ndarray  # (B, H, D) lower end of the central interval
-    upper: np.ndarray  # (B, H, D) upper end
-    confidence: np.ndarray  # (B, H) P(actual latency within ±tolerance of the forecast), calibrated
-    loc: np.ndarray  # (B, H, D) mean in the transformed (log/identity) space
-    std: np.ndarray  # (B, H, D) calibrated deviation in the transformed space
+    # S: the steps predicted, H (the model's horizon) unless fewer were asked for
+    mean: np.ndarray  # (B, S, D) point forecast, raw units (the median of the predictive distribution)
+    lower: np.ndarray  # (B, S, D) lower end of the central interval
+    upper: np.ndarray  # (B, S, D) upper end
+    confidence: np.ndarray  # (B, S) P(actual latency within ±tolerance of the forecast), calibrated
+    loc: np.ndarray  # (B, S, D) mean in the transformed (log/identity) space
+    std: np.ndarray  # (B, S, D) calibrated deviation in the transformed space
     dt_s: np.ndarray  # (B,) spacing assumed between future steps, seconds
 
 
@@ -82,11 +83,20 @@ class Predictor:
         log_var = log_var.float().cpu().numpy()
         return mean.float().cpu().numpy(), np.exp(0.5 * log_var, out=log_var)  # numpy: cheaper per call
 
-    def predict(self, timestamps: list[np.ndarray], features: list[np.ndarray]) -> Forecast:
-        """Forecast every window (any lengths >= 1, mixed) over the full horizon."""
+    def predict(
+        self, timestamps: list[np.ndarray], features: list[np.ndarray], steps: int | None = None
+    ) -> Forecast:
+        """Forecast every window (any lengths >= 1, mixed) ``steps`` ahead (the full horizon H when None).
+
+        The model always predicts all H steps; ``steps`` only spares decoding, the intervals and the
+        confidence of the ones nobody asked for: most requests ask for one step of eight.
+        """
         x, stats = self.scaler.encode(timestamps, features, self.seq_len)
         mean_s, std_s = self.forward_scaled(x)
-        loc, std = self.scaler.decode(mean_s, std_s * self._temperature, stats)
+        if steps is not None and steps < self.horizon:
+            assert steps >= 1, f"steps must be 1..{self.horizon}, got {steps}"
+            mean_s, std_s = mean_s[:, :steps], std_s[:, :steps]
+        loc, std = self.scaler.decode(mean_s, std_s * self._temperature[: mean_s.shape[1]], stats)
         # point, lower and upper in one pass: the serving path pays per numpy call at small batches
         zs = self._z * std
         point, lower, upper = self.scaler.inverse(np.stack((loc, loc - zs, loc + zs)))

@@ -87,7 +87,7 @@ async def predict_window(
         if recent is not None:
             recent.remember(prediction_id(key), window)
         return dumps(_from_cache(stored, start))
-    forecast = await engine.predict(kind, window.timestamps, window.features)
+    forecast = await engine.predict(kind, window.timestamps, window.features, window.horizon)
     if forecast.predictor.version != version:  # swapped meanwhile: the answer is the new version's
         key = _key(forecast.predictor.version, window)
     [body] = _answers([window], [forecast], _elapsed_ms(start), [key])
@@ -114,7 +114,8 @@ async def predict_batch(request: Request) -> Response:
     stored = await cache.get_many(keys)  # one round-trip for the whole batch
     misses = [i for i, value in enumerate(stored) if value is None]
     jobs = [(kinds[i], windows[i].timestamps, windows[i].features) for i in misses]
-    forecasts = await asyncio.gather(*engine.submit_many(jobs)) if misses else []
+    steps = max(windows[i].horizon for i in misses) if misses else None
+    forecasts = await asyncio.gather(*engine.submit_many(jobs, steps)) if misses else []
     results: list[bytes] = [b""] * len(windows)  # each serialized once, the fresh ones also stored
     for i, forecast in zip(misses, forecasts, strict=True):
         version = forecast.predictor.version  # the key is the one looked up, unless the model was swapped
@@ -172,9 +173,11 @@ def _answers(
         groups.setdefault((id(forecast.batch), window.horizon), []).append(j)
     for (_, h), members in groups.items():
         batch, predictor = forecasts[members[0]].batch, forecasts[members[0]].predictor
-        rows: list[int] | slice = [forecasts[j].index for j in members]
-        if rows == list(range(rows[0], rows[0] + len(rows))):  # the usual case: a view, not a copy
-            rows = slice(rows[0], rows[0] + len(rows))
+        indices = [forecasts[j].index for j in members]
+        first, k = indices[0], len(indices)
+        rows: list[int] | slice = indices
+        if indices == list(range(first, first + k)):  # the usual case, as a slice: views, not copies
+            rows = slice(first, first + k)
         steps = batch.mean[rows, :h].tolist()  # (k, h, D)
         numbers = zip(
             steps,

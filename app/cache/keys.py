@@ -40,8 +40,8 @@ def prediction_key(
     # the same bytes in as ever, in fewer calls: the head at once, and the arrays' own buffers, uncopied
     head = b"%s\0%s" % (model_version.encode(), flow_key.encode())
     digest.update(head + struct.pack("<II", horizon, len(timestamps)))
-    digest.update(_buffer(timestamps, np.int64))
-    digest.update(_buffer(features, np.float64))
+    digest.update(_buffer(timestamps, np.int64).data)
+    digest.update(_buffer(features, np.float64).data)
     digest.update(orjson.dumps(pattern_ids if type(pattern_ids) is list else list(pattern_ids)))
     return f"{{{flow_key}}}:{digest.hexdigest()}"
 

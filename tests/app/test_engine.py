@@ -66,6 +66,20 @@ async def test_windows_of_mixed_length_and_model_share_one_dispatch(lstm: Predic
     assert all(f.mean.shape == (8, 8) and f.confidence.shape == (8,) for f in forecasts)
 
 
+async def test_a_pass_decodes_the_most_steps_that_its_windows_ask_for(lstm: Predictor) -> None:
+    async with Engine({"lstm": lstm}) as engine:
+        two = engine.submit_many([("lstm", *_window(32)), ("lstm", *_window(9))], steps=2)
+        three = engine.submit("lstm", *_window(12), steps=3)
+        forecasts = await asyncio.gather(*two, three)
+        assert engine.stats.batch_sizes == {3: 1}
+        assert all(f.mean.shape == (3, 8) and f.confidence.shape == (3,) for f in forecasts)
+        whole = await asyncio.gather(
+            engine.submit("lstm", *_window(32)), engine.submit("lstm", *_window(9), steps=1)
+        )
+        assert all(f.mean.shape == (8, 8) for f in whole)  # one window wants the whole horizon: all get it
+    np.testing.assert_array_equal(forecasts[0].mean, whole[0].mean[:3])
+
+
 async def test_without_max_wait_a_free_thread_takes_what_is_queued_at_once(lstm: Predictor) -> None:
     async with Engine({"lstm": lstm}, max_wait_us=0) as engine:
         first = engine.submit("lstm", *_window(8))

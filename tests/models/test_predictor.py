@@ -35,3 +35,18 @@ def test_a_model_that_cannot_be_traced_is_served_eagerly(caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="cpe.models"):
         assert compile_forward(model, torch.zeros(2, 4, 3)) is model
     assert "serving Untraceable eagerly" in caplog.text and "no tracing here" in caplog.text
+
+
+def test_fewer_steps_are_the_first_steps_of_the_whole_horizon() -> None:
+    predictor = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    rng = np.random.default_rng(1)
+    timestamps = [np.arange(n, dtype=np.int64) * 1000 for n in (40, 32, 5)]  # padded and not
+    features = [np.abs(rng.normal(size=(len(t), predictor.scaler.n_features))) * 10 for t in timestamps]
+    whole = predictor.predict(timestamps, features)
+    for steps in (1, 3, predictor.horizon):
+        part = predictor.predict(timestamps, features, steps)
+        for name in ("mean", "lower", "upper", "confidence", "loc", "std"):
+            got, want = getattr(part, name), getattr(whole, name)[:, :steps]
+            assert got.shape == want.shape, name
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        np.testing.assert_array_equal(part.dt_s, whole.dt_s)
