@@ -323,6 +323,21 @@ class Engine:
         """Forecast one window, batched with whatever else is queued."""
         return await self.submit(kind, timestamps, features, steps)
 
+    async def predict_many(
+        self, windows: Sequence[tuple[str, np.ndarray, np.ndarray]], steps: int | None = None
+    ) -> list[WindowForecast]:
+        """Forecast several windows (``submit_many``), in order. If one fails or the caller is cancelled,
+        the rest are cancelled: nobody waits for them any more, and the engine skips them."""
+        futures = self.submit_many(windows, steps)
+        try:
+            # one after the other rather than asyncio.gather, which adds a callback to every future and
+            # so runs one more callback on the loop per window: a batch request has hundreds
+            return [await future for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
     # -- the batcher: callbacks on the event loop --------------------------------------------------
     def _schedule(self, *, at_once: bool = False) -> None:
         """Dispatch later, to let the batch grow, when max_wait_us says so and the batch is not full yet;

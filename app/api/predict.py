@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -115,7 +114,7 @@ async def predict_batch(request: Request) -> Response:
     misses = [i for i, value in enumerate(stored) if value is None]
     jobs = [(kinds[i], windows[i].timestamps, windows[i].features) for i in misses]
     steps = max(windows[i].horizon for i in misses) if misses else None
-    forecasts = await asyncio.gather(*engine.submit_many(jobs, steps)) if misses else []
+    forecasts = await engine.predict_many(jobs, steps) if misses else []
     results: list[bytes] = [b""] * len(windows)  # each serialized once, the fresh ones also stored
     for i, forecast in zip(misses, forecasts, strict=True):
         version = forecast.predictor.version  # the key is the one looked up, unless the model was swapped
@@ -129,8 +128,7 @@ async def predict_batch(request: Request) -> Response:
         fresh.append((keys[i], answer))
     recent = request.app.state.recent
     if recent is not None:
-        for key, window in zip(keys, windows, strict=True):
-            recent.remember(prediction_id(key), window)
+        recent.remember_many(zip(map(prediction_id, keys), windows, strict=True))
     if fresh:
         await cache.set_many(fresh)  # one round-trip too
     for i, value in enumerate(stored):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -38,7 +37,7 @@ async def recommend_routes(
     req = await parse_body(request, RouteRequest, limits)
     kind = req.model or limits.default_model
     windows = [(kind, *context_arrays(route.contexts)) for route in req.routes]
-    forecasts = await asyncio.gather(*engine.submit_many(windows))  # one forward pass for all routes
+    forecasts = await engine.predict_many(windows)  # one forward pass for all routes
     routes = [
         route_forecast(route.route_id, route.cost_factor, features, forecast)
         for route, (_, _, features), forecast in zip(req.routes, windows, forecasts, strict=True)

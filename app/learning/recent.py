@@ -10,6 +10,7 @@ client to send ``flow_key`` and ``contexts`` instead.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from app.fastparse import Window
 
@@ -30,6 +31,13 @@ class RecentWindows:
         windows = self._windows
         windows[prediction_id] = window
         if len(windows) > self.capacity:
+            windows.popitem(last=False)
+
+    def remember_many(self, items: Iterable[tuple[str, Window]]) -> None:
+        """``remember`` each (prediction_id, window) in turn, in one update (a batch request's)."""
+        windows = self._windows
+        windows.update(items)
+        for _ in range(len(windows) - self.capacity):
             windows.popitem(last=False)
 
     def get(self, prediction_id: str) -> Window | None:
