@@ -44,6 +44,11 @@ from app.schemas import (
     PredictRequest,
 )
 
+try:  # the C reader of the common shape of contexts; without a C compiler at install, msgspec alone
+    from app import _fastjson
+except ImportError:  # pragma: no cover (tests/app/test_fastparse.py requires it)
+    _fastjson = None
+
 _FLOW_KEY: TypeAdapter[str] = TypeAdapter(FlowKey)  # the schema's own rule and normalization
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")  # the usual form of a flow key, cheaper to match than to validate
 _TIMESTAMP, _FEATURES = itemgetter("timestamp"), itemgetter("features")
@@ -76,8 +81,23 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     requests: Annotated[list[_Request], Meta(min_length=1)]
 
 
+class _RawRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A request whose contexts stay JSON text, for app._fastjson (checked well-formed, nothing more)."""
+
+    flow_key: str | list[int]
+    contexts: msgspec.Raw
+    model: str | None = None
+    horizon: int = 1
+
+
+class _RawBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    requests: Annotated[list[_RawRequest], Meta(min_length=1)]
+
+
 _REQUEST = msgspec.json.Decoder(_Request)
 _BATCH = msgspec.json.Decoder(_Batch)
+_RAW_REQUEST = msgspec.json.Decoder(_RawRequest)
+_RAW_BATCH = msgspec.json.Decoder(_RawBatch)
 _CONTEXTS, _STAMP, _ROW, _PATTERN_ID = (
     attrgetter(name) for name in ("contexts", "timestamp", "features", "pattern_id")
 )
@@ -147,17 +167,47 @@ def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Wind
 
 
 def _fast_windows(body: bytes | str, limits: Limits, batch: bool) -> list[Window] | None:
+    if _fastjson is not None:
+        try:
+            raw = _RAW_BATCH.decode(body).requests if batch else [_RAW_REQUEST.decode(body)]
+        except msgspec.DecodeError:  # malformed, or a request's own rule broken: the structs agree
+            return None
+        parsed = _fastjson.contexts(b"".join(map(_CONTEXTS, raw)), D, MAX_TIMESTAMP_MS, MAX_FEATURE)
+        if parsed is not None:
+            stamps, rows, counts = parsed
+            timestamps = np.frombuffer(stamps, dtype=np.int64)
+            return _checked(raw, limits, counts, timestamps, np.frombuffer(rows), [None] * len(timestamps))
+        # contexts of another shape (metadata, pattern ids, bools...): the structs below read them
     try:
         requests = _BATCH.decode(body).requests if batch else [_REQUEST.decode(body)]
     except msgspec.DecodeError:  # malformed, or a rule broken (ValidationError is one): pydantic's call
         return None
+    # every context of every window at once, each pass in C
+    contexts = list(chain.from_iterable(map(_CONTEXTS, requests)))
+    n = len(contexts)
+    timestamps = np.fromiter(map(_STAMP, contexts), np.int64, n)
+    features = np.fromiter(chain.from_iterable(map(_ROW, contexts)), np.float64, n * D)  # a bool is 1.0
+    counts = [len(req.contexts) for req in requests]
+    return _checked(requests, limits, counts, timestamps, features, list(map(_PATTERN_ID, contexts)))
+
+
+def _checked(
+    requests: Sequence[_Request | _RawRequest],
+    limits: Limits,
+    counts: list[int],
+    timestamps: np.ndarray,
+    features: np.ndarray,
+    pattern_ids: list[str | None],
+) -> list[Window] | None:
+    """The windows of decoded requests (their contexts as arrays, ``counts[i]`` the i-th's), when the
+    deployment's limits, the flow keys and the order of timestamps are as they must be; else None."""
     if len(requests) > limits.max_batch:
         return None
     heads: list[tuple[str, str | None, int]] = []
-    for req in requests:
+    for req, count in zip(requests, counts, strict=True):
         model, horizon, flow_key = req.model, req.horizon, req.flow_key
         most = limits.horizons.get(model or limits.default_model)
-        if most is None or not 1 <= horizon <= most or len(req.contexts) > limits.max_window:
+        if most is None or not 1 <= horizon <= most or count > limits.max_window:
             return None  # an absent horizon is 1, within every model's
         if type(flow_key) is not str or not _HEX_KEY.fullmatch(flow_key):  # else it is its own normal form
             try:
@@ -165,20 +215,13 @@ def _fast_windows(body: bytes | str, limits: Limits, batch: bool) -> list[Window
             except ValidationError:
                 return None
         heads.append((flow_key, model, horizon))
-
-    # every context of every window at once, each pass in C
-    windows = list(map(_CONTEXTS, requests))
-    contexts = list(chain.from_iterable(windows))
-    n = len(contexts)
-    timestamps = np.fromiter(map(_STAMP, contexts), np.int64, n)
-    features = np.fromiter(chain.from_iterable(map(_ROW, contexts)), np.float64, n * D)  # a bool is 1.0
-    ends = list(accumulate(map(len, windows)))
+    ends = list(accumulate(counts))
     earlier = timestamps[1:] < timestamps[:-1]  # (n - 1,) a context earlier than the one before it
     if len(ends) > 1:
         earlier[[end - 1 for end in ends[:-1]]] = False  # a window may start before the last one ends
     if earlier.any():
         return None
-    return _windows(heads, ends, timestamps, features, list(map(_PATTERN_ID, contexts)))
+    return _windows(heads, ends, timestamps, features, pattern_ids)
 
 
 def _windows(

@@ -138,8 +138,10 @@ def test_dockerfile_is_multi_stage_non_root_cpu_torch_first_with_a_health_check(
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", dockerfile, re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ignored[ignored.index("*") :][:1] == ["*"]  # everything out but what is listed back in
-    for needed in ("!app/", "!models/", "!pyproject.toml"):
+    for needed in ("!app/", "!models/", "!pyproject.toml", "!setup.py"):
         assert needed in ignored
+    # the C reader of prediction bodies is built (it is optional to pip) and checked
+    assert "gcc" in dockerfile and "import app.main, models.checkpoint, app._fastjson" in dockerfile
 
 
 # -- nginx ------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from app import fastparse
 from app.bench import concrete, make_requests
 from app.fastparse import Window, fast_windows, predict_windows, windows_of
 from app.schemas import (
@@ -54,10 +55,26 @@ def _assert_same(fast: list[Window], slow: list[Window]) -> None:
             assert x.tobytes() == y.tobytes()  # bit for bit: -0.0 is not 0.0, and NaN is no NaN
 
 
+def _without_c(body: str | bytes, batch: bool) -> list[Window] | None:
+    """``fast_windows`` by msgspec alone, as without app._fastjson."""
+    c_reader, fastparse._fastjson = fastparse._fastjson, None
+    try:
+        return fast_windows(body, LIMITS, batch=batch)
+    finally:
+        fastparse._fastjson = c_reader
+
+
+def _assert_same_or_none(a: list[Window] | None, b: list[Window] | None) -> None:
+    assert (a is None) == (b is None)
+    if a is not None and b is not None:
+        _assert_same(a, b)
+
+
 def _check(body: str | bytes, batch: bool) -> list[Window] | None:
     """The property: the fast path answers pydantic's windows or None; None whenever pydantic refuses."""
     expected = _pydantic(body, batch)
     fast = fast_windows(body, LIMITS, batch=batch)
+    _assert_same_or_none(fast, _without_c(body, batch))  # the C reader only ever saves time
     if isinstance(expected, ValidationError):
         assert fast is None, f"accepted what pydantic refuses: {expected}"
         with pytest.raises(ValidationError) as raised:

@@ -1,0 +1,3 @@
+def contexts(
+    data: bytes, width: int, max_timestamp: int, max_feature: float
+) -> tuple[bytes, bytes, list[int]] | None: ...

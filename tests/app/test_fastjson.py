@@ -1,0 +1,156 @@
+"""app._fastjson, the C reader of the common shape of contexts: Python's numbers, or None, never a crash."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app import fastparse
+from app.bench import concrete, make_requests
+from app.schemas import MAX_FEATURE, MAX_TIMESTAMP_MS, Limits
+
+_fastjson = fastparse._fastjson
+LIMITS = Limits(max_window=256, max_batch=512, horizons={"lstm": 8}, default_model="lstm")
+
+
+def test_the_c_reader_is_built() -> None:
+    assert _fastjson is not None, "app._fastjson is missing: reinstall with a C compiler (pip install -e .)"
+
+
+def _read(text: str | bytes, width: int = 3) -> tuple[list[int], list[float], list[int]] | None:
+    assert _fastjson is not None
+    data = text.encode() if isinstance(text, str) else text
+    out = _fastjson.contexts(data, width, MAX_TIMESTAMP_MS, MAX_FEATURE)
+    if out is None:
+        return None
+    stamps, rows, counts = out
+    return list(struct.unpack(f"{len(stamps) // 8}q", stamps)), list(np.frombuffer(rows)), counts
+
+
+def _context(t: int, *features: str) -> str:
+    return f'{{"timestamp": {t}, "features": [{", ".join(features)}]}}'
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "0", "-0", "1", "-1", "0.0", "-0.0", "1.5", "1e3", "1E-3", "1e+2", "0.000123", "123456789012345",
+        "9007199254740993", "12345678901234567890", "1234567890.12345678901", "1e22", "1e23", "4.9e-324",
+        "2.2250738585072014e-308", "0.1", "0.30000000000000004", "999999999999999.9", "1e15", "-1e15",
+        "1000000000000000", "3.141592653589793238462643383279", "1e-400",
+    ],
+)  # fmt: skip
+def test_a_number_is_what_python_makes_of_it(token: str) -> None:
+    got = _read(f"[{_context(5, '0', token, '0')}]")
+    want = float(json.loads(token))  # an integer token via int, as pydantic takes it: -0 is 0.0
+    if abs(want) > MAX_FEATURE:  # 2**53 + 1, 1e22...: refused, as pydantic refuses them
+        assert got is None
+        return
+    assert got is not None
+    assert struct.pack("<d", got[1][1]) == struct.pack("<d", want), (got[1][1], want)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.floats(min_value=-MAX_FEATURE, max_value=MAX_FEATURE), st.sampled_from(["repr", ".6g", ".17e", ".3f"])
+)
+def test_any_written_float_reads_back_as_python_reads_it(value: float, how: str) -> None:
+    token = repr(value) if how == "repr" else format(value, how)
+    got = _read(f"[{_context(0, token, '1', '2')}]")
+    want = float(json.loads(token))  # "-0" is the integer 0, as pydantic reads it
+    if abs(want) > MAX_FEATURE:
+        assert got is None
+        return
+    assert got is not None and struct.pack("<d", got[1][0]) == struct.pack("<d", want), (token, got)
+
+
+def test_arrays_in_a_row_are_counted_apart_and_keys_come_in_any_order() -> None:
+    text = (
+        "[" + _context(1, "1", "2", "3") + "," + _context(2, "4", "5", "6") + "]"
+        ' [{"pattern_id": null, "features": [7, 8, 9], "metadata": { }, "timestamp": 3}]'
+    )
+    assert _read(text) == ([1, 2, 3], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], [2, 1])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "[{}]",
+        '[{"timestamp": 1}]',
+        '[{"features": [1, 2, 3]}]',
+        '[{"timestamp": 1, "features": [1, 2]}]',
+        '[{"timestamp": 1, "features": [1, 2, 3, 4]}]',
+        '[{"timestamp": 1, "features": [1, 2, true]}]',
+        '[{"timestamp": 1, "features": [1, 2, null]}]',
+        '[{"timestamp": 1, "features": [1, 2, "3"]}]',
+        '[{"timestamp": 1, "features": [1, 2, [3]]}]',
+        '[{"timestamp": 1.0, "features": [1, 2, 3]}]',
+        '[{"timestamp": -1, "features": [1, 2, 3]}]',
+        f'[{{"timestamp": {MAX_TIMESTAMP_MS + 1}, "features": [1, 2, 3]}}]',
+        '[{"timestamp": 1, "features": [1, 2, 1e16]}]',
+        '[{"timestamp": 1, "features": [1, 2, 1e400]}]',
+        '[{"timestamp": 1, "timestamp": 2, "features": [1, 2, 3]}]',
+        '[{"timestamp": 1, "features": [1, 2, 3], "metadata": {"rtt": 1}}]',
+        '[{"timestamp": 1, "features": [1, 2, 3], "pattern_id": "busy"}]',
+        '[{"timestamp": 1, "features": [1, 2, 3], "extra": null}]',
+        '[{"time\\u0073tamp": 1, "features": [1, 2, 3]}]',
+        '[{"timestamp": 1, "features": [1, 2, 3]},]',
+        '[{"timestamp": 01, "features": [1, 2, 3]}]',
+        '[{"timestamp": 1, "features": [1, 2, .5]}]',
+        '[{"timestamp": 1, "features": [1, 2, +5]}]',
+        '[{"timestamp": 1, "features": [1, 2, NaN]}]',
+        '{"timestamp": 1, "features": [1, 2, 3]}',
+        "5",
+    ],
+)
+def test_anything_else_is_none(text: str) -> None:
+    assert _read(text) is None
+
+
+def test_every_cut_of_a_body_is_none_and_never_a_crash() -> None:
+    text = ("[" + ",".join(_context(i, "1.5", "-2e-3", "300") for i in range(3)) + "]").encode()
+    assert _read(text) is not None
+    for end in range(len(text)):
+        assert _read(text[:end]) is None or text[:end].strip() == b""
+    for _ in range(2000):  # and a byte changed anywhere
+        spoiled = bytearray(text)
+        spoiled[random.randrange(len(text))] = random.randrange(256)
+        _read(bytes(spoiled))  # no answer is right or wrong here: fastparse checks against pydantic
+
+
+def test_the_benchmarks_bodies_take_the_c_reader_to_the_same_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = concrete(orjson.dumps({"requests": make_requests(64, 32, seed=0)}))
+    calls: list[Any] = []
+    real = fastparse._fastjson
+
+    class Spy:
+        @staticmethod
+        def contexts(*args: Any) -> Any:
+            calls.append(out := real.contexts(*args))  # type: ignore[union-attr]
+            return out
+
+    monkeypatch.setattr(fastparse, "_fastjson", Spy)
+    with_c = fastparse.fast_windows(body, LIMITS, batch=True)
+    assert calls and calls[0] is not None  # the C reader read them
+    monkeypatch.setattr(fastparse, "_fastjson", None)
+    without = fastparse.fast_windows(body, LIMITS, batch=True)
+    assert with_c is not None and without is not None and len(with_c) == len(without) == 64
+    for a, b in zip(with_c, without, strict=True):
+        assert (a.flow_key, a.model, a.horizon, a.pattern_ids) == (
+            b.flow_key,
+            b.model,
+            b.horizon,
+            b.pattern_ids,
+        )
+        assert (
+            a.timestamps.tobytes() == b.timestamps.tobytes() and a.features.tobytes() == b.features.tobytes()
+        )
