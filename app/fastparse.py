@@ -20,6 +20,7 @@ the 2-CPU dev box): a batch of 512 windows about 20 µs instead of 30 (orjson an
 from __future__ import annotations
 
 import gc
+import logging
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -46,8 +47,12 @@ from app.schemas import (
 
 try:  # the C reader of the common shape of contexts; without a C compiler at install, msgspec alone
     from app import _fastjson
-except ImportError:  # pragma: no cover (tests/app/test_fastparse.py requires it)
+except ImportError:  # pragma: no cover (tests/app/test_fastjson.py requires it)
     _fastjson = None
+    logging.getLogger("cpe.fastparse").warning(
+        "app._fastjson is not built (no C compiler at install?): prediction bodies are read by msgspec "
+        "alone, at about half the speed; reinstall with a C compiler to build it"
+    )
 
 _FLOW_KEY: TypeAdapter[str] = TypeAdapter(FlowKey)  # the schema's own rule and normalization
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")  # the usual form of a flow key, cheaper to match than to validate
