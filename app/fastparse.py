@@ -48,7 +48,7 @@ from app.schemas import (
 try:  # the C reader of the common shape of contexts; without a C compiler at install, msgspec alone
     from app import _fastjson
 except ImportError:  # pragma: no cover (tests/app/test_fastjson.py requires it)
-    _fastjson = None
+    _fastjson = None  # type: ignore[assignment]
     logging.getLogger("cpe.fastparse").warning(
         "app._fastjson is not built (no C compiler at install?): prediction bodies are read by msgspec "
         "alone, at about half the speed; reinstall with a C compiler to build it"
