@@ -5,7 +5,8 @@ median over ``--repeat`` rounds, the variants interleaved within each round:
 
 - parse: a body of ``--windows`` windows of ``--contexts`` contexts (the realistic windows of
   scripts/bench.py) into the windows that the handlers use, by the fast path (app/fastparse.py) and by
-  pydantic (``model_validate_json``, then the arrays), with ``orjson.loads`` alone as the floor; then as
+  pydantic (``model_validate_json``, then the arrays), and by the fast path without its C reader
+  (msgspec alone, as when app._fastjson is not built), with ``orjson.loads`` alone for scale; then as
   many /v1/predict bodies of one window each;
 - answer: per window, the cache key and the serialized PredictionResult, from the forecasts of a real
   engine and model.
@@ -35,6 +36,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from app import fastparse
 from app.api.predict import _answers, _key
 from app.bench import concrete, make_requests
 from app.engine import Engine
@@ -96,6 +98,13 @@ def main(argv: list[str]) -> int:
     fast = fast_windows(body, limits, batch=True)
     assert fast is not None, "the benchmark's bodies should take the fast path"
 
+    def without_c(run: Callable[[], Any]) -> Any:
+        c_reader, fastparse._fastjson = fastparse._fastjson, None
+        try:
+            return run()
+        finally:
+            fastparse._fastjson = c_reader
+
     def pydantic() -> Any:
         return windows_of(BatchPredictRequest.model_validate_json(body, context=limits).requests)
 
@@ -105,6 +114,7 @@ def main(argv: list[str]) -> int:
             {
                 "pydantic": pydantic,
                 "fast path": lambda: fast_windows(body, limits, batch=True),
+                "  without the C reader": lambda: without_c(lambda: fast_windows(body, limits, batch=True)),
                 "orjson.loads alone": lambda: orjson.loads(body),
             },
             args.repeat,
@@ -123,6 +133,9 @@ def main(argv: list[str]) -> int:
             {
                 "pydantic": single_pydantic,
                 "fast path": lambda: [fast_windows(b, limits, batch=False) for b in singles],
+                "  without the C reader": lambda: without_c(
+                    lambda: [fast_windows(b, limits, batch=False) for b in singles]
+                ),
             },
             args.repeat,
             args.in_flight,
