@@ -211,9 +211,10 @@ static PyObject *contexts(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "width must be 1..1024 and max_timestamp 0..2**53");
         goto done;
     }
-    /* a context takes at least {"timestamp":0,"features":[0,...]}: 27 + 2 * width bytes; an array 2 */
+    /* a context takes at least {"timestamp":0,"features":[0,...]}: 27 + 2 * width bytes, and an array
+     * holds one at least: room for that many of each, which the parse checks before every write */
     o.capacity = data.len / (27 + 2 * width) + 1;
-    o.counts_capacity = data.len / 2 + 1;
+    o.counts_capacity = o.capacity;
     timestamps = PyBytes_FromStringAndSize(NULL, o.capacity * (Py_ssize_t)sizeof(int64_t));
     features = PyBytes_FromStringAndSize(NULL, o.capacity * width * (Py_ssize_t)sizeof(double));
     o.counts = PyMem_RawMalloc((size_t)o.counts_capacity * sizeof(Py_ssize_t));
