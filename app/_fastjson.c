@@ -1,23 +1,29 @@
-/* app._fastjson: the contexts of prediction windows, JSON text straight into arrays.
+/* app._fastjson: prediction request bodies of the common shape, JSON text straight into arrays.
  *
- * contexts(data, width, max_timestamp, max_feature) -> (timestamps, features, counts) | None
+ * requests(data, batch, width, max_timestamp, max_feature)
+ *     -> (flow_keys, models, horizons, timestamps, features, counts) | None
  *
- * `data` is the JSON text of one or more `contexts` arrays one after the other ("[{...},...][{...}]"),
- * as msgspec cut them out of a request body it had checked to be well-formed JSON
- * (app/fastparse.py). The answer: the timestamps as int64 bytes, the features as float64 bytes
- * (`width` a context) and the number of contexts in each array; or None the moment anything is outside
- * the one common shape that this reads. That shape is a non-empty array of objects with the keys
- * "timestamp" (an integer token, 0..max_timestamp), "features" (exactly `width` numbers, each within
- * +-max_feature), and optionally "metadata": {} and "pattern_id": null, in any order, each at most
- * once, keys without escapes. Anything else (other metadata, a pattern id, a float or bool where a
- * number is expected, a duplicate key...) is None, and the caller decodes the body the general way.
+ * `data` is the body of POST /v1/predict (batch false: one request object) or /v1/predict/batch
+ * (batch true: {"requests": [...]}). The answer: each request's flow key (str), model (str or None)
+ * and horizon (int), every context's timestamp as int64 bytes and features as float64 bytes (`width`
+ * a context), and the number of contexts of each request; or None the moment anything is outside the
+ * one common shape that this reads. Then the caller reads the body the general way (msgspec, then
+ * pydantic for its errors), so None never decides validity.
  *
- * Numbers come out as Python (and pydantic) would make them: an integer token as float(int(token)),
- * so "-0" is 0.0; any other token correctly rounded (an exact fast path when the digits fit in 2^53
- * and the power of ten is exact, else strtod, which glibc rounds correctly).
+ * The common shape: a request has "flow_key" (64 lowercase hex characters), "contexts" (a non-empty
+ * array), optionally "model" (null, or a name of letters, digits, "_", "-", "." up to 64) and "horizon"
+ * (an integer token); a context has "timestamp" (an integer token, 0..max_timestamp), "features"
+ * (exactly `width` number tokens, each within +-max_feature), optionally "metadata": {} and
+ * "pattern_id": null. Keys in any order, each at most once, no escapes, no others; whitespace anywhere
+ * JSON allows it. The deployment's limits (models, horizons, window and batch sizes) and the order of
+ * timestamps are the caller's to check.
  *
- * Every read is bounds-checked against the buffer: the input is a client's, and that it is
- * well-formed JSON is never relied on for memory safety. The GIL is released while parsing.
+ * Numbers come out as Python (and pydantic) makes them: an integer token as float(int(token)), so
+ * "-0" is 0.0; any other token correctly rounded (an exact fast path when the digits fit in 2^53 and
+ * the power of ten is exact, else strtod, which glibc rounds correctly).
+ *
+ * The input is a client's: every read is checked against the end of the buffer, every write against
+ * room sized from the buffer's length. The GIL is released while parsing.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -119,32 +125,60 @@ static int number(Cursor *c, double *out, int *is_int) {
     return 0;
 }
 
-/* The key of a member: 1 timestamp, 2 features, 3 metadata, 4 pattern_id; 0 for any other or an escape. */
-static int key(Cursor *c) {
-    static const struct {
-        const char *name;
-        size_t len;
-    } KEYS[] = {{"timestamp", 9}, {"features", 8}, {"metadata", 8}, {"pattern_id", 10}};
-    if (!take(c, '"')) return 0;
-    const unsigned char *start = c->p;
+typedef struct {
+    const char *name;
+    size_t len;
+} Name;
+
+static const Name CONTEXT_KEYS[] = {{"timestamp", 9}, {"features", 8}, {"metadata", 8}, {"pattern_id", 10}};
+static const Name REQUEST_KEYS[] = {{"flow_key", 8}, {"contexts", 8}, {"model", 5}, {"horizon", 7}};
+static const Name BATCH_KEYS[] = {{"requests", 8}};
+
+/* A string token without escapes: its characters' span. 0, or -1 when there is none. */
+static int string(Cursor *c, const unsigned char **start, Py_ssize_t *len) {
+    if (!take(c, '"')) return -1;
+    *start = c->p;
     while (c->p < c->end && *c->p != '"' && *c->p != '\\') c->p++;
-    if (c->p >= c->end || *c->p != '"') return 0;
-    size_t len = (size_t)(c->p - start);
+    if (c->p >= c->end || *c->p != '"') return -1;
+    *len = c->p - *start;
     c->p++;
-    for (int i = 0; i < 4; i++)
-        if (len == KEYS[i].len && memcmp(start, KEYS[i].name, len) == 0) return i + 1;
     return 0;
 }
 
+/* A member's key and its colon: 1 + its index in `names`, or 0 for any other key or an escape. */
+static int key(Cursor *c, const Name *names, int n) {
+    const unsigned char *start;
+    Py_ssize_t len;
+    if (string(c, &start, &len) || !take(c, ':')) return 0;
+    for (int i = 0; i < n; i++)
+        if ((size_t)len == names[i].len && memcmp(start, names[i].name, (size_t)len) == 0) return i + 1;
+    return 0;
+}
+
+static int literal(Cursor *c, const char *word, Py_ssize_t len) {
+    skip_ws(c);
+    if (c->end - c->p < len || memcmp(c->p, word, (size_t)len) != 0) return 0;
+    c->p += len;
+    return 1;
+}
+
 typedef struct {
+    Py_ssize_t start, len; /* into the data; len -1: none (a null model) */
+} Span;
+
+typedef struct {
+    const unsigned char *data;
     Py_ssize_t width;
     long long max_timestamp;
     double max_feature;
     int64_t *timestamps; /* room for `capacity` contexts */
     double *features;    /* room for `capacity` * width */
     Py_ssize_t capacity, n;
-    Py_ssize_t *counts; /* contexts per array */
-    Py_ssize_t n_counts, counts_capacity;
+    /* per request, room for `capacity` too: each holds one context at least */
+    Span *flow_keys, *models;
+    long long *horizons;
+    Py_ssize_t *counts;
+    Py_ssize_t n_requests;
 } Out;
 
 /* One context object into out's next slot. 0, or -1 when it is not of the common shape. */
@@ -152,15 +186,15 @@ static int context(Cursor *c, Out *o) {
     int seen = 0; /* a bit per key */
     if (o->n >= o->capacity || !take(c, '{')) return -1;
     do {
-        int k = key(c);
-        if (k == 0 || (seen & (1 << k)) || !take(c, ':')) return -1;
+        int k = key(c, CONTEXT_KEYS, 4);
+        if (k == 0 || (seen & (1 << k))) return -1;
         seen |= 1 << k;
         skip_ws(c);
         if (k == 1) {
             double v;
             int is_int;
             if (number(c, &v, &is_int) || !is_int || v < 0 || v > (double)o->max_timestamp) return -1;
-            o->timestamps[o->n] = (int64_t)v; /* <= max_timestamp < 2^53: exact */
+            o->timestamps[o->n] = (int64_t)v; /* <= max_timestamp <= 2^53: exact */
         } else if (k == 2) {
             double *row = o->features + o->n * o->width;
             if (!take(c, '[')) return -1;
@@ -173,9 +207,8 @@ static int context(Cursor *c, Out *o) {
             if (!take(c, ']')) return -1;
         } else if (k == 3) {
             if (!take(c, '{') || !take(c, '}')) return -1;
-        } else {
-            if (c->end - c->p < 4 || memcmp(c->p, "null", 4) != 0) return -1;
-            c->p += 4;
+        } else if (!literal(c, "null", 4)) {
+            return -1;
         }
     } while (take(c, ','));
     if (!take(c, '}') || (seen & 6) != 6) return -1; /* timestamp and features are required */
@@ -183,51 +216,116 @@ static int context(Cursor *c, Out *o) {
     return 0;
 }
 
-static int parse(Cursor *c, Out *o) {
-    skip_ws(c);
-    while (c->p < c->end) {
-        Py_ssize_t before = o->n;
-        if (!take(c, '[')) return -1;
-        do {
-            if (context(c, o)) return -1;
-        } while (take(c, ','));
-        if (!take(c, ']')) return -1;
-        if (o->n_counts >= o->counts_capacity) return -1;
-        o->counts[o->n_counts++] = o->n - before;
-        skip_ws(c);
-    }
+static int is_hex(unsigned char ch) { return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'); }
+
+static int is_name(unsigned char ch) {
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
+           ch == '-' || ch == '.';
+}
+
+/* One request object: its flow key, model, horizon and contexts into out. 0, or -1. */
+static int request(Cursor *c, Out *o) {
+    int seen = 0;
+    Py_ssize_t r = o->n_requests, before = o->n;
+    if (r >= o->capacity || !take(c, '{')) return -1;
+    o->models[r].len = -1;
+    o->horizons[r] = 1;
+    do {
+        const unsigned char *start;
+        Py_ssize_t len;
+        int k = key(c, REQUEST_KEYS, 4);
+        if (k == 0 || (seen & (1 << k))) return -1;
+        seen |= 1 << k;
+        if (k == 1) {
+            if (string(c, &start, &len) || len != 64) return -1;
+            for (Py_ssize_t i = 0; i < 64; i++)
+                if (!is_hex(start[i])) return -1;
+            o->flow_keys[r] = (Span){start - o->data, len};
+        } else if (k == 2) {
+            if (!take(c, '[')) return -1;
+            do {
+                if (context(c, o)) return -1;
+            } while (take(c, ','));
+            if (!take(c, ']')) return -1;
+        } else if (k == 3) {
+            if (literal(c, "null", 4)) continue;
+            if (string(c, &start, &len) || len < 1 || len > 64) return -1;
+            for (Py_ssize_t i = 0; i < len; i++)
+                if (!is_name(start[i])) return -1;
+            o->models[r] = (Span){start - o->data, len};
+        } else {
+            double v;
+            int is_int;
+            skip_ws(c);
+            if (number(c, &v, &is_int) || !is_int || fabs(v) > 1e6) return -1;
+            o->horizons[r] = (long long)v;
+        }
+    } while (take(c, ','));
+    if (!take(c, '}') || (seen & 6) != 6) return -1; /* flow_key and contexts are required */
+    o->counts[r] = o->n - before;
+    o->n_requests++;
     return 0;
 }
 
-static PyObject *contexts(PyObject *self, PyObject *args) {
+static int parse(Cursor *c, Out *o, int batch) {
+    if (batch) {
+        if (!take(c, '{') || key(c, BATCH_KEYS, 1) != 1 || !take(c, '[')) return -1;
+        do {
+            if (request(c, o)) return -1;
+        } while (take(c, ','));
+        if (!take(c, ']') || !take(c, '}')) return -1;
+    } else if (request(c, o)) {
+        return -1;
+    }
+    skip_ws(c);
+    return c->p == c->end ? 0 : -1;
+}
+
+static PyObject *span_str(const Out *o, Span s) {
+    if (s.len < 0) return Py_NewRef(Py_None);
+    return PyUnicode_DecodeASCII((const char *)o->data + s.start, s.len, NULL);
+}
+
+static PyObject *requests(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer data;
+    int batch;
     Py_ssize_t width;
     long long max_timestamp;
     double max_feature;
-    if (!PyArg_ParseTuple(args, "y*nLd", &data, &width, &max_timestamp, &max_feature)) return NULL;
-    PyObject *timestamps = NULL, *features = NULL, *counts = NULL, *result = NULL;
-    Out o = {width, max_timestamp, max_feature, NULL, NULL, 0, 0, NULL, 0, 0};
+    if (!PyArg_ParseTuple(args, "y*pnLd", &data, &batch, &width, &max_timestamp, &max_feature)) return NULL;
+    PyObject *timestamps = NULL, *features = NULL, *result = NULL;
+    PyObject *lists[4] = {NULL, NULL, NULL, NULL}; /* flow keys, models, horizons, counts */
+    Out o;
+    memset(&o, 0, sizeof o);
     if (width < 1 || width > 1024 || max_timestamp < 0 || max_timestamp > (1LL << 53)) {
         PyErr_SetString(PyExc_ValueError, "width must be 1..1024 and max_timestamp 0..2**53");
         goto done;
     }
-    /* a context takes at least {"timestamp":0,"features":[0,...]}: 27 + 2 * width bytes, and an array
-     * holds one at least: room for that many of each, which the parse checks before every write */
+    o.data = (const unsigned char *)data.buf;
+    o.width = width;
+    o.max_timestamp = max_timestamp;
+    o.max_feature = max_feature;
+    /* a context takes at least {"timestamp":0,"features":[0,...]}: 27 + 2 * width bytes, and every
+     * request holds one: room for that many of each, which the parse checks before every write */
     o.capacity = data.len / (27 + 2 * width) + 1;
-    o.counts_capacity = o.capacity;
     timestamps = PyBytes_FromStringAndSize(NULL, o.capacity * (Py_ssize_t)sizeof(int64_t));
     features = PyBytes_FromStringAndSize(NULL, o.capacity * width * (Py_ssize_t)sizeof(double));
-    o.counts = PyMem_RawMalloc((size_t)o.counts_capacity * sizeof(Py_ssize_t));
-    if (timestamps == NULL || features == NULL || o.counts == NULL) {
-        if (o.counts == NULL) PyErr_NoMemory();
+    o.flow_keys = PyMem_RawMalloc((size_t)o.capacity * sizeof(Span));
+    o.models = PyMem_RawMalloc((size_t)o.capacity * sizeof(Span));
+    o.horizons = PyMem_RawMalloc((size_t)o.capacity * sizeof(long long));
+    o.counts = PyMem_RawMalloc((size_t)o.capacity * sizeof(Py_ssize_t));
+    if (timestamps == NULL || features == NULL) goto done;
+    if (o.flow_keys == NULL || o.models == NULL || o.horizons == NULL || o.counts == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
     o.timestamps = (int64_t *)PyBytes_AS_STRING(timestamps);
     o.features = (double *)PyBytes_AS_STRING(features);
-    Cursor c = {(const unsigned char *)data.buf, (const unsigned char *)data.buf + data.len};
+    Cursor c = {o.data, o.data + data.len};
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    failed = parse(&c, &o);
+    failed = parse(&c, &o, batch);
     Py_END_ALLOW_THREADS
     if (failed) {
         result = Py_NewRef(Py_None);
@@ -236,31 +334,41 @@ static PyObject *contexts(PyObject *self, PyObject *args) {
     if (_PyBytes_Resize(&timestamps, o.n * (Py_ssize_t)sizeof(int64_t)) ||
         _PyBytes_Resize(&features, o.n * width * (Py_ssize_t)sizeof(double)))
         goto done;
-    counts = PyList_New(o.n_counts);
-    if (counts == NULL) goto done;
-    for (Py_ssize_t i = 0; i < o.n_counts; i++) {
-        PyObject *n = PyLong_FromSsize_t(o.counts[i]);
-        if (n == NULL) goto done;
-        PyList_SET_ITEM(counts, i, n);
+    for (int i = 0; i < 4; i++)
+        if ((lists[i] = PyList_New(o.n_requests)) == NULL) goto done;
+    for (Py_ssize_t r = 0; r < o.n_requests; r++) {
+        PyObject *items[4] = {span_str(&o, o.flow_keys[r]), span_str(&o, o.models[r]),
+                              PyLong_FromLongLong(o.horizons[r]), PyLong_FromSsize_t(o.counts[r])};
+        for (int i = 0; i < 4; i++) {
+            if (items[i] == NULL) {
+                for (int j = 0; j < 4; j++) Py_XDECREF(items[j]);
+                goto done;
+            }
+        }
+        for (int i = 0; i < 4; i++) PyList_SET_ITEM(lists[i], r, items[i]);
     }
-    result = PyTuple_Pack(3, timestamps, features, counts);
+    result = PyTuple_Pack(6, lists[0], lists[1], lists[2], timestamps, features, lists[3]);
 done:
+    PyMem_RawFree(o.flow_keys);
+    PyMem_RawFree(o.models);
+    PyMem_RawFree(o.horizons);
     PyMem_RawFree(o.counts);
     Py_XDECREF(timestamps);
     Py_XDECREF(features);
-    Py_XDECREF(counts);
+    for (int i = 0; i < 4; i++) Py_XDECREF(lists[i]);
     PyBuffer_Release(&data);
     return result;
 }
 
 static PyMethodDef METHODS[] = {
-    {"contexts", contexts, METH_VARARGS,
-     "contexts(data, width, max_timestamp, max_feature) -> (timestamps, features, counts) | None\n\n"
-     "The contexts arrays in data as int64 and float64 bytes and a count per array; None when any part "
-     "is not of the common shape (see app/_fastjson.c)."},
+    {"requests", requests, METH_VARARGS,
+     "requests(data, batch, width, max_timestamp, max_feature)\n"
+     "    -> (flow_keys, models, horizons, timestamps, features, counts) | None\n\n"
+     "A prediction body of the common shape, read into lists and int64 / float64 bytes; None when any "
+     "part is not of that shape (see app/_fastjson.c)."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fastjson", NULL, -1, METHODS};
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fastjson", NULL, -1, METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fastjson(void) { return PyModule_Create(&MODULE); }

@@ -1,3 +1,3 @@
-def contexts(
-    data: bytes, width: int, max_timestamp: int, max_feature: float
-) -> tuple[bytes, bytes, list[int]] | None: ...
+def requests(
+    data: bytes, batch: bool, width: int, max_timestamp: int, max_feature: float
+) -> tuple[list[str], list[str | None], list[int], bytes, bytes, list[int]] | None: ...

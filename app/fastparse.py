@@ -1,25 +1,26 @@
 """Prediction request bodies parsed for the handlers: a fast path for the common shape, pydantic for the rest.
 
-The fast path answers the ``Window``s that the handlers use, their arrays already built, in two steps:
+The fast path answers the ``Window``s that the handlers use, their arrays already built:
 
-1. msgspec decodes the body into structs that state the request's rules (types, bounds, lengths, no
-   unknown keys), in one pass in C, keeping each request's contexts as JSON text;
-2. app._fastjson (app/_fastjson.c) reads the contexts' common shape (a timestamp, exactly D numbers,
-   optionally ``"metadata": {}`` and ``"pattern_id": null``) straight into int64 and float64 buffers,
-   without a Python object per context or per number. For contexts of any other shape (real metadata,
-   pattern ids, a bool feature...) it answers None and msgspec structs read them instead.
+1. app._fastjson (app/_fastjson.c) reads a body of the common shape (hex flow keys, a model name or
+   null, an integer horizon; contexts of a timestamp, exactly D numbers, and at most ``"metadata": {}``
+   and ``"pattern_id": null``) straight into lists and int64 / float64 buffers, in one pass in C, with
+   no Python object per context or per number;
+2. any other body (real metadata, pattern ids, a flow key as a list of bytes, a bool feature...) is
+   decoded by msgspec into structs that state the request's rules (types, bounds, lengths, no unknown
+   keys), also in one pass in C, then turned into arrays.
 
-What is left (flow keys, the deployment's limits, the order of timestamps) is a few passes over all the
-contexts of the whole request at once, batch included. The moment anything is unusual (a string where
-a number should be, a float timestamp, a missing or an extra key, a limit exceeded, a token such as
-NaN...) the fast path answers ``None`` and pydantic validates the body as before, so that the accepted
-set, the values and every error stay pydantic's. The tests check that against pydantic on generated
-bodies, valid and spoiled, with and without the C reader (tests/app/test_fastparse.py,
-tests/app/test_fastjson.py).
+What is left (the deployment's limits, the order of timestamps) is a few passes over all the contexts of
+the whole request at once, batch included. The moment anything is unusual (a string where a number should
+be, a float timestamp, a missing or an extra key, a limit exceeded, a token such as NaN...) the fast path
+answers ``None`` and pydantic validates the body as before, so that the accepted set, the values and every
+error stay pydantic's. The tests check that against pydantic on generated bodies, valid and spoiled, with
+and without the C reader (tests/app/test_fastparse.py, tests/app/test_fastjson.py).
 
 What it saves (scripts/bench_parse.py, event-loop CPU per window of 32 contexts on the 2-CPU dev box):
-a batch of 512 windows 13.7 µs, against 24 for msgspec alone, 20 for ``orjson.loads`` alone (which
-checks nothing and builds no array) and 64 for pydantic's ``model_validate_json`` and the arrays.
+a batch of 512 windows 8-9 µs, against 24-26 for msgspec alone, 19-21 for ``orjson.loads`` alone (which
+checks nothing and builds no array) and 60-70 for pydantic's ``model_validate_json`` and the arrays; a
+body of one window 16 µs, against 34-36 for msgspec alone.
 """
 
 from __future__ import annotations
@@ -91,23 +92,8 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     requests: Annotated[list[_Request], Meta(min_length=1)]
 
 
-class _RawRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A request whose contexts stay JSON text, for app._fastjson (checked well-formed, nothing more)."""
-
-    flow_key: str | list[int]
-    contexts: msgspec.Raw
-    model: str | None = None
-    horizon: int = 1
-
-
-class _RawBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    requests: Annotated[list[_RawRequest], Meta(min_length=1)]
-
-
 _REQUEST = msgspec.json.Decoder(_Request)
 _BATCH = msgspec.json.Decoder(_Batch)
-_RAW_REQUEST = msgspec.json.Decoder(_RawRequest)
-_RAW_BATCH = msgspec.json.Decoder(_RawBatch)
 _CONTEXTS, _STAMP, _ROW, _PATTERN_ID = (
     attrgetter(name) for name in ("contexts", "timestamp", "features", "pattern_id")
 )
@@ -178,53 +164,53 @@ def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Wind
 
 def _fast_windows(body: bytes | str, limits: Limits, batch: bool) -> list[Window] | None:
     if _fastjson is not None:
-        try:
-            raw = _RAW_BATCH.decode(body).requests if batch else [_RAW_REQUEST.decode(body)]
-        except msgspec.DecodeError:  # malformed, or a request's own rule broken: the structs agree
-            return None
-        parsed = _fastjson.contexts(b"".join(map(_CONTEXTS, raw)), D, MAX_TIMESTAMP_MS, MAX_FEATURE)
+        data = body.encode() if isinstance(body, str) else body
+        parsed = _fastjson.requests(data, batch, D, MAX_TIMESTAMP_MS, MAX_FEATURE)
         if parsed is not None:
-            stamps, rows, counts = parsed
+            flow_keys, models, horizons, stamps, rows, counts = parsed
             timestamps = np.frombuffer(stamps, dtype=np.int64)
-            return _checked(raw, limits, counts, timestamps, np.frombuffer(rows), [None] * len(timestamps))
-        # contexts of another shape (metadata, pattern ids, bools...): the structs below read them
+            heads = list(zip(flow_keys, models, horizons, strict=True))  # flow keys: 64 lowercase hex
+            return _checked(heads, limits, counts, timestamps, np.frombuffer(rows), [None] * len(timestamps))
+        # a body of another shape (metadata, pattern ids, a flow key as bytes...): the structs read it
     try:
         requests = _BATCH.decode(body).requests if batch else [_REQUEST.decode(body)]
     except msgspec.DecodeError:  # malformed, or a rule broken (ValidationError is one): pydantic's call
         return None
+    heads = []
+    for req in requests:
+        flow_key = req.flow_key
+        if type(flow_key) is not str or not _HEX_KEY.fullmatch(flow_key):  # else it is its own normal form
+            try:
+                flow_key = _FLOW_KEY.validate_python(flow_key)
+            except ValidationError:
+                return None
+        heads.append((flow_key, req.model, req.horizon))
     # every context of every window at once, each pass in C
     contexts = list(chain.from_iterable(map(_CONTEXTS, requests)))
     n = len(contexts)
     timestamps = np.fromiter(map(_STAMP, contexts), np.int64, n)
     features = np.fromiter(chain.from_iterable(map(_ROW, contexts)), np.float64, n * D)  # a bool is 1.0
     counts = [len(req.contexts) for req in requests]
-    return _checked(requests, limits, counts, timestamps, features, list(map(_PATTERN_ID, contexts)))
+    return _checked(heads, limits, counts, timestamps, features, list(map(_PATTERN_ID, contexts)))
 
 
 def _checked(
-    requests: Sequence[_Request | _RawRequest],
+    heads: list[tuple[str, str | None, int]],
     limits: Limits,
     counts: list[int],
     timestamps: np.ndarray,
     features: np.ndarray,
     pattern_ids: list[str | None],
 ) -> list[Window] | None:
-    """The windows of decoded requests (their contexts as arrays, ``counts[i]`` the i-th's), when the
-    deployment's limits, the flow keys and the order of timestamps are as they must be; else None."""
-    if len(requests) > limits.max_batch:
+    """The windows of decoded requests (flow key in its normal form, model, horizon; their contexts as
+    arrays, ``counts[i]`` the i-th's), when the deployment's limits hold and every window's timestamps
+    do not decrease; else None."""
+    if len(heads) > limits.max_batch:
         return None
-    heads: list[tuple[str, str | None, int]] = []
-    for req, count in zip(requests, counts, strict=True):
-        model, horizon, flow_key = req.model, req.horizon, req.flow_key
-        most = limits.horizons.get(model or limits.default_model)
+    for (_, model, horizon), count in zip(heads, counts, strict=True):
+        most = limits.horizons.get(limits.default_model if model is None else model)  # "" is no model
         if most is None or not 1 <= horizon <= most or count > limits.max_window:
             return None  # an absent horizon is 1, within every model's
-        if type(flow_key) is not str or not _HEX_KEY.fullmatch(flow_key):  # else it is its own normal form
-            try:
-                flow_key = _FLOW_KEY.validate_python(flow_key)
-            except ValidationError:
-                return None
-        heads.append((flow_key, model, horizon))
     ends = list(accumulate(counts))
     earlier = timestamps[1:] < timestamps[:-1]  # (n - 1,) a context earlier than the one before it
     if len(ends) > 1:

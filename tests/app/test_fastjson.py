@@ -25,13 +25,22 @@ def test_the_c_reader_is_built() -> None:
     assert _fastjson is not None, "app._fastjson is missing: reinstall with a C compiler (pip install -e .)"
 
 
-def _read(text: str | bytes, width: int = 3) -> tuple[list[int], list[float], list[int]] | None:
+KEY = "3f" * 32
+
+
+def _parse(text: str | bytes, batch: bool, width: int = 3) -> Any:
     assert _fastjson is not None
     data = text.encode() if isinstance(text, str) else text
-    out = _fastjson.contexts(data, width, MAX_TIMESTAMP_MS, MAX_FEATURE)
+    return _fastjson.requests(data, batch, width, MAX_TIMESTAMP_MS, MAX_FEATURE)
+
+
+def _read(contexts: str | bytes, width: int = 3) -> tuple[list[int], list[float], list[int]] | None:
+    """The timestamps, features and counts of one request with these contexts (JSON text)."""
+    text = contexts.decode(errors="replace") if isinstance(contexts, bytes) else contexts
+    out = _parse(f'{{"flow_key": "{KEY}", "contexts": {text}}}', batch=False, width=width)
     if out is None:
         return None
-    stamps, rows, counts = out
+    stamps, rows, counts = out[3:]
     return list(struct.unpack(f"{len(stamps) // 8}q", stamps)), list(np.frombuffer(rows)), counts
 
 
@@ -72,12 +81,52 @@ def test_any_written_float_reads_back_as_python_reads_it(value: float, how: str)
     assert got is not None and struct.pack("<d", got[1][0]) == struct.pack("<d", want), (token, got)
 
 
-def test_arrays_in_a_row_are_counted_apart_and_keys_come_in_any_order() -> None:
-    text = (
-        "[" + _context(1, "1", "2", "3") + "," + _context(2, "4", "5", "6") + "]"
-        ' [{"pattern_id": null, "features": [7, 8, 9], "metadata": { }, "timestamp": 3}]'
+def _body(*members: str) -> str:
+    return "{" + ", ".join(members) + "}"
+
+
+FK, CT = f'"flow_key": "{KEY}"', f'"contexts": [{_context(1, "1", "2", "3")}]'
+
+
+def test_requests_of_a_batch_are_counted_apart_and_keys_come_in_any_order() -> None:
+    first = _body(FK, f'"contexts": [{_context(1, "1", "2", "3")}, {_context(2, "4", "5", "6")}]')
+    context = '{"pattern_id": null, "features": [7, 8, 9], "metadata": { }, "timestamp": 3}'
+    second = _body(
+        '"horizon": 3', '"model": "lstm"', f'"contexts": [{context}]', f'"flow_key": "{"ab" * 32}"'
     )
-    assert _read(text) == ([1, 2, 3], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], [2, 1])
+    body = f'{{"requests": [{first}, {second}]}}'
+    flow_keys, models, horizons, stamps, rows, counts = _parse(body, batch=True)
+    assert (flow_keys, models, horizons, counts) == ([KEY, "ab" * 32], [None, "lstm"], [1, 3], [2, 1])
+    assert struct.unpack("3q", stamps) == (1, 2, 3) and list(np.frombuffer(rows)) == list(range(1, 10))
+    assert _parse(body, batch=False) is None  # a batch body is no single request, and the other way round
+    assert _parse(first, batch=True) is None
+    assert _parse(_body(FK, CT, '"model": null'), batch=False)[1] == [None]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _body(FK, '"contexts": []'),
+        _body(FK),
+        _body(CT),
+        _body(f'"flow_key": "{KEY.upper()}"', CT),
+        _body(f'"flow_key": "{KEY[:-1]}"', CT),
+        _body(f'"flow_key": "{KEY[:-1]}\\u0030"', CT),
+        _body('"flow_key": [1, 2]', CT),
+        _body(FK, CT, '"model": "l stm"'),
+        _body(FK, CT, '"model": ""'),
+        _body(FK, CT, '"model": 5'),
+        _body(FK, CT, '"horizon": 1.0'),
+        _body(FK, CT, '"horizon": true'),
+        _body(FK, CT, '"extra": 1'),
+        _body(FK, FK, CT),
+        _body(FK, CT) + " x",
+        "[" + _body(FK, CT) + "]",
+    ],
+)
+def test_a_request_of_another_shape_is_none(text: str) -> None:
+    assert _parse(text, batch=False) is None
+    assert _parse(f'{{"requests": [{text}]}}', batch=True) is None
 
 
 @pytest.mark.parametrize(
@@ -117,14 +166,17 @@ def test_anything_else_is_none(text: str) -> None:
 
 
 def test_every_cut_of_a_body_is_none_and_never_a_crash() -> None:
-    text = ("[" + ",".join(_context(i, "1.5", "-2e-3", "300") for i in range(3)) + "]").encode()
-    assert _read(text) is not None
+    contexts = ",".join(_context(i, "1.5", "-2e-3", "300") for i in range(3))
+    text = f'{{"requests": [{{"flow_key": "{KEY}", "contexts": [{contexts}], "model": null}}]}}'.encode()
+    assert _parse(text, batch=True) is not None
     for end in range(len(text)):
-        assert _read(text[:end]) is None or text[:end].strip() == b""
-    for _ in range(2000):  # and a byte changed anywhere
+        assert _parse(text[:end], batch=True) is None
+    rng = random.Random(0)
+    for _ in range(3000):  # and bytes changed anywhere
         spoiled = bytearray(text)
-        spoiled[random.randrange(len(text))] = random.randrange(256)
-        _read(bytes(spoiled))  # no answer is right or wrong here: fastparse checks against pydantic
+        for _ in range(rng.randint(1, 3)):
+            spoiled[rng.randrange(len(text))] = rng.randrange(256)
+        _parse(bytes(spoiled), batch=True)  # no answer is right or wrong here: fastparse checks it
 
 
 def test_the_benchmarks_bodies_take_the_c_reader_to_the_same_windows(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,8 +186,8 @@ def test_the_benchmarks_bodies_take_the_c_reader_to_the_same_windows(monkeypatch
 
     class Spy:
         @staticmethod
-        def contexts(*args: Any) -> Any:
-            calls.append(out := real.contexts(*args))  # type: ignore[union-attr]
+        def requests(*args: Any) -> Any:
+            calls.append(out := real.requests(*args))  # type: ignore[union-attr]
             return out
 
     monkeypatch.setattr(fastparse, "_fastjson", Spy)

@@ -345,6 +345,11 @@ def test_each_bound_is_pydantics_to_the_last_value(path: tuple[Any, ...], allowe
     assert _check(_with(path, refused), batch=False) is None
 
 
+@pytest.mark.parametrize("model", ["", "gru", "LSTM"])
+def test_a_model_not_served_is_pydantics_error(model: str) -> None:
+    assert _check(json.dumps(predict_body(3, model=model)), batch=False) is None
+
+
 def test_the_horizon_is_bound_by_the_named_model() -> None:
     assert _check(json.dumps(predict_body(3, model="hybrid", horizon=4)), batch=False) is not None
     assert _check(json.dumps(predict_body(3, model="hybrid", horizon=5)), batch=False) is None
