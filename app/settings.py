@@ -129,8 +129,8 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Prediction and routing requests in progress at once; one more gets a 503 before its "
         "body is read, which keeps the event loop's backlog short under overload. It bounds the latency of "
-        "admitted requests under overload (on 2 CPUs at 3x the saturation rate, p99: 16 -> 30 ms, 32 -> 69 "
-        "ms, 128 -> 214 ms; scripts/bench_overload.py) and the batches that single requests can form "
+        "admitted requests under overload (on 2 CPUs at 3x the saturation rate, p99: 16 -> 13 ms, 32 -> 26 "
+        "ms, 128 -> 90 ms; scripts/bench_overload.py) and the batches that single requests can form "
         "(keep it high on a GPU). 0: no cap.",
     )
     retry_after_s: int = Field(
