@@ -340,8 +340,9 @@ class Settings(BaseSettings):
     )
     learning_layers: Literal["head", "all"] = Field(
         default="head",
-        description="What learns online: `head` (the final norm and output head; about half the time per "
-        "step, and the offline training's feature extraction is kept) or `all` the weights.",
+        description="What learns online: `head` (the final norm and output head; two thirds of the time per "
+        "step with the default LSTM, and the offline training's feature extraction is kept) or `all` the "
+        "weights.",
     )
     learning_threads: int = Field(
         default=1, ge=1, le=256, description="Intra-op threads of the training thread."
