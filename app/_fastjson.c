@@ -116,6 +116,8 @@ static int number(Cursor *c, double *out, int *is_int) {
         if (len >= sizeof buf) return -1;
         memcpy(buf, start, len);
         buf[len] = '\0';
+        /* correctly rounded by glibc; it reads "." as the decimal point in the C locale, which CPython
+         * keeps for LC_NUMERIC (nothing in the service calls setlocale) */
         v = strtod(buf, NULL);
         neg = 0; /* strtod kept the sign */
     }
