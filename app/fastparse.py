@@ -29,11 +29,11 @@ import gc
 import logging
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
 from operator import attrgetter, itemgetter
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -51,7 +51,7 @@ from app.schemas import (
     PredictRequest,
 )
 
-try:  # the C reader of the common shape of contexts; without a C compiler at install, msgspec alone
+try:  # the C reader of the common shape of bodies; without a C compiler at install, msgspec alone
     from app import _fastjson
 except ImportError:  # pragma: no cover (tests/app/test_fastjson.py requires it)
     _fastjson = None  # type: ignore[assignment]
@@ -130,8 +130,7 @@ def windows_of(requests: Sequence[PredictRequest]) -> list[Window]:
     return _windows(
         [(req.flow_key, req.model, req.horizon) for req in requests],
         list(accumulate(len(req.contexts) for req in requests)),
-        np.array(list(map(_TIMESTAMP, contexts)), dtype=np.int64),
-        np.fromiter(chain.from_iterable(map(_FEATURES, contexts)), np.float64, len(contexts) * D),
+        *_arrays(contexts, _TIMESTAMP, _FEATURES),
         [c.get("pattern_id") for c in contexts],
     )
 
@@ -139,9 +138,20 @@ def windows_of(requests: Sequence[PredictRequest]) -> list[Window]:
 def context_arrays(contexts: Sequence[ContextVector]) -> tuple[np.ndarray, np.ndarray]:
     """One window of contexts that pydantic validated as the engine takes it: timestamps (n,) int64 and
     features (n, D) float64 (the routing endpoint's windows)."""
-    timestamps = np.array(list(map(_TIMESTAMP, contexts)), dtype=np.int64)
-    features = np.fromiter(chain.from_iterable(map(_FEATURES, contexts)), np.float64, len(contexts) * D)
+    timestamps, features = _arrays(contexts, _TIMESTAMP, _FEATURES)
     return timestamps, features.reshape(-1, D)
+
+
+def _arrays(
+    contexts: Sequence[Any], stamp: Callable[[Any], int], row: Callable[[Any], Iterable[float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The timestamps (n,) int64 and the features (n * D,) float64 of contexts (dicts or structs, read with
+    ``stamp`` and ``row``), each in one pass in C. A bool feature is 1.0 or 0.0, as pydantic makes it."""
+    n = len(contexts)
+    return (
+        np.fromiter(map(stamp, contexts), np.int64, n),
+        np.fromiter(chain.from_iterable(map(row, contexts)), np.float64, n * D),
+    )
 
 
 def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Window] | None:
@@ -149,10 +159,11 @@ def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Wind
 
     None says nothing about validity: it leaves the body to pydantic.
     """
-    # A body of 512 windows parses into some 33,000 dicts and lists. They hold no cycles and are gone
-    # before this returns, so a collection that their allocation sets off could free none of them: it
-    # would only walk them and promote them to older generations, to be walked again. None runs until
-    # they are gone (scripts/bench_parse.py --gc default shows what that saves).
+    # Read by msgspec (a body of another shape than app._fastjson reads), 512 windows make some 33,000
+    # lists and tuples. They hold no cycles and are gone before this returns, so a collection that their
+    # allocation sets off could free none of them: it would only walk them and promote them to older
+    # generations, to be walked again. None runs until they are gone (scripts/bench_parse.py --gc
+    # default shows what that saves). The C reader makes a few Python objects a request, not a context.
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -185,12 +196,9 @@ def _fast_windows(body: bytes | str, limits: Limits, batch: bool) -> list[Window
             except ValidationError:
                 return None
         heads.append((flow_key, req.model, req.horizon))
-    # every context of every window at once, each pass in C
-    contexts = list(chain.from_iterable(map(_CONTEXTS, requests)))
-    n = len(contexts)
-    timestamps = np.fromiter(map(_STAMP, contexts), np.int64, n)
-    features = np.fromiter(chain.from_iterable(map(_ROW, contexts)), np.float64, n * D)  # a bool is 1.0
+    contexts = list(chain.from_iterable(map(_CONTEXTS, requests)))  # every window's at once
     counts = [len(req.contexts) for req in requests]
+    timestamps, features = _arrays(contexts, _STAMP, _ROW)
     return _checked(heads, limits, counts, timestamps, features, list(map(_PATTERN_ID, contexts)))
 
 
