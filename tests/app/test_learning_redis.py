@@ -35,15 +35,20 @@ from tests.app.test_learning import biased_feedback, sample
 REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A key prefix of this test only; its keys are deleted afterwards."""
+def _private_prefix(url: str) -> Iterator[str]:
+    """A key prefix of one test only; its keys in the database of ``url`` are deleted afterwards."""
     prefix = f"cpe-test-{secrets.token_hex(6)}:"
     yield prefix
-    with redis.Redis.from_url(REDIS_URL) as client:
+    with redis.Redis.from_url(url) as client:
         keys = list(client.scan_iter(match=f"{prefix}*"))
         if keys:
             client.delete(*keys)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of this test only; its keys are deleted afterwards."""
+    yield from _private_prefix(REDIS_URL)
 
 
 def test_feedback_is_in_the_stream_before_the_202(prefix: str) -> None:
@@ -220,12 +225,7 @@ HEALTH_REDIS = "redis://127.0.0.1:6379/9"
 @pytest.fixture
 def health_prefix() -> Iterator[str]:
     """A key prefix of this test only, in database 9; its keys are deleted afterwards."""
-    prefix = f"cpe-test-{secrets.token_hex(6)}:"
-    yield prefix
-    with redis.Redis.from_url(HEALTH_REDIS) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+    yield from _private_prefix(HEALTH_REDIS)
 
 
 def _readiness(client: TestClient, until: Callable[[dict[str, Any]], bool], timeout_s: float = 10.0) -> Any:
