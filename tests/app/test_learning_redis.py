@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from app.learning.feedback import FeedbackUnavailable, MemoryFeedback, RedisFeedback
 from app.learning.lease import RedisLease
 from app.main import create_app
+from app.settings import Settings
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 from tests.app.ports import free_port
 from tests.app.servers import serving
@@ -45,6 +46,18 @@ def _private_prefix(url: str) -> Iterator[str]:
             client.delete(*keys)
 
 
+def _learning_on(url: str, prefix: str, **more: Any) -> Settings:
+    """Settings of a service that learns through the Redis at ``url``, its keys under ``prefix``."""
+    return make_settings(
+        models=("lstm",),
+        learning_url=url,
+        bus_url=url,
+        learning_prefix=prefix,
+        models_channel=f"{prefix}models",
+        **more,
+    )
+
+
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A key prefix of this test only; its keys are deleted afterwards."""
@@ -52,13 +65,7 @@ def prefix() -> Iterator[str]:
 
 
 def test_feedback_is_in_the_stream_before_the_202(prefix: str) -> None:
-    settings = make_settings(
-        models=("lstm",),
-        learning_url=REDIS_URL,
-        bus_url=REDIS_URL,
-        learning_prefix=prefix,
-        models_channel=f"{prefix}models",
-    )
+    settings = _learning_on(REDIS_URL, prefix)
     with TestClient(create_app(settings)) as client, redis.Redis.from_url(REDIS_URL) as r:
         body = biased_feedback(7)
         response = client.post("/v1/feedback", json=body)
@@ -282,14 +289,7 @@ async def test_the_stream_problem_comes_with_a_failure_and_goes_with_the_next_su
 
 
 def test_readyz_names_a_broken_feedback_stream_and_forgets_it_once_it_works(health_prefix: str) -> None:
-    settings = make_settings(
-        models=("lstm",),
-        learning_url=HEALTH_REDIS,
-        bus_url=HEALTH_REDIS,
-        learning_prefix=health_prefix,
-        models_channel=f"{health_prefix}models",
-        bus_channel=f"{health_prefix}routing",
-    )
+    settings = _learning_on(HEALTH_REDIS, health_prefix, bus_channel=f"{health_prefix}routing")
     with TestClient(create_app(settings)) as client, redis.Redis.from_url(HEALTH_REDIS) as r:
         _readiness(client, _ready)
         stream = f"{health_prefix}feedback"
