@@ -4,7 +4,7 @@ Drives a bare FastAPI app through its ASGI interface in one process (no sockets,
 the CPU it takes, so that the difference between the routes is the dependency alone: FastAPI solving it,
 plus the check. The cases run interleaved and the best of the repeats counts, against a busy machine.
 
-    python scripts/bench_auth.py [--requests 20000] [--repeat 5]
+    python -m scripts.bench_auth [--requests 20000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ import argparse
 import asyncio
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response

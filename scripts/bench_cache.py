@@ -17,10 +17,10 @@ left in Redis is a hit. A second phase sends, one at a time, a new window (a mis
 again (a hit), and reports the medians. Then the memory of the in-process tier is measured with
 tracemalloc: 100,000 entries of the server's own serialized PredictionResult, per strategy.
 
-    python scripts/bench_cache.py                      # the default runs, a table
-    python scripts/bench_cache.py --requests 10000 --json out.json
-    python scripts/bench_cache.py --run redis://127.0.0.1:6379/14,1000,lru
-    python scripts/bench_cache.py --memory-only
+    python -m scripts.bench_cache                      # the default runs, a table
+    python -m scripts.bench_cache --requests 10000 --json out.json
+    python -m scripts.bench_cache --run redis://127.0.0.1:6379/14,1000,lru
+    python -m scripts.bench_cache --memory-only
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from app.bench import BenchError, Server, free_port
 from app.cache.memory import STRATEGIES, MemoryCache
+from tools.bench import BenchError, Server, free_port
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_RUNS = [

@@ -1,6 +1,6 @@
 """Time one online training step: a minibatch of 32 from the replay buffer, forward, backward, update.
 
-    python scripts/bench_learning.py [--models lstm transformer hybrid] [--batch 32] [--steps 200]
+    python -m scripts.bench_learning [--models lstm transformer hybrid] [--batch 32] [--steps 200]
 
 What is timed is ``Trainer.step`` as the learner runs it: the prioritized draw from a replay buffer
 filled with real feedback (windows cut from synthetic traces, encoded as the learner encodes them),
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from app.learning.feedback import Feedback
 from app.learning.replay import ReplayBuffer

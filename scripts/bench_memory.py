@@ -1,6 +1,6 @@
 """Resident memory of one CPE worker: idle, and with 100,000 distinct flows' predictions cached in-process.
 
-    python scripts/bench_memory.py [--flows 100000] [--models lstm,transformer,hybrid]
+    python -m scripts.bench_memory [--flows 100000] [--models lstm,transformer,hybrid]
 
 Starts `cpe serve` (one worker, the CPU, memory:// cache sized to hold every flow), reads its VmRSS from
 /proc once it is ready and has answered one prediction (idle), then posts one distinct flow per window
@@ -23,11 +23,10 @@ from pathlib import Path
 import httpx
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.app.payloads import contexts
+from tests.app.ports import free_port
 
-from tests.app.payloads import contexts  # noqa: E402
-from tests.app.ports import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PER_REQUEST = 1000
 

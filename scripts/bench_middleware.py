@@ -1,6 +1,6 @@
 """CPU per request that the HTTP middleware costs: request ids, HTTP metrics, both, or neither.
 
-    python scripts/bench_middleware.py [--mode alone|asgi|server] [--requests N] [--rounds 3]
+    python -m scripts.bench_middleware [--mode alone|asgi|server] [--requests N] [--rounds 3]
 
 Every request posts the same /v1/predict body, so that after the first every answer comes from the
 cache: the cheapest path, where middleware weighs most. Variants take turns for ``--rounds`` rounds; the
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("none", "request_id", "http_metrics", "both", "request_id_basehttp")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -174,7 +173,9 @@ def measure_server(variant: str, port: int, requests: int, body: bytes) -> float
     """Server CPU µs per request of ``variant``."""
     env = os.environ | {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm"}
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", variant, "--port", str(port)], cwd=ROOT, env=env
+        [sys.executable, "-m", "scripts.bench_middleware", "--serve", variant, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
     )
     try:
         conn = _connect(port, server)

@@ -2,7 +2,7 @@
 
 Needs only torch, numpy and this repository's ``models`` package, so that it runs as-is on a GPU box:
 
-    python scripts/bench_models.py --device cuda [--dtype bf16] [--batch 1 8 64 256 1024 4096]
+    python -m scripts.bench_models --device cuda [--dtype bf16] [--batch 1 8 64 256 1024 4096]
 
 Inputs are random (B, T, F) windows of the checkpoint's sequence length; the shipped weights are loaded
 when ``safetensors`` is installed, else the same architecture is built with random weights (the time of
@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from models.registry import build_model
 

@@ -1,6 +1,6 @@
 """Overload: the saturation rate of POST /v1/predict, then 3x that rate open-loop, then a light load again.
 
-    python scripts/bench_overload.py [--max-inflight 16] [--budget-ms 0] [--factor 3] [--runs 3]
+    python -m scripts.bench_overload [--max-inflight 16] [--budget-ms 0] [--factor 3] [--runs 3]
 
 Starts `cpe serve` (lstm, CPU unless CPE_DEVICE says otherwise) with CPE_ENGINE_LATENCY_BUDGET_MS set to
 ``--budget-ms``. As in `cpe bench`, the server is pinned to the first CPU and this process, the load
@@ -27,14 +27,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from faults import Server, window
-from loadgen import drive, read_templates
+from scripts.faults import Server, window
+from scripts.loadgen import drive, read_templates
 
 _HEAD = b"\r\n\r\n"
 _KEY = b'"flow_key": "00000000'  # how every body's flow key starts

@@ -15,8 +15,8 @@ The heap is a server's: the three shipped models loaded, the collector set as ap
 sets it (``--gc app``; ``default`` or ``off`` to compare), and the last ``--in-flight`` parsed bodies
 kept alive, as the requests that wait for the engine keep theirs.
 
-    python scripts/bench_parse.py
-    python scripts/bench_parse.py --windows 128 --gc default
+    python -m scripts.bench_parse
+    python -m scripts.bench_parse --windows 128 --gc default
 """
 
 from __future__ import annotations
@@ -29,21 +29,18 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
 from app import fastparse
 from app.api.predict import _answers, _key
-from app.bench import concrete, make_requests
 from app.engine import Engine
 from app.fastparse import fast_windows, windows_of
 from app.schemas import BatchPredictRequest, Limits, PredictRequest
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
+from tools.bench import concrete, make_requests
 
 KINDS = ("lstm", "transformer", "hybrid")
 

@@ -11,7 +11,7 @@ request differ and no server-side cache can answer from an earlier request. Bodi
 Prints one JSON line: requests, errors, duration_s and latency_ms percentiles of the requests sent
 after the warm-up and answered before the end; wrk's figures have the same shape.
 
-    python scripts/loadgen.py --url http://127.0.0.1:8000/v1/predict --bodies bodies.jsonl -c 32 -d 5
+    python -m scripts.loadgen --url http://127.0.0.1:8000/v1/predict --bodies bodies.jsonl -c 32 -d 5
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ What a reasonable engineer writes first: a FastAPI app with a pydantic body, a p
 answer. Same JSON body as ``POST /v1/predict``, same checkpoint, same preprocessing and calibration
 (``Predictor.predict``), default torch threads. No micro-batching, no engine, no cache, no orjson.
 
-    python scripts/naive_server.py --port 8001 [--model lstm] [--mode def|async] [--device cpu]
+    python -m scripts.naive_server --port 8001 [--model lstm] [--mode def|async] [--device cpu]
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor

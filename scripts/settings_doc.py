@@ -1,7 +1,7 @@
 """Print the CPE_* settings as the README's markdown table or as .env.example.
 
-    python scripts/settings_doc.py table   > (paste into README.md)
-    python scripts/settings_doc.py env     > .env.example
+    python -m scripts.settings_doc table   > (paste into README.md)
+    python -m scripts.settings_doc env     > .env.example
 
 tests/app/test_settings_doc.py checks that both documents name every setting.
 """
@@ -9,9 +9,6 @@ tests/app/test_settings_doc.py checks that both documents name every setting.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.settings import Settings
 

@@ -5,7 +5,7 @@ fixed 200, about as cheap as a Python server gets; what a load generator reaches
 ceiling. ``--kind fastapi``: uvicorn + FastAPI with an ``async def`` endpoint that reads the body and
 answers a constant; the floor under any FastAPI service on this machine.
 
-    python scripts/trivial_server.py --kind raw --port 8002
+    python -m scripts.trivial_server --kind raw --port 8002
 """
 
 from __future__ import annotations

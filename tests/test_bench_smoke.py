@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.bench import (
+from tools.bench import (
     PLACEHOLDER,
-    SCRIPTS,
+    REPO,
     Server,
     concrete,
     free_port,
@@ -24,14 +24,14 @@ from app.bench import (
     plan_cpus,
     write_bodies,
 )
-from app.bench import main as bench_main
+from tools.bench import main as bench_main
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 
 
 def _serve(name: str, script: str, tmp_path: Path, *extra: str) -> Iterator[Server]:
     port = free_port()
-    argv = [sys.executable, str(SCRIPTS / script), "--host", "127.0.0.1", "--port", str(port), *extra]
+    argv = [sys.executable, "-m", f"scripts.{script}", "--host", "127.0.0.1", "--port", str(port), *extra]
     server = Server(name, argv, port, tmp_path, cpus=None)
     try:
         server.wait_ready(deadline=time.monotonic() + 60)
@@ -43,19 +43,19 @@ def _serve(name: str, script: str, tmp_path: Path, *extra: str) -> Iterator[Serv
 @pytest.fixture(scope="module")  # one start (a few seconds: torch, the checkpoint) for the tests below
 def naive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     logs = tmp_path_factory.mktemp("naive")
-    yield from _serve("naive", "naive_server.py", logs, "--model", "lstm", "--device", "cpu")
+    yield from _serve("naive", "naive_server", logs, "--model", "lstm", "--device", "cpu")
 
 
 @pytest.fixture
 def raw(tmp_path: Path) -> Iterator[Server]:
-    yield from _serve("raw", "trivial_server.py", tmp_path, "--kind", "raw")
+    yield from _serve("raw", "trivial_server", tmp_path, "--kind", "raw")
 
 
 def test_bench_models_times_every_model_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "models.json"
-    argv = [sys.executable, str(SCRIPTS / "bench_models.py"), "--device", "cpu", "--threads", "1"]
+    argv = [sys.executable, "-m", "scripts.bench_models", "--device", "cpu", "--threads", "1"]
     argv += ["--batch", "1", "4", "--time", "0.05", "--warmup", "1", "--json", str(out)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert "predictions/s" in done.stdout
     rows = json.loads(out.read_text())["rows"]
@@ -97,9 +97,9 @@ def test_naive_reference_refuses_a_malformed_window(naive: Server) -> None:
 def test_load_generator_counts_every_answer_of_a_trivial_server(raw: Server, tmp_path: Path) -> None:
     bodies = tmp_path / "bodies.jsonl"
     write_bodies(bodies, make_requests(4, seq_len=8, seed=1))
-    argv = [sys.executable, str(SCRIPTS / "loadgen.py"), "--url", f"{raw.url}/v1/predict"]
+    argv = [sys.executable, "-m", "scripts.loadgen", "--url", f"{raw.url}/v1/predict"]
     argv += ["--bodies", str(bodies), "-c", "4", "-d", "0.5", "--warmup", "0.2"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["requests"] > 10
@@ -113,13 +113,14 @@ def test_load_generator_refuses_anything_but_loopback(tmp_path: Path) -> None:
     bodies.write_text("{}\n")
     argv = [
         sys.executable,
-        str(SCRIPTS / "loadgen.py"),
+        "-m",
+        "scripts.loadgen",
         "--url",
         "http://192.0.2.1:80/",
         "--bodies",
         str(bodies),
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
     assert done.returncode != 0 and "loopback" in done.stderr
 
 
@@ -142,8 +143,7 @@ def test_bench_refuses_bad_options_before_starting_anything(capsys: pytest.Captu
 
 def test_bench_learning_times_training_steps(tmp_path: Path) -> None:
     out = tmp_path / "learning.json"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_learning.py"
-    argv = [sys.executable, str(script), "--steps", "5", "--layers", "head", "--json", str(out)]
-    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    argv = [sys.executable, "-m", "scripts.bench_learning", "--steps", "5", "--layers", "head", "--json", str(out)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120, cwd=REPO)
     figures = json.loads(out.read_text())["lstm/head"]
     assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["p90_ms"]

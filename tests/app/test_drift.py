@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from app.cli import main
-from app.drift import METHODS
+from tools.drift import METHODS
 
 
 def test_drift_evaluation_runs_end_to_end(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import fastparse
-from app.bench import concrete, make_requests
+from tools.bench import concrete, make_requests
 from app.schemas import MAX_FEATURE, MAX_TIMESTAMP_MS, Limits
 
 _fastjson = fastparse._fastjson

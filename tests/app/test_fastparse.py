@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from app import fastparse
-from app.bench import concrete, make_requests
+from tools.bench import concrete, make_requests
 from app.fastparse import Window, fast_windows, predict_windows, windows_of
 from app.schemas import (
     MAX_FEATURE,

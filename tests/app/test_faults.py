@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _drill(*args: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "scripts/faults.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "scripts.faults", *args], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
     assert done.stdout.strip(), done.stderr[-3000:]
     result: dict = json.loads(done.stdout.strip().splitlines()[-1])

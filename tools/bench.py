@@ -1,7 +1,9 @@
-"""`cpe bench`: the service against a naive reference, on loopback, under load from another process.
+"""The service against a naive reference, on loopback, under load from another process.
+
+``make bench``, ``python -m tools.bench`` or ``cpe bench``.
 
 One run starts the CPE service (``python -m app.cli serve``), the naive reference
-(``scripts/naive_server.py``: one model call per request) and a do-nothing server on free loopback
+(``python -m scripts.naive_server``: one model call per request) and a do-nothing server on free loopback
 ports, checks that CPE and the reference give the same answer, calibrates the load generator against
 the do-nothing server, then measures, ``--repeat`` times in interleaved order:
 
@@ -13,7 +15,7 @@ the do-nothing server, then measures, ``--repeat`` times in interleaved order:
 It prints the medians over the repeats next to the targets and can write every figure as JSON. Bodies
 are realistic windows of synthetic route traces (``models.traces``), each request a different window and
 flow key (tags rewritten per request, so no cache can answer). Load comes from ``wrk`` when installed
-(C, one thread) else from ``scripts/loadgen.py`` (asyncio raw HTTP/1.1), always a separate process,
+(C, one thread) else from ``scripts.loadgen`` (asyncio raw HTTP/1.1), always a separate process,
 always on loopback, for a bounded time. On a machine of 2+ CPUs the servers are pinned to all CPUs
 but the last and the load generator to the last one (``--pin``), the same for CPE and the reference,
 so that the two do not fight over a core.
@@ -48,7 +50,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 LOOPBACK = "127.0.0.1"
-PLACEHOLDER = "@@@@@@@@"  # rewritten per request by the load generators: see scripts/loadgen.py
+PLACEHOLDER = "@@@@@@@@"  # rewritten per request by the load generators: see scripts.loadgen
 RESULT_MARK = "CPE_BENCH_RESULT "
 
 # the serving path's targets, checked on the medians
@@ -266,7 +268,7 @@ def make_requests(n: int, seq_len: int, seed: int) -> list[dict[str, Any]]:
 
 
 def write_bodies(path: Path, bodies: Sequence[dict[str, Any]]) -> None:
-    """One compact JSON body a line: the format of scripts/loadgen.py and scripts/wrk_bodies.lua."""
+    """One compact JSON body a line: the format of scripts.loadgen and scripts/wrk_bodies.lua."""
     import orjson
 
     with path.open("wb") as f:
@@ -367,14 +369,15 @@ class Wrk(LoadGenerator):
 
 
 class PythonLoad(LoadGenerator):
-    """scripts/loadgen.py: asyncio raw HTTP/1.1 on uvloop, warm-up included in the same run."""
+    """``python -m scripts.loadgen``: asyncio raw HTTP/1.1 on uvloop, warm-up included in the same run."""
 
     tool = "python"
 
     def argv(self, load: Load, duration_s: float, tag: int) -> list[str]:
         return [
             sys.executable,
-            str(SCRIPTS / "loadgen.py"),
+            "-m",
+            "scripts.loadgen",
             "--url",
             f"http://{LOOPBACK}:{load.port}{load.path}",
             "--bodies",
@@ -680,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--loadgen",
         default="auto",
         choices=("auto", "wrk", "python"),
-        help="auto: wrk when installed, else scripts/loadgen.py",
+        help="auto: wrk when installed, else python -m scripts.loadgen",
     )
     p.add_argument("--pin", default="auto", help="auto | none | SERVER:CLIENT CPU lists, e.g. 0:1")
     p.add_argument(
@@ -803,16 +806,16 @@ def _bench(args: argparse.Namespace) -> int:
             cpe_argv = shlex.split(args.cpe_command)
 
         def script(name: str, *extra: str) -> list[str]:
-            return [sys.executable, str(SCRIPTS / name), "--host", LOOPBACK, "--port", "{port}", *extra]
+            return [sys.executable, "-m", f"scripts.{name}", "--host", LOOPBACK, "--port", "{port}", *extra]
 
         naive_args = ("--model", args.model, "--device", args.device, "--mode", args.naive_mode)
         specs: dict[str, tuple[list[str], dict[str, str]]] = {
             "cpe": (cpe_argv, cpe_env),
-            "naive": (script("naive_server.py", *naive_args), {}),
+            "naive": (script("naive_server", *naive_args), {}),
         }
         if args.calibrate:
-            specs["raw"] = (script("trivial_server.py", "--kind", "raw"), {})
-            specs["fastapi"] = (script("trivial_server.py", "--kind", "fastapi"), {})
+            specs["raw"] = (script("trivial_server", "--kind", "raw"), {})
+            specs["fastapi"] = (script("trivial_server", "--kind", "fastapi"), {})
         servers: dict[str, Server] = {}
         for name, (argv, env) in specs.items():
             port = free_port()
@@ -914,3 +917,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     missed = [r["metric"] for r in rows if r.get("pass") is False]
     return 1 if missed and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,6 @@
-"""Drift evaluation (``cpe evaluate --drift``): a regime shift replayed through the running service.
+"""Drift evaluation: a regime shift replayed through the running service.
+
+``python -m tools.drift``, also ``cpe evaluate --drift``.
 
 One synthetic route is sampled with a deterministic regime shift (``models.traces.generate_trace``:
 from ``shift_at`` on, its base latency doubles and its daily phase moves 6 hours). Its contexts are
@@ -18,7 +20,9 @@ MAE comes back within 20 % of its pre-shift level within 2,000 feedback samples,
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +49,7 @@ class DriftConfig:
     kind: str = "lstm"
     latency_factor: float = 2.0
     phase_hours: float = 6.0
-    out: str = "drift.png"
+    out: str | None = "out/drift.png"  # the plot (PNG); None: no plot
     json_out: str | None = None
     learning: dict[str, Any] | None = None  # settings of the service's learner (CPE_LEARNING_* names)
 
@@ -123,6 +127,8 @@ def rolling(errors: np.ndarray, scale: np.ndarray, window: int) -> tuple[np.ndar
 
 def run(cfg: DriftConfig) -> dict[str, Any]:
     """The whole evaluation; prints the table, saves the plot, returns the figures."""
+    if cfg.out:
+        _require_matplotlib()  # before the replay, not after minutes of it
     predictor = Predictor.load(CHECKPOINT_DIR / f"{cfg.kind}.safetensors")
     seq_len = predictor.seq_len
     rng = np.random.default_rng(cfg.seed)
@@ -177,7 +183,8 @@ def run(cfg: DriftConfig) -> dict[str, Any]:
         },
     )
     print(_table(cfg, curves, figures), flush=True)
-    _plot(cfg, curves, shift, figures)
+    if cfg.out:
+        _plot(cfg, curves, shift, figures)
     if cfg.json_out:
         Path(cfg.json_out).write_text(json.dumps(figures, indent=2))
     return figures
@@ -245,7 +252,8 @@ def _table(
         )
     lines.append(
         f"learner: {figures['learner']}; versions rolled out {figures['versions_rolled_out']}; "
-        f"replay took {figures['replay_seconds']} s; EWMA alpha {figures['ewma_alpha']}; plot {cfg.out}"
+        f"replay took {figures['replay_seconds']} s; EWMA alpha {figures['ewma_alpha']}; "
+        f"plot {cfg.out or 'none'}"
     )
     return "\n".join(lines)
 
@@ -255,6 +263,8 @@ def _plot(
 ) -> None:
     import matplotlib
 
+    assert cfg.out, "no plot asked for"
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     matplotlib.use("Agg")  # no display: write the file only
     import matplotlib.pyplot as plt
 
@@ -276,3 +286,83 @@ def _plot(
     fig.tight_layout()
     fig.savefig(cfg.out, dpi=110)
     plt.close(fig)
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency that this run needs is not installed."""
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        raise MissingExtra(
+            "the drift plot needs matplotlib, an optional extra: pip install -e '.[plots]' "
+            "(or pass --no-plot)"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DriftConfig()
+    p = argparse.ArgumentParser(prog="python -m tools.drift", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model", default=d.kind, choices=("lstm", "transformer", "hybrid"), help="the model that learns"
+    )
+    p.add_argument(
+        "--pre", type=int, default=d.pre, help=f"feedback samples before the shift (default {d.pre})"
+    )
+    p.add_argument(
+        "--post", type=int, default=d.post, help=f"feedback samples after the shift (default {d.post})"
+    )
+    p.add_argument(
+        "--window", type=int, default=d.window, help=f"samples per rolling MAE (default {d.window})"
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help=f"seed of the route and its trace (default {d.seed})"
+    )
+    p.add_argument("--plot", default=d.out, help=f"where to save the plot, a PNG (default {d.out})")
+    p.add_argument(
+        "--no-plot", dest="plot", action="store_const", const=None, help="no plot (no matplotlib needed)"
+    )
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument(
+        "--learning-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the service's learner, e.g. learning_layers=all (repeatable)",
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return p
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--learning-setting takes NAME=VALUE (a Settings field), got {text!r}")
+    return name.strip().lower().removeprefix("cpe_"), value.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = DriftConfig(
+        pre=args.pre,
+        post=args.post,
+        window=args.window,
+        seed=args.seed,
+        kind=args.model,
+        out=args.plot,
+        json_out=args.json,
+        learning=dict(_setting(text) for text in args.learning_setting),
+    )
+    try:
+        figures = run(cfg)
+    except MissingExtra as exc:
+        print(f"drift: {exc}", file=sys.stderr)
+        return 2
+    met = all(t["recovery_met"] and t["end_met"] for t in figures["targets"].values())
+    return 1 if args.strict and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
