@@ -24,18 +24,19 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check app models scripts tests
-	$(BIN)/ruff format --check app models scripts tests
+	$(BIN)/ruff check app models scripts tools tests
+	$(BIN)/ruff format --check app models scripts tools tests
 	$(BIN)/mypy app models
 
 bench: setup
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m tools.bench
 
-# the shipped checkpoints, reproduced: the epochs are those they were trained for (seeded, deterministic)
+# the shipped checkpoints, reproduced in place: the epochs are those they were trained for (seeded,
+# deterministic); `cpe train` without --replace-shipped writes to a new out/checkpoints/<time>/ instead
 train: setup
-	$(BIN)/cpe train --model lstm --epochs 3
-	$(BIN)/cpe train --model transformer --epochs 1
-	$(BIN)/cpe train --model hybrid --epochs 1
+	$(BIN)/cpe train --model lstm --epochs 3 --replace-shipped
+	$(BIN)/cpe train --model transformer --epochs 1 --replace-shipped
+	$(BIN)/cpe train --model hybrid --epochs 1 --replace-shipped
 
 evaluate: setup
 	$(BIN)/cpe evaluate

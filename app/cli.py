@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from models.checkpoint import CHECKPOINT_DIR
@@ -37,10 +40,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(cfg, name, value)
     traces = generate_routes(cfg.seed, cfg.n_routes, cfg.n_steps, split="train")
     model, meta = train(cfg, traces, log=lambda s: print(s, flush=True))
-    out = Path(args.out or CHECKPOINT_DIR / f"{args.model}.safetensors")
+    out = _checkpoint_dir(args) / f"{args.model}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
     written = checkpoint.save(out, model, meta)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB), sha256 {written['weights_sha256'][:16]}…")
+    if not args.replace_shipped:
+        print(f"serve it with CPE_CHECKPOINT_DIR={out.parent} CPE_MODELS={args.model} CPE_MODEL={args.model}")
     return 0
+
+
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    """Where `cpe train` writes: the shipped checkpoints are git-tracked, so only on request."""
+    if args.replace_shipped:
+        if args.out is not None:
+            raise SystemExit("cpe train: --out and --replace-shipped exclude each other")
+        return CHECKPOINT_DIR
+    out = Path(args.out) if args.out else Path("out", "checkpoints", time.strftime("%Y%m%d-%H%M%S"))
+    if out.resolve() == CHECKPOINT_DIR.resolve():
+        raise SystemExit(
+            f"cpe train: {out} holds the shipped checkpoints; pass --replace-shipped to overwrite them"
+        )
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -68,72 +88,101 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    from app.drift import DriftConfig, run
-
-    cfg = DriftConfig(
-        pre=args.pre,
-        post=args.post,
-        window=args.window,
-        seed=args.drift_seed,
-        kind=args.model[0],
-        out=args.plot,
-        json_out=args.json,
-        learning=dict(_setting(text) for text in args.learning_setting),
-    )
-    figures = run(cfg)
-    met = all(t["recovery_met"] and t["end_met"] for t in figures["targets"].values())
-    return 1 if args.strict and not met else 0
-
-
-def _setting(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--learning-setting takes NAME=VALUE (a Settings field), got {text!r}")
-    return name.strip().lower().removeprefix("cpe_"), value.strip()
+    argv = ["--model", args.model[0]]
+    for flag, name in (
+        ("--pre", "pre"),
+        ("--post", "post"),
+        ("--window", "window"),
+        ("--seed", "drift_seed"),
+    ):
+        if hasattr(args, name):  # the defaults are tools.drift's own
+            argv += [flag, str(getattr(args, name))]
+    if hasattr(args, "plot"):
+        argv += ["--plot", args.plot] if args.plot else ["--no-plot"]
+    argv += ["--json", args.json] if args.json else []
+    argv += [f"--learning-setting={text}" for text in args.learning_setting]
+    argv += ["--strict"] if args.strict else []
+    return run_tool("tools.drift", argv)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from models.traces import generate_routes, write_jsonl
 
     traces = generate_routes(args.seed, args.routes, args.steps, split=args.split)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     n = write_jsonl(traces, args.out)
     print(f"wrote {n} contexts of {len(traces)} routes to {args.out}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from app.bench import main as bench_main
+    return run_tool("tools.bench", args.rest)
 
-    return bench_main(args.rest)
+
+def run_tool(module: str, argv: list[str]) -> int:
+    """Runs a developer tool (``tools/``) of the checkout this package runs from, as its own process.
+
+    The tools are not part of the installed package (what a replica runs): they need the checkout's
+    ``scripts/`` too. Its own process, because the console script's ``sys.path`` holds the installed
+    packages only; the checkout goes on the child's ``PYTHONPATH``.
+    """
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tools" / "__init__.py").is_file():
+        print(
+            f"cpe: {module} is a developer tool that lives in the source checkout (tools/), not in the "
+            f"installed package at {root}: run it from a clone of the repository (python -m {module})",
+            file=sys.stderr,
+        )
+        return 2
+    path = os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))
+    return subprocess.call([sys.executable, "-m", module, *argv], env={**os.environ, "PYTHONPATH": path})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cpe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    suppress = argparse.SUPPRESS  # a --drift option left out takes tools.drift's default
 
     p = sub.add_parser("serve", help="run the HTTP/WebSocket service (settings from CPE_* variables)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int)
+    p.add_argument("--host", help="interface to listen on (overrides CPE_HOST)")
+    p.add_argument("--port", type=int, help="TCP port to listen on (overrides CPE_PORT)")
+    p.add_argument("--workers", type=int, help="server processes (overrides CPE_WORKERS)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("train", help="train a model on synthetic traces and write its checkpoint")
-    p.add_argument("--model", choices=KINDS, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="checkpoint path (default: the shipped one for this kind)")
+    p.add_argument("--model", choices=KINDS, required=True, help="the architecture to train")
+    p.add_argument("--seed", type=int, default=0, help="seed of the traces and the weights (default 0)")
+    p.add_argument(
+        "--out",
+        help="directory to write <model>.safetensors into (default: a new out/checkpoints/<time>/), "
+        "usable as CPE_CHECKPOINT_DIR",
+    )
+    p.add_argument(
+        "--replace-shipped",
+        action="store_true",
+        help="overwrite the shipped, git-tracked checkpoint in models/checkpoints/ (what `make train` does)",
+    )
     p.add_argument("--hparams", help='JSON object of architecture hyper-parameters, e.g. {"hidden": 96}')
-    p.add_argument("--routes", dest="n_routes", type=int)
-    p.add_argument("--steps", dest="n_steps", type=int)
-    p.add_argument("--epochs", dest="max_epochs", type=int)
-    p.add_argument("--minutes", dest="max_minutes", type=float)
-    p.add_argument("--windows", dest="max_windows", type=int)
+    p.add_argument("--routes", dest="n_routes", type=int, help="synthetic routes to train on")
+    p.add_argument("--steps", dest="n_steps", type=int, help="contexts per route")
+    p.add_argument("--epochs", dest="max_epochs", type=int, help="most passes over the training windows")
+    p.add_argument("--minutes", dest="max_minutes", type=float, help="most minutes of training")
+    p.add_argument(
+        "--windows", dest="max_windows", type=int, help="most training windows drawn from the traces"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="next-step errors vs the baselines, coverage and calibration")
-    p.add_argument("--model", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument(
+        "--model",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        help="shipped models to evaluate (default all)",
+    )
     p.add_argument("--checkpoint", nargs="*", default=[], help="checkpoint files instead of the shipped ones")
-    p.add_argument("--routes", type=int, default=24)
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--routes", type=int, default=24, help="routes per test set (default 24)")
+    p.add_argument("--steps", type=int, default=1200, help="contexts per route (default 1200)")
     p.add_argument("--seed", type=int, default=1000, help="test sets use seed+1 and seed+2")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--strict", action="store_true", help="exit 1 when a model misses a target")
@@ -141,13 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--drift",
         action="store_true",
         help="instead: replay a regime-shift trace through the running service with feedback (the first "
-        "--model learns), and compare its rolling MAE with the frozen model, persistence and EWMA",
+        "--model learns), and compare its rolling MAE with the frozen model, persistence and EWMA "
+        "(python -m tools.drift; needs the source checkout)",
     )
-    p.add_argument("--pre", type=int, default=1500, help="--drift: feedback samples before the shift")
-    p.add_argument("--post", type=int, default=2500, help="--drift: feedback samples after the shift")
-    p.add_argument("--window", type=int, default=250, help="--drift: samples per rolling MAE")
-    p.add_argument("--drift-seed", type=int, default=7, help="--drift: seed of the route and its trace")
-    p.add_argument("--plot", default="drift.png", help="--drift: where to save the plot (PNG)")
+    p.add_argument("--pre", type=int, default=suppress, help="--drift: feedback samples before the shift")
+    p.add_argument("--post", type=int, default=suppress, help="--drift: feedback samples after the shift")
+    p.add_argument("--window", type=int, default=suppress, help="--drift: samples per rolling MAE")
+    p.add_argument(
+        "--drift-seed", type=int, default=suppress, help="--drift: seed of the route and its trace"
+    )
+    p.add_argument(
+        "--plot", default=suppress, help="--drift: where to save the plot, a PNG (default out/drift.png)"
+    )
+    p.add_argument("--no-plot", dest="plot", action="store_const", const="", help="--drift: no plot")
     p.add_argument(
         "--learning-setting",
         action="append",
@@ -158,15 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="write synthetic route traces as JSON lines, for replay")
-    p.add_argument("--routes", type=int, default=4)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", choices=("train", "unseen"), default="train")
-    p.add_argument("--out", default="trace.jsonl")
+    p.add_argument("--routes", type=int, default=4, help="routes to generate (default 4)")
+    p.add_argument("--steps", type=int, default=1000, help="contexts per route (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the traces (default 0)")
+    p.add_argument(
+        "--split",
+        choices=("train", "unseen"),
+        default="train",
+        help="the training distribution, or latency scales, intervals and shapes the training never saw",
+    )
+    p.add_argument("--out", default="out/trace.jsonl", help="file to write (default out/trace.jsonl)")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("bench", help="benchmark the service against a naive reference (see scripts/bench.py)")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark driver")
+    p = sub.add_parser(
+        "bench", help="benchmark the service against a naive reference (python -m tools.bench; a checkout)"
+    )
+    p.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="arguments for the benchmark (see cpe bench --help)"
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 
