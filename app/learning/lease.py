@@ -1,36 +1,22 @@
-"""The learner's lease: one replica at a time trains, by holding a Redis key that expires.
+"""The learner's lease: one replica at a time trains, by holding a Redis lock that expires.
 
-The holder writes its id in ``<prefix>lease`` with ``SET NX PX ttl`` and renews the expiry every
-third of the TTL, only while the key still holds its own id (a Lua script checks and renews in one
-step, so a holder that was too slow can never extend a lease another replica has taken meanwhile). A
-holder that dies stops renewing: the key expires and the next replica to try takes the lease over.
-Without Redis (``LocalLease``) the process is the only learner and always holds it.
+The lock is redis-py's (``Redis.lock``), its token this replica's id, so that the key names the learner.
+The holder renews it every third of the TTL with ``reacquire``, which resets the expiry only while the
+key still holds its own token (checked and renewed in one script, so a holder that was too slow can
+never extend a lease another replica has taken meanwhile). A holder that dies stops renewing: the key
+expires and the next replica to try takes the lease over. Without Redis (``LocalLease``) the process is
+the only learner and always holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
+
+from redis.exceptions import LockError, LockNotOwnedError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-
-# renew if still ours, else take it if free; 1 when held afterwards
-_ACQUIRE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    redis.call('pexpire', KEYS[1], ARGV[2])
-    return 1
-end
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 class LocalLease:
@@ -57,20 +43,28 @@ class RedisLease:
         self.holder = holder
         self.ttl_ms = ttl_ms
         self.held = False
+        # not thread-local: the token must be the same whichever thread's loop renews it
+        self._lock = client.lock(key, timeout=ttl_ms / 1000, thread_local=False)
 
     async def acquire(self) -> bool:
         """Renew the lease if held, else take it if free; whether this replica holds it now.
 
         Raises what Redis raises: the caller treats an error as not holding it.
         """
-        answer = await self.client.eval(_ACQUIRE, 1, self.key, self.holder, self.ttl_ms)  # type: ignore[misc]
-        self.held = bool(answer)
+        if self.held:
+            try:
+                await self._lock.reacquire()  # the full TTL again, only if the key still holds our token
+                return True
+            except LockNotOwnedError:
+                self.held = False  # it expired (and may have been taken): try to take it as anyone would
+        self.held = bool(await self._lock.acquire(blocking=False, token=self.holder))
         return self.held
 
     async def release(self) -> None:
         """Give the lease up (if still held), so another replica need not wait for the expiry."""
         self.held = False
-        await self.client.eval(_RELEASE, 1, self.key, self.holder)  # type: ignore[misc]
+        with contextlib.suppress(LockError):  # not ours any more: nothing to give up
+            await self._lock.release()
 
     async def current_holder(self) -> str | None:
         value = await self.client.get(self.key)
