@@ -3,8 +3,9 @@ pipeline, every record carrying the id of the request it was written for.
 
 ``uvicorn_config`` is the ``logging.config.dictConfig`` that ``app.serve`` hands uvicorn, which applies it
 in every worker process; ``create_app`` leaves logging alone, so that tests and embedders keep theirs.
-The request id is set per request by ``app.api.request_id.RequestId``, in a context variable that the
-formatters read: records written while handling a request (uvicorn's access line included) carry it.
+The request id is set per request by ``app.api.request_id.RequestId`` (asgi-correlation-id), in its
+context variable, which the formatters read: records written while handling a request (uvicorn's access
+line included) carry it. The JSON lines are python-json-logger's, with this service's field names.
 """
 
 from __future__ import annotations
@@ -14,37 +15,34 @@ import time
 from contextvars import ContextVar
 from typing import Any, Literal
 
-import orjson
+from asgi_correlation_id.context import correlation_id
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 # The id of the request being handled in this context; None outside a request (start-up, the batcher).
-REQUEST_ID: ContextVar[str | None] = ContextVar("cpe_request_id", default=None)
+REQUEST_ID: ContextVar[str | None] = correlation_id
 
 LogFormat = Literal["text", "json"]
 
-# Attributes every LogRecord has; anything else on a record came from `extra=` and goes into the JSON.
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
-
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(OrjsonFormatter):
     """One JSON object per record: ``ts`` (UTC, ms), ``level``, ``logger``, ``message``, ``request_id``
     (when in a request), ``exc`` (a traceback, when there is one), and any ``extra=`` fields."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": _utc(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+    def __init__(self) -> None:
+        # uvicorn puts a coloured copy of its message on its records: not a field of ours
+        super().__init__(rename_fields={"exc_info": "exc"}, reserved_attrs=[*RESERVED_ATTRS, "color_message"])
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["ts"] = _utc(record.created)
+        log_data["level"] = record.levelname.lower()
+        log_data["logger"] = record.name
+        super().add_fields(log_data, record, message_dict)  # message, extra= fields, exc
         request_id = REQUEST_ID.get()
         if request_id is not None:
-            entry["request_id"] = request_id
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+            log_data["request_id"] = request_id
 
 
 class JsonAccessFormatter(JsonFormatter):
@@ -112,5 +110,7 @@ def uvicorn_config(log_format: LogFormat, level: str) -> dict[str, Any]:
             "uvicorn.error": {"level": level},
             "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
             "cpe": {"handlers": ["default"], "level": level, "propagate": False},
+            # it warns of every caller's id that fails validation: the caller's mistake, not the service's
+            "asgi_correlation_id": {"handlers": ["default"], "level": "ERROR", "propagate": False},
         },
     }
