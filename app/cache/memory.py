@@ -14,18 +14,12 @@ which *live* entries are evicted when the tier is full:
 Dropping expired entries first matters most to LFU: the entries of a window that has changed are never
 read again, and by their past counts LFU alone would keep them forever, evicting every new entry instead.
 
-Memory per entry, measured with tracemalloc over 100,000 entries holding a real one-step
-PredictionResult (1,002 bytes of JSON) under keys of 99 characters (``python scripts/bench_cache.py
---memory-only``): LRU 1,422 B, LFU 1,460 B, TTL 1,330 B. Of that, the value's bytes object is 1,035 B
-and the key 148 B; the bookkeeping is 239, 277 and 147 B. So the default 50,000 entries cost about
-70 MB per server process; results of a longer horizon are larger (~2.1 KB at horizon 8).
+Each value is stored as a copy of exactly its length: the results come from orjson, whose bytes objects
+keep the capacity of its output buffer, several times the result's size, for the whole TTL otherwise.
+The memory per entry, measured, is in the README (``python -m scripts.bench_cache --memory-only``).
 
-That holds only because each value is stored as a copy of exactly its length: the results come from
-orjson, whose bytes objects keep the capacity of its output buffer; stored as they were, 100,000
-entries cost 4,478 B each of resident memory. Measured on a whole worker (``python
-scripts/bench_memory.py``: the three models on the CPU, 100,000 distinct flows through
-/v1/predict/batch, LRU): 274.5 MiB resident idle, 466.0 MiB with the 100,000 entries cached, 328.1 MiB
-after the same traffic with the tier capped at 1,000 entries, so 1,461 B per entry of resident memory.
+Not cachetools: it has no LFU or nearest-expiry tier with a TTL, and its TTLCache (LRU) took longer per
+lookup and store than this tier (README, "Libraries").
 """
 
 from __future__ import annotations
@@ -207,8 +201,8 @@ class MemoryCache(Cache):
             self._remove(key)
         elif len(self._entries) >= self.max_entries:
             self._remove(self._policy.victim())
-        # A copy of exactly its length: orjson's bytes keep the capacity of its output buffer (4-8 KiB for
-        # a 1 KB result), which a cached value would otherwise hold for its whole TTL.
+        # A copy of exactly its length: orjson's bytes keep the capacity of its output buffer, several
+        # times the result's size, which a cached value would otherwise hold for its whole TTL.
         self._entries[key] = (bytes(memoryview(value)), expires_at)
         self._policy.add(key)
 
