@@ -120,8 +120,9 @@ class Settings(BaseSettings):
         ge=0.0,
         le=60_000.0,
         description="A window whose expected wait for the engine (the passes queued before it, its own "
-        "included, from measured pass times) exceeds this many ms gets a 503 at once (e.g. 25 for a p99 "
-        "within 50 ms under overload, see scripts/bench_overload.py). 0: shed only when the queue is full.",
+        "included, from measured pass times) exceeds this many ms gets a 503 at once (about half the p99 "
+        "wanted under overload; python -m scripts.bench_overload checks it). 0: shed only when the queue "
+        "is full.",
     )
     max_inflight: int = Field(
         default=128,
@@ -129,9 +130,8 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Prediction and routing requests in progress at once; one more gets a 503 before its "
         "body is read, which keeps the event loop's backlog short under overload. It bounds the latency of "
-        "admitted requests under overload (on 2 CPUs at 3x the saturation rate, p99: 16 -> 13 ms, 32 -> 26 "
-        "ms, 128 -> 90 ms; scripts/bench_overload.py) and the batches that single requests can form "
-        "(keep it high on a GPU). 0: no cap.",
+        "admitted requests under overload (lower is shorter; see the README's figures) and the batches that "
+        "single requests can form (keep it high on a GPU). 0: no cap.",
     )
     retry_after_s: int = Field(
         default=1, ge=0, le=3600, description="Retry-After of a 503 sent under overload."
@@ -147,7 +147,8 @@ class Settings(BaseSettings):
         default=50_000,
         ge=1,
         le=100_000_000,
-        description="Most predictions the in-process tier holds, about 1.4 KB each (a one-step result).",
+        description="Most predictions the in-process tier holds (the README's Memory paragraph says how "
+        "much each takes).",
     )
     cache_strategy: Literal["lru", "lfu", "ttl"] = Field(
         default="lru",
@@ -265,7 +266,7 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000_000,
         description="In-process feedback (learning_url memory://) waiting for the learner; beyond it "
-        "feedback is refused with 429 + Retry-After, never dropped. About 2.5 KB each.",
+        "feedback is refused with 429 + Retry-After, never dropped.",
     )
     feedback_stream_maxlen: int = Field(
         default=200_000,

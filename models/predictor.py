@@ -132,15 +132,14 @@ def compile_forward(
     tracing fails.
 
     Why: eager PyTorch pays Python dispatch on every op, and every op releases and takes back the GIL. At
-    batch 1 that is a quarter to three fifths of the forward pass (CPU, one thread: LSTM 375 -> 267 µs,
-    Transformer 730 -> 298, Hybrid 766 -> 460; 10-15 % at batch 16-128), and while the event loop is
-    busy, each taking back of the GIL waits for the loop to let go of it. The trace runs all ops in C++
-    under one release. Its outputs are bit-identical to the eager model's at every batch size (the
+    small batches that is a large part of the forward pass (the README has the figures), and while the
+    event loop is busy, each taking back of the GIL waits for the loop to let go of it. The trace runs all
+    ops in C++ under one release. Its outputs are bit-identical to the eager model's at every batch size (the
     architectures have no data-dependent control flow; the sequence length is always the model's ``T``,
     and the batch dimension stays symbolic), which tests/models check. TorchScript is deprecated in favour
     of ``torch.compile``, which needs a C++ tool chain at start-up and compiles for seconds per model and
-    batch shape; a trace takes ~0.1 s. Should a later torch drop it, the eager model serves, as here when
-    tracing fails for any reason.
+    batch shape; a trace takes a fraction of that. Should a later torch drop it, the eager model serves,
+    as here when tracing fails for any reason.
     """
     try:
         with warnings.catch_warnings(), torch.inference_mode():

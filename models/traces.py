@@ -2,9 +2,9 @@
 
 A trace is what an observer would record on one route: irregularly spaced samples of
 latency, jitter, loss, throughput, utilization, error rate, connections and queue depth
-(``FEATURE_NAMES``, the column order of DESIGN.md). The values come from one continuous-time
-generative process per route (``RouteProfile``), sampled at the trace's timestamps, so a route
-looks the same whether it is sampled every second or every five minutes.
+(``FEATURE_NAMES``, the column order of the wire contract in docs/architecture.md). The values come
+from one continuous-time generative process per route (``RouteProfile``), sampled at the trace's
+timestamps, so a route looks the same whether it is sampled every second or every five minutes.
 
 Generative model (t in seconds since the trace start, i the sample index):
 
@@ -73,7 +73,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.scaling import FEATURE_NAMES  # the column order of DESIGN.md, defined once
+from models.scaling import FEATURE_NAMES  # the wire contract's column order, defined once
 
 N_FEATURES = len(FEATURE_NAMES)
 SPLITS: tuple[str, ...] = ("train", "unseen")
@@ -222,7 +222,7 @@ _TRAIN_SHAPES: tuple[tuple[tuple[float, ...], tuple[float, ...], float], ...] = 
 def sample_profile(rng: np.random.Generator, split: str = "train") -> RouteProfile:
     """Draw one route's parameters: "train" is what models learn from, "unseen" what a deployment may meet.
 
-    "unseen" differs from "train" where DESIGN.md says deployments do: base latency 1..500 ms and
+    "unseen" differs from "train" where deployments do (docs/architecture.md): base latency 1..500 ms and
     interval 1 s..5 min (each outside the training range half the time), daily peaks at any hour
     (1 to 3 of them, width 1..6 h, any phase), daily amplitude 0.05..0.2 or 0.5..0.7, weekend factor
     0.4..1.3 and mean utilization 0.15..0.65. The other parameters share the training ranges.

@@ -49,7 +49,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     max_epochs: int = 12
     patience: int = 3
-    max_minutes: float = 9.0  # a safety cap on a busy machine; epochs and early stopping decide
+    max_minutes: float = 9.0  # a safety cap on wall-clock time; epochs and early stopping decide
     feature_weights: list[float] = field(default_factory=default_feature_weights)
 
 

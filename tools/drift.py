@@ -13,7 +13,7 @@ The same windows are also forecast by the frozen shipped model (the same checkpo
 persistence and EWMA (its best alpha on the whole trace: the strongest form of the baseline). Reported:
 the rolling next-step latency MAE of each, in ms and relative to the mean latency of the same samples
 (the shift doubles latency, and with it every forecaster's error in ms: the relative MAE is what can
-"return to its pre-shift level"). Targets, from the issue, checked on both: after the shift the online
+"return to its pre-shift level"). Targets, checked on both: after the shift the online
 MAE comes back within 20 % of its pre-shift level within 2,000 feedback samples, and over the last
 ``window`` samples it is at least 25 % below the frozen model's.
 """

@@ -107,9 +107,9 @@ class Learner:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # torch's optimizers import torch._dynamo on first use: 1.6 s of CPU holding the GIL here. In the
-        # training thread it came after /readyz said ready, and stalled the first seconds of traffic
-        # (seen under scripts/bench_overload.py); done now, it is part of the start-up instead.
+        # torch's optimizers import torch._dynamo on first use, holding the GIL for a long while. In the
+        # training thread that came after /readyz said ready, and stalled the first seconds of traffic;
+        # done now, it is part of the start-up instead.
         import torch._dynamo  # noqa: F401
 
         self._thread = threading.Thread(target=self._train, name="cpe-learner", daemon=True)

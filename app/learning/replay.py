@@ -10,8 +10,8 @@ Sampling is proportional prioritization (Schaul et al., "Prioritized Experience 
 P(i) = p_i^alpha / sum_j p_j^alpha, with p_i the sample's last training loss plus a small epsilon, and
 a new sample entering at the largest priority so far, so that each is seen at least about once. The
 bias this brings is corrected by importance weights w_i = (N P(i))^-beta / max_j w_j. Drawing is an
-O(N) pass over the priorities (about 100 µs at N = 20,000), small against a training step; a sum tree
-would only pay off for buffers a hundred times larger.
+O(N) pass over the priorities, vectorized, small against a training step at the buffer sizes allowed; a
+sum tree would only pay off for buffers a hundred times larger.
 
 Not thread-safe: the learner's thread alone uses it.
 """

@@ -8,9 +8,9 @@ loss or gradient is not finite), with the replay buffer's importance weights.
 
 By default (``layers="head"``) only the last layers learn: the final norm and the Gaussian head, which
 every architecture ends with. The encoder (LSTM, attention) then runs forward only, without a graph, and
-the backward pass is two small layers: a step of 32 windows costs about half of a full one (see
-scripts/bench_learning.py), and what the offline training learned about reading windows is not worn away
-by a few thousand samples of one deployment. ``layers="all"`` trains every weight.
+the backward pass is two small layers: a step is much cheaper than a full one (figures: ``python -m
+scripts.bench_learning``, in the README), and what the offline training learned about reading windows
+is not worn away by a few thousand samples of one deployment. ``layers="all"`` trains every weight.
 """
 
 from __future__ import annotations
