@@ -226,17 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
-        "bench", help="benchmark the service against a naive reference (python -m tools.bench; a checkout)"
+        "bench",
+        add_help=False,  # --help is the benchmark's own
+        help="benchmark the service against a naive reference (python -m tools.bench; needs the checkout)",
     )
-    p.add_argument(
-        "rest", nargs=argparse.REMAINDER, help="arguments for the benchmark (see cpe bench --help)"
-    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's options: cpe bench --help")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":  # every option goes to the benchmark, which parses them
+        args.rest = [*unknown, *args.rest]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return int(args.func(args))
 
 

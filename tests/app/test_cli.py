@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,20 @@ def test_every_flag_of_every_subcommand_has_help() -> None:
         if not isinstance(action, argparse._HelpAction) and not action.help
     ]
     assert not missing, f"flags without help text: {missing}"
+
+
+def test_bench_hands_every_option_to_the_benchmark_of_the_checkout(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--env", "NOT_CPE=1"]) == 2  # refused by tools.bench itself, in its own process
+    assert "--env takes CPE_NAME=VALUE" in capfd.readouterr().err
+
+
+def test_the_tools_say_where_they_are_when_the_package_has_none(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    for package in ("app", "models"):  # an installation: the service's packages, no tools/ beside them
+        shutil.copytree(root / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for argv in (["bench", "--quick"], ["evaluate", "--drift"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, done.stderr
+        assert "source checkout" in done.stderr
