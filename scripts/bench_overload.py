@@ -5,7 +5,7 @@
 Starts `cpe serve` (lstm, CPU unless CPE_DEVICE says otherwise) with CPE_ENGINE_LATENCY_BUDGET_MS set to
 ``--budget-ms``. As in `cpe bench`, the server is pinned to the first CPU and this process, the load
 generator (on uvloop), to the last, so that neither measures the other's use of a core (``--pin none``:
-not pinned). Saturation: the answers/s (200s) of closed-loop load (scripts/loadgen.py, 64 connections),
+not pinned). Saturation: the answers/s (200s) of closed-loop load (scripts.loadgen, 64 connections),
 measured once on a server without the in-flight cap (CPE_MAX_INFLIGHT=0), the rest on one with
 ``--max-inflight``. Overload: requests sent at a fixed rate, ``--factor`` x saturation, whatever the
 answers (open loop), each on a free connection of a pool (a new one when all are busy), its latency

@@ -4,7 +4,7 @@ Times CPU of this process (``time.process_time``: steadier than wall time on a b
 median over ``--repeat`` rounds, the variants interleaved within each round:
 
 - parse: a body of ``--windows`` windows of ``--contexts`` contexts (the realistic windows of
-  scripts/bench.py) into the windows that the handlers use, by the fast path (app/fastparse.py) and by
+  python -m tools.bench) into the windows that the handlers use, by the fast path (app/fastparse.py) and by
   pydantic (``model_validate_json``, then the arrays), and by the fast path without its C reader
   (msgspec alone, as when app._fastjson is not built), with ``orjson.loads`` alone for scale; then as
   many /v1/predict bodies of one window each;

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.checkpoint import CHECKPOINT_DIR
+from models.predictor import Predictor
 from tools.bench import (
     PLACEHOLDER,
     REPO,
@@ -25,8 +27,6 @@ from tools.bench import (
     write_bodies,
 )
 from tools.bench import main as bench_main
-from models.checkpoint import CHECKPOINT_DIR
-from models.predictor import Predictor
 
 
 def _serve(name: str, script: str, tmp_path: Path, *extra: str) -> Iterator[Server]:
@@ -143,7 +143,17 @@ def test_bench_refuses_bad_options_before_starting_anything(capsys: pytest.Captu
 
 def test_bench_learning_times_training_steps(tmp_path: Path) -> None:
     out = tmp_path / "learning.json"
-    argv = [sys.executable, "-m", "scripts.bench_learning", "--steps", "5", "--layers", "head", "--json", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts.bench_learning",
+        "--steps",
+        "5",
+        "--layers",
+        "head",
+        "--json",
+        str(out),
+    ]
     subprocess.run(argv, check=True, capture_output=True, timeout=120, cwd=REPO)
     figures = json.loads(out.read_text())["lstm/head"]
     assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["p90_ms"]

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import fastparse
-from tools.bench import concrete, make_requests
 from app.schemas import MAX_FEATURE, MAX_TIMESTAMP_MS, Limits
+from tools.bench import concrete, make_requests
 
 _fastjson = fastparse._fastjson
 LIMITS = Limits(max_window=256, max_batch=512, horizons={"lstm": 8}, default_model="lstm")

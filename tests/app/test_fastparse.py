@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from app import fastparse
-from tools.bench import concrete, make_requests
 from app.fastparse import Window, fast_windows, predict_windows, windows_of
 from app.schemas import (
     MAX_FEATURE,
@@ -26,6 +25,7 @@ from app.schemas import (
     PredictRequest,
 )
 from tests.app.payloads import FLOW_KEY, contexts, make_settings, predict_body
+from tools.bench import concrete, make_requests
 
 # small limits, so that generated bodies reach them
 LIMITS = Limits(max_window=6, max_batch=4, horizons={"lstm": 8, "hybrid": 4}, default_model="lstm")
