@@ -135,7 +135,14 @@ def run_tool(module: str, argv: list[str]) -> int:
         )
         return 2
     path = os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))
-    return subprocess.call([sys.executable, "-m", module, *argv], env={**os.environ, "PYTHONPATH": path})
+    with subprocess.Popen(
+        [sys.executable, "-m", module, *argv], env={**os.environ, "PYTHONPATH": path}
+    ) as child:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # the tool got the Ctrl-C too: let it stop what it started
+                continue
 
 
 def build_parser() -> argparse.ArgumentParser:
