@@ -21,7 +21,7 @@ from app.main import create_app
 from models.checkpoint import CHECKPOINT_DIR
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 from tests.app.ports import free_port
-from tests.app.test_learning import biased_feedback, sample, wait_for
+from tests.app.learning.test_learning import biased_feedback, sample, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -30,8 +30,8 @@ from app.settings import Settings
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 from tests.app.ports import free_port
 from tests.app.servers import serving
-from tests.app.test_cache_redis import PrivateRedis
-from tests.app.test_learning import biased_feedback, sample
+from tests.app.cache.test_cache_redis import PrivateRedis
+from tests.app.learning.test_learning import biased_feedback, sample
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 
@@ -199,7 +199,7 @@ async def test_the_stream_is_read_through_the_group_and_taken_over_from_its_tail
     from redis.asyncio import Redis
 
     from app.learning.feedback import GROUP, RedisFeedback
-    from tests.app.test_learning import sample
+    from tests.app.learning.test_learning import sample
 
     client = Redis.from_url(REDIS_URL)
     try:
