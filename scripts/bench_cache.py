@@ -44,8 +44,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.bench import BenchError, Server, free_port
+from app.bench import BenchError, Server
 from app.cache.memory import STRATEGIES, MemoryCache
+from tools.process import free_port
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_RUNS = [

@@ -18,7 +18,6 @@ from app.bench import (
     SCRIPTS,
     Server,
     concrete,
-    free_port,
     http_request,
     make_requests,
     plan_cpus,
@@ -27,6 +26,7 @@ from app.bench import (
 from app.bench import main as bench_main
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
+from tools.process import free_port
 
 
 def _serve(name: str, script: str, tmp_path: Path, *extra: str) -> Iterator[Server]:

@@ -21,7 +21,7 @@ from app.auth import ApiKeys, MaskQueryKeys, parse_api_keys, require_scope
 from app.main import create_app
 from app.settings import Settings
 from tests.app.payloads import make_settings, predict_body
-from tests.app.servers import serving
+from tools.process import serving
 
 READER = "reader-key-0123456789"
 WRITER = "writer-key-0123456789"

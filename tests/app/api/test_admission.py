@@ -15,7 +15,7 @@ from app.api.admission import Admission, InflightLimit
 from app.api.request_id import RequestId
 from app.main import create_app
 from tests.app.payloads import make_settings
-from tests.app.servers import serving
+from tools.process import serving
 
 
 class Gate:
