@@ -196,6 +196,7 @@ def balanced() -> Iterator[Balanced]:
 
 
 @pytest.mark.tool("nginx")
+@pytest.mark.server
 def test_nginx_spreads_requests_over_both_replicas_and_keeps_request_ids(balanced: Balanced) -> None:
     with httpx.Client(base_url=f"http://{balanced.proxy}") as client:
         for n in range(1, 21):
@@ -232,6 +233,7 @@ def test_nginx_spreads_requests_over_both_replicas_and_keeps_request_ids(balance
 
 
 @pytest.mark.tool("nginx")
+@pytest.mark.server
 def test_nginx_upgrades_websockets_to_a_replica(balanced: Balanced) -> None:
     with connect(f"ws://{balanced.proxy}/v1/stream/routing") as ws:
         ws.send(json.dumps({"op": "subscribe", "types": ["RoutingPrediction"]}))

@@ -35,6 +35,8 @@ def _drill(*args: str) -> dict:
 
 
 @pytest.mark.redis
+@pytest.mark.server
+@pytest.mark.slow
 def test_redis_killed_and_restarted_under_load_costs_no_request_and_no_feedback() -> None:
     result = _drill("redis", "--duration", "6", "--clients", "6")
     for phase in ("before", "down", "after"):
@@ -52,6 +54,8 @@ def test_redis_killed_and_restarted_under_load_costs_no_request_and_no_feedback(
 
 
 @pytest.mark.parametrize("learning", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.server
+@pytest.mark.slow
 def test_sigterm_lets_requests_in_flight_finish_closes_websockets_with_1001_and_keeps_feedback(
     learning: str,
 ) -> None:

@@ -13,6 +13,8 @@ import pytest
 from tests.app.payloads import predict_body
 from tools.process import ServerProcess, cpe_env, free_port
 
+pytestmark = pytest.mark.server
+
 SERVE = (
     "from app.serve import serve; from app.settings import Settings; "
     "serve(Settings(_env_file=None, device='cpu', models=('hybrid',), model='hybrid', max_body_bytes=8192), "

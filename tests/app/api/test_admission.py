@@ -94,6 +94,7 @@ def _metric(base: str, name: str) -> float:
     return float(value)
 
 
+@pytest.mark.server
 def test_a_real_server_refuses_in_the_protocol_before_the_app() -> None:
     """`cpe serve` at a full cap: the 503 comes from uvicorn's protocol (AdmissionHttpProtocol), without
     the app's middleware (no X-Request-Id), and the request admitted before it is still answered."""

@@ -28,6 +28,8 @@ from app.main import create_app
 from tests.app.payloads import make_settings
 from tools.process import serving
 
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
 MAX_EXAMPLES = 20
 CHECKS = (
     not_a_server_error,

@@ -25,6 +25,7 @@ from tests.redis_server import redis_url
 from tools.process import RedisServer, serving
 
 REDIS_URL = redis_url(14)
+pytestmark = pytest.mark.server
 OTHER_KEY = "fe" * 32
 QUEUE_SIZE = 16
 MAX_FRAME = 65_536

@@ -53,6 +53,7 @@ def two_servers(redis_server: RedisServer) -> Iterator[tuple[str, str]]:
         yield a.url, b.url
 
 
+@pytest.mark.server
 def test_what_one_server_computed_is_a_hit_on_another(two_servers: tuple[str, str]) -> None:
     a, b = two_servers
     flow_key = secrets.token_hex(32)  # keys of this test only

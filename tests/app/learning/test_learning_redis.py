@@ -160,6 +160,7 @@ def _settings(prefix: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.server
 def test_feedback_to_one_server_is_learned_and_the_other_hot_loads_it(prefix: str) -> None:
     with serving(_settings(prefix), 2, stop_signal=signal.SIGINT) as servers:
         a, b = (server.url for server in servers)
