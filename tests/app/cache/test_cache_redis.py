@@ -99,6 +99,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
 
 
+@pytest.mark.slow
 def test_a_redis_outage_costs_hits_only_and_the_cache_recovers_by_itself(private_redis: PrivateRedis) -> None:
     settings = make_settings(cache_url=f"redis://127.0.0.1:{private_redis.port}/0", models=("lstm",))
     flow_key = "ab" * 32

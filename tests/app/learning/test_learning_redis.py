@@ -106,6 +106,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_the_lease_is_taken_over_when_its_holder_dies(prefix: str) -> None:
     from redis.asyncio import Redis
 
@@ -290,6 +291,7 @@ async def test_the_stream_problem_comes_with_a_failure_and_goes_with_the_next_su
         assert store.problem is None
 
 
+@pytest.mark.slow
 def test_readyz_names_a_broken_feedback_stream_and_forgets_it_once_it_works(health_prefix: str) -> None:
     settings = _learning_on(HEALTH_REDIS, health_prefix, bus_channel=f"{health_prefix}routing")
     with TestClient(create_app(settings)) as client, redis.Redis.from_url(HEALTH_REDIS) as r:
@@ -306,6 +308,7 @@ def test_readyz_names_a_broken_feedback_stream_and_forgets_it_once_it_works(heal
         assert client.post("/v1/feedback", json=biased_feedback(2)).status_code == 202
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 def test_readyz_reports_a_feedback_stream_outage_until_redis_is_back() -> None:
     server = PrivateRedis()
