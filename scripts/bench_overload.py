@@ -1,6 +1,6 @@
 """Overload: the saturation rate of POST /v1/predict, then 3x that rate open-loop, then a light load again.
 
-    python scripts/bench_overload.py [--max-inflight 16] [--budget-ms 0] [--factor 3] [--runs 3]
+    python -m scripts.bench_overload [--max-inflight 16] [--budget-ms 0] [--factor 3] [--runs 3]
 
 Starts `cpe serve` (lstm, CPU unless CPE_DEVICE says otherwise) with CPE_ENGINE_LATENCY_BUDGET_MS set to
 ``--budget-ms``. As in `cpe bench`, the server is pinned to the first CPU and this process, the load

@@ -1,6 +1,6 @@
 """Routing fan-out: publish-to-receipt latency of routing messages to many WebSocket subscribers.
 
-    python scripts/bench_ws.py [--subscribers 1000] [--rate 20] [--duration 10] [--json out.json]
+    python -m scripts.bench_ws [--subscribers 1000] [--rate 20] [--duration 10] [--json out.json]
 
 Starts one `cpe serve` process on loopback whose bus is Redis (``--redis``, a channel of its own), then a
 separate load process that opens ``--subscribers`` routing sockets to it and subscribes each to every

@@ -1,7 +1,7 @@
 """Fault drills against a real `cpe serve` process: Redis killed and restarted under load; SIGTERM under load.
 
-    python scripts/faults.py redis [--duration 9]  # Redis (cache, bus, feedback) killed at 1/3, back at 2/3
-    python scripts/faults.py sigterm [--learning redis]  # SIGTERM with requests, feedback, WebSockets open
+    python -m scripts.faults redis [--duration 9]  # Redis (cache, bus, feedback) killed at 1/3, back at 2/3
+    python -m scripts.faults sigterm [--learning redis]  # SIGTERM with requests, feedback, WebSockets open
 
 Each starts its own server on a free loopback port, and its own private redis-server on another where it
 needs one (never a shared one), drives it with concurrent clients, and prints one JSON line of what it
