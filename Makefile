@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench train evaluate clean
+.PHONY: setup run test test-fast test-deps lint bench train evaluate clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,17 @@ $(STAMP): pyproject.toml setup.py app/_fastjson.c
 run: setup
 	$(BIN)/cpe serve
 
-test: setup
-	$(BIN)/python -m pytest -q
+# the whole suite, with line coverage of app/ and models/ (fails under 90 %: pyproject's [tool.coverage])
+test: setup test-deps
+	$(BIN)/python -m pytest -q --cov --cov-report=term
+
+# the unit tests only: no server processes, nothing slow (under a minute)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not server and not browser"
+
+# as root: apt-installs redis-server, promtool and nginx where missing; else the run says what it skips
+test-deps:
+	scripts/test-deps.sh
 
 lint: setup
 	$(BIN)/ruff check app models scripts tools tests
@@ -42,4 +51,4 @@ evaluate: setup
 	$(BIN)/cpe evaluate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info .coverage

@@ -43,7 +43,8 @@ import numpy as np
 import orjson
 
 from app.cache.memory import STRATEGIES, MemoryCache
-from tools.bench import BenchError, Server, free_port
+from tools.bench import BenchError, Server
+from tools.process import free_port
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_RUNS = [

@@ -14,8 +14,6 @@ included. app/cache/memory.py's docstring has the tracemalloc figure per entry f
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import httpx
 import orjson
 
 from tests.app.payloads import contexts
-from tests.app.ports import free_port
+from tools.process import cpe_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,8 +45,7 @@ def cache_entries(client: httpx.Client) -> int:
 
 def run(flows: int, models: str, max_entries: int) -> tuple[int, int, int, int]:
     """(RSS idle, RSS after ``flows`` distinct flows, entries held, bytes of one cached result)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")} | {
+    settings = {
         "CPE_DEVICE": "cpu",
         "CPE_MODELS": models,
         "CPE_MODEL": models.split(",")[0],
@@ -58,21 +55,11 @@ def run(flows: int, models: str, max_entries: int) -> tuple[int, int, int, int]:
         "CPE_MAX_BATCH": str(PER_REQUEST),
         "CPE_LOG_LEVEL": "warning",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env
-    )
+    server = cpe_serve(settings).start()
     window = contexts(16)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+        server.wait_ready(timeout_s=120)
+        with httpx.Client(base_url=server.url, timeout=120) as client:
             warm = {"flow_key": "ff" * 32, "contexts": window}
             client.post("/v1/predict", json=warm).raise_for_status()  # lazy imports, first forward pass
             time.sleep(1)
@@ -91,8 +78,8 @@ def run(flows: int, models: str, max_entries: int) -> tuple[int, int, int, int]:
             filled = rss_bytes(server.pid)
             result = len(orjson.dumps(response.json()["results"][-1]))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(timeout_s=30)
+        server.log.close()
     return idle, filled, entries, result
 
 

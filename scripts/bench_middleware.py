@@ -28,7 +28,6 @@ import http.client
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -171,14 +170,17 @@ def cpu_seconds(pid: int) -> float:
 
 def measure_server(variant: str, port: int, requests: int, body: bytes) -> float:
     """Server CPU µs per request of ``variant``."""
+    from tools.process import ServerProcess
+
     env = os.environ | {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm"}
-    server = subprocess.Popen(
+    server = ServerProcess(
         [sys.executable, "-m", "scripts.bench_middleware", "--serve", variant, "--port", str(port)],
-        cwd=ROOT,
+        port,
         env=env,
     )
     try:
-        conn = _connect(port, server)
+        server.start().wait_ready(timeout_s=120)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         headers = {"content-type": "application/json"}
         for _ in range(200):  # warm up: caches, the first forward pass, lazy imports
             _post(conn, body, headers)
@@ -187,25 +189,8 @@ def measure_server(variant: str, port: int, requests: int, body: bytes) -> float
             _post(conn, body, headers)
         return (cpu_seconds(server.pid) - before) / requests * 1e6
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _connect(port: int, server: subprocess.Popen[bytes]) -> http.client.HTTPConnection:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with {server.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", "/readyz")
-            response = conn.getresponse()
-            response.read()
-            if response.status == 200:
-                return conn
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("the server did not start")
+        server.stop(timeout_s=30)
+        server.log.close()
 
 
 def _post(conn: http.client.HTTPConnection, body: bytes, headers: dict[str, str]) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from scripts.faults import Server, window
+from scripts.faults import serve, window
 from scripts.loadgen import drive, read_templates
 
 _HEAD = b"\r\n\r\n"
@@ -191,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         f.flush()
         # the saturation rate of the service without a cap: with one, a closed loop wider than the cap would
         # retry each refusal at once, a storm that no client pool makes, and measure that storm instead
-        server = Server(server_cpus, engine_latency_budget_ms=budget, max_inflight="0")
+        server = serve(server_cpus, engine_latency_budget_ms=budget, max_inflight="0")
         try:
             server.wait_ready()
             rate = uvloop.run(saturation(server.port, f.name))
         finally:
             server.stop()
     print(json.dumps({"saturation_rps": round(rate)}), flush=True)
-    server = Server(server_cpus, engine_latency_budget_ms=budget, max_inflight=str(args.max_inflight))
+    server = serve(server_cpus, engine_latency_budget_ms=budget, max_inflight=str(args.max_inflight))
     runs = []
     try:
         server.wait_ready()

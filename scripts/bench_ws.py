@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -144,12 +143,6 @@ async def run_load(host: str, port: int, subscribers: int) -> None:
 
 
 # -- the driver: server, load process, publisher -----------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _message(seq: int, routes: int) -> bytes:
     suggestions = [
         {
@@ -188,9 +181,11 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 async def drive(args: argparse.Namespace) -> dict[str, Any]:
     import redis.asyncio as redis
 
-    port = args.port or _free_port()
+    from tools.process import ServerProcess, cpe_serve, free_port  # here: the load process runs without it
+
+    port = args.port or free_port()
     channel = args.channel or f"cpe:bench:{uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")} | {
+    settings = {
         "CPE_MODELS": "lstm",
         "CPE_MODEL": "lstm",
         "CPE_DEVICE": "cpu",
@@ -199,15 +194,13 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         "CPE_WS_HEARTBEAT_S": "3600",
         "CPE_LOG_LEVEL": "warning",
     }
-    server = None
+    server: ServerProcess | None = None
     if not args.channel:  # else attach to a running server on that channel
-        server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=ROOT, env=env
-        )
+        server = cpe_serve(settings, port).start()
     load: subprocess.Popen[str] | None = None
     try:
         if server is not None:
-            await _wait_ready(port, server)
+            await asyncio.to_thread(server.wait_ready, timeout_s=90)
         load = subprocess.Popen(
             [
                 sys.executable,
@@ -245,11 +238,8 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         if load is not None:
             load.kill()
         if server is not None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.stop(signal.SIGINT)
+            server.log.close()
     latencies = sorted(out["latencies"])
     expected = published * args.subscribers
     return {
@@ -267,23 +257,6 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": _percentile(latencies, 0.99) * 1000,
         "max_ms": (latencies[-1] if latencies else float("nan")) * 1000,
     }
-
-
-async def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 90
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit("the server exited before it was ready")
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise SystemExit("the server was not ready within 90 s")
 
 
 def _table(r: dict[str, Any]) -> str:

@@ -25,17 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -43,13 +39,9 @@ import redis as redis_sync
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tools.process import RedisServer, ServerProcess, cpe_serve
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def window(seed: int, n: int = 16) -> list[dict[str, Any]]:
@@ -61,91 +53,12 @@ def window(seed: int, n: int = 16) -> list[dict[str, Any]]:
     ]
 
 
-class Server:
-    """A `python -m app.cli serve` process with the given CPE_* settings, its output in a temporary file."""
-
-    def __init__(self, cpus: set[int] | None = None, **settings: str) -> None:
-        """``cpus``: pin the server to these CPUs (its threads too), as benchmarks do; None: not pinned."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
-        env |= {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_LOG_LEVEL": "warning"}
-        env |= {f"CPE_{k.upper()}": v for k, v in settings.items()}
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
-        )
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-class PrivateRedis:
-    """A redis-server of this drill's own, on a free port; ``persist``: every write in its append-only file
-    (fsynced before the answer), which a restart reads back."""
-
-    def __init__(self, persist: bool = False) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.persist = persist
-        self.dir = tempfile.TemporaryDirectory(prefix="cpe-faults-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            self.dir.name,
-        ]
-        argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("the private redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def close(self) -> None:
-        self.kill()
-        self.dir.cleanup()
+def serve(cpus: set[int] | None = None, **settings: str) -> ServerProcess:
+    """A started `python -m app.cli serve` with the given CPE_* settings (the LSTM on the CPU, warnings
+    only, unless given); ``cpus``: pinned to these CPUs (its threads too), as benchmarks do."""
+    env = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_LOG_LEVEL": "warning"}
+    env |= {f"CPE_{k.upper()}": v for k, v in settings.items()}
+    return cpe_serve(env, cpus=None if cpus is None else frozenset(cpus)).start()
 
 
 # -- feedback, and where it went -----------------------------------------------------------------------
@@ -235,10 +148,10 @@ async def _load(url: str, until: float, phase: list[str], seen: dict[str, Counte
 
 
 async def redis_drill(duration_s: float, clients: int, persist: bool) -> dict[str, Any]:
-    redis = PrivateRedis(persist)
+    redis = RedisServer(persist=persist)
     redis.start()
     url = redis.url
-    server = Server(
+    server = serve(
         cache_url=url,
         bus_url=url,
         bus_channel="cpe:fault-drill",
@@ -318,7 +231,7 @@ async def redis_drill(duration_s: float, clients: int, persist: bool) -> dict[st
             and not tracebacks,
         }
     finally:
-        server.stop()
+        server.close()
         redis.close()
 
 
@@ -326,13 +239,13 @@ async def redis_drill(duration_s: float, clients: int, persist: bool) -> dict[st
 
 
 async def sigterm_drill(in_flight: int, learning: str) -> dict[str, Any]:
-    redis = PrivateRedis() if learning == "redis" else None
+    redis = RedisServer() if learning == "redis" else None
     shared = {}
     if redis is not None:
         redis.start()
         shared = {"learning_url": redis.url, "bus_url": redis.url}
     # a batch waits 1 s to fill: the requests of the wave are surely in the server when SIGTERM comes
-    server = Server(engine_max_wait_us="1000000", shutdown_timeout_s="20", log_level="info", **shared)
+    server = serve(engine_max_wait_us="1000000", shutdown_timeout_s="20", log_level="info", **shared)
     try:
         server.wait_ready()
         ws_url = server.url.replace("http", "ws")
@@ -410,7 +323,7 @@ async def sigterm_drill(in_flight: int, learning: str) -> dict[str, Any]:
             and clean,
         }
     finally:
-        server.stop()
+        server.close()
         if redis is not None:
             redis.close()
 

@@ -20,13 +20,13 @@ from tools.bench import (
     REPO,
     Server,
     concrete,
-    free_port,
     http_request,
     make_requests,
     plan_cpus,
     write_bodies,
 )
 from tools.bench import main as bench_main
+from tools.process import free_port
 
 
 def _serve(name: str, script: str, tmp_path: Path, *extra: str) -> Iterator[Server]:
@@ -51,6 +51,7 @@ def raw(tmp_path: Path) -> Iterator[Server]:
     yield from _serve("raw", "trivial_server", tmp_path, "--kind", "raw")
 
 
+@pytest.mark.slow
 def test_bench_models_times_every_model_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "models.json"
     argv = [sys.executable, "-m", "scripts.bench_models", "--device", "cpu", "--threads", "1"]
@@ -68,6 +69,7 @@ def test_bench_models_times_every_model_on_the_cpu(tmp_path: Path) -> None:
         assert f"{row['model']:<12} {row['batch']:>6}" in done.stdout
 
 
+@pytest.mark.server
 def test_naive_reference_answers_the_forecast_of_the_shipped_model(naive: Server) -> None:
     request = make_requests(1, seq_len=32, seed=3)[0]
     request["flow_key"] = request["flow_key"].replace(PLACEHOLDER, "0" * len(PLACEHOLDER))
@@ -88,12 +90,14 @@ def test_naive_reference_answers_the_forecast_of_the_shipped_model(naive: Server
     np.testing.assert_allclose(context, expected, rtol=1e-5)
 
 
+@pytest.mark.server
 def test_naive_reference_refuses_a_malformed_window(naive: Server) -> None:
     body = {"flow_key": "ab" * 32, "contexts": [{"timestamp": 1, "features": [1.0, 2.0]}]}
     status, _ = http_request("POST", naive.port, "/v1/predict", json.dumps(body).encode())
     assert status == 422
 
 
+@pytest.mark.server
 def test_load_generator_counts_every_answer_of_a_trivial_server(raw: Server, tmp_path: Path) -> None:
     bodies = tmp_path / "bodies.jsonl"
     write_bodies(bodies, make_requests(4, seq_len=8, seed=1))
@@ -141,6 +145,7 @@ def test_bench_refuses_bad_options_before_starting_anything(capsys: pytest.Captu
     assert "{port}" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_learning_times_training_steps(tmp_path: Path) -> None:
     out = tmp_path / "learning.json"
     argv = [

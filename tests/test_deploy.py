@@ -2,18 +2,16 @@
 the alert rules (and their unit tests), nginx on its config and in front of two real replicas, the compose
 file's references, the dashboard's and the rules' metric names against what the service exports.
 
-promtool (Debian package `prometheus`) and nginx are required, not optional: `.ci/run` installs them, and
-a missing one fails these tests with how to install it rather than skipping the checks.
+promtool (Debian package `prometheus`) and nginx: `make test` run as root installs them (as CI does);
+elsewhere, the checks that need a missing one are skipped, and the run says so before its first test.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,8 @@ from websockets.sync.client import connect
 
 from app.main import create_app
 from tests.app.payloads import make_settings, predict_body
-from tests.app.ports import free_port
-from tests.app.servers import serving
+from tests.programs import which
+from tools.process import ServerProcess, free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -46,9 +44,8 @@ METRIC_NAME = re.compile(r"\b(?:cpe|http|process|python)_[a-z0-9_]+\b")
 
 
 def _tool(name: str, package: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
-    if path is None:
-        pytest.fail(f"{name} is not installed: `apt-get install {package}` (.ci/run installs it)")
+    path = which(name)
+    assert path is not None, f"{name} is not installed: `apt-get install {package}` (scripts/test-deps.sh)"
     return path
 
 
@@ -59,6 +56,7 @@ def _run(*args: str, cwd: Path = ROOT) -> str:
 
 
 # -- Prometheus -------------------------------------------------------------------------------------
+@pytest.mark.tool("promtool")
 def test_promtool_checks_the_config_and_the_rules() -> None:
     promtool = _tool("promtool", "prometheus")
     out = _run(promtool, "check", "config", str(PROMETHEUS / "prometheus.yml"))
@@ -66,6 +64,7 @@ def test_promtool_checks_the_config_and_the_rules() -> None:
     _run(promtool, "check", "rules", str(PROMETHEUS / "alerts.yml"))
 
 
+@pytest.mark.tool("promtool")
 def test_every_alert_has_a_severity_and_a_passing_unit_test() -> None:
     promtool = _tool("promtool", "prometheus")
     rules = [rule for group in _yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]]
@@ -157,6 +156,7 @@ def _local_nginx_conf(tmp: Path, listen: int, replicas: list[int]) -> Path:
     return path
 
 
+@pytest.mark.tool("nginx")
 def test_nginx_accepts_the_config() -> None:
     nginx = _tool("nginx", "nginx")
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,38 +185,18 @@ def balanced() -> Iterator[Balanced]:
     listen = free_port()
     with serving(settings, 2) as replicas, tempfile.TemporaryDirectory() as tmp:
         conf = _local_nginx_conf(Path(tmp), listen, [replica.port for replica in replicas])
-        proxy = subprocess.Popen(
-            [nginx, "-c", str(conf), "-p", tmp, "-e", "stderr", "-g", f"daemon off; pid {tmp}/nginx.pid;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            _wait(f"http://127.0.0.1:{listen}/readyz", proxy)
+        argv = [nginx, "-c", str(conf), "-p", tmp, "-e", "stderr", "-g", f"daemon off; pid {tmp}/nginx.pid;"]
+        with ServerProcess(argv, listen, name="nginx") as proxy:
+            proxy.wait_ready()
             yield Balanced(
                 f"127.0.0.1:{listen}",
                 [replica.url for replica in replicas],
                 [replica.log for replica in replicas],
             )
-        finally:
-            proxy.terminate()
-            try:
-                proxy.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
 
 
-def _wait(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, f"{process.args} exited with {process.returncode}"
-        assert time.monotonic() < deadline, f"{url} did not answer"
-        try:
-            if httpx.get(url).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-
-
+@pytest.mark.tool("nginx")
+@pytest.mark.server
 def test_nginx_spreads_requests_over_both_replicas_and_keeps_request_ids(balanced: Balanced) -> None:
     with httpx.Client(base_url=f"http://{balanced.proxy}") as client:
         for n in range(1, 21):
@@ -252,6 +232,8 @@ def test_nginx_spreads_requests_over_both_replicas_and_keeps_request_ids(balance
     }
 
 
+@pytest.mark.tool("nginx")
+@pytest.mark.server
 def test_nginx_upgrades_websockets_to_a_replica(balanced: Balanced) -> None:
     with connect(f"ws://{balanced.proxy}/v1/stream/routing") as ws:
         ws.send(json.dumps({"op": "subscribe", "types": ["RoutingPrediction"]}))

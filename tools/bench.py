@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import http.client
 import json
 import math
@@ -36,7 +35,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tools.process import ServerError, ServerProcess, child_setup, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -108,19 +108,6 @@ def plan_cpus(spec: str) -> CpuPlan:
     return CpuPlan(server, client)
 
 
-def _child_setup(cpus: frozenset[int] | None) -> Callable[[], None]:
-    """Runs in a child before exec: pin it, and have the kernel stop it if this process dies."""
-
-    def setup() -> None:
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
-        if sys.platform == "linux":
-            with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-
-    return setup
-
-
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process and all its threads so far (Linux), else None."""
     try:
@@ -133,14 +120,9 @@ def _cpu_seconds(pid: int) -> float | None:
 # -- servers --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
-    """A server subprocess on a loopback port; ``stop`` always brings it down."""
+    """A benchmark's server subprocess on a loopback port, pinned to its CPUs; ``stop`` always brings it
+    down."""
 
     def __init__(
         self,
@@ -153,37 +135,28 @@ class Server:
     ) -> None:
         self.name = name
         self.port = port
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
+        self.process = ServerProcess(
             argv,
-            cwd=REPO,
+            port,
             env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_child_setup(cpus),
-            start_new_session=True,  # a Ctrl-C reaches only this process, which then stops the servers
-        )
+            log_path=log_dir / f"{name}.log",
+            cpus=cpus,
+            own_session=True,  # a Ctrl-C reaches only this process, which then stops the servers
+            name=name,
+        ).start()
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return self.process.url
 
     def wait_ready(self, deadline: float, path: str = "/readyz") -> None:
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with status {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                status, _ = http_request("GET", self.port, path, timeout=2.0)
-                if status == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} was not ready on port {self.port} in time:\n{self.log_tail()}")
-            time.sleep(0.2)
+        try:
+            self.process.wait_ready(path, timeout_s=deadline - time.monotonic())
+        except ServerError as exc:
+            raise BenchError(str(exc)) from None
 
     def cpu_seconds(self) -> float | None:
-        return _cpu_seconds(self.proc.pid)
+        return _cpu_seconds(self.process.pid)
 
     def wait_idle(self, timeout_s: float = 15.0, window_s: float = 0.3) -> None:
         """Until the server stops burning CPU: work that an earlier run left in flight must not count
@@ -203,20 +176,12 @@ class Server:
             before = now
 
     def log_tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(f"    {line}" for line in text[-lines:])
+        return "\n".join(f"    {line}" for line in self.process.output(lines).splitlines())
 
     def stop(self) -> None:
-        """SIGINT (uvicorn's graceful shutdown: the lifespan stops the engine), then harder if need be."""
-        for sig, wait_s in ((signal.SIGINT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(wait_s)
-        self._log.close()
+        """SIGINT (uvicorn's graceful shutdown: the lifespan stops the engine), SIGKILL if need be."""
+        self.process.stop(signal.SIGINT, timeout_s=15.0)
+        self.process.log.close()
 
 
 def http_request(
@@ -316,7 +281,7 @@ class LoadGenerator:
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
-                preexec_fn=_child_setup(self.cpus),
+                preexec_fn=child_setup(self.cpus),
                 check=False,
             )
         except subprocess.TimeoutExpired:

@@ -21,7 +21,7 @@ from app.auth import ApiKeys, MaskQueryKeys, parse_api_keys, require_scope
 from app.main import create_app
 from app.settings import Settings
 from tests.app.payloads import make_settings, predict_body
-from tests.app.servers import serving
+from tools.process import serving
 
 READER = "reader-key-0123456789"
 WRITER = "writer-key-0123456789"
@@ -164,6 +164,7 @@ def server() -> Iterator[tuple[str, IO[bytes]]]:
 
 
 @pytest.mark.parametrize("query", ["", "?api_key=nobody-0123456789"])
+@pytest.mark.server
 async def test_a_websocket_without_a_known_key_is_closed_with_1008(
     server: tuple[str, IO[bytes]], query: str
 ) -> None:
@@ -176,6 +177,7 @@ async def test_a_websocket_without_a_known_key_is_closed_with_1008(
         assert closed.value.rcvd.code == 1008 and "API key" in closed.value.rcvd.reason
 
 
+@pytest.mark.server
 async def test_a_websocket_key_in_the_query_or_a_header_is_let_in_and_never_logged(
     server: tuple[str, IO[bytes]],
 ) -> None:

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.cli import main
 from tools.drift import METHODS
 
 
+@pytest.mark.slow
 def test_drift_evaluation_runs_end_to_end(tmp_path: Path) -> None:
     plot, figures_path = tmp_path / "drift.png", tmp_path / "drift.json"
     argv = ["evaluate", "--drift", "--model", "lstm", "--pre", "40", "--post", "40", "--window", "10"]

@@ -195,24 +195,28 @@ def _text(body: Any, compact: bool) -> str:
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(body=requests(), compact=st.booleans())
 def test_a_valid_predict_body_takes_the_fast_path_to_pydantics_answer(body: Any, compact: bool) -> None:
     assert _check(_text(body, compact), batch=False) is not None
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(body=batches, compact=st.booleans())
 def test_a_valid_batch_body_takes_the_fast_path_to_pydantics_answer(body: Any, compact: bool) -> None:
     assert _check(_text(body, compact), batch=True) is not None
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(body=spoiled(requests()), compact=st.booleans())
 def test_a_spoiled_predict_body_gets_pydantics_answer_or_its_error(body: Any, compact: bool) -> None:
     _check(_text(body, compact), batch=False)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(body=spoiled(batches), compact=st.booleans())
 def test_a_spoiled_batch_body_gets_pydantics_answer_or_its_error(body: Any, compact: bool) -> None:

@@ -6,11 +6,9 @@ shutdown with feedback still waiting.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from models.checkpoint import CHECKPOINT_DIR
+from tests.app.learning.test_learning import biased_feedback, sample, wait_for
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
-from tests.app.ports import free_port
-from tests.app.test_learning import biased_feedback, sample, wait_for
+from tools.process import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +34,9 @@ def _drill(*args: str) -> dict:
     return result
 
 
+@pytest.mark.redis
+@pytest.mark.server
+@pytest.mark.slow
 def test_redis_killed_and_restarted_under_load_costs_no_request_and_no_feedback() -> None:
     result = _drill("redis", "--duration", "6", "--clients", "6")
     for phase in ("before", "down", "after"):
@@ -52,7 +53,9 @@ def test_redis_killed_and_restarted_under_load_costs_no_request_and_no_feedback(
     assert not result["tracebacks"] and result["ok"]
 
 
-@pytest.mark.parametrize("learning", ["memory", "redis"])
+@pytest.mark.parametrize("learning", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.server
+@pytest.mark.slow
 def test_sigterm_lets_requests_in_flight_finish_closes_websockets_with_1001_and_keeps_feedback(
     learning: str,
 ) -> None:
@@ -73,24 +76,9 @@ def test_sigterm_lets_requests_in_flight_finish_closes_websockets_with_1001_and_
 
 
 @pytest.fixture
-def private_redis() -> Iterator[str]:
+def private_redis(private_redis_server: RedisServer) -> str:
     """A redis-server of this test's own, on a free port, without persistence; its URL."""
-    port = free_port()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the private redis-server did not start"
-                time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait()
+    return private_redis_server.url
 
 
 def _reload_errors(text: str) -> float:

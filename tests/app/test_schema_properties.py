@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
@@ -67,6 +68,7 @@ def _refusal_is_clear(model: type[BaseModel], body: bytes) -> None:
         ValidationErrors.model_validate_json(orjson.dumps({"detail": detail}))  # as the 422 declares it
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(value=st.one_of(json_values, near_requests))
 def test_any_json_is_accepted_or_refused_with_a_declared_422(value: Any) -> None:
@@ -75,6 +77,7 @@ def test_any_json_is_accepted_or_refused_with_a_declared_422(value: Any) -> None
         _refusal_is_clear(model, body)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(value=st.one_of(json_values, near_requests), batch=st.booleans())
 def test_the_fast_parser_and_pydantic_agree_on_any_json(value: Any, batch: bool) -> None:

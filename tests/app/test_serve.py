@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.app.payloads import predict_body
-from tests.app.ports import free_port
+from tools.process import ServerProcess, cpe_env, free_port
+
+pytestmark = pytest.mark.server
 
 SERVE = (
     "from app.serve import serve; from app.settings import Settings; "
@@ -26,32 +25,14 @@ SERVE = (
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVE.format(port=port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process = ServerProcess([sys.executable, "-c", SERVE.format(port=port)], port, env=cpe_env({}))
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield url
+        process.start().wait_ready()
+        yield process.url
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            assert process.wait(timeout=30) == 0, "the server did not stop cleanly"
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        status = process.stop(signal.SIGINT, timeout_s=30)
+        assert status == 0, f"the server did not stop cleanly ({status}):\n{process.output()}"
+        process.log.close()
 
 
 def test_workers_serve_with_the_given_settings(server: str) -> None:

@@ -33,6 +33,7 @@ def periodic_series(n: int, seed: int) -> Series:
     return Series(ts.astype(np.int64), feats.astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
 def test_learns_a_periodic_signal_better_than_persistence(kind: str) -> None:
     torch.manual_seed(0)

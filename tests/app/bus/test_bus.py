@@ -11,9 +11,10 @@ import pytest
 import redis.asyncio as redis
 
 from app.bus import Bus, Subscription
+from tests.redis_server import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
-URLS = ["memory://", REDIS_URL]
+REDIS_URL = redis_url(14)
+URLS = ["memory://", pytest.param(REDIS_URL, marks=pytest.mark.redis, id="redis")]
 
 
 @pytest.fixture(params=URLS)
@@ -96,6 +97,7 @@ def test_an_unknown_scheme_is_a_value_error_naming_it_and_not_the_rest_of_the_ur
         Bus()
 
 
+@pytest.mark.redis
 async def test_a_ready_made_redis_client_is_used_and_left_open(channel: str) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -121,6 +123,7 @@ async def test_redis_down_is_counted_and_logged_once_never_raised(
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
+@pytest.mark.redis
 async def test_the_redis_subscription_comes_back_after_its_connection_is_killed(channel: str) -> None:
     name = f"cpe-test-{uuid.uuid4().hex[:12]}"
     client = redis.Redis.from_url(REDIS_URL, client_name=name)

@@ -77,6 +77,7 @@ def lstm() -> Predictor:
 # -- the API ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_feedback_is_accepted_and_learned_into_a_new_version() -> None:
     with TestClient(create_app(learning_settings())) as client:
         shipped = client.get("/v1/models").json()["models"][0]["version"]
@@ -111,6 +112,7 @@ def test_feedback_is_accepted_and_learned_into_a_new_version() -> None:
         assert f"cpe_learning_rollouts_total {len(history) - 1:.1f}" in metrics
 
 
+@pytest.mark.slow
 def test_a_copy_better_than_the_serving_version_but_not_than_persistence_stays_back() -> None:
     with TestClient(create_app(learning_settings())) as client:
         shipped = client.get("/v1/models").json()["models"][0]["version"]
@@ -125,6 +127,7 @@ def test_a_copy_better_than_the_serving_version_but_not_than_persistence_stays_b
         assert metric(client, "cpe_learning_rollouts_total") == 0.0
 
 
+@pytest.mark.slow
 def test_feedback_by_prediction_id_and_by_an_unknown_one() -> None:
     with TestClient(create_app(learning_settings())) as client:
         window = contexts(20, seed=3)
@@ -196,6 +199,7 @@ def test_learning_disabled_refuses_feedback_with_404() -> None:
         assert client.get("/v1/models").json()["learning"] is False
 
 
+@pytest.mark.slow
 def test_rollback_returns_to_the_earlier_version() -> None:
     with TestClient(create_app(learning_settings())) as client:
         shipped = client.get("/v1/models").json()["models"][0]["version"]

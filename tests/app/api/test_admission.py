@@ -15,7 +15,7 @@ from app.api.admission import Admission, InflightLimit
 from app.api.request_id import RequestId
 from app.main import create_app
 from tests.app.payloads import make_settings
-from tests.app.servers import serving
+from tools.process import serving
 
 
 class Gate:
@@ -94,6 +94,7 @@ def _metric(base: str, name: str) -> float:
     return float(value)
 
 
+@pytest.mark.server
 def test_a_real_server_refuses_in_the_protocol_before_the_app() -> None:
     """`cpe serve` at a full cap: the 503 comes from uvicorn's protocol (AdmissionHttpProtocol), without
     the app's middleware (no X-Request-Id), and the request admitted before it is still answered."""

@@ -1,9 +1,10 @@
-"""Online learning across processes, on the machine's Redis (database 12, keys of each test deleted after).
+"""Online learning across processes, on the session's own redis-server (database 12, keys of each test
+deleted after).
 
 Feedback lands in the Redis Stream before its 202; the learner's lease passes to another replica when
 its holder is killed; two real servers share the stream, and the one that does not learn hot-loads
 what the other rolls out. GET /readyz reports a feedback stream that does not work, and stops once it
-works again (database 9; the outage on a private redis-server, never the machine's own).
+works again (database 9; the outage on a redis-server of its own).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from app.learning.feedback import FeedbackUnavailable, MemoryFeedback, RedisFeed
 from app.learning.lease import RedisLease
 from app.main import create_app
 from app.settings import Settings
+from tests.app.cache.test_cache_redis import PrivateRedis
+from tests.app.learning.test_learning import biased_feedback, sample
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
-from tests.app.ports import free_port
-from tests.app.servers import serving
-from tests.app.test_cache_redis import PrivateRedis
-from tests.app.test_learning import biased_feedback, sample
+from tests.redis_server import redis_url
+from tools.process import RedisServer, free_port, serving
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = redis_url(12)
 
 
 def _private_prefix(url: str) -> Iterator[str]:
@@ -59,7 +60,7 @@ def _learning_on(url: str, prefix: str, **more: Any) -> Settings:
 
 
 @pytest.fixture
-def prefix() -> Iterator[str]:
+def prefix(redis_server: RedisServer) -> Iterator[str]:
     """A key prefix of this test only; its keys are deleted afterwards."""
     yield from _private_prefix(REDIS_URL)
 
@@ -105,6 +106,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_the_lease_is_taken_over_when_its_holder_dies(prefix: str) -> None:
     from redis.asyncio import Redis
 
@@ -159,6 +161,7 @@ def _settings(prefix: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.server
 def test_feedback_to_one_server_is_learned_and_the_other_hot_loads_it(prefix: str) -> None:
     with serving(_settings(prefix), 2, stop_signal=signal.SIGINT) as servers:
         a, b = (server.url for server in servers)
@@ -199,7 +202,7 @@ async def test_the_stream_is_read_through_the_group_and_taken_over_from_its_tail
     from redis.asyncio import Redis
 
     from app.learning.feedback import GROUP, RedisFeedback
-    from tests.app.test_learning import sample
+    from tests.app.learning.test_learning import sample
 
     client = Redis.from_url(REDIS_URL)
     try:
@@ -226,11 +229,11 @@ async def test_the_stream_is_read_through_the_group_and_taken_over_from_its_tail
 
 # -- GET /readyz and the feedback stream ------------------------------------------------------------
 
-HEALTH_REDIS = "redis://127.0.0.1:6379/9"
+HEALTH_REDIS = redis_url(9)
 
 
 @pytest.fixture
-def health_prefix() -> Iterator[str]:
+def health_prefix(redis_server: RedisServer) -> Iterator[str]:
     """A key prefix of this test only, in database 9; its keys are deleted afterwards."""
     yield from _private_prefix(HEALTH_REDIS)
 
@@ -288,6 +291,7 @@ async def test_the_stream_problem_comes_with_a_failure_and_goes_with_the_next_su
         assert store.problem is None
 
 
+@pytest.mark.slow
 def test_readyz_names_a_broken_feedback_stream_and_forgets_it_once_it_works(health_prefix: str) -> None:
     settings = _learning_on(HEALTH_REDIS, health_prefix, bus_channel=f"{health_prefix}routing")
     with TestClient(create_app(settings)) as client, redis.Redis.from_url(HEALTH_REDIS) as r:
@@ -304,6 +308,8 @@ def test_readyz_names_a_broken_feedback_stream_and_forgets_it_once_it_works(heal
         assert client.post("/v1/feedback", json=biased_feedback(2)).status_code == 202
 
 
+@pytest.mark.slow
+@pytest.mark.redis
 def test_readyz_reports_a_feedback_stream_outage_until_redis_is_back() -> None:
     server = PrivateRedis()
     server.start()

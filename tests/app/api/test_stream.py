@@ -1,4 +1,5 @@
-"""The WebSocket streams against real servers: two `cpe serve` processes sharing a real Redis bus."""
+"""The WebSocket streams against real servers: two `cpe serve` processes sharing a real Redis bus (the
+session's own redis-server, database 14)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.app.payloads import FLOW_KEY, contexts, predict_body
-from tests.app.servers import serving
+from tests.redis_server import redis_url
+from tools.process import RedisServer, serving
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = redis_url(14)
+pytestmark = pytest.mark.server
 OTHER_KEY = "fe" * 32
 QUEUE_SIZE = 16
 MAX_FRAME = 65_536
@@ -42,7 +45,7 @@ class Servers:
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[Servers]:
+def servers(redis_server: RedisServer) -> Iterator[Servers]:
     """Two server processes on one Redis bus channel of their own, started side by side."""
     channel = f"cpe:test:stream:{uuid.uuid4().hex}"
     env = {

@@ -1,7 +1,7 @@
 """The prediction cache on its own: both URL schemes, the eviction strategies, TTLs, keys, the breaker.
 
-The Redis tests use the machine's Redis (127.0.0.1:6379), database 13, under a key prefix of their own,
-and delete their keys afterwards.
+The Redis tests use the session's own redis-server (tests/redis_server.py), database 13, under a key
+prefix of their own, and delete their keys afterwards.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from app.cache.redis import RedisCache
 from app.fastparse import context_arrays
 from app.metrics import Metrics
 from tests.app.payloads import FLOW_KEY, contexts
-from tests.app.ports import free_port
+from tests.redis_server import redis_url
+from tools.process import RedisServer, free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = redis_url(13)
 PREFIX = "cpe-test:pred:"
-URLS = ["memory://", REDIS_URL]
+URLS = ["memory://", pytest.param(REDIS_URL, id="redis")]
 
 
 @pytest.fixture
-async def redis_client() -> AsyncIterator[Redis]:
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL)
     yield client
     keys = [key async for key in client.scan_iter(match=f"{PREFIX}*", count=1000)]

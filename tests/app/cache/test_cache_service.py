@@ -1,7 +1,7 @@
 """The prediction cache in the real app: /v1/predict and /v1/predict/batch hits and misses, /readyz, /metrics.
 
-Redis-backed apps use the machine's Redis (127.0.0.1:6379), database 13, whose prediction keys the
-fixtures delete before and after.
+Redis-backed apps use the session's own redis-server (tests/redis_server.py), database 13, whose
+prediction keys the fixtures delete before and after.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.payloads import FLOW_KEY, contexts, make_settings, predict_body
-from tests.app.ports import free_port
+from tests.redis_server import redis_url
+from tools.process import RedisServer, free_port
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
-URLS = ["memory://", REDIS_URL]
+REDIS_URL = redis_url(13)
+URLS = ["memory://", pytest.param(REDIS_URL, marks=pytest.mark.redis, id="redis")]
 
 
 def _clean_db13() -> None:
@@ -29,7 +30,7 @@ def _clean_db13() -> None:
 
 
 @pytest.fixture
-def redis_db13() -> Iterator[None]:
+def redis_db13(redis_server: RedisServer) -> Iterator[None]:
     _clean_db13()
     yield
     _clean_db13()
@@ -96,7 +97,9 @@ def test_a_cache_url_of_an_unknown_scheme_stops_the_app_from_starting() -> None:
 
 
 @pytest.fixture(params=URLS)
-def cached_client(request: pytest.FixtureRequest, redis_db13: None) -> Iterator[TestClient]:
+def cached_client(request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    if request.param != "memory://":
+        request.getfixturevalue("redis_db13")
     with TestClient(create_app(make_settings(cache_url=request.param))) as client:
         yield client
 

@@ -14,6 +14,16 @@ from tests.app.payloads import contexts, predict_body
 Body = dict[str, Any]
 
 
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    """One app for the whole module: a refused request changes nothing that another test reads."""
+    from app.main import create_app
+    from tests.app.payloads import make_settings
+
+    with TestClient(create_app(make_settings())) as client:
+        yield client
+
+
 def _set_feature(value: float) -> Callable[[Body], None]:
     def mutate(body: Body) -> None:
         body["contexts"][3]["features"][2] = value
@@ -165,7 +175,7 @@ def test_non_finite_input_is_echoed_by_name(client: TestClient) -> None:
     assert response.json()["detail"][0]["input"] == "inf"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small_body_client() -> Iterator[TestClient]:
     from app.main import create_app
     from tests.app.payloads import make_settings

@@ -26,7 +26,9 @@ from schemathesis.checks import (
 
 from app.main import create_app
 from tests.app.payloads import make_settings
-from tests.app.servers import serving
+from tools.process import serving
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 MAX_EXAMPLES = 20
 CHECKS = (

@@ -1,14 +1,13 @@
 """The Redis tier between processes and through an outage: real servers, a real Redis stopped and restarted.
 
-Two uvicorn servers share the machine's Redis (database 13, keys deleted afterwards). The outage test
-runs a private redis-server on a free port, never the machine's own on 6379.
+Two uvicorn servers share the session's own redis-server (database 13, keys deleted afterwards). The
+outage test runs a redis-server of its own, which it stops and restarts.
 """
 
 from __future__ import annotations
 
 import secrets
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -20,10 +19,11 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.payloads import contexts, make_settings
-from tests.app.ports import free_port
-from tests.app.servers import serving
+from tests.redis_server import redis_url
+from tools.process import RedisServer, serving
 
-SHARED_REDIS = "redis://127.0.0.1:6379/13"
+SHARED_REDIS = redis_url(13)
+pytestmark = pytest.mark.redis
 
 
 def _body(flow_key: str, seed: int, n: int = 16) -> dict:
@@ -41,7 +41,7 @@ def _metric(client: TestClient, sample: str) -> float:
 
 
 @pytest.fixture
-def two_servers() -> Iterator[tuple[str, str]]:
+def two_servers(redis_server: RedisServer) -> Iterator[tuple[str, str]]:
     settings = {
         "CPE_CACHE_URL": SHARED_REDIS,
         "CPE_MODELS": "lstm",
@@ -53,6 +53,7 @@ def two_servers() -> Iterator[tuple[str, str]]:
         yield a.url, b.url
 
 
+@pytest.mark.server
 def test_what_one_server_computed_is_a_hit_on_another(two_servers: tuple[str, str]) -> None:
     a, b = two_servers
     flow_key = secrets.token_hex(32)  # keys of this test only
@@ -81,35 +82,11 @@ def test_what_one_server_computed_is_a_hit_on_another(two_servers: tuple[str, st
 # -- Redis stopped and restarted ------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, without persistence."""
+class PrivateRedis(RedisServer):
+    """A redis-server of this test's own, on a free port, without persistence; ``stop`` kills it (a crash)."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=self.port) as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, "the private redis-server did not start"
-                    time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    def stop(self, signum: int = signal.SIGKILL, timeout_s: float = 20.0) -> int | None:
+        return super().stop(signum, timeout_s)
 
     def keys(self) -> int:
         with redis.Redis(port=self.port) as client:
@@ -118,14 +95,11 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
+    with PrivateRedis() as server:
         yield server
-    finally:
-        server.stop()
 
 
+@pytest.mark.slow
 def test_a_redis_outage_costs_hits_only_and_the_cache_recovers_by_itself(private_redis: PrivateRedis) -> None:
     settings = make_settings(cache_url=f"redis://127.0.0.1:{private_redis.port}/0", models=("lstm",))
     flow_key = "ab" * 32

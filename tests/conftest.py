@@ -1,0 +1,80 @@
+"""What every test shares: the session's own redis-server, and the programs some checks need.
+
+A check that needs a program this machine lacks (redis-server, promtool, nginx) is skipped with a reason
+naming it, and the run says so once, before the first test: never a silent skip. `make test` run as root
+installs them first (scripts/test-deps.sh), as CI does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from tests import redis_server as session_redis
+from tests.programs import PACKAGES, missing, which
+from tools.process import RedisServer
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks what a test needs from the fixtures it uses, and skips those whose programs are missing."""
+    skipped: Counter[str] = Counter()
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "redis_server" in fixtures or "private_redis_server" in fixtures:
+            item.add_marker(pytest.mark.redis)
+        programs = [program for mark in item.iter_markers("tool") for program in mark.args]
+        if item.get_closest_marker("redis") is not None:
+            programs.append("redis-server")
+        for program in programs:
+            if program not in PACKAGES:
+                raise pytest.UsageError(f"{item.nodeid}: unknown program {program!r} in @pytest.mark.tool")
+            if which(program) is None:
+                item.add_marker(pytest.mark.skip(reason=missing(program)))
+                skipped[program] += 1
+                break
+    config.stash[_SKIPPED] = skipped
+
+
+_SKIPPED = pytest.StashKey[Counter[str]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    skipped = session.config.stash.get(_SKIPPED, Counter())
+    if skipped:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        what = "; ".join(
+            f"{count} need {program} (Debian package {PACKAGES[program]})"
+            for program, count in skipped.items()
+        )
+        line = (
+            f"skipping {sum(skipped.values())} tests, whose programs are not installed here: {what}; "
+            "`make test` as root installs them (scripts/test-deps.sh)"
+        )
+        if reporter is not None:
+            reporter.write_line(line, yellow=True, bold=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session_redis.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    """The session's own redis-server (tests/redis_server.py); each test module keeps to its own database
+    and key prefix."""
+    server = session_redis.server()
+    if server is None:
+        pytest.skip(missing("redis-server"))
+    return server
+
+
+@pytest.fixture
+def private_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test alone, for tests that stop, restart or empty it."""
+    if which("redis-server") is None:
+        pytest.skip(missing("redis-server"))
+    with RedisServer() as server:
+        yield server
