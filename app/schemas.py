@@ -39,7 +39,6 @@ from app.wire.rules import (
     FEATURES,
     FLOW_KEY_BYTES,
     FLOW_KEY_HEX,
-    MAX_FEATURE,
     MAX_LABEL,
     MAX_METADATA_ITEMS,
     MAX_METADATA_KEY,
@@ -47,9 +46,9 @@ from app.wire.rules import (
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
     D,
+    Feature,
 )
 
-__all__ = ["MAX_FEATURE", "MAX_TIMESTAMP_MS", "MIN_TIMESTAMP_MS", "D"]  # the rules, for the schema's users
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
 _HEX_KEY = re.compile(f"[0-9a-f]{{{FLOW_KEY_HEX}}}")
 
@@ -190,7 +189,7 @@ def _in_range(features: list[float]) -> list[float]:
     return features
 
 
-def _feature_schema(feature: Any) -> dict[str, Any]:
+def _feature_schema(feature: Feature) -> dict[str, Any]:
     return {
         "type": "number",
         "title": feature.name,
@@ -205,7 +204,7 @@ _FEATURES_SCHEMA: dict[str, Any] = {
         {
             "type": "array",
             "prefixItems": [_feature_schema(f) for f in FEATURES],
-            "items": False,
+            "items": {"type": "number"},  # for tools that know no prefixItems; maxItems ends the list
             "minItems": D,
             "maxItems": D,
         },
