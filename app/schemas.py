@@ -1,6 +1,8 @@
-"""The wire types of API v1 (DESIGN.md, "Wire contract").
+"""The wire types of API v1: what the OpenAPI schema states to clients, and pydantic's error messages.
 
-Request types validate everything that does not depend on the deployment by themselves. Limits that do
+Their rules (feature ranges, the timestamps' unit, flow key forms, lengths) come from ``app.wire.rules``,
+the one definition that the decoder of prediction bodies (``app.wire.decode``) follows too. Request types
+validate everything that does not depend on the deployment by themselves. Limits that do
 (window and batch sizes, the served models and their horizons) come in as the validation context, a
 ``Limits``: ``PredictRequest.model_validate_json(body, context=limits)``. Their errors then carry the
 same field paths as every other validation error, nested batch items included.
