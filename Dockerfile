@@ -12,7 +12,7 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 # CUDA base images come without Python; the python images have it. A C compiler and Python's headers
-# build app._fastjson (setup.py), the reader of prediction bodies; they stay in this stage.
+# build app.wire._json_reader (setup.py), the reader of prediction bodies; they stay in this stage.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && (command -v python3 >/dev/null || apt-get install -y --no-install-recommends python3 python3-venv python3-dev) \
@@ -25,8 +25,8 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY app ./app
 COPY models ./models
-# the C reader must be there: without it the service still runs, but reads bodies at half the speed
-RUN pip install . && python -c "import app.main, models.checkpoint, app._fastjson"
+# the C reader must be there: without it the service still runs, but spends more CPU reading bodies
+RUN pip install . && python -c "import app.main, models.checkpoint, app.wire._json_reader"
 
 # -- runtime: the environment alone, run by an unprivileged user -------------------------------------
 FROM ${BASE_IMAGE}

@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch goes in first, pinned, so that pip never reaches for a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py app/_fastjson.c
+$(STAMP): pyproject.toml setup.py app/wire/_json_reader.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"

@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.schemas import ContextVector, D, FlowKey, Limits, PredictRequest
+from app.schemas import ContextVector, FlowKey, Limits, PredictRequest
+from app.wire.rules import FLOW_KEY_HEX, MAX_COST_FACTOR, MAX_LABEL, D
 
 Objective = Literal["latency", "throughput", "reliability", "balanced"]
 MessageType = Literal["RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction"]
-RouteId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-MAX_COST_FACTOR = 1e9
+RouteId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL)]
 
 _EXAMPLE_WINDOW: list[Any] = [
     {"timestamp": 1_700_000_000_000 + 1000 * i, "features": [12.0 + i, 1.5, 0.001, 840.0, 0.6, 0.0, 120.0, 4]}
@@ -128,7 +128,7 @@ class RouteSuggestion(BaseModel):
 class RouteRecommendation(BaseModel):
     """The routes ranked best first, how to spread the flow's load over them, and how sure that is."""
 
-    flow_key: str = Field(description="The request's flow key, as 64 hex characters.")
+    flow_key: str = Field(description=f"The request's flow key, as {FLOW_KEY_HEX} hex characters.")
     objective: Objective
     routing_suggestions: list[RouteSuggestion] = Field(description="Every route, best first.")
     load_balancing_weights: dict[str, float] = Field(
@@ -164,6 +164,6 @@ class SubscribeFrame(BaseModel):
 class StreamPredictRequest(PredictRequest):
     """A PredictRequest on /v1/stream/predict, with the ``id`` that its answer carries back."""
 
-    id: Annotated[str, StringConstraints(max_length=128)] | int = Field(
+    id: Annotated[str, StringConstraints(max_length=MAX_LABEL)] | int = Field(
         description="Chosen by the client; the answer `{id, result}` or `{id, error}` repeats it."
     )

@@ -1,6 +1,8 @@
-"""The wire types of API v1 (DESIGN.md, "Wire contract").
+"""The wire types of API v1: what the OpenAPI schema states to clients, and pydantic's error messages.
 
-Request types validate everything that does not depend on the deployment by themselves. Limits that do
+Their rules (feature ranges, the timestamps' unit, flow key forms, lengths) come from ``app.wire.rules``,
+the one definition that the decoder of prediction bodies (``app.wire.decode``) follows too. Request types
+validate everything that does not depend on the deployment by themselves. Limits that do
 (window and batch sizes, the served models and their horizons) come in as the validation context, a
 ``Limits``: ``PredictRequest.model_validate_json(body, context=limits)``. Their errors then carry the
 same field paths as every other validation error, nested batch items included.
@@ -20,6 +22,7 @@ from typing import (
 )
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,13 +37,22 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from models.scaling import FEATURE_NAMES
+from app.wire.rules import (
+    FEATURES,
+    FLOW_KEY_BYTES,
+    FLOW_KEY_HEX,
+    MAX_LABEL,
+    MAX_METADATA_ITEMS,
+    MAX_METADATA_KEY,
+    MAX_ROUTES,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+    D,
+    Feature,
+)
 
-D = len(FEATURE_NAMES)
-MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: keeps every timestamp in int64
-# Far beyond any real measurement (1e15 Mbit/s), yet small enough that a window's variance stays finite
-MAX_FEATURE = 1e15
-_HEX_KEY = re.compile(r"[0-9a-f]{64}")
+FEATURE_NAMES = tuple(f.name for f in FEATURES)
+_HEX_KEY = re.compile(f"[0-9a-f]{{{FLOW_KEY_HEX}}}")
 
 _EXAMPLE_KEY = "3f" * 32
 _EXAMPLE_CONTEXTS: list[Any] = [
@@ -63,7 +75,7 @@ class Limits:
     max_batch: int
     horizons: Mapping[str, int]  # served model kind -> its horizon H (steps it predicts)
     default_model: str
-    max_routes: int = 64  # candidate routes in one routing request
+    max_routes: int = MAX_ROUTES  # candidate routes in one routing request
 
 
 def _limits(info: ValidationInfo) -> Limits | None:
@@ -75,26 +87,31 @@ def _flow_key(value: Any) -> str:
     if isinstance(value, str):
         if _HEX_KEY.fullmatch(value):
             return value
-        if len(value) != 64:
+        if len(value) != FLOW_KEY_HEX:
             raise PydanticCustomError(
                 "flow_key",
-                "flow_key must be 64 lowercase hex characters (32 bytes); got {length} characters",
-                {"length": len(value)},
+                "flow_key must be {hex} lowercase hex characters ({bytes} bytes); got {length} characters",
+                {"hex": FLOW_KEY_HEX, "bytes": FLOW_KEY_BYTES, "length": len(value)},
             )
         bad = next(i for i, c in enumerate(value) if c not in "0123456789abcdef")
         raise PydanticCustomError(
             "flow_key",
-            "flow_key must be 64 lowercase hex characters (32 bytes); character {position} is '{char}'",
-            {"position": bad, "char": value[bad]},
+            "flow_key must be {hex} lowercase hex characters ({bytes} bytes); "
+            "character {position} is '{char}'",
+            {"hex": FLOW_KEY_HEX, "bytes": FLOW_KEY_BYTES, "position": bad, "char": value[bad]},
         )
     if isinstance(value, list):
-        if len(value) == 32 and all(type(b) is int and 0 <= b <= 255 for b in value):
+        if len(value) == FLOW_KEY_BYTES and all(type(b) is int and 0 <= b <= 255 for b in value):
             return bytes(value).hex()
         raise PydanticCustomError(
-            "flow_key", "flow_key as a list must hold exactly 32 integers 0..255 (a Rust [u8; 32])"
+            "flow_key",
+            "flow_key as a list must hold exactly {bytes} integers 0..255 (a Rust [u8; {bytes}])",
+            {"bytes": FLOW_KEY_BYTES},
         )
     raise PydanticCustomError(
-        "flow_key", "flow_key must be a string of 64 hex characters or a list of 32 integers 0..255"
+        "flow_key",
+        "flow_key must be a string of {hex} hex characters or a list of {bytes} integers 0..255",
+        {"hex": FLOW_KEY_HEX, "bytes": FLOW_KEY_BYTES},
     )
 
 
@@ -104,16 +121,17 @@ FlowKey = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                {"type": "string", "pattern": f"^[0-9a-f]{{{FLOW_KEY_HEX}}}$"},
                 {
                     "type": "array",
                     "items": {"type": "integer", "minimum": 0, "maximum": 255},
-                    "minItems": 32,
-                    "maxItems": 32,
+                    "minItems": FLOW_KEY_BYTES,
+                    "maxItems": FLOW_KEY_BYTES,
                 },
             ],
-            "description": "32 bytes identifying the flow: 64 lowercase hex characters, or a list of 32 "
-            "integers 0..255 (the serde form of a Rust `[u8; 32]`). Answered as hex.",
+            "description": f"{FLOW_KEY_BYTES} bytes identifying the flow: {FLOW_KEY_HEX} lowercase hex "
+            f"characters, or a list of {FLOW_KEY_BYTES} integers 0..255 (the serde form of a Rust "
+            f"`[u8; {FLOW_KEY_BYTES}]`). Answered as hex.",
             "examples": [_EXAMPLE_KEY],
         },
         mode="validation",
@@ -121,39 +139,123 @@ FlowKey = Annotated[
 ]
 
 
+def _milliseconds(timestamp: int) -> int:
+    """A timestamp in milliseconds since the epoch; one in seconds (below MIN_TIMESTAMP_MS) is refused."""
+    if timestamp < MIN_TIMESTAMP_MS:
+        raise PydanticCustomError(
+            "timestamp_unit",
+            "timestamp {timestamp} is before {min} (1973-03-03): milliseconds since the epoch expected, "
+            "not seconds",
+            {"timestamp": timestamp, "min": MIN_TIMESTAMP_MS},
+        )
+    return timestamp
+
+
+def _feature_list(features: Any) -> Any:
+    """Named features (``{"latency_ms": 12.1, ...}``) as the list in schema order; any other value as is."""
+    if not isinstance(features, dict):
+        return features
+    unknown = [name for name in features if name not in FEATURE_NAMES]
+    if unknown:
+        raise PydanticCustomError(
+            "unknown_feature",
+            "unknown feature '{name}'; the features are {names}",
+            {"name": str(unknown[0]), "names": ", ".join(FEATURE_NAMES)},
+        )
+    missing = [name for name in FEATURE_NAMES if name not in features]
+    if missing:
+        raise PydanticCustomError(
+            "missing_feature",
+            "features lacks {missing}: named features must give all {d} of them",
+            {"missing": ", ".join(missing), "d": D},
+        )
+    return [features[name] for name in FEATURE_NAMES]
+
+
+def _in_range(features: list[float]) -> list[float]:
+    """Features within their physical ranges (``app.wire.rules.FEATURES``)."""
+    for i, (value, feature) in enumerate(zip(features, FEATURES, strict=True)):
+        if not feature.low <= value <= feature.high:
+            raise PydanticCustomError(
+                "feature_range",
+                "features[{index}] ({feature}) must be {range}; got {value}",
+                {
+                    "index": i,
+                    "feature": feature.name,
+                    "range": feature.describe_range(),
+                    "low": feature.low,
+                    "high": feature.high,
+                    "value": value,
+                },
+            )
+    return features
+
+
+def _feature_schema(feature: Feature) -> dict[str, Any]:
+    return {
+        "type": "number",
+        "title": feature.name,
+        "description": feature.unit,
+        "minimum": feature.low,
+        "maximum": feature.high,
+    }
+
+
+_FEATURES_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "array",
+            "prefixItems": [_feature_schema(f) for f in FEATURES],
+            "items": {"type": "number"},  # for tools that know no prefixItems; maxItems ends the list
+            "minItems": D,
+            "maxItems": D,
+        },
+        {
+            "type": "object",
+            "properties": {f.name: _feature_schema(f) for f in FEATURES},
+            "required": list(FEATURE_NAMES),
+            "additionalProperties": False,
+        },
+    ],
+    "description": f"The {D} features: a list in this order, or an object naming each of them (all "
+    f"required): {', '.join(f'{f.name} ({f.unit}, {f.describe_range()})' for f in FEATURES)}. "
+    "A value out of its range is a 422 naming the feature.",
+    "examples": [_EXAMPLE_CONTEXTS[0]["features"]],
+}
+
+
 # A TypedDict rather than a model: a request carries up to CPE_MAX_WINDOW of these per flow, and pydantic
-# validates into dicts about twice as fast as into model instances (measured: a batch of 128 windows of
-# 32 contexts in 10 ms instead of 21). Optional keys stay absent when not sent.
+# validates into dicts at a fraction of the cost of model instances. Optional keys stay absent when not sent.
 class ContextVector(TypedDict):
     """One measurement of a flow at one moment."""
 
     timestamp: Annotated[
         int,
         Field(
-            ge=0,
             le=MAX_TIMESTAMP_MS,
-            description="Milliseconds since the Unix epoch.",
+            description="Milliseconds since the Unix epoch. A value below 1e11 (seconds, most likely) is "
+            "a 422: milliseconds since the epoch expected.",
             examples=[1_700_000_000_000],
+            json_schema_extra={"minimum": MIN_TIMESTAMP_MS},
         ),
+        AfterValidator(_milliseconds),
     ]
     features: Annotated[
-        list[Annotated[FiniteFloat, Field(ge=-MAX_FEATURE, le=MAX_FEATURE)]],
-        Field(
-            min_length=D,
-            max_length=D,
-            description=f"Exactly {D} finite numbers within ±1e15, in order: {', '.join(FEATURE_NAMES)}.",
-            examples=[_EXAMPLE_CONTEXTS[0]["features"]],
-        ),
+        list[FiniteFloat],
+        BeforeValidator(_feature_list),
+        Field(min_length=D, max_length=D),
+        AfterValidator(_in_range),
+        WithJsonSchema(_FEATURES_SCHEMA, mode="validation"),
     ]
     metadata: NotRequired[
         Annotated[
-            dict[Annotated[str, StringConstraints(max_length=64)], FiniteFloat],
-            Field(max_length=32, description="Extra numeric measurements, passed through."),
+            dict[Annotated[str, StringConstraints(max_length=MAX_METADATA_KEY)], FiniteFloat],
+            Field(max_length=MAX_METADATA_ITEMS, description="Extra numeric measurements, passed through."),
         ]
     ]
     pattern_id: NotRequired[
         Annotated[
-            Annotated[str, StringConstraints(min_length=1, max_length=128)] | None,
+            Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL)] | None,
             Field(description="A label for the traffic pattern of this context, if the observer knows one."),
         ]
     ]
@@ -304,7 +406,7 @@ class PredictionResult(BaseModel):
         "The replica that answered remembers the window of its recent predictions (CPE_RECENT_PREDICTIONS); "
         "feedback by id that reaches another replica is a 422, and the client sends the window instead."
     )
-    flow_key: str = Field(description="The request's flow key, as 64 hex characters.")
+    flow_key: str = Field(description=f"The request's flow key, as {FLOW_KEY_HEX} hex characters.")
     predicted_context: list[float] = Field(description=f"The {D} features predicted at step `horizon`.")
     horizon: int = Field(description="Steps ahead of the last context that `predicted_context` is for.")
     steps: list[list[float]] = Field(description="The predicted contexts of steps 1..horizon.")

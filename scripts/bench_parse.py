@@ -4,9 +4,9 @@ Times CPU of this process (``time.process_time``: steadier than wall time on a b
 median over ``--repeat`` rounds, the variants interleaved within each round:
 
 - parse: a body of ``--windows`` windows of ``--contexts`` contexts (the realistic windows of
-  python -m tools.bench) into the windows that the handlers use, by the fast path (app/fastparse.py) and by
+  python -m tools.bench) into the windows that the handlers use, by the fast path (app/wire/decode.py) and by
   pydantic (``model_validate_json``, then the arrays), and by the fast path without its C reader
-  (msgspec alone, as when app._fastjson is not built), with ``orjson.loads`` alone for scale; then as
+  (msgspec alone, as when app.wire._json_reader is not built), with ``orjson.loads`` alone for scale; then as
   many /v1/predict bodies of one window each;
 - answer: per window, the cache key and the serialized PredictionResult, from the forecasts of a real
   engine and model.
@@ -33,11 +33,11 @@ from typing import Any
 
 import orjson
 
-from app import fastparse
 from app.api.predict import _answers, _key
 from app.engine import Engine
-from app.fastparse import fast_windows, windows_of
 from app.schemas import BatchPredictRequest, Limits, PredictRequest
+from app.wire import decode
+from app.wire.decode import fast_windows, windows_of
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 from tools.bench import concrete, make_requests
@@ -96,11 +96,11 @@ def main(argv: list[str]) -> int:
     assert fast is not None, "the benchmark's bodies should take the fast path"
 
     def without_c(run: Callable[[], Any]) -> Any:
-        c_reader, fastparse._fastjson = fastparse._fastjson, None
+        c_reader, decode._json_reader = decode._json_reader, None
         try:
             return run()
         finally:
-            fastparse._fastjson = c_reader
+            decode._json_reader = c_reader
 
     def pydantic() -> Any:
         return windows_of(BatchPredictRequest.model_validate_json(body, context=limits).requests)

@@ -140,7 +140,7 @@ def test_dockerfile_is_multi_stage_non_root_cpu_torch_first_with_a_health_check(
     for needed in ("!app/", "!models/", "!pyproject.toml", "!setup.py"):
         assert needed in ignored
     # the C reader of prediction bodies is built (it is optional to pip) and checked
-    assert "gcc" in dockerfile and "import app.main, models.checkpoint, app._fastjson" in dockerfile
+    assert "gcc" in dockerfile and "import app.main, models.checkpoint, app.wire._json_reader" in dockerfile
 
 
 # -- nginx ------------------------------------------------------------------------------------------------

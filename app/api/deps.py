@@ -12,13 +12,14 @@ from starlette.requests import HTTPConnection
 from app.bus import Bus
 from app.cache import Cache
 from app.engine import Engine
-from app.fastparse import Window, predict_windows
 from app.hub import Hub
 from app.learning.online import OnlineLearning
 from app.metrics import Metrics
 from app.routing import FailurePolicy
 from app.schemas import Limits
 from app.settings import Settings
+from app.window import Window
+from app.wire.decode import predict_windows
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -94,7 +95,7 @@ async def parse_body(request: Request, model: type[M], limits: Limits) -> M:
 
 async def parse_windows(request: Request, limits: Limits, *, batch: bool) -> list[Window]:
     """The windows of a PredictRequest body (one) or a BatchPredictRequest body, as ``parse_body`` checks
-    them, with their arrays built: the handlers' fast path (``app.fastparse``)."""
+    them, with their arrays built: the handlers' fast path (``app.wire.decode``)."""
     body = await request.body()
     try:
         return predict_windows(body, limits, batch=batch)

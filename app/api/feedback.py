@@ -9,9 +9,9 @@ from app.api.deps import LearningDep, LimitsDep, MetricsDep, parse_body
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
 from app.api.responses import OrjsonResponse
-from app.fastparse import windows_of
 from app.learning.feedback import FeedbackFull, FeedbackUnavailable
 from app.schemas import FeedbackAccepted, FeedbackRequest, Message, PredictRequest
+from app.wire.decode import windows_of
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 

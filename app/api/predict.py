@@ -17,7 +17,6 @@ from app.api.openapi import json_body
 from app.api.responses import dumps
 from app.cache import Cache, prediction_id, prediction_key
 from app.engine import Engine, WindowForecast
-from app.fastparse import Window, windows_of
 from app.learning.recent import RecentWindows
 from app.schemas import (
     BatchPredictRequest,
@@ -26,6 +25,8 @@ from app.schemas import (
     PredictionResult,
     PredictRequest,
 )
+from app.window import Window
+from app.wire.decode import windows_of
 
 # DirectRoute: these two are the hot path, and FastAPI's per-request dependency solving cost a fifth of it
 router = APIRouter(prefix="/v1/predict", tags=["predict"], route_class=DirectRoute)

@@ -11,9 +11,9 @@ from app.api.deps import BusDep, EngineDep, FailurePolicyDep, LimitsDep, Setting
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
 from app.api.responses import OrjsonResponse
-from app.fastparse import context_arrays
 from app.routing import Recommendation, recommend, route_forecast, routing_messages
 from app.routing_schemas import RouteRecommendation, RouteRequest
+from app.wire.decode import context_arrays
 
 router = APIRouter(prefix="/v1/routing", tags=["routing"])
 

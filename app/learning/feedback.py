@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Self
 import numpy as np
 from redis import exceptions as redis_errors
 
-from app.schemas import D
+from app.wire.rules import D
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

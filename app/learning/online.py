@@ -17,7 +17,6 @@ import numpy as np
 
 from app.bus import Bus
 from app.engine import Engine
-from app.fastparse import Window
 from app.learning.feedback import Feedback, FeedbackStore, MemoryFeedback, RedisFeedback
 from app.learning.learner import Learner, LearnerConfig, replica_id
 from app.learning.lease import LocalLease, RedisLease
@@ -26,6 +25,7 @@ from app.learning.rollout import Rollout
 from app.learning.versions import MemoryVersions, RedisVersions, VersionStore
 from app.metrics import Metrics
 from app.settings import Settings
+from app.window import Window
 
 log = logging.getLogger("cpe.learning")
 

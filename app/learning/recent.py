@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from app.fastparse import Window
+from app.window import Window
 
 
 class RecentWindows:

@@ -201,7 +201,7 @@ async def test_a_websocket_key_in_the_query_or_a_header_is_let_in_and_never_logg
 
 def test_feedback_needs_a_write_key_and_rollback_an_admin_key(keyed: TestClient) -> None:
     body = predict_body(8)
-    actual = {"timestamp": body["contexts"][-1]["timestamp"] + 1000, "features": [10.0] * 8}
+    actual = {"timestamp": body["contexts"][-1]["timestamp"] + 1000, "features": [1.0] * 8}
     feedback = {"flow_key": body["flow_key"], "contexts": body["contexts"], "actual": actual}
     for key, status in ((None, 401), (READER, 403), (WRITER, 202), (ADMIN, 202)):
         headers = {} if key is None else {"X-API-Key": key}

@@ -1,4 +1,8 @@
-"""app._fastjson, the C reader of the common shape of contexts: Python's numbers, or None, never a crash."""
+"""app.wire._json_reader, the C reader of the common shape of contexts: numbers or None, never a crash.
+
+Most tests read contexts of 3 features, each in -1e15..1e15, with timestamps from 0, so that the numbers
+stand for themselves; the rules of the wire (``app.wire.rules``) are checked at the end.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +17,41 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import fastparse
-from app.schemas import MAX_FEATURE, MAX_TIMESTAMP_MS, Limits
+from app.schemas import Limits
+from app.wire import decode
+from app.wire.rules import FEATURES, FLOW_KEY_HEX, MAX_FEATURE, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from tools.bench import concrete, make_requests
 
-_fastjson = fastparse._fastjson
+reader = decode._json_reader
 LIMITS = Limits(max_window=256, max_batch=512, horizons={"lstm": 8}, default_model="lstm")
 
 
 def test_the_c_reader_is_built() -> None:
-    assert _fastjson is not None, "app._fastjson is missing: reinstall with a C compiler (pip install -e .)"
+    assert reader is not None, (
+        "app.wire._json_reader is missing: reinstall with a C compiler (pip install -e .)"
+    )
 
 
 KEY = "3f" * 32
 
 
-def _parse(text: str | bytes, batch: bool, width: int = 3) -> Any:
-    assert _fastjson is not None
+def _bounds(*values: float) -> bytes:
+    return np.array(values, dtype=np.float64).tobytes()
+
+
+def _parse(
+    text: str | bytes,
+    batch: bool,
+    width: int = 3,
+    lows: bytes | None = None,
+    highs: bytes | None = None,
+    min_timestamp: int = 0,
+) -> Any:
+    assert reader is not None
     data = text.encode() if isinstance(text, str) else text
-    return _fastjson.requests(data, batch, width, MAX_TIMESTAMP_MS, MAX_FEATURE)
+    lows = _bounds(*[-MAX_FEATURE] * width) if lows is None else lows
+    highs = _bounds(*[MAX_FEATURE] * width) if highs is None else highs
+    return reader.requests(data, batch, lows, highs, min_timestamp, MAX_TIMESTAMP_MS, FLOW_KEY_HEX)
 
 
 def _read(contexts: str | bytes, width: int = 3) -> tuple[list[int], list[float], list[int]] | None:
@@ -176,13 +196,13 @@ def test_every_cut_of_a_body_is_none_and_never_a_crash() -> None:
         spoiled = bytearray(text)
         for _ in range(rng.randint(1, 3)):
             spoiled[rng.randrange(len(text))] = rng.randrange(256)
-        _parse(bytes(spoiled), batch=True)  # no answer is right or wrong here: fastparse checks it
+        _parse(bytes(spoiled), batch=True)  # no answer is right or wrong here: the decoder checks it
 
 
 def test_the_benchmarks_bodies_take_the_c_reader_to_the_same_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     body = concrete(orjson.dumps({"requests": make_requests(64, 32, seed=0)}))
     calls: list[Any] = []
-    real = fastparse._fastjson
+    real = decode._json_reader
 
     class Spy:
         @staticmethod
@@ -190,11 +210,11 @@ def test_the_benchmarks_bodies_take_the_c_reader_to_the_same_windows(monkeypatch
             calls.append(out := real.requests(*args))  # type: ignore[union-attr]
             return out
 
-    monkeypatch.setattr(fastparse, "_fastjson", Spy)
-    with_c = fastparse.fast_windows(body, LIMITS, batch=True)
+    monkeypatch.setattr(decode, "_json_reader", Spy)
+    with_c = decode.fast_windows(body, LIMITS, batch=True)
     assert calls and calls[0] is not None  # the C reader read them
-    monkeypatch.setattr(fastparse, "_fastjson", None)
-    without = fastparse.fast_windows(body, LIMITS, batch=True)
+    monkeypatch.setattr(decode, "_json_reader", None)
+    without = decode.fast_windows(body, LIMITS, batch=True)
     assert with_c is not None and without is not None and len(with_c) == len(without) == 64
     for a, b in zip(with_c, without, strict=True):
         assert (a.flow_key, a.model, a.horizon, a.pattern_ids) == (
@@ -206,3 +226,47 @@ def test_the_benchmarks_bodies_take_the_c_reader_to_the_same_windows(monkeypatch
         assert (
             a.timestamps.tobytes() == b.timestamps.tobytes() and a.features.tobytes() == b.features.tobytes()
         )
+
+
+def _wire_context(t: int, features: list[float]) -> str:
+    return _context(t, *map(repr, features))
+
+
+def _wire_parse(contexts: str) -> Any:
+    """One request read with the wire's own rules, as app.wire.decode passes them."""
+    return reader.requests(  # type: ignore[union-attr]
+        f'{{"flow_key": "{KEY}", "contexts": [{contexts}]}}'.encode(), False, *decode._READER_LIMITS
+    )
+
+
+@pytest.mark.parametrize("index", range(len(FEATURES)))
+def test_each_feature_is_read_within_its_range_and_none_beyond(index: int) -> None:
+    feature = FEATURES[index]
+    inside = [f.low for f in FEATURES]
+    for value in (feature.low, feature.high):
+        inside[index] = value
+        assert _wire_parse(_wire_context(MIN_TIMESTAMP_MS, inside)) is not None, (feature.name, value)
+    for value in (feature.low - 1e-9, float(np.nextafter(feature.high, np.inf))):
+        inside[index] = value
+        assert _wire_parse(_wire_context(MIN_TIMESTAMP_MS, inside)) is None, (feature.name, value)
+
+
+def test_a_timestamp_below_the_wires_least_is_none() -> None:
+    features = [f.low for f in FEATURES]
+    assert _wire_parse(_wire_context(MIN_TIMESTAMP_MS, features)) is not None
+    assert _wire_parse(_wire_context(MIN_TIMESTAMP_MS - 1, features)) is None
+    assert _wire_parse(_wire_context(1_700_000_000, features)) is None  # seconds
+
+
+def test_limits_that_do_not_fit_are_a_value_error() -> None:
+    assert reader is not None
+    body = f'{{"flow_key": "{KEY}", "contexts": [{_context(1, "1")}]}}'.encode()
+    for lows, highs, least, key_length in [
+        (b"", b"", 0, FLOW_KEY_HEX),  # no feature
+        (_bounds(0, 0), _bounds(1), 0, FLOW_KEY_HEX),  # widths differ
+        (_bounds(0)[:5], _bounds(1)[:5], 0, FLOW_KEY_HEX),  # not float64s
+        (_bounds(0), _bounds(1), -1, FLOW_KEY_HEX),
+        (_bounds(0), _bounds(1), 0, 0),
+    ]:
+        with pytest.raises(ValueError):
+            reader.requests(body, False, lows, highs, least, MAX_TIMESTAMP_MS, key_length)

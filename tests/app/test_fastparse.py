@@ -14,16 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from app import fastparse
-from app.fastparse import Window, fast_windows, predict_windows, windows_of
-from app.schemas import (
-    MAX_FEATURE,
-    MAX_TIMESTAMP_MS,
-    BatchPredictRequest,
-    Limits,
-    PredictionResult,
-    PredictRequest,
-)
+from app.schemas import BatchPredictRequest, Limits, PredictionResult, PredictRequest
+from app.window import Window
+from app.wire import decode
+from app.wire.decode import fast_windows, predict_windows, windows_of
+from app.wire.rules import FEATURES, MAX_FEATURE, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS
 from tests.app.payloads import FLOW_KEY, contexts, make_settings, predict_body
 from tools.bench import concrete, make_requests
 
@@ -56,12 +51,12 @@ def _assert_same(fast: list[Window], slow: list[Window]) -> None:
 
 
 def _without_c(body: str | bytes, batch: bool) -> list[Window] | None:
-    """``fast_windows`` by msgspec alone, as without app._fastjson."""
-    c_reader, fastparse._fastjson = fastparse._fastjson, None
+    """``fast_windows`` by msgspec alone, as without the C reader."""
+    c_reader, decode._json_reader = decode._json_reader, None
     try:
         return fast_windows(body, LIMITS, batch=batch)
     finally:
-        fastparse._fastjson = c_reader
+        decode._json_reader = c_reader
 
 
 def _assert_same_or_none(a: list[Window] | None, b: list[Window] | None) -> None:
@@ -87,8 +82,18 @@ def _check(body: str | bytes, batch: bool) -> list[Window] | None:
 
 # -- generated bodies ------------------------------------------------------------------------------
 
-finite = st.floats(min_value=-MAX_FEATURE, max_value=MAX_FEATURE)  # -0.0 and subnormals included
-features = st.lists(st.one_of(finite, st.integers(-(10**15), 10**15), st.booleans()), min_size=8, max_size=8)
+# each feature within its range, its ends included; -0.0 and subnormals too
+features = st.tuples(
+    *(
+        st.one_of(
+            st.floats(min_value=f.low, max_value=f.high),
+            st.integers(int(f.low), int(f.high)),
+            st.sampled_from([f.low, f.high, -0.0]),
+            st.booleans(),
+        )
+        for f in FEATURES
+    )
+).map(list)
 metadata = st.dictionaries(  # valid: keys of up to 64 characters (the bounds are tested below)
     st.text(max_size=64),
     st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers()),
@@ -99,7 +104,8 @@ pattern_id = st.one_of(st.none(), st.text(min_size=1, max_size=128))  # valid; t
 
 @st.composite
 def windows(draw: st.DrawFn) -> list[dict[str, Any]]:
-    stamps = sorted(draw(st.lists(st.integers(0, MAX_TIMESTAMP_MS), min_size=1, max_size=LIMITS.max_window)))
+    stamp = st.integers(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS)
+    stamps = sorted(draw(st.lists(stamp, min_size=1, max_size=LIMITS.max_window)))
     shape = draw(st.sampled_from(["lean", "full", "mixed"]))  # which optional keys the contexts carry
     out = []
     for t in stamps:
@@ -135,11 +141,13 @@ batches = st.fixed_dictionaries({"requests": st.lists(requests(), min_size=1, ma
 ODD_VALUES = [
     True, False, None, "1.5", "7", "x", "", 0, -1, 1, 1.0, 1.5, -0.0, 1e300, -1e300, 4, 5, 8, 9,
     MAX_FEATURE, -MAX_FEATURE, MAX_FEATURE * (1 + 1e-15), MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS + 1,
+    MIN_TIMESTAMP_MS, MIN_TIMESTAMP_MS - 1, 1_700_000_000, -1e-300, 1 + 1e-15, 7.0, 3.0,
+    {f.name: 0.5 for f in FEATURES}, {f.name: 0.5 for f in FEATURES[:-1]}, {"latency": 1.0},
     2**53 + 1, 2**63, 2**64, -(2**63) - 1, 10**30,
     float("nan"), float("inf"), float("-inf"), [], {}, [1.0] * 7, [1.0] * 9, [[1.0] * 8],
     "ab" * 32, "AB" * 32, "g" * 64, [1] * 31, [256] + [0] * 31, [True] * 32, [1.0] * 32,
     "lstm", "hybrid", "gru", "\ud800", "p" * 128, "p" * 129, {"k" * 64: 1}, {str(i): 1 for i in range(33)},
-    {"timestamp": 1, "features": [1.0] * 8}, {"rtt": 1.0}, {"k" * 65: 1.0},
+    {"timestamp": MIN_TIMESTAMP_MS, "features": [1.0] * 8}, {"rtt": 1.0}, {"k" * 65: 1.0},
 ]  # fmt: skip
 
 
@@ -243,18 +251,29 @@ def test_the_benchmarks_bodies_take_the_fast_path() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        '{"flow_key": "%s", "contexts": [{"timestamp": 1.0, "features": [1, 2, 3, 4, 5, 6, 7, 8]}]}',
-        '{"flow_key": "%s", "contexts": [{"timestamp": 1, "features": [1, 2, 3, 4, 5, 6, 7, "8"]}]}',
-        '{"flow_key": "%s", "contexts": [{"timestamp": "1", "features": [1, 2, 3, 4, 5, 6, 7, 8]}]}',
-        '{"flow_key": "%s", "contexts": [{"timestamp": 1, "features": [1, 2, 3, 4, 5, 6, 7, 8], "x": 1}]}',
-        '{"flow_key": "%s", "contexts": [{"timestamp": 1, "features": [1, 2, 3, 4, 5, 6, 7, 8]}], "x": 1}',
-        '{"flow_key": "%s", "contexts": [{"timestamp": 1, "features": [1, 2, 3, 4, 5, 6, 7, 8], '
+        '{"flow_key": "%s", "contexts": [{"timestamp": 1.7e12, "features": [1, 2, 0, 4, 0, 0, 7, 8]}]}',
+        '{"flow_key": "%s", "contexts": [{"timestamp": T, "features": [1, 2, 0, 4, 0, 0, 7, "8"]}]}',
+        '{"flow_key": "%s", "contexts": [{"timestamp": "T", "features": [1, 2, 0, 4, 0, 0, 7, 8]}]}',
+        '{"flow_key": "%s", "contexts": [{"timestamp": T, "features": [1, 2, 0, 4, 0, 0, 7, 8], "x": 1}]}',
+        '{"flow_key": "%s", "contexts": [{"timestamp": T, "features": [1, 2, 0, 4, 0, 0, 7, 8]}], "x": 1}',
+        '{"flow_key": "%s", "contexts": [{"timestamp": T, "features": [1, 2, 0, 4, 0, 0, 7, 8], '
         '"metadata": {"rtt": true}}]}',
+        '{"flow_key": "%s", "contexts": [{"timestamp": T, "features": {"latency_ms": 1, "jitter_ms": 2, '
+        '"loss_rate": 0, "throughput_mbps": 4, "utilization": 0, "error_rate": 0, "connections": 7, '
+        '"queue_depth": 8}}]}',
     ],
-    ids=["float timestamp", "string feature", "string timestamp", "extra context key", "extra key", "bool"],
+    ids=[
+        "float timestamp",
+        "string feature",
+        "string timestamp",
+        "extra context key",
+        "extra key",
+        "bool",
+        "named features",
+    ],
 )
 def test_what_pydantic_accepts_laxly_is_left_to_it(text: str) -> None:
-    body = text % FLOW_KEY
+    body = (text % FLOW_KEY).replace("T", str(MIN_TIMESTAMP_MS))
     assert fast_windows(body, LIMITS, batch=False) is None
     [window] = predict_windows(body, LIMITS, batch=False)
     _assert_same([window], _pydantic(body, batch=False))  # type: ignore[arg-type]
@@ -262,19 +281,23 @@ def test_what_pydantic_accepts_laxly_is_left_to_it(text: str) -> None:
 
 def test_ints_and_bools_are_features_as_pydantic_makes_them() -> None:
     body = json.dumps(
-        {"flow_key": FLOW_KEY, "contexts": [{"timestamp": 0, "features": [1, 0, True, False, -0, 2, 3, 4]}]}
+        {
+            "flow_key": FLOW_KEY,
+            "contexts": [{"timestamp": MIN_TIMESTAMP_MS, "features": [1, 0, True, False, -0, 1, 3, 4]}],
+        }
     )
     [window] = _check(body, batch=False) or []
-    assert window.features.tolist() == [[1.0, 0.0, 1.0, 0.0, 0.0, 2.0, 3.0, 4.0]]
+    assert window.features.tolist() == [[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 3.0, 4.0]]
 
 
 def test_duplicate_keys_count_once_the_last_as_in_pydantic() -> None:
-    context = '{"timestamp": 5, "timestamp": 1, "features": [1, 2, 3, 4, 5, 6, 7, 8]}'
+    t = MIN_TIMESTAMP_MS
+    context = f'{{"timestamp": {t + 5}, "timestamp": {t}, "features": [1, 2, 0, 4, 0, 0, 7, 8]}}'
     body = (
         f'{{"flow_key": "x", "flow_key": "{FLOW_KEY}", "horizon": 99, "horizon": 2, "contexts": [{context}]}}'
     )
     [window] = _check(body, batch=False) or []
-    assert (window.horizon, window.timestamps.tolist()) == (2, [1])
+    assert (window.horizon, window.timestamps.tolist()) == (2, [t])
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
@@ -299,7 +322,7 @@ def test_windows_are_views_of_one_array_in_request_order() -> None:
 
 def test_timestamps_only_need_order_within_a_window() -> None:
     first, second = contexts(3), contexts(2)
-    second[0]["timestamp"] = 0  # before the end of the window ahead of it: fine
+    second[0]["timestamp"] = MIN_TIMESTAMP_MS  # before the end of the window ahead of it: fine
     batch = {"requests": [{"flow_key": FLOW_KEY, "contexts": window} for window in (first, second)]}
     assert _check(json.dumps(batch), batch=True) is not None
     first[2]["timestamp"] = first[1]["timestamp"] - 1  # now a window goes back in time
@@ -330,10 +353,14 @@ def _with(path: tuple[Any, ...], value: Any) -> str:
 EDGES = [  # (where, the last value allowed, the first one refused)
     (("horizon",), 8, 9),
     (("model",), "hybrid", "gru"),
-    (("contexts", 0, "timestamp"), 0, -1),
+    (("contexts", 0, "timestamp"), MIN_TIMESTAMP_MS, MIN_TIMESTAMP_MS - 1),
     (("contexts", 2, "timestamp"), MAX_TIMESTAMP_MS, MAX_TIMESTAMP_MS + 1),
     (("contexts", 1, "features", 3), MAX_FEATURE, MAX_FEATURE * (1 + 2**-52)),
-    (("contexts", 1, "features", 3), -MAX_FEATURE, -MAX_FEATURE * (1 + 2**-52)),
+    (("contexts", 1, "features", 3), 0.0, -5e-324),
+    (("contexts", 1, "features", 0), 0.0, -1.0),
+    (("contexts", 1, "features", 2), 1.0, 1.0 + 2**-52),
+    (("contexts", 1, "features", 4), 1.0, 3.0),
+    (("contexts", 1, "features", 5), 0.0, -0.1),
     (("contexts", 1, "pattern_id"), "p" * 128, "p" * 129),
     (("contexts", 1, "pattern_id"), "p", ""),
     (("contexts", 1, "metadata"), {"k" * 64: 1.0}, {"k" * 65: 1.0}),

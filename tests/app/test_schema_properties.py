@@ -2,7 +2,8 @@
 
 Whatever the value, validating it as a request either succeeds or raises pydantic's ValidationError, and
 that error becomes a 422 body that matches the declared ``ValidationErrors`` schema and that JSON can
-carry; the fast parser (tests/app/test_fastparse.py holds its finer properties) answers the same.
+carry; the decoder of prediction bodies (tests/app/test_fastparse.py holds its finer properties) answers
+the same.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from app.api.errors import error_detail
-from app.fastparse import predict_windows, windows_of
 from app.routing_schemas import RouteRequest, StreamPredictRequest, SubscribeFrame
 from app.schemas import BatchPredictRequest, Limits, PredictRequest, ValidationErrors
+from app.wire.decode import predict_windows, windows_of
+from app.wire.rules import FEATURES, MIN_TIMESTAMP_MS
 from tests.app.payloads import FLOW_KEY, contexts
 
 LIMITS = Limits(max_window=6, max_batch=3, horizons={"lstm": 8}, default_model="lstm", max_routes=3)
@@ -50,12 +52,30 @@ json_values = st.recursive(
 field_names = st.sampled_from(
     ["flow_key", "contexts", "horizon", "model", "requests", "routes", "objective", "route_id", "id", "op"]
 )
+# a context's features, by position or by name, each any number near or past the ends of its range
+near_features = st.one_of(
+    st.lists(st.one_of(st.floats(-2.0, 2.0), scalars), min_size=7, max_size=9),
+    st.dictionaries(
+        st.sampled_from([f.name for f in FEATURES] + ["latency", ""]),
+        st.one_of(st.floats(-2.0, 2.0), scalars),
+        min_size=7,
+        max_size=9,
+    ),
+)
+near_contexts = st.lists(
+    st.fixed_dictionaries(
+        {"timestamp": st.integers(MIN_TIMESTAMP_MS - 2, MIN_TIMESTAMP_MS + 2), "features": near_features}
+    ),
+    min_size=1,
+    max_size=3,
+)
 near_requests = st.one_of(
     st.dictionaries(field_names, json_values, max_size=5),
     st.builds(
         lambda fields: {"flow_key": FLOW_KEY, "contexts": contexts(3)} | fields,
         st.dictionaries(field_names, json_values, max_size=3),
     ),
+    st.builds(lambda window: {"flow_key": FLOW_KEY, "contexts": window}, near_contexts),
 )
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from websockets.asyncio.client import connect
 
 from app.schemas import BatchPredictResult, PredictionResult
+from app.wire.rules import FEATURES
 from tests.app.payloads import FLOW_KEY, contexts, predict_body
+from tools.process import serving
+
+FEATURE_NAMES = [f.name for f in FEATURES]
 
 
 def test_predict_answers_a_prediction_result(client: TestClient) -> None:
@@ -136,3 +144,34 @@ def test_batch_windows_share_forward_passes(client: TestClient) -> None:
     assert client.post("/v1/predict/batch", json={"requests": requests}).status_code == 200
     assert engine.stats.forward_passes - before == 1  # 16 windows of one model, mixed lengths: one pass
     assert engine.stats.max_batch_size == 16
+
+
+async def test_the_predict_socket_holds_contexts_to_the_same_ranges_and_unit() -> None:
+    """/v1/stream/predict, on a real server: a feature out of range and a timestamp in seconds are a 422
+    naming them, as over HTTP; named features are answered."""
+    bad_loss = predict_body(4)
+    bad_loss["contexts"][1]["features"][2] = 7.0
+    in_seconds = predict_body(4)
+    for context in in_seconds["contexts"]:
+        context["timestamp"] //= 1000
+    named = predict_body(4)
+    for context in named["contexts"]:
+        context["features"] = dict(zip(FEATURE_NAMES, context["features"], strict=True))
+    env = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_LOG_LEVEL": "warning"}
+    with serving(env) as [server]:
+        async with connect(f"ws://127.0.0.1:{server.port}/v1/stream/predict", proxy=None) as ws:
+            for i, body in enumerate((bad_loss, in_seconds, named)):
+                await ws.send(json.dumps({"id": i, **body}))
+            answers = {
+                a["id"]: a for a in [json.loads(await asyncio.wait_for(ws.recv(), 30)) for _ in range(3)]
+            }
+    loss_error = answers[0]["error"]
+    assert loss_error["status"] == 422
+    assert [(e["loc"], e["type"]) for e in loss_error["detail"]] == [
+        (["body", "contexts", 1, "features"], "feature_range")
+    ]
+    assert "loss_rate" in loss_error["detail"][0]["msg"] and "[0, 1]" in loss_error["detail"][0]["msg"]
+    unit_error = answers[1]["error"]
+    assert [e["type"] for e in unit_error["detail"]] == ["timestamp_unit"] * 4
+    assert "milliseconds since the epoch expected" in unit_error["detail"][0]["msg"]
+    assert len(answers[2]["result"]["predicted_context"]) == len(FEATURE_NAMES)

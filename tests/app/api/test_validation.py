@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.app.payloads import contexts, predict_body
+from app.main import create_app
+from app.wire.rules import FEATURES, MIN_TIMESTAMP_MS
+from tests.app.payloads import FLOW_KEY, contexts, make_settings, predict_body
 
 Body = dict[str, Any]
 
@@ -64,11 +66,17 @@ CASES: list[tuple[str, Callable[[Body], None], list[Any]]] = [
     ("NaN feature", _set_feature(float("nan")), ["body", "contexts", 3, "features", 2]),
     ("Infinity feature", _set_feature(float("inf")), ["body", "contexts", 3, "features", 2]),
     ("-Infinity feature", _set_feature(float("-inf")), ["body", "contexts", 3, "features", 2]),
-    ("huge feature", _set_feature(1e300), ["body", "contexts", 3, "features", 2]),
+    ("huge feature", _set_feature(1e300), ["body", "contexts", 3, "features"]),
+    ("negative feature", _set_feature(-0.5), ["body", "contexts", 3, "features"]),
     ("string feature", _set_feature("fast"), ["body", "contexts", 3, "features", 2]),  # type: ignore[arg-type]
     ("7 features", _context_field("features", [1.0] * 7), ["body", "contexts", 0, "features"]),
     ("9 features", _context_field("features", [1.0] * 9), ["body", "contexts", 0, "features"]),
     ("negative timestamp", _context_field("timestamp", -1), ["body", "contexts", 0, "timestamp"]),
+    (
+        "timestamp in seconds",
+        _context_field("timestamp", 1_700_000_000),
+        ["body", "contexts", 0, "timestamp"],
+    ),
     ("fractional timestamp", _context_field("timestamp", 1.5), ["body", "contexts", 0, "timestamp"]),
     ("timestamp past int64", _context_field("timestamp", 2**64), ["body", "contexts", 0, "timestamp"]),
     (
@@ -177,9 +185,6 @@ def test_non_finite_input_is_echoed_by_name(client: TestClient) -> None:
 
 @pytest.fixture(scope="module")
 def small_body_client() -> Iterator[TestClient]:
-    from app.main import create_app
-    from tests.app.payloads import make_settings
-
     with TestClient(create_app(make_settings(max_body_bytes=4096))) as client:
         yield client
 
@@ -208,11 +213,11 @@ def test_body_under_the_limit_passes(small_body_client: TestClient) -> None:
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("feature", [0.0, -5.0, 1e15, -1e15])
-def test_extreme_but_valid_features_give_finite_answers(client: TestClient, feature: float) -> None:
+@pytest.mark.parametrize("end", ["low", "high"])
+def test_extreme_but_valid_features_give_finite_answers(client: TestClient, end: str) -> None:
     window = contexts(20)
     for context in window[::2]:
-        context["features"] = [feature] * 8
+        context["features"] = [getattr(f, end) for f in FEATURES]
     response = client.post("/v1/predict", json={"flow_key": "ab" * 32, "contexts": window, "horizon": 8})
     assert response.status_code == 200
     assert None not in response.json()["predicted_context"]
@@ -227,3 +232,141 @@ def test_a_bad_flow_key_is_explained(client: TestClient, flow_key: str, says: st
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "flow_key"] and says in error["msg"]
+
+
+# -- physical ranges and units, on every path a context comes in by ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def learning_client() -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(learning_enabled=True))) as client:
+        yield client
+
+
+def _window_paths(window: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], list[Any]]]:
+    """(path, body, the loc of the window's contexts in it) for each endpoint that takes a window."""
+    plain = {"flow_key": FLOW_KEY, "contexts": window}
+    labelled = [{**c, "pattern_id": "busy"} for c in window]  # not the common shape: msgspec reads it
+    return [
+        ("/v1/predict", plain, ["body", "contexts"]),
+        ("/v1/predict", {**plain, "contexts": labelled}, ["body", "contexts"]),
+        ("/v1/predict/batch", {"requests": [predict_body(3), plain]}, ["body", "requests", 1, "contexts"]),
+        (
+            "/v1/routing/recommend",
+            {"flow_key": FLOW_KEY, "routes": [{"route_id": "a", "contexts": window}]},
+            ["body", "routes", 0, "contexts"],
+        ),
+        (
+            "/v1/feedback",
+            {**plain, "actual": {"timestamp": window[-1]["timestamp"] + 1000, "features": [0.0] * 8}},
+            ["body", "contexts"],
+        ),
+    ]
+
+
+OUT_OF_RANGE = [(i, f.low - 1.0) for i, f in enumerate(FEATURES)] + [
+    (i, 1.5) for i, f in enumerate(FEATURES) if f.high == 1.0
+]
+
+
+@pytest.mark.parametrize(
+    ("index", "value"), OUT_OF_RANGE, ids=[f"{FEATURES[i].name}={v}" for i, v in OUT_OF_RANGE]
+)
+def test_a_feature_out_of_its_range_is_a_422_naming_it_on_every_path(
+    learning_client: TestClient, index: int, value: float
+) -> None:
+    window = contexts(6)
+    window[4]["features"][index] = value
+    feature = FEATURES[index]
+    for path, body, loc in _window_paths(window):
+        response = learning_client.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        [error] = response.json()["detail"]
+        assert error["loc"] == [*loc, 4, "features"], path
+        assert error["type"] == "feature_range"
+        assert feature.name in error["msg"] and feature.describe_range() in error["msg"], error["msg"]
+        assert error["ctx"]["feature"] == feature.name and error["ctx"]["value"] == value
+
+
+def test_loss_7_and_utilisation_3_are_refused_with_their_ranges(client: TestClient) -> None:
+    body = predict_body(4)
+    body["contexts"][1]["features"][2] = 7.0
+    body["contexts"][2]["features"][4] = 3.0
+    response = client.post("/v1/predict", json=body)
+    assert response.status_code == 422
+    assert [e["msg"] for e in response.json()["detail"]] == [
+        "features[2] (loss_rate) must be in [0, 1]; got 7.0",
+        "features[4] (utilization) must be in [0, 1]; got 3.0",
+    ]
+
+
+def test_a_timestamp_in_seconds_is_a_422_asking_for_milliseconds_on_every_path(
+    learning_client: TestClient,
+) -> None:
+    window = contexts(6)
+    for context in window:
+        context["timestamp"] //= 1000  # seconds since the epoch
+    for path, body, loc in _window_paths(window):
+        response = learning_client.post(path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        errors = response.json()["detail"]
+        assert [e["loc"] for e in errors][:6] == [[*loc, i, "timestamp"] for i in range(6)], path
+        assert all("milliseconds since the epoch expected" in e["msg"] for e in errors)
+    least = {"flow_key": FLOW_KEY, "contexts": [{**window[0], "timestamp": MIN_TIMESTAMP_MS}]}
+    assert learning_client.post("/v1/predict", json=least).status_code == 200
+
+
+def _named(context: dict[str, Any]) -> dict[str, Any]:
+    return {**context, "features": {f.name: v for f, v in zip(FEATURES, context["features"], strict=True)}}
+
+
+def test_named_features_are_the_positional_list(client: TestClient) -> None:
+    window = contexts(8)
+    by_position = client.post("/v1/predict", json={"flow_key": "a1" * 32, "contexts": window})
+    named = [_named(c) for c in window]
+    named[3]["features"] = dict(reversed(named[3]["features"].items()))  # any order
+    by_name = client.post("/v1/predict", json={"flow_key": "a2" * 32, "contexts": named})
+    assert by_position.status_code == by_name.status_code == 200, by_name.text
+    for field in ("predicted_context", "steps", "confidence", "lower", "upper"):
+        assert by_position.json()[field] == by_name.json()[field], field
+
+
+def test_named_features_mix_with_lists_in_a_window_and_in_routing(client: TestClient) -> None:
+    window = contexts(4)
+    window[1] = _named(window[1])
+    assert client.post("/v1/predict", json={"flow_key": FLOW_KEY, "contexts": window}).status_code == 200
+    routes = {"flow_key": FLOW_KEY, "routes": [{"route_id": "a", "contexts": window}]}
+    assert client.post("/v1/routing/recommend", json=routes).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "type_", "says"),
+    [
+        (lambda f: f.pop("queue_depth"), "missing_feature", "features lacks queue_depth"),
+        (lambda f: f.update(latency=1.0), "unknown_feature", "unknown feature 'latency'"),
+        (lambda f: f.update(loss_rate=2.0), "feature_range", "features[2] (loss_rate) must be in [0, 1]"),
+    ],
+    ids=["missing", "unknown", "out of range"],
+)
+def test_bad_named_features_are_a_422_naming_the_feature(
+    client: TestClient, change: Callable[[dict[str, float]], Any], type_: str, says: str
+) -> None:
+    window = [_named(c) for c in contexts(3)]
+    change(window[2]["features"])
+    response = client.post("/v1/predict", json={"flow_key": FLOW_KEY, "contexts": window})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["loc"], error["type"]) == (["body", "contexts", 2, "features"], type_)
+    assert says in error["msg"], error["msg"]
+
+
+def test_the_openapi_document_states_the_ranges_and_the_unit(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    context = schema["ContextVector"]["properties"]
+    assert context["timestamp"]["minimum"] == MIN_TIMESTAMP_MS
+    assert "milliseconds since the epoch expected" in context["timestamp"]["description"]
+    as_list, as_object = context["features"]["anyOf"]
+    assert [(i["title"], i["minimum"], i["maximum"]) for i in as_list["prefixItems"]] == [
+        (f.name, f.low, f.high) for f in FEATURES
+    ]
+    assert as_object["required"] == [f.name for f in FEATURES]

@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 
 from app.cache import STRATEGIES, MemoryCache, TieredCache, create_cache, prediction_key
 from app.cache.redis import RedisCache
-from app.fastparse import context_arrays
 from app.metrics import Metrics
+from app.wire.decode import context_arrays
 from tests.app.payloads import FLOW_KEY, contexts
 from tests.redis_server import redis_url
 from tools.process import RedisServer, free_port

@@ -148,12 +148,12 @@ def test_feedback_by_prediction_id_and_by_an_unknown_one() -> None:
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
-        ({"actual": {"timestamp": 1, "features": [1.0] * 8}}, ["body"]),  # neither form
+        ({"actual": {"timestamp": 2_000_000_000_000, "features": [1.0] * 8}}, ["body"]),  # neither form
         (
             {
                 "flow_key": FLOW_KEY,
                 "contexts": contexts(4),
-                "actual": {"timestamp": 0, "features": [1.0] * 8},
+                "actual": {"timestamp": 100_000_000_000, "features": [1.0] * 8},
             },
             ["body"],
         ),
@@ -166,7 +166,7 @@ def test_feedback_by_prediction_id_and_by_an_unknown_one() -> None:
             ["body", "actual", "features"],
         ),
         (
-            {"prediction_id": "xyz", "actual": {"timestamp": 1, "features": [1.0] * 8}},
+            {"prediction_id": "xyz", "actual": {"timestamp": 2_000_000_000_000, "features": [1.0] * 8}},
             ["body", "prediction_id"],
         ),
     ],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.fastparse import Window
 from app.learning.recent import RecentWindows
+from app.window import Window
 
 
 def _window(i: int) -> Window:

@@ -1,29 +1,32 @@
-/* app._fastjson: prediction request bodies of the common shape, JSON text straight into arrays.
+/* app.wire._json_reader: prediction request bodies of the common shape, JSON text straight into arrays.
  *
- * requests(data, batch, width, max_timestamp, max_feature)
+ * requests(data, batch, lows, highs, min_timestamp, max_timestamp, key_length)
  *     -> (flow_keys, models, horizons, timestamps, features, counts) | None
  *
  * `data` is the body of POST /v1/predict (batch false: one request object) or /v1/predict/batch
- * (batch true: {"requests": [...]}). The answer: each request's flow key (str), model (str or None)
- * and horizon (int), every context's timestamp as int64 bytes and features as float64 bytes (`width`
- * a context), and the number of contexts of each request; or None the moment anything is outside the
- * one common shape that this reads. Then the caller reads the body the general way (msgspec, then
- * pydantic for its errors), so None never decides validity.
+ * (batch true: {"requests": [...]}). The rules come from the caller (app/wire/decode.py passes those of
+ * app/wire/rules.py): `lows` and `highs` are float64 bytes, the lowest and highest value of each feature
+ * (their number is the width of a context); timestamps lie in min_timestamp..max_timestamp; a flow key is
+ * `key_length` lowercase hex characters. The answer: each request's flow key (str), model (str or None)
+ * and horizon (int), every context's timestamp as int64 bytes and features as float64 bytes, and the
+ * number of contexts of each request; or None the moment anything is outside the one common shape that
+ * this reads. Then the caller reads the body the general way (msgspec, then pydantic for its errors),
+ * so None never decides validity.
  *
- * The common shape: a request has "flow_key" (64 lowercase hex characters), "contexts" (a non-empty
- * array), optionally "model" (null, or a name of letters, digits, "_", "-", "." up to 64) and "horizon"
- * (an integer token); a context has "timestamp" (an integer token, 0..max_timestamp), "features"
- * (exactly `width` number tokens, each within +-max_feature), optionally "metadata": {} and
- * "pattern_id": null. Keys in any order, each at most once, no escapes, no others; whitespace anywhere
- * JSON allows it. The deployment's limits (models, horizons, window and batch sizes) and the order of
- * timestamps are the caller's to check.
+ * The common shape: a request has "flow_key" (hex), "contexts" (a non-empty array), optionally "model"
+ * (null, or a name of letters, digits, "_", "-", ".") and "horizon" (an integer token); a context has
+ * "timestamp" (an integer token in range), "features" (a list of exactly `width` number tokens, each in
+ * its feature's range), optionally "metadata": {} and "pattern_id": null. Keys in any order, each at most
+ * once, no escapes, no others; whitespace anywhere JSON allows it. The deployment's limits (models,
+ * horizons, window and batch sizes) and the order of timestamps are the caller's to check.
  *
  * Numbers come out as Python (and pydantic) makes them: an integer token as float(int(token)), so
  * "-0" is 0.0; any other token correctly rounded (an exact fast path when the digits fit in 2^53 and
  * the power of ten is exact, else strtod, which glibc rounds correctly).
  *
  * The input is a client's: every read is checked against the end of the buffer, every write against
- * room sized from the buffer's length. The GIL is released while parsing.
+ * room sized from the buffer's length. The GIL is released while parsing. tests/app/test_fuzz.py runs
+ * it under a coverage-guided fuzzer.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,6 +39,9 @@
 static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 #define MAX_EXACT (((uint64_t)1) << 53)
+/* Not a wire rule: it only keeps the horizon token's cast to long long defined; the served models'
+ * horizons are the caller's to check. */
+#define MAX_HORIZON_TOKEN 1e9
 
 typedef struct {
     const unsigned char *p, *end;
@@ -170,9 +176,9 @@ typedef struct {
 
 typedef struct {
     const unsigned char *data;
-    Py_ssize_t width;
-    long long max_timestamp;
-    double max_feature;
+    Py_ssize_t width, key_length;
+    const double *lows, *highs; /* `width` each */
+    long long min_timestamp, max_timestamp;
     int64_t *timestamps; /* room for `capacity` contexts */
     double *features;    /* room for `capacity` * width */
     Py_ssize_t capacity, n;
@@ -195,7 +201,9 @@ static int context(Cursor *c, Out *o) {
         if (k == 1) {
             double v;
             int is_int;
-            if (number(c, &v, &is_int) || !is_int || v < 0 || v > (double)o->max_timestamp) return -1;
+            if (number(c, &v, &is_int) || !is_int || !(v >= (double)o->min_timestamp) ||
+                v > (double)o->max_timestamp)
+                return -1;
             o->timestamps[o->n] = (int64_t)v; /* <= max_timestamp <= 2^53: exact */
         } else if (k == 2) {
             double *row = o->features + o->n * o->width;
@@ -204,7 +212,7 @@ static int context(Cursor *c, Out *o) {
                 int is_int;
                 if (i > 0 && !take(c, ',')) return -1;
                 skip_ws(c);
-                if (number(c, &row[i], &is_int) || !(fabs(row[i]) <= o->max_feature)) return -1;
+                if (number(c, &row[i], &is_int) || !(row[i] >= o->lows[i] && row[i] <= o->highs[i])) return -1;
             }
             if (!take(c, ']')) return -1;
         } else if (k == 3) {
@@ -239,8 +247,8 @@ static int request(Cursor *c, Out *o) {
         if (k == 0 || (seen & (1 << k))) return -1;
         seen |= 1 << k;
         if (k == 1) {
-            if (string(c, &start, &len) || len != 64) return -1;
-            for (Py_ssize_t i = 0; i < 64; i++)
+            if (string(c, &start, &len) || len != o->key_length) return -1;
+            for (Py_ssize_t i = 0; i < len; i++)
                 if (!is_hex(start[i])) return -1;
             o->flow_keys[r] = (Span){start - o->data, len};
         } else if (k == 2) {
@@ -251,7 +259,7 @@ static int request(Cursor *c, Out *o) {
             if (!take(c, ']')) return -1;
         } else if (k == 3) {
             if (literal(c, "null", 4)) continue;
-            if (string(c, &start, &len) || len < 1 || len > 64) return -1;
+            if (string(c, &start, &len) || len < 1) return -1;
             for (Py_ssize_t i = 0; i < len; i++)
                 if (!is_name(start[i])) return -1;
             o->models[r] = (Span){start - o->data, len};
@@ -259,7 +267,7 @@ static int request(Cursor *c, Out *o) {
             double v;
             int is_int;
             skip_ws(c);
-            if (number(c, &v, &is_int) || !is_int || fabs(v) > 1e6) return -1;
+            if (number(c, &v, &is_int) || !is_int || fabs(v) > MAX_HORIZON_TOKEN) return -1;
             o->horizons[r] = (long long)v;
         }
     } while (take(c, ','));
@@ -290,24 +298,33 @@ static PyObject *span_str(const Out *o, Span s) {
 
 static PyObject *requests(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer data;
+    Py_buffer data, lows, highs;
     int batch;
-    Py_ssize_t width;
-    long long max_timestamp;
-    double max_feature;
-    if (!PyArg_ParseTuple(args, "y*pnLd", &data, &batch, &width, &max_timestamp, &max_feature)) return NULL;
+    long long min_timestamp, max_timestamp;
+    Py_ssize_t key_length;
+    if (!PyArg_ParseTuple(args, "y*py*y*LLn", &data, &batch, &lows, &highs, &min_timestamp, &max_timestamp,
+                          &key_length))
+        return NULL;
     PyObject *timestamps = NULL, *features = NULL, *result = NULL;
     PyObject *lists[4] = {NULL, NULL, NULL, NULL}; /* flow keys, models, horizons, counts */
     Out o;
     memset(&o, 0, sizeof o);
-    if (width < 1 || width > 1024 || max_timestamp < 0 || max_timestamp > (1LL << 53)) {
-        PyErr_SetString(PyExc_ValueError, "width must be 1..1024 and max_timestamp 0..2**53");
+    Py_ssize_t width = lows.len / (Py_ssize_t)sizeof(double);
+    if (width < 1 || width > 1024 || lows.len != width * (Py_ssize_t)sizeof(double) || highs.len != lows.len) {
+        PyErr_SetString(PyExc_ValueError, "lows and highs must be float64 bytes of 1..1024 features each");
+        goto done;
+    }
+    if (min_timestamp < 0 || max_timestamp < min_timestamp || max_timestamp > (1LL << 53) || key_length < 1) {
+        PyErr_SetString(PyExc_ValueError, "need 0 <= min_timestamp <= max_timestamp <= 2**53 and key_length >= 1");
         goto done;
     }
     o.data = (const unsigned char *)data.buf;
     o.width = width;
+    o.key_length = key_length;
+    o.lows = (const double *)lows.buf;
+    o.highs = (const double *)highs.buf;
+    o.min_timestamp = min_timestamp;
     o.max_timestamp = max_timestamp;
-    o.max_feature = max_feature;
     /* a context takes at least {"timestamp":0,"features":[0,...]}: 27 + 2 * width bytes, and every
      * request holds one: room for that many of each, which the parse checks before every write */
     o.capacity = data.len / (27 + 2 * width) + 1;
@@ -359,18 +376,20 @@ done:
     Py_XDECREF(features);
     for (int i = 0; i < 4; i++) Py_XDECREF(lists[i]);
     PyBuffer_Release(&data);
+    PyBuffer_Release(&lows);
+    PyBuffer_Release(&highs);
     return result;
 }
 
 static PyMethodDef METHODS[] = {
     {"requests", requests, METH_VARARGS,
-     "requests(data, batch, width, max_timestamp, max_feature)\n"
+     "requests(data, batch, lows, highs, min_timestamp, max_timestamp, key_length)\n"
      "    -> (flow_keys, models, horizons, timestamps, features, counts) | None\n\n"
      "A prediction body of the common shape, read into lists and int64 / float64 bytes; None when any "
-     "part is not of that shape (see app/_fastjson.c)."},
+     "part is not of that shape (see app/wire/_json_reader.c)."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fastjson", NULL, -1, METHODS, NULL, NULL, NULL, NULL};
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_json_reader", NULL, -1, METHODS, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__fastjson(void) { return PyModule_Create(&MODULE); }
+PyMODINIT_FUNC PyInit__json_reader(void) { return PyModule_Create(&MODULE); }

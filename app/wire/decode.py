@@ -1,26 +1,22 @@
-"""Prediction request bodies parsed for the handlers: a fast path for the common shape, pydantic for the rest.
+"""Prediction request bodies decoded into ``Window``s: a fast path for the common shape, pydantic else.
 
-The fast path answers the ``Window``s that the handlers use, their arrays already built:
+The fast path answers the windows that the handlers use, their arrays already built:
 
-1. app._fastjson (app/_fastjson.c) reads a body of the common shape (hex flow keys, a model name or
-   null, an integer horizon; contexts of a timestamp, exactly D numbers, and at most ``"metadata": {}``
-   and ``"pattern_id": null``) straight into lists and int64 / float64 buffers, in one pass in C, with
-   no Python object per context or per number;
+1. ``app.wire._json_reader`` (C) reads a body of the common shape (hex flow keys, a model name or null, an
+   integer horizon; contexts of a timestamp, exactly D numbers as a list, and at most ``"metadata": {}``
+   and ``"pattern_id": null``) straight into lists and int64 / float64 buffers, in one pass, with no
+   Python object per context or per number;
 2. any other body (real metadata, pattern ids, a flow key as a list of bytes, a bool feature...) is
-   decoded by msgspec into structs that state the request's rules (types, bounds, lengths, no unknown
+   decoded by msgspec into structs that state the request's rules (types, ranges, lengths, no unknown
    keys), also in one pass in C, then turned into arrays.
 
-What is left (the deployment's limits, the order of timestamps) is a few passes over all the contexts of
-the whole request at once, batch included. The moment anything is unusual (a string where a number should
-be, a float timestamp, a missing or an extra key, a limit exceeded, a token such as NaN...) the fast path
-answers ``None`` and pydantic validates the body as before, so that the accepted set, the values and every
-error stay pydantic's. The tests check that against pydantic on generated bodies, valid and spoiled, with
-and without the C reader (tests/app/test_fastparse.py, tests/app/test_fastjson.py).
-
-What it saves (scripts/bench_parse.py, event-loop CPU per window of 32 contexts on the 2-CPU dev box):
-a batch of 512 windows 8-9 µs, against 24-26 for msgspec alone, 19-21 for ``orjson.loads`` alone (which
-checks nothing and builds no array) and 60-70 for pydantic's ``model_validate_json`` and the arrays; a
-body of one window 16 µs, against 34-36 for msgspec alone.
+Both take every limit and range from ``app.wire.rules``. What is left (the deployment's limits, the
+order of timestamps) is a few passes over all the contexts of the whole request at once, batch included.
+The moment anything is unusual (a string where a number should be, named features, a float timestamp, a
+missing or an extra key, a value out of its range, a token such as NaN...) the fast path answers
+``None`` and pydantic validates the body, so that the accepted set, the values and every error stay
+pydantic's (``app.schemas``). The tests check that against pydantic on generated bodies, valid and
+spoiled, with and without the C reader. ``scripts/bench_parse.py`` measures what each path costs.
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from itertools import accumulate, chain
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any
@@ -40,45 +35,55 @@ import numpy as np
 from msgspec import Meta
 from pydantic import TypeAdapter, ValidationError
 
-from app.schemas import (
-    MAX_FEATURE,
+from app.schemas import BatchPredictRequest, ContextVector, FlowKey, Limits, PredictRequest
+from app.window import Window
+from app.wire.rules import (
+    FEATURES,
+    FLOW_KEY_HEX,
+    MAX_LABEL,
+    MAX_METADATA_ITEMS,
+    MAX_METADATA_KEY,
     MAX_TIMESTAMP_MS,
-    BatchPredictRequest,
-    ContextVector,
+    MIN_TIMESTAMP_MS,
     D,
-    FlowKey,
-    Limits,
-    PredictRequest,
 )
 
 try:  # the C reader of the common shape of bodies; without a C compiler at install, msgspec alone
-    from app import _fastjson
-except ImportError:  # pragma: no cover (tests/app/test_fastjson.py requires it)
-    _fastjson = None  # type: ignore[assignment]
-    logging.getLogger("cpe.fastparse").warning(
-        "app._fastjson is not built (no C compiler at install?): prediction bodies are read by msgspec "
-        "alone, at about half the speed; reinstall with a C compiler to build it"
+    from app.wire import _json_reader
+except ImportError:  # pragma: no cover (the tests require it)
+    _json_reader = None  # type: ignore[assignment]
+    logging.getLogger("cpe.wire").warning(
+        "app.wire._json_reader is not built (no C compiler at install?): prediction bodies are read by "
+        "msgspec alone, which costs more CPU per window; reinstall with a C compiler to build it"
     )
 
 _FLOW_KEY: TypeAdapter[str] = TypeAdapter(FlowKey)  # the schema's own rule and normalization
-_HEX_KEY = re.compile(r"[0-9a-f]{64}")  # the usual form of a flow key, cheaper to match than to validate
+_HEX_KEY = re.compile(f"[0-9a-f]{{{FLOW_KEY_HEX}}}")  # the usual form: cheaper to match than to validate
 _TIMESTAMP, _FEATURES = itemgetter("timestamp"), itemgetter("features")
 
-# The schema's rules (app/schemas.py), as msgspec states them. A value that pydantic would take only
+# The schema's rules (app.wire.rules), as msgspec states them. A value that pydantic would take only
 # laxly (a bool timestamp, a float one with no fraction, a number in a string) fails here and goes to
-# pydantic. A bool feature is taken, as pydantic takes it: array("d") makes it 1.0 or 0.0.
-_Feature = Annotated[float, Meta(ge=-MAX_FEATURE, le=MAX_FEATURE)] | bool
-# a tuple of exactly D rather than a list of D..D: msgspec then decodes a row without growing a list
-_Row = tuple[_Feature, _Feature, _Feature, _Feature, _Feature, _Feature, _Feature, _Feature]
-assert D == 8, "_Row spells out the D features of a context"
+# pydantic. A bool feature is taken, as pydantic takes it: it is 1.0 or 0.0, within every range.
+# A tuple of exactly D rather than a list of D..D: msgspec then decodes a row without growing a list.
+_Row = tuple.__class_getitem__(tuple(Annotated[float, Meta(ge=f.low, le=f.high)] | bool for f in FEATURES))
 _Finite = Annotated[float, Meta(ge=-sys.float_info.max, le=sys.float_info.max)]  # 1e400 is out of range
+# The C reader's limits, in the form it takes them: every feature's low and high ends as float64 bytes.
+_READER_LIMITS = (
+    np.array([f.low for f in FEATURES]).tobytes(),
+    np.array([f.high for f in FEATURES]).tobytes(),
+    MIN_TIMESTAMP_MS,
+    MAX_TIMESTAMP_MS,
+    FLOW_KEY_HEX,
+)
 
 
 class _Context(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    timestamp: Annotated[int, Meta(ge=0, le=MAX_TIMESTAMP_MS)]
-    features: _Row
-    metadata: Annotated[dict[Annotated[str, Meta(max_length=64)], _Finite], Meta(max_length=32)] = {}
-    pattern_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    timestamp: Annotated[int, Meta(ge=MIN_TIMESTAMP_MS, le=MAX_TIMESTAMP_MS)]
+    features: _Row  # type: ignore[valid-type]
+    metadata: Annotated[
+        dict[Annotated[str, Meta(max_length=MAX_METADATA_KEY)], _Finite], Meta(max_length=MAX_METADATA_ITEMS)
+    ] = {}
+    pattern_id: Annotated[str, Meta(min_length=1, max_length=MAX_LABEL)] | None = None
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -97,18 +102,6 @@ _BATCH = msgspec.json.Decoder(_Batch)
 _CONTEXTS, _STAMP, _ROW, _PATTERN_ID = (
     attrgetter(name) for name in ("contexts", "timestamp", "features", "pattern_id")
 )
-
-
-@dataclass(slots=True, eq=False)  # not frozen: a frozen one costs 2 µs more to make, and a batch makes 512
-class Window:
-    """One validated predict request as the handlers use it, its window already as arrays."""
-
-    flow_key: str  # 64 lowercase hex characters, whichever form the request used
-    model: str | None  # the model kind asked for; None: the service's default
-    horizon: int
-    timestamps: np.ndarray  # (n,) int64 ms since the epoch, not decreasing
-    features: np.ndarray  # (n, D) float64, finite, within ±MAX_FEATURE
-    pattern_ids: list[str | None]  # (n,) each context's pattern_id, None where it has none
 
 
 def predict_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Window]:
@@ -159,11 +152,11 @@ def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Wind
 
     None says nothing about validity: it leaves the body to pydantic.
     """
-    # Read by msgspec (a body of another shape than app._fastjson reads), 512 windows make some 33,000
-    # lists and tuples. They hold no cycles and are gone before this returns, so a collection that their
+    # Read by msgspec (a body of another shape than the C reader reads), a batch makes a few Python
+    # objects per context. They hold no cycles and are gone before this returns, so a collection that their
     # allocation sets off could free none of them: it would only walk them and promote them to older
     # generations, to be walked again. None runs until they are gone (scripts/bench_parse.py --gc
-    # default shows what that saves). The C reader makes a few Python objects a request, not a context.
+    # default measures it). The C reader makes a few Python objects a request, not a context.
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -174,9 +167,9 @@ def fast_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[Wind
 
 
 def _fast_windows(body: bytes | str, limits: Limits, batch: bool) -> list[Window] | None:
-    if _fastjson is not None:
+    if _json_reader is not None:
         data = body.encode() if isinstance(body, str) else body
-        parsed = _fastjson.requests(data, batch, D, MAX_TIMESTAMP_MS, MAX_FEATURE)
+        parsed = _json_reader.requests(data, batch, *_READER_LIMITS)
         if parsed is not None:
             flow_keys, models, horizons, stamps, rows, counts = parsed
             timestamps = np.frombuffer(stamps, dtype=np.int64)

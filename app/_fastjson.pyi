@@ -1,3 +1,0 @@
-def requests(
-    data: bytes, batch: bool, width: int, max_timestamp: int, max_feature: float
-) -> tuple[list[str], list[str | None], list[int], bytes, bytes, list[int]] | None: ...
