@@ -21,7 +21,7 @@ from app.main import create_app
 from models.checkpoint import CHECKPOINT_DIR
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 from tests.app.ports import free_port
-from tests.app.test_learning import biased_feedback, sample, wait_for
+from tests.app.test_learning import biased_feedback, learning_of, sample, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,7 @@ def test_shutdown_takes_every_waiting_feedback_sample_into_the_learner() -> None
     with TestClient(create_app(settings)) as client:
         for i in range(20):
             assert client.post("/v1/feedback", json=biased_feedback(i)).status_code == 202
-        learning = client.app.state.learning  # type: ignore[attr-defined]
+        learning = learning_of(client)
 
         async def append_many() -> None:  # in one go, just before the shutdown: still waiting then
             for i in range(300):

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.schemas import BatchPredictResult, PredictionResult
+from app.services import Services
 from tests.app.payloads import FLOW_KEY, contexts, predict_body
 
 
@@ -130,7 +131,7 @@ def test_batch_matches_single_predictions(client: TestClient) -> None:
 
 
 def test_batch_windows_share_forward_passes(client: TestClient) -> None:
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = Services.of(client.app).engine
     before = engine.stats.forward_passes
     requests = [predict_body(n) for n in range(1, 17)]
     assert client.post("/v1/predict/batch", json={"requests": requests}).status_code == 200
