@@ -10,8 +10,8 @@ delay to grow them further. The event loop never runs torch, and only the one in
 Callbacks rather than a batcher task: a request's window then waits for three turns of the event loop
 (the dispatch of its batch, the thread's answer that resolves its future, its handler's resumption)
 instead of five (the task's wake-up and its resumption after the pass were two more). Under overload a
-turn of the loop lasts as long as the work that arrived during the last one, tens of milliseconds, so
-every turn saved shows in the admitted requests' latency (scripts/bench_overload.py).
+turn of the loop lasts as long as the work that arrived during the last one, so every turn saved shows
+in the admitted requests' latency (``make bench``'s overload run measures it).
 
 One queue for all models rather than one per model: the bound on waiting work is then one number for
 the whole replica, FIFO order holds across models, and a batch that mixes models simply runs one
@@ -480,7 +480,7 @@ class InferenceThread:
 
     A plain thread with a queue rather than a ThreadPoolExecutor: ``run_in_executor`` wraps every call
     in a concurrent future, a work item and an asyncio future chained to it, which cost the event loop
-    more per batch (tens of µs, seen with py-spy) than handing the batch over and calling back.
+    more per batch than handing the batch over and calling back.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, torch_threads: int) -> None:

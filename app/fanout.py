@@ -7,11 +7,11 @@ never waits on a client: a slow one loses its oldest messages (counted) and nobo
 Under `cpe serve` a client that is keeping up (nothing waiting in its queue, its socket's buffer not
 full) skips the queue: the message is encoded as a WebSocket frame once, and the frame written to its
 socket at once by the server's protocol (``StreamClient.push``, see app/serve.py). Sending through ASGI
-woke a task per subscriber and went through Starlette, the middleware and websockets' encoder each time:
-with 1,000 subscribers, ~51 µs of server CPU a delivery and a p99 of 74 ms from publish to receipt;
-pushed, ~19 µs and 33-35 ms (scripts/bench_ws.py --subscribers 1000 --rate 5 --duration 8, 40,000
-deliveries, none lost). Order holds: a client with anything queued, a reply included, gets the message
-queued behind it. A client whose socket negotiated compression is never pushed to.
+woke a task per subscriber and went through Starlette, the middleware and websockets' encoder each time,
+which cost a delivery several times the server CPU and doubled the latency from publish to receipt
+(``scripts/bench_ws.py``; the README has the figures). Order holds: a client with anything queued, a
+reply included, gets the message queued behind it. A client whose socket negotiated compression is never
+pushed to.
 """
 
 from __future__ import annotations
