@@ -56,7 +56,7 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-def value(collector: Counter | Gauge, labels: dict[str, str] | None = None) -> float:
+def sample_value(collector: Counter | Gauge, labels: dict[str, str] | None = None) -> float:
     """The value of one labelled child of ``collector`` (0 when it has none yet): reads that collector
     alone, not the whole registry (whose process collector reads /proc)."""
     wanted = labels or {}

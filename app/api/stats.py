@@ -10,7 +10,7 @@ from app.api.deps import ServicesDep
 from app.cache.metrics import TIERS, CacheMetrics
 from app.engine import Engine
 from app.engine_metrics import LatencyRing
-from app.metrics import gpu_memory, resident_memory_bytes, value
+from app.metrics import gpu_memory, resident_memory_bytes, sample_value
 from app.schemas import CacheStats, EngineStatsOut, LatencyStats, MemoryStats, Stats
 
 router = APIRouter(prefix="/v1/stats", tags=["health"])
@@ -24,7 +24,7 @@ async def stats(services: ServicesDep) -> Stats:
     Prometheus (`/metrics`) sums them across replicas."""
     engine = services.engine
     predictions = engine.metrics.predictions
-    by_model = {kind: int(value(predictions, {"model": kind})) for kind in engine.predictors}
+    by_model = {kind: int(sample_value(predictions, {"model": kind})) for kind in engine.predictors}
     cache = _cache(services.cache.metrics)
     return Stats(
         uptime_s=round(time.time() - services.started, 3),
@@ -50,8 +50,8 @@ def _latency(latencies: LatencyRing) -> LatencyStats | None:
 
 
 def _cache(metrics: CacheMetrics) -> CacheStats:
-    hits = {t: int(value(metrics.requests, {"tier": t, "result": "hit"})) for t in TIERS}
-    misses = int(value(metrics.requests, {"tier": "memory", "result": "miss"}))
+    hits = {t: int(sample_value(metrics.requests, {"tier": t, "result": "hit"})) for t in TIERS}
+    misses = int(sample_value(metrics.requests, {"tier": "memory", "result": "miss"}))
     lookups = hits["memory"] + misses  # every lookup goes to the in-process tier first
     total = sum(hits.values())
     return CacheStats(
@@ -59,8 +59,8 @@ def _cache(metrics: CacheMetrics) -> CacheStats:
         hits=total,
         hit_rate=round(total / lookups, 4) if lookups else None,
         hits_by_tier=hits,
-        errors=int(value(metrics.errors, {"tier": "redis"})),
-        entries=int(value(metrics.entries, {"tier": "memory"})),
+        errors=int(sample_value(metrics.errors, {"tier": "redis"})),
+        entries=int(sample_value(metrics.entries, {"tier": "memory"})),
     )
 
 
