@@ -10,8 +10,8 @@ delay to grow them further. The event loop never runs torch, and only the one in
 Callbacks rather than a batcher task: a request's window then waits for three turns of the event loop
 (the dispatch of its batch, the thread's answer that resolves its future, its handler's resumption)
 instead of five (the task's wake-up and its resumption after the pass were two more). Under overload a
-turn of the loop lasts as long as the work that arrived during the last one, tens of milliseconds, so
-every turn saved shows in the admitted requests' latency (scripts/bench_overload.py).
+turn of the loop lasts as long as the work that arrived during the last one, so every turn saved shows
+in the admitted requests' latency (``make bench``'s overload run measures it).
 
 One queue for all models rather than one per model: the bound on waiting work is then one number for
 the whole replica, FIFO order holds across models, and a batch that mixes models simply runs one
@@ -35,18 +35,20 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 import numpy as np
 import torch
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from app.engine_metrics import EngineMetrics
+from app.metrics import gauge
 from models.predictor import Forecast, Predictor
-
-if TYPE_CHECKING:
-    from app.metrics import Metrics
 
 log = logging.getLogger("cpe.engine")
 
@@ -167,10 +169,15 @@ class Engine:
         retry_after_s: int = 1,
         torch_threads: int = 1,
         latency_budget_ms: float = 0.0,
-        metrics: Metrics | None = None,
+        registry: CollectorRegistry | None = None,
+        default_model: str | None = None,
     ) -> None:
+        """``registry``: where the engine's metrics go (a registry of their own when None);
+        ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``."""
         assert predictors, "the engine needs at least one model"
-        self.metrics = metrics  # recorded per batch (and per shed request), never per window
+        registry = registry or CollectorRegistry()
+        self.metrics = EngineMetrics(registry, predictors)
+        registry.register(EngineCollector(self, default_model))
         self._predictors = dict(predictors)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_us / 1e6
@@ -272,16 +279,14 @@ class Engine:
             raise EngineStopped(self.retry_after_s)
         if len(self._queue) + len(windows) > self.queue_size:
             self.stats.rejected += len(windows)
-            if self.metrics is not None:
-                self.metrics.observe_shed(len(windows))
+            self.metrics.observe_shed(len(windows))
             reason = f"inference queue full ({len(self._queue)} of {self.queue_size} windows waiting)"
             raise Overloaded(reason, self.retry_after_s)
         if self.latency_budget_s:
             wait_s = self.expected_wait_s(len(windows))
             if wait_s > self.latency_budget_s:
                 self.stats.rejected += len(windows)
-                if self.metrics is not None:
-                    self.metrics.observe_shed(len(windows))
+                self.metrics.observe_shed(len(windows))
                 reason = (
                     f"expected wait {wait_s * 1e3:.0f} ms exceeds the latency budget of "
                     f"{self.latency_budget_s * 1e3:.0f} ms ({len(self._queue)} windows waiting)"
@@ -376,8 +381,7 @@ class Engine:
         try:
             self.pass_times.record(self._pass_size, done - taken)
             self._resolve(groups, outcomes)
-            if self.metrics is not None:
-                self._record(groups, outcomes, taken, done)
+            self._record(groups, outcomes, taken, done)
         except Exception:  # a bug here must not leave anyone waiting for ever
             log.exception("the batcher failed on a batch's answers; the engine no longer serves")
             self._closed = True
@@ -427,7 +431,6 @@ class Engine:
         done: float,
     ) -> None:
         """The batch's figures, once per model present (after the futures: the clients come first)."""
-        assert self.metrics is not None
         for (predictor, jobs), outcome in zip(groups, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 self.metrics.observe_failure(predictor.kind, len(jobs))
@@ -443,12 +446,41 @@ class Engine:
 _Done = Callable[[list[Forecast | BaseException]], None]  # called with a pass's outcomes
 
 
+class EngineCollector(Collector):
+    """What is read from the engine at scrape time rather than recorded as it happens."""
+
+    def __init__(self, engine: Engine, default_model: str | None) -> None:
+        self.engine = engine
+        self.default_model = default_model
+
+    def describe(self) -> list[Metric]:
+        return []  # values come and go with the engine's state: nothing to check ahead
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        yield gauge("cpe_queue_depth", "Windows waiting for the engine now.", engine.queued)
+        yield gauge("cpe_queue_capacity", "Most windows that may wait (then 503).", engine.queue_size)
+        yield gauge("cpe_engine_running", "1 while the engine serves.", int(engine.running))
+        yield CounterMetricFamily(
+            "cpe_model_swaps", "Models replaced while serving (rollouts, rollbacks).", engine.stats.swaps
+        )
+        info = GaugeMetricFamily(
+            "cpe_model_info",
+            "1 per served model: its kind, version, device, and whether it answers requests naming none.",
+            labels=["model", "version", "device", "default"],
+        )
+        for kind, predictor in engine.predictors.items():
+            default = str(kind == self.default_model).lower()
+            info.add_metric([kind, predictor.version, str(predictor.device), default], 1)
+        yield info
+
+
 class InferenceThread:
     """The one thread that runs the models: a batch in, its outcomes handed back on the event loop.
 
     A plain thread with a queue rather than a ThreadPoolExecutor: ``run_in_executor`` wraps every call
     in a concurrent future, a work item and an asyncio future chained to it, which cost the event loop
-    more per batch (tens of µs, seen with py-spy) than handing the batch over and calling back.
+    more per batch than handing the batch over and calling back.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, torch_threads: int) -> None:

@@ -1,108 +1,61 @@
-"""The FastAPI application: ``create_app(settings)`` and the lifespan that wires its parts."""
+"""The FastAPI application: ``create_app(settings)``, its middleware and routes, and the lifespan that
+runs its parts (``app/services.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import Depends, FastAPI
-from pydantic import BaseModel
 
-from app.api import errors, feedback, health, metrics, models, openapi, predict, routing, stats, stream
+from app.api import (
+    errors,
+    feedback,
+    health,
+    model_versions,
+    openapi,
+    predict,
+    prometheus,
+    recommend,
+    stats,
+    stream,
+)
 from app.api.admission import STATE_KEY, Admission, InflightLimit
+from app.api.admission_metrics import AdmissionCollector
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
+from app.api.http_metrics import HttpMetrics
 from app.api.request_id import RequestId
 from app.auth import ApiKeys, mask_query_keys, require_scope
-from app.bus import Bus
-from app.cache import create_cache
-from app.engine import Engine, pick_device
-from app.hub import Hub
-from app.learning.online import OnlineLearning
-from app.metrics import Metrics
-from app.routing import FailurePolicy
+from app.metrics import new_registry
 from app.routing_schemas import RouteRequest
-from app.schemas import BatchPredictRequest, FeedbackRequest, Limits, PredictRequest, RollbackRequest
+from app.schemas import BatchPredictRequest, FeedbackRequest, PredictRequest, RollbackRequest
+from app.services import run_services
 from app.settings import Settings
-from models.predictor import Predictor
 
 log = logging.getLogger("cpe")
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
-    """Load the models, run the engine and the cache while the app serves, stop them cleanly after."""
-    settings: Settings = app.state.settings
-    if app.state.api_keys.open:
-        log.warning("CPE_API_KEYS is empty: every endpoint is open to anyone who can reach this port")
-    cache = create_cache(  # first: a bad URL fails before the models load
-        settings.cache_url,
-        max_entries=settings.cache_max_entries,
-        strategy=settings.cache_strategy,
-        ttl_ms=settings.cache_ttl_ms,
-        timeout_ms=settings.cache_timeout_ms,
-        metrics=app.state.metrics,
-    )
-    bus = Bus(settings.bus_url, metrics=app.state.metrics)
-    hub = Hub(bus, settings.bus_channel, queue_size=settings.ws_queue_size, metrics=app.state.metrics)
-    device = pick_device(settings.device)
-    checkpoints = {kind: settings.checkpoint_dir / f"{kind}.safetensors" for kind in settings.models}
-    predictors = {kind: Predictor.load(path, device) for kind, path in checkpoints.items()}
-    log.info("loaded %s on %s", ", ".join(p.version for p in predictors.values()), device)
-    engine = Engine(
-        predictors,
-        max_batch=settings.engine_max_batch,
-        max_wait_us=settings.engine_max_wait_us,
-        queue_size=settings.queue_size,
-        retry_after_s=settings.retry_after_s,
-        torch_threads=settings.torch_threads,
-        latency_budget_ms=settings.engine_latency_budget_ms,
-        metrics=app.state.metrics,
-    )
-    app.state.metrics.watch(engine, device, settings.model)
-    learning = (
-        OnlineLearning.from_settings(settings, engine, bus, app.state.metrics, checkpoints, device)
-        if settings.learning_enabled
-        else None
-    )
-    async with engine, cache, bus, hub, learning or contextlib.nullcontext():
-        app.state.learning = learning
-        app.state.recent = None if learning is None else learning.recent
-        app.state.engine = engine
-        app.state.cache = cache
-        app.state.bus, app.state.hub = bus, hub
-        app.state.device = device
-        app.state.failure_policy = FailurePolicy(
-            settings.failure_rate, settings.failure_latency_factor, settings.breaker_threshold
-        )
-        app.state.limits = Limits(
-            max_window=settings.max_window,
-            max_batch=settings.max_batch,
-            horizons={kind: p.horizon for kind, p in predictors.items()},
-            default_model=settings.model,
-            max_routes=settings.max_routes,
-        )
-        # The models and the app leave ~200k long-lived objects behind; under load every full
-        # collection walked them all and paused the event loop for 50-120 ms (seen with py-spy
-        # under scripts/bench.py). Freeze them out of the collector and collect young objects less often.
-        thresholds = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 50, 100)
-        try:
-            yield {STATE_KEY: app.state.admission}  # the lifespan state: where uvicorn's protocol finds it
-        finally:
-            gc.set_threshold(*thresholds)
-            gc.unfreeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app for ``settings`` (default: read from the ``CPE_*`` environment)."""
     settings = settings or Settings()
     logging.getLogger("cpe").setLevel(settings.log_level.upper())
+    keys = ApiKeys.parse(settings.api_keys.get_secret_value())
+    registry = new_registry()
+    admission = InflightLimit(settings.max_inflight, settings.retry_after_s)
+    registry.register(AdmissionCollector(admission))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
+        if keys.open:
+            log.warning("CPE_API_KEYS is empty: every endpoint is open to anyone who can reach this port")
+        async with run_services(settings, keys, registry, admission) as services:
+            app.state.services = services  # what handlers receive (app/api/deps.py)
+            with _long_lived_objects_frozen():
+                yield {STATE_KEY: admission}  # the lifespan state: where uvicorn's protocol finds it
+
     app = FastAPI(
         title="Context Prediction Engine",
         version="1.0.0",
@@ -111,44 +64,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # no OpenTelemetry here: FastAPI's built-in hooks would look up the providers on every request
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.api_keys = ApiKeys.parse(settings.api_keys.get_secret_value())
+    app.state.api_keys = keys  # for the auth dependencies (app/auth.py)
     mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.state.admission = InflightLimit(settings.max_inflight, settings.retry_after_s)
-    app.state.metrics.watch_admission(app.state.admission)
-    app.add_middleware(Admission, limit=app.state.admission)  # before the body is read
-    app.state.metrics.instrument(app)  # outside the limits: a 413 or a 503 is a request like any other
+    app.add_middleware(Admission, limit=admission)  # before the body is read
+    app.add_middleware(HttpMetrics, registry=registry)  # outside the limits: a 413 or a 503 is a request too
     app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
     errors.install(app)
-    # hottest first: routes match in order. The streams check their keys themselves (accept_websocket);
-    # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without
-    # keys the check is left off: FastAPI's solving of even a dependency that returns at once costs a
-    # request 10-20 µs (scripts/bench_auth.py)
-    keys = app.state.api_keys
+    # Hottest first: routes match in order. The streams check their keys themselves (accept_websocket);
+    # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without keys the
+    # check is left off: FastAPI's solving of even a dependency that returns at once costs every request.
     read, write, admin = (
         {} if keys.open else {"dependencies": [Depends(require_scope(scope))], "responses": AUTH_RESPONSES}
         for scope in ("read", "write", "admin")
     )
     for router, access in (
         (predict.router, read),
-        (routing.router, read),
+        (recommend.router, read),
         (stream.router, {}),
         (feedback.router, write),
-        (models.router, read),
-        (models.admin, admin),
+        (model_versions.router, read),
+        (model_versions.admin, admin),
         (stats.router, read),
         (health.router, {}),
-        (metrics.router, {}),
+        (prometheus.router, {}),
     ):
         app.include_router(router, **access)  # type: ignore[arg-type]
-    bodies: list[type[BaseModel]] = [
-        PredictRequest,
-        BatchPredictRequest,
-        RouteRequest,
-        FeedbackRequest,
-        RollbackRequest,
-    ]
-    openapi.document(app, bodies)
+    openapi.document(
+        app, [PredictRequest, BatchPredictRequest, RouteRequest, FeedbackRequest, RollbackRequest]
+    )
     return app
+
+
+@contextmanager
+def _long_lived_objects_frozen() -> Iterator[None]:
+    """Keep the models' and the app's long-lived objects out of the garbage collector while serving.
+
+    They number in the hundreds of thousands, and under load every full collection walked them all and
+    paused the event loop; frozen, they are skipped, and young objects are collected less often.
+    """
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()

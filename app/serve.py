@@ -10,7 +10,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 
 from app.api.admission import AdmissionHttpProtocol
-from app.hub import PUSH_EXTENSION
+from app.fanout import PUSH_EXTENSION
 from app.logs import uvicorn_config
 from app.settings import Settings
 
@@ -24,9 +24,9 @@ class GoingAwayWebSocketProtocol(WebSocketsSansIOProtocol):
       rather than 1012, service restart: clients should reconnect, to another replica, not wait for this
       one;
     - it offers the app a way to write an already encoded frame at once (``push``, in the scope's
-      extensions under ``PUSH_EXTENSION``): the routing hub encodes each message once and writes it to
+      extensions under ``PUSH_EXTENSION``): the routing fan-out encodes each message once and writes it to
       every subscriber that is keeping up, instead of waking a task per subscriber to send it through
-      ASGI (app/hub.py says what that saves).
+      ASGI (app/fanout.py says why).
     """
 
     def handle_connect(self, event: Request) -> None:

@@ -124,17 +124,17 @@ async def measure_asgi(requests: int, rounds: int, body: bytes) -> dict[str, lis
 
 async def measure_alone() -> dict[str, list[float]]:
     """CPU µs per request of each middleware alone, around an app that answers at once."""
-    from app.api.http_metrics import HttpMetrics
+    from app.api.http_metrics import HTTP_BUCKETS, UNINSTRUMENTED, HttpMetrics
     from app.api.request_id import RequestId
     from app.main import create_app
-    from app.metrics import HTTP_BUCKETS, UNINSTRUMENTED, Metrics
+    from app.metrics import new_registry
 
     async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    registry = Metrics().registry
+    registry = new_registry()
     http_metrics = HttpMetrics(answer, registry=registry, buckets=HTTP_BUCKETS, excluded=UNINSTRUMENTED)
     apps = {"none": answer, "request_id": RequestId(answer), "http_metrics": http_metrics}
     scope = _scope(b"{}") | {"app": create_app()}  # the routes that name the handler

@@ -68,6 +68,7 @@ def replay_through_service(cfg: DriftConfig, ts: np.ndarray, fs: np.ndarray, seq
     from fastapi.testclient import TestClient
 
     from app.main import create_app
+    from app.services import Services
     from app.settings import Settings
 
     settings = Settings(
@@ -102,7 +103,9 @@ def replay_through_service(cfg: DriftConfig, ts: np.ndarray, fs: np.ndarray, seq
                     "/v1/feedback", json={"prediction_id": result["prediction_id"], "actual": actual}
                 )
             assert response.status_code == 202, response.text
-        learner = client.app.state.learning.learner  # type: ignore[attr-defined]
+        learning = Services.of(client.app).learning
+        assert learning is not None, "the drift run needs CPE_LEARNING_ENABLED"
+        learner = learning.learner
         deadline = time.monotonic() + 10.0  # the last samples may still be on their way to the replay buffer
         while learner.stats["samples"] < n - seq_len and time.monotonic() < deadline:
             time.sleep(0.05)

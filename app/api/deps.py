@@ -12,11 +12,11 @@ from starlette.requests import HTTPConnection
 from app.bus import Bus
 from app.cache import Cache
 from app.engine import Engine
-from app.hub import Hub
+from app.fanout import RoutingFanout
 from app.learning.online import OnlineLearning
-from app.metrics import Metrics
 from app.routing import FailurePolicy
 from app.schemas import Limits
+from app.services import Services
 from app.settings import Settings
 from app.window import Window
 from app.wire.decode import predict_windows
@@ -26,56 +26,50 @@ M = TypeVar("M", bound=BaseModel)
 
 # async, though they never await: FastAPI runs a plain `def` dependency in its thread pool, which would
 # cost two thread hand-offs per request. An HTTPConnection, not a Request: WebSocket routes use them too.
+async def get_services(conn: HTTPConnection) -> Services:
+    return Services.of(conn.app)
+
+
 async def get_settings(conn: HTTPConnection) -> Settings:
-    return conn.app.state.settings  # type: ignore[no-any-return]
+    return Services.of(conn.app).settings
 
 
 async def get_engine(conn: HTTPConnection) -> Engine:
-    return conn.app.state.engine  # type: ignore[no-any-return]
+    return Services.of(conn.app).engine
 
 
 async def get_limits(conn: HTTPConnection) -> Limits:
-    return conn.app.state.limits  # type: ignore[no-any-return]
+    return Services.of(conn.app).limits
 
 
 async def get_cache(conn: HTTPConnection) -> Cache:
-    return conn.app.state.cache  # type: ignore[no-any-return]
-
-
-async def get_metrics(conn: HTTPConnection) -> Metrics:
-    return conn.app.state.metrics  # type: ignore[no-any-return]
+    return Services.of(conn.app).cache
 
 
 async def get_bus(conn: HTTPConnection) -> Bus:
-    return conn.app.state.bus  # type: ignore[no-any-return]
+    return Services.of(conn.app).bus
 
 
-async def get_hub(conn: HTTPConnection) -> Hub:
-    return conn.app.state.hub  # type: ignore[no-any-return]
+async def get_fanout(conn: HTTPConnection) -> RoutingFanout:
+    return Services.of(conn.app).fanout
 
 
 async def get_failure_policy(conn: HTTPConnection) -> FailurePolicy:
-    return conn.app.state.failure_policy  # type: ignore[no-any-return]
+    return Services.of(conn.app).failure_policy
 
 
 async def get_learning(conn: HTTPConnection) -> OnlineLearning | None:
-    return conn.app.state.learning  # type: ignore[no-any-return]
+    return Services.of(conn.app).learning
 
 
-def serving(conn: HTTPConnection) -> tuple[Engine, Limits, Cache]:
-    """The parts of the serving path, for the handlers of ``DirectRoute``s (which take no dependencies)."""
-    state = conn.app.state
-    return state.engine, state.limits, state.cache
-
-
+ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
-BusDep = Annotated[Bus, Depends(get_bus)]
-HubDep = Annotated[Hub, Depends(get_hub)]
-FailurePolicyDep = Annotated[FailurePolicy, Depends(get_failure_policy)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BusDep = Annotated[Bus, Depends(get_bus)]
+FanoutDep = Annotated[RoutingFanout, Depends(get_fanout)]
+FailurePolicyDep = Annotated[FailurePolicy, Depends(get_failure_policy)]
 LearningDep = Annotated[OnlineLearning | None, Depends(get_learning)]
 
 

@@ -5,7 +5,8 @@ On every request FastAPI walks a handler's declared parameters and dependencies:
 runs even for a handler that takes only the ``Request``. On ``POST /v1/predict`` that was a fifth of
 the event loop's work per request. The prediction handlers parse and validate their own bodies anyway
 (``deps.parse_windows``), so they need nothing from that machinery: a DirectRoute calls its endpoint
-with the ``Request`` alone, and the endpoint reads the parts that the lifespan wired (``deps.serving``).
+with the ``Request`` alone, and the endpoint reads the parts that the lifespan wired
+(``Services.of(request.app)``).
 
 It is still an ``APIRoute``: the same path operation, response model, request examples and security
 requirements in the OpenAPI document, the same exception handlers, the same middleware. Dependencies

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
-from app.api.deps import LearningDep, LimitsDep, MetricsDep, parse_body
+from app.api.deps import LearningDep, LimitsDep, parse_body
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
 from app.api.responses import OrjsonResponse
@@ -29,9 +29,7 @@ RESPONSES = {
     responses=RESPONSES,
     openapi_extra=json_body(FeedbackRequest),
 )
-async def feedback(
-    request: Request, limits: LimitsDep, learning: LearningDep, metrics: MetricsDep
-) -> OrjsonResponse:
+async def feedback(request: Request, limits: LimitsDep, learning: LearningDep) -> OrjsonResponse:
     """Report the context that really followed a window; 202 once it is stored for the learner.
 
     Send the window (`flow_key`, `contexts`), or the `prediction_id` of a prediction this replica made.
@@ -55,12 +53,12 @@ async def feedback(
     try:
         sample_id = await learning.store.append(sample)
     except (FeedbackFull, FeedbackUnavailable) as exc:
-        metrics.feedback.labels(result="refused").inc()
+        learning.metrics.feedback.labels(result="refused").inc()
         status = 429 if isinstance(exc, FeedbackFull) else 503
         return OrjsonResponse(
             {"detail": str(exc)}, status_code=status, headers={"retry-after": str(exc.retry_after_s)}
         )
-    metrics.feedback.labels(result="accepted").inc()
+    learning.metrics.feedback.labels(result="accepted").inc()
     return OrjsonResponse(FeedbackAccepted(id=sample_id).model_dump(), status_code=202)
 
 

@@ -3,11 +3,8 @@
 The same series as prometheus-fastapi-instrumentator's default ``latency`` metric (handlers named by their
 route template, status codes grouped as ``2xx``, untemplated paths and the probes left out), which CPE
 used until its per-request cost was measured: the library builds a Request, a Response, a Headers and an
-Info for every request and gathers an empty list of coroutines. Alone around an app that answers at once
-it cost 10.9 µs of CPU a request, this middleware 2.7 (scripts/bench_middleware.py, lowest of 60 blocks);
-in the server the difference looked larger (py-spy put the library at ~8 % of the event loop at
-concurrency 32, where the service answered 1,208-1,405 predictions/s with it and 1,639-1,715 without
-any HTTP metrics, wrk, alternated runs; the machine is too noisy to say more). Its 7.x also needed a
+Info for every request and gathers an empty list of coroutines, several times this middleware's CPU a
+request (``scripts/bench_middleware.py``; the README has the figures). Its 7.x also needed a
 subclass to name handlers on FastAPI >= 0.137 (trallnag/prometheus-fastapi-instrumentator#370), and its
 8.x needs Starlette >= 1. This is the part of it that CPE used: one timer, one status, one labelled
 child looked up once.
@@ -24,17 +21,26 @@ from prometheus_client import CollectorRegistry, Histogram
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# Few buckets: each one is a series per handler, method and status class, and an observe walks them.
+HTTP_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5)
+# Handlers left out: scrapes and probes would drown the traffic they measure.
+UNINSTRUMENTED = ("/metrics", "/healthz", "/readyz")
+
 
 class HttpMetrics:
-    """Times every HTTP request to a route of the app, except the ``excluded`` route paths."""
+    """Times every HTTP request to a route of the app, except the ``excluded`` route paths.
+
+    One histogram and nothing else: its ``_count`` is the request counter, so a separate
+    ``http_requests_total`` would only double the per-request work; size metrics would parse headers.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         registry: CollectorRegistry,
-        buckets: Iterable[float],
-        excluded: Collection[str] = (),
+        buckets: Iterable[float] = HTTP_BUCKETS,
+        excluded: Collection[str] = UNINSTRUMENTED,
     ) -> None:
         self.app = app
         self.histogram = Histogram(

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import parse_windows, serving
+from app.api.deps import parse_windows
 from app.api.direct import DirectRoute
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
@@ -25,6 +25,7 @@ from app.schemas import (
     PredictionResult,
     PredictRequest,
 )
+from app.services import Services
 from app.window import Window
 from app.wire.decode import windows_of
 
@@ -45,10 +46,9 @@ async def predict(request: Request) -> Response:
 
     The same window asked again of the same model version is answered from the cache (`cached: true`)."""
     start = time.perf_counter()
-    engine, limits, cache = serving(request)
+    services = Services.of(request.app)  # rather than dependencies: FastAPI solves them on every request
+    engine, limits, cache, recent = services.engine, services.limits, services.cache, services.recent
     [window] = await parse_windows(request, limits, batch=False)
-    # app state rather than one more dependency: FastAPI resolves each dependency on every request
-    recent = request.app.state.recent
     body = await predict_window(window, engine, cache, limits, start, recent)
     return Response(body, media_type="application/json")
 
@@ -106,7 +106,8 @@ async def predict_window(
 async def predict_batch(request: Request) -> Response:
     """Forecast many flows at once; the answers come in the order of the requests."""
     start = time.perf_counter()
-    engine, limits, cache = serving(request)
+    services = Services.of(request.app)
+    engine, limits, cache = services.engine, services.limits, services.cache
     windows = await parse_windows(request, limits, batch=True)
     kinds = [window.model or limits.default_model for window in windows]
     versions = {kind: predictor.version for kind, predictor in engine.predictors.items()}
@@ -127,7 +128,7 @@ async def predict_batch(request: Request) -> Response:
     for i, answer in zip(misses, answers, strict=True):
         results[i] = answer
         fresh.append((keys[i], answer))
-    recent = request.app.state.recent
+    recent = services.recent
     if recent is not None:
         recent.remember_many(zip(map(prediction_id, keys), windows, strict=True))
     if fresh:

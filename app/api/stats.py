@@ -4,53 +4,54 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from app.api.deps import EngineDep, MetricsDep, SettingsDep
+from app.api.deps import ServicesDep
+from app.cache.metrics import TIERS, CacheMetrics
 from app.engine import Engine
-from app.metrics import Metrics, gpu_memory, resident_memory_bytes
+from app.engine_metrics import LatencyRing
+from app.metrics import gpu_memory, resident_memory_bytes, sample_value
 from app.schemas import CacheStats, EngineStatsOut, LatencyStats, MemoryStats, Stats
 
 router = APIRouter(prefix="/v1/stats", tags=["health"])
 
-TIERS = ("memory", "redis")
-
 
 @router.get("", response_model=Stats)
-async def stats(request: Request, engine: EngineDep, metrics: MetricsDep, settings: SettingsDep) -> Stats:
+async def stats(services: ServicesDep) -> Stats:
     """Performance figures of this replica since it started, read from its metrics.
 
     One replica's: behind a load balancer each answer comes from whichever replica took the request;
     Prometheus (`/metrics`) sums them across replicas."""
-    by_model = {kind: int(metrics.value(metrics.predictions, {"model": kind})) for kind in engine.predictors}
-    cache = _cache(metrics)
-    device: str = request.app.state.device
+    engine = services.engine
+    predictions = engine.metrics.predictions
+    by_model = {kind: int(sample_value(predictions, {"model": kind})) for kind in engine.predictors}
+    cache = _cache(services.cache.metrics)
     return Stats(
-        uptime_s=round(time.time() - metrics.started, 3),
+        uptime_s=round(time.time() - services.started, 3),
         predictions=sum(by_model.values()) + cache.hits,
         predictions_by_model=by_model,
         cached_predictions=cache.hits,
-        latency=_latency(metrics),
+        latency=_latency(engine.metrics.latencies),
         cache=cache,
         engine=_engine(engine),
-        default_model=settings.model,
+        default_model=services.settings.model,
         models={kind: predictor.version for kind, predictor in engine.predictors.items()},
-        device=device,
-        memory=_memory(device),
+        device=services.device,
+        memory=_memory(services.device),
     )
 
 
-def _latency(metrics: Metrics) -> LatencyStats | None:
-    percentiles = metrics.latencies.percentiles((50, 90, 99, 100))
+def _latency(latencies: LatencyRing) -> LatencyStats | None:
+    percentiles = latencies.percentiles((50, 90, 99, 100))
     if percentiles is None:
         return None
     p50, p90, p99, most = (round(p * 1000.0, 3) for p in percentiles)
-    return LatencyStats(windows=len(metrics.latencies), p50_ms=p50, p90_ms=p90, p99_ms=p99, max_ms=most)
+    return LatencyStats(windows=len(latencies), p50_ms=p50, p90_ms=p90, p99_ms=p99, max_ms=most)
 
 
-def _cache(metrics: Metrics) -> CacheStats:
-    hits = {t: int(metrics.value(metrics.cache_requests, {"tier": t, "result": "hit"})) for t in TIERS}
-    misses = int(metrics.value(metrics.cache_requests, {"tier": "memory", "result": "miss"}))
+def _cache(metrics: CacheMetrics) -> CacheStats:
+    hits = {t: int(sample_value(metrics.requests, {"tier": t, "result": "hit"})) for t in TIERS}
+    misses = int(sample_value(metrics.requests, {"tier": "memory", "result": "miss"}))
     lookups = hits["memory"] + misses  # every lookup goes to the in-process tier first
     total = sum(hits.values())
     return CacheStats(
@@ -58,8 +59,8 @@ def _cache(metrics: Metrics) -> CacheStats:
         hits=total,
         hit_rate=round(total / lookups, 4) if lookups else None,
         hits_by_tier=hits,
-        errors=int(metrics.value(metrics.cache_errors, {"tier": "redis"})),
-        entries=int(metrics.value(metrics.cache_entries, {"tier": "memory"})),
+        errors=int(sample_value(metrics.errors, {"tier": "redis"})),
+        entries=int(sample_value(metrics.entries, {"tier": "memory"})),
     )
 
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from starlette.status import WS_1008_POLICY_VIOLATION, WS_1009_MESSAGE_TOO_BIG
 
-from app.api.deps import CacheDep, EngineDep, HubDep, LimitsDep, SettingsDep
+from app.api.deps import FanoutDep, ServicesDep, SettingsDep
 from app.api.errors import error_detail
 from app.api.predict import predict_one
 from app.api.responses import dumps
@@ -28,9 +28,8 @@ from app.auth import accept_websocket
 from app.bus.queue import QueueClosed
 from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
-from app.hub import PUSH_EXTENSION, Hub, StreamClient
+from app.fanout import PUSH_EXTENSION, FanoutMetrics, RoutingFanout, StreamClient
 from app.learning.recent import RecentWindows
-from app.metrics import Metrics
 from app.routing_schemas import StreamPredictRequest, SubscribeFrame
 from app.schemas import Limits
 
@@ -104,20 +103,20 @@ MAX_PENDING_REPLIES = 64  # a client this far behind on reading the replies to i
 
 
 @router.websocket("/routing")
-async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDep) -> None:
+async def stream_routing(websocket: WebSocket, fanout: FanoutDep, settings: SettingsDep) -> None:
     """Routing messages as they are published, filtered by flow key and type, with heartbeats."""
     if not await accept_websocket(websocket, "read"):
         return
-    client = hub.connect(websocket.scope.get("extensions", {}).get(PUSH_EXTENSION))
-    # the writer of this socket: heartbeats, the replies to the client's frames, and the messages the hub
-    # could not push (app/hub.py)
-    sender = asyncio.create_task(_send_routing(websocket, client, settings.ws_heartbeat_s, hub.metrics))
+    client = fanout.connect(websocket.scope.get("extensions", {}).get(PUSH_EXTENSION))
+    # the writer of this socket: heartbeats, the replies to the client's frames, and the messages the
+    # fan-out could not push (app/fanout.py)
+    sender = asyncio.create_task(_send_routing(websocket, client, settings.ws_heartbeat_s, fanout.metrics))
     violation: PolicyViolation | None = None
     rate = FrameRate(settings.ws_rate_per_s, settings.ws_rate_burst)
     try:
         while (text := await _receive_text(websocket, settings.ws_max_frame_bytes)) is not None:
             if rate.admit():
-                _routing_op(hub, client, text)
+                _routing_op(fanout, client, text)
             else:
                 _reply(client, {"op": "error", **rate.refusal()})
             if len(client.replies) > MAX_PENDING_REPLIES:
@@ -125,7 +124,7 @@ async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDe
     except PolicyViolation as exc:
         violation = exc
     finally:
-        hub.disconnect(client)
+        fanout.disconnect(client)
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
     if violation is not None:
@@ -133,7 +132,7 @@ async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDe
             await websocket.close(violation.code, str(violation))
 
 
-def _routing_op(hub: Hub, client: StreamClient, text: str) -> None:
+def _routing_op(fanout: RoutingFanout, client: StreamClient, text: str) -> None:
     """Carry out one client frame and queue its reply (a subscribe's goes before what it selects)."""
     try:
         frame = orjson.loads(text)
@@ -146,9 +145,9 @@ def _routing_op(hub: Hub, client: StreamClient, text: str) -> None:
         except ValidationError as exc:
             return _reply(client, {"op": "error", "detail": _describe(exc)})
         _reply(client, {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types})
-        hub.subscribe(client, sub.flow_keys, sub.types)
+        fanout.subscribe(client, sub.flow_keys, sub.types)
     elif op == "unsubscribe":
-        hub.unsubscribe(client)  # forgets what was queued; a message being written goes before the reply
+        fanout.unsubscribe(client)  # forgets what was queued; a message being written goes before the reply
         _reply(client, {"op": "unsubscribed"})
     elif op == "ping":
         _reply(client, {"op": "pong", "dropped": client.dropped})
@@ -170,7 +169,7 @@ def _reply(client: StreamClient, frame: dict[str, Any]) -> None:
 
 
 async def _send_routing(
-    websocket: WebSocket, client: StreamClient, heartbeat_s: float, metrics: Metrics | None
+    websocket: WebSocket, client: StreamClient, heartbeat_s: float, metrics: FanoutMetrics
 ) -> None:
     """Write the client's replies, then its queued messages, and beat every ``heartbeat_s``.
 
@@ -199,8 +198,8 @@ async def _send_routing(
                 await websocket.send_text(text)
                 sent += 1
                 continue
-            if sent and metrics is not None:
-                metrics.ws_messages_sent.inc(sent)
+            if sent:
+                metrics.sent.inc(sent)
             sent = 0
             if beat_due:
                 beat_due = False
@@ -212,22 +211,21 @@ async def _send_routing(
         pass  # the client went away: the receive loop sees it and cleans up
     finally:
         timer.cancel()
-        if sent and metrics is not None:
-            metrics.ws_messages_sent.inc(sent)
+        if sent:
+            metrics.sent.inc(sent)
 
 
 # -- /v1/stream/predict -----------------------------------------------------------------------------
 @router.websocket("/predict")
-async def stream_predict(
-    websocket: WebSocket, engine: EngineDep, cache: CacheDep, limits: LimitsDep, settings: SettingsDep
-) -> None:
+async def stream_predict(websocket: WebSocket, services: ServicesDep) -> None:
     """PredictRequests with an ``id``, answered ``{id, result}`` or ``{id, error}`` as each is ready."""
     if not await accept_websocket(websocket, "read"):
         return
+    engine, cache, limits, settings = services.engine, services.cache, services.limits, services.settings
+    recent = services.recent
     answers: asyncio.Queue[bytes] = asyncio.Queue()
     in_flight = asyncio.Semaphore(settings.ws_queue_size)  # bounds ``answers`` and the tasks
     sender = asyncio.create_task(_send_answers(websocket, answers, in_flight))
-    recent: RecentWindows | None = websocket.app.state.recent
     tasks: set[asyncio.Task[None]] = set()
     rate = FrameRate(settings.ws_rate_per_s, settings.ws_rate_burst)
     try:

@@ -10,21 +10,22 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
+from prometheus_client import CollectorRegistry, Counter
+
 from app.bus.base import BusBackend
 from app.bus.queue import DropOldestQueue, QueueClosed
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from app.metrics import Metrics
-
 log = logging.getLogger("cpe.bus")
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def backend_for(url: str, client: Redis | None = None, metrics: Metrics | None = None) -> BusBackend:
-    """The backend that ``url``'s scheme names, imported only when chosen."""
+def backend_for(url: str, client: Redis | None = None, error_counter: Counter | None = None) -> BusBackend:
+    """The backend that ``url``'s scheme names, imported only when chosen; ``error_counter`` counts its
+    transport's failures."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from app.bus.memory import MemoryBackend
@@ -33,7 +34,7 @@ def backend_for(url: str, client: Redis | None = None, metrics: Metrics | None =
     if scheme in REDIS_SCHEMES:
         from app.bus.redis import RedisBackend
 
-        return RedisBackend(url, client=client, metrics=metrics)
+        return RedisBackend(url, client=client, error_counter=error_counter)
     # only the scheme: the rest of the URL may hold a password
     raise ValueError(f"unsupported bus URL scheme {scheme!r}; expected memory:// or redis://host:port/db")
 
@@ -68,7 +69,8 @@ class Bus:
 
     The backend is chosen by the URL's scheme (``memory://``, ``redis://``), or given ready-made as
     ``backend``; ``client`` is a ready-made redis client for the Redis backend, so that tests and the
-    app can share one connection pool. ``metrics`` counts the transport's errors (``cpe_bus_errors``).
+    app can share one connection pool. The transport's errors are counted (``cpe_bus_errors``) on
+    ``registry`` (on none when None).
     """
 
     def __init__(
@@ -78,12 +80,17 @@ class Bus:
         backend: BusBackend | None = None,
         client: Redis | None = None,
         queue_size: int = 4096,
-        metrics: Metrics | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        self.error_counter = Counter(
+            "cpe_bus_errors",
+            "Bus operations that could not reach its transport (Redis); the bus retries by itself.",
+            registry=registry,
+        )
         if backend is None:
             if url is None and client is None:
                 raise ValueError("a bus needs a URL, a backend or a redis client")
-            backend = backend_for(url or "redis://", client, metrics)
+            backend = backend_for(url or "redis://", client, self.error_counter)
         self.backend = backend
         self.queue_size = queue_size
         self._subscribers: dict[str, set[DropOldestQueue[bytes]]] = {}

@@ -17,10 +17,9 @@ from redis.exceptions import RedisError
 from app.bus.base import BusBackend, Event
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
-
-    from app.metrics import Metrics
 
 log = logging.getLogger("cpe.bus")
 
@@ -33,7 +32,11 @@ class RedisBackend(BusBackend):
     """Redis pub/sub: one connection publishes, one connection holds the process's subscriptions."""
 
     def __init__(
-        self, url: str | None = None, *, client: Redis | None = None, metrics: Metrics | None = None
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        error_counter: Counter | None = None,
     ) -> None:
         self._owns_client = client is None  # a client handed in belongs to whoever made it
         if client is None:
@@ -51,7 +54,7 @@ class RedisBackend(BusBackend):
         self._listener: asyncio.Task[None] | None = None
         self._healthy = True
         self._problem = ""
-        self._metrics = metrics
+        self._error_counter = error_counter
         self.errors = 0
 
     async def connect(self) -> None:
@@ -143,8 +146,8 @@ class RedisBackend(BusBackend):
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
-        if self._metrics is not None:
-            self._metrics.bus_errors.inc()
+        if self._error_counter is not None:
+            self._error_counter.inc()
         if self._healthy:
             self._healthy = False
             self._problem = f"Redis unreachable ({exc}); routing messages reach this replica's clients only"

@@ -12,15 +12,17 @@ from urllib.parse import urlsplit
 from app.cache.base import Cache
 from app.cache.keys import prediction_id, prediction_key
 from app.cache.memory import STRATEGIES, MemoryCache
+from app.cache.metrics import CacheMetrics
 from app.cache.tiered import TieredCache
-from app.metrics import Metrics
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis
 
 __all__ = [
     "STRATEGIES",
     "Cache",
+    "CacheMetrics",
     "MemoryCache",
     "TieredCache",
     "create_cache",
@@ -40,18 +42,19 @@ def create_cache(
     timeout_ms: int = 50,
     client: Redis | None = None,
     prefix: str | None = None,
-    metrics: Metrics | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> TieredCache:
     """The cache that ``url`` names (its scheme picks the backend); not connected yet: ``async with`` it.
 
     ``client`` is a ready-made redis client to use instead of opening one from the URL (so that tests
-    and the app can share a connection); ``prefix`` replaces the Redis keys' ``cpe:pred:``.
+    and the app can share a connection); ``prefix`` replaces the Redis keys' ``cpe:pred:``; the tiers'
+    metrics go on ``registry`` (a registry of their own when None).
     """
-    metrics = metrics or Metrics()
+    metrics = CacheMetrics(registry)
     memory = MemoryCache(max_entries=max_entries, ttl_ms=ttl_ms, strategy=strategy, metrics=metrics)
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        return TieredCache(memory)
+        return TieredCache(memory, metrics=metrics)
     if scheme in REDIS_SCHEMES:
         from app.cache.redis import PREFIX, RedisCache
 
@@ -63,6 +66,6 @@ def create_cache(
             prefix=PREFIX if prefix is None else prefix,
             metrics=metrics,
         )
-        return TieredCache(memory, shared)
+        return TieredCache(memory, shared, metrics=metrics)
     # only the scheme: the rest of the URL may hold a password
     raise ValueError(f"unsupported cache URL scheme {scheme!r}; expected memory:// or redis://host:port/db")

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from app.cache.base import Cache
-from app.metrics import Metrics
+from app.cache.metrics import CacheMetrics
 
 STRATEGIES = ("lru", "lfu", "ttl")
 
@@ -148,7 +148,7 @@ class MemoryCache(Cache):
         max_entries: int = 50_000,
         ttl_ms: int = 60_000,
         strategy: str = "lru",
-        metrics: Metrics | None = None,
+        metrics: CacheMetrics | None = None,
     ) -> None:
         if strategy not in _POLICIES:
             raise ValueError(f"unknown cache strategy {strategy!r}; expected one of {list(STRATEGIES)}")
@@ -160,11 +160,11 @@ class MemoryCache(Cache):
         # key -> (value, expires_at on time.monotonic()), nearest expiry first
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._policy = _POLICIES[strategy](self._entries)
-        metrics = metrics or Metrics()
-        self._hits = metrics.cache_requests.labels(tier="memory", result="hit")
-        self._misses = metrics.cache_requests.labels(tier="memory", result="miss")
+        metrics = metrics or CacheMetrics()
+        self._hits = metrics.requests.labels(tier="memory", result="hit")
+        self._misses = metrics.requests.labels(tier="memory", result="miss")
         # read at scrape time: nothing to update on the request path
-        metrics.cache_entries.labels(tier="memory").set_function(self.__len__)
+        metrics.entries.labels(tier="memory").set_function(self.__len__)
 
     def __len__(self) -> int:
         return len(self._entries)

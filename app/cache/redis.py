@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from app.cache.base import Cache
-from app.metrics import Metrics
+from app.cache.metrics import CacheMetrics
 
 log = logging.getLogger("cpe.cache")
 
@@ -96,7 +96,7 @@ class RedisCache(Cache):
         timeout_ms: int = 50,
         prefix: str = PREFIX,
         backoff_s: tuple[float, float] = (0.25, 2.0),
-        metrics: Metrics | None = None,
+        metrics: CacheMetrics | None = None,
     ) -> None:
         assert url or client is not None, "RedisCache needs a url or a client"
         if client is None:
@@ -114,10 +114,10 @@ class RedisCache(Cache):
         self.ttl_ms = ttl_ms
         self.prefix = prefix
         self.breaker = Breaker(*backoff_s)
-        metrics = metrics or Metrics()
-        self._hits = metrics.cache_requests.labels(tier="redis", result="hit")
-        self._misses = metrics.cache_requests.labels(tier="redis", result="miss")
-        self._errors = metrics.cache_errors.labels(tier="redis")
+        metrics = metrics or CacheMetrics()
+        self._hits = metrics.requests.labels(tier="redis", result="hit")
+        self._misses = metrics.requests.labels(tier="redis", result="miss")
+        self._errors = metrics.errors.labels(tier="redis")
         self._up = metrics.redis_up
 
     async def connect(self) -> None:

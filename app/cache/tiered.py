@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from app.cache.base import Cache
 from app.cache.memory import MemoryCache
+from app.cache.metrics import CacheMetrics
 
 
 class TieredCache(Cache):
@@ -17,9 +18,12 @@ class TieredCache(Cache):
     in meaning.
     """
 
-    def __init__(self, memory: MemoryCache, shared: Cache | None = None) -> None:
+    def __init__(
+        self, memory: MemoryCache, shared: Cache | None = None, *, metrics: CacheMetrics | None = None
+    ) -> None:
         self.memory = memory
         self.shared = shared
+        self.metrics = metrics or CacheMetrics()  # the tiers', for GET /v1/stats
 
     async def connect(self) -> None:
         if self.shared is not None:

@@ -36,12 +36,12 @@ from redis import exceptions as redis_errors
 from app.engine import Engine
 from app.learning.feedback import Feedback, FeedbackStore
 from app.learning.lease import LocalLease, RedisLease
+from app.learning.metrics import LearningMetrics
 from app.learning.replay import ReplayBuffer
 from app.learning.rollout import Rollout, baseline_errors, judge
 from app.learning.trainer import Trainer, Validation, encode, weights_finite
 from app.learning.tuner import Tuner
 from app.learning.versions import VersionRecord
-from app.metrics import Metrics
 from models import checkpoint
 
 log = logging.getLogger("cpe.learning")
@@ -87,7 +87,7 @@ class Learner:
         store: FeedbackStore,
         rollout: Rollout,
         lease: LocalLease | RedisLease,
-        metrics: Metrics,
+        metrics: LearningMetrics,
     ) -> None:
         self.config = config
         self.engine = engine

@@ -20,10 +20,10 @@ from app.engine import Engine
 from app.learning.feedback import Feedback, FeedbackStore, MemoryFeedback, RedisFeedback
 from app.learning.learner import Learner, LearnerConfig, replica_id
 from app.learning.lease import LocalLease, RedisLease
+from app.learning.metrics import LearningMetrics
 from app.learning.recent import RecentWindows
 from app.learning.rollout import Rollout
 from app.learning.versions import MemoryVersions, RedisVersions, VersionStore
-from app.metrics import Metrics
 from app.settings import Settings
 from app.window import Window
 
@@ -57,7 +57,7 @@ class OnlineLearning:
         settings: Settings,
         engine: Engine,
         bus: Bus,
-        metrics: Metrics,
+        metrics: LearningMetrics,
         shipped: dict[str, Path],
         device: str = "cpu",
     ) -> OnlineLearning:
@@ -113,6 +113,10 @@ class OnlineLearning:
         learner = Learner(config, engine, store, rollout, lease, metrics)
         recent = RecentWindows(settings.recent_predictions)
         return cls(store, recent, rollout, learner, engine.predictors[kind].seq_len, closing)
+
+    @property
+    def metrics(self) -> LearningMetrics:
+        return self.learner.metrics
 
     def feedback(self, window: Window, actual_timestamp: int, actual: list[float]) -> Feedback:
         """The sample kept for ``window``: its last contexts (those the model reads) and the actual."""

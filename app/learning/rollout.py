@@ -30,8 +30,8 @@ from redis import exceptions as redis_errors
 
 from app.bus import Bus
 from app.engine import Engine
+from app.learning.metrics import LearningMetrics
 from app.learning.versions import VersionRecord, VersionStore
-from app.metrics import Metrics
 from models import baselines
 from models.checkpoint import CheckpointError
 from models.predictor import Predictor
@@ -105,7 +105,7 @@ class Rollout:
         versions: VersionStore,
         bus: Bus,
         channel: str,
-        metrics: Metrics,
+        metrics: LearningMetrics,
         device: str = "cpu",
     ) -> None:
         self.engine = engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from app.cache import create_cache
 from app.engine import Engine, EngineStopped, Overloaded, PassTimes, pick_device
 from app.main import create_app
+from app.services import Services
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 from tests.app.payloads import contexts, make_settings, predict_body
@@ -34,12 +36,13 @@ async def test_64_concurrent_requests_share_forward_passes_and_match_one_by_one(
     app = create_app(make_settings())
     bodies = [predict_body(n, horizon=1 + n % 8) for n in range(1, 65)]
     async with app.router.lifespan_context(app):
-        engine = app.state.engine
+        engine = Services.of(app).engine
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
             together = await asyncio.gather(*(client.post("/v1/predict", json=body) for body in bodies))
             passes_together = engine.stats.forward_passes
-            app.state.cache = create_cache("memory://")  # an empty one: the same windows are computed again
+            # an empty cache: the same windows are computed again
+            app.state.services = replace(Services.of(app), cache=create_cache("memory://"))
             one_by_one = [await client.post("/v1/predict", json=body) for body in bodies]
             passes_one_by_one = engine.stats.forward_passes - passes_together
     assert all(r.status_code == 200 for r in together + one_by_one)
@@ -191,7 +194,7 @@ async def test_stop_fails_queued_work_and_joins_the_thread(lstm: Predictor) -> N
 
 def test_a_stopped_engine_makes_the_replica_unready(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 200
-    client.portal.call(client.app.state.engine.stop)  # type: ignore[union-attr, attr-defined]
+    client.portal.call(Services.of(client.app).engine.stop)  # type: ignore[union-attr]
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert "not running" in ready.json()["reason"]

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from models.checkpoint import CHECKPOINT_DIR
-from tests.app.learning.test_learning import biased_feedback, sample, wait_for
+from tests.app.learning.test_learning import biased_feedback, learning_of, sample, wait_for
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 from tools.process import RedisServer
 
@@ -132,7 +132,7 @@ def test_shutdown_takes_every_waiting_feedback_sample_into_the_learner() -> None
     with TestClient(create_app(settings)) as client:
         for i in range(20):
             assert client.post("/v1/feedback", json=biased_feedback(i)).status_code == 202
-        learning = client.app.state.learning  # type: ignore[attr-defined]
+        learning = learning_of(client)
 
         async def append_many() -> None:  # in one go, just before the shutdown: still waiting then
             for i in range(300):

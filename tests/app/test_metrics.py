@@ -15,8 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.http_metrics import HttpMetrics
 from app.engine import Engine, Overloaded
+from app.engine_metrics import LatencyRing
 from app.main import create_app
-from app.metrics import BatchHistogram, LatencyRing, Metrics
+from app.metrics import BatchHistogram, GpuMemory, new_registry, render
+from app.services import Services
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 from tests.app.payloads import contexts, make_settings, predict_body
@@ -55,7 +57,7 @@ def test_metrics_after_traffic_name_the_figures_an_operator_graphs(client: TestC
     assert _value(text, "cpe_queue_depth") == 0
     assert _value(text, "cpe_queue_capacity") == 2048
     assert _value(text, "cpe_engine_running") == 1
-    versions = {p.kind: p.version for p in client.app.state.engine.predictors.values()}  # type: ignore[attr-defined]
+    versions = {p.kind: p.version for p in Services.of(client.app).engine.predictors.values()}
     for kind, version in versions.items():
         default = "true" if kind == "lstm" else "false"
         assert _value(text, "cpe_model_info", model=kind, version=version, device="cpu", default=default) == 1
@@ -107,12 +109,12 @@ def test_latency_ring_keeps_the_latest_values_across_the_wrap() -> None:
 
 
 async def test_shed_windows_and_failed_forward_passes_are_counted() -> None:
-    metrics = Metrics()
+    registry = new_registry()
     lstm = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
     window = contexts(8)
     timestamps = np.array([c["timestamp"] for c in window], dtype=np.int64)
     features = np.array([c["features"] for c in window])
-    async with Engine({"lstm": lstm}, queue_size=2, metrics=metrics) as engine:
+    async with Engine({"lstm": lstm}, queue_size=2, registry=registry) as engine:
         futures = engine.submit_many([("lstm", timestamps, features)] * 2)
         with pytest.raises(Overloaded):
             engine.submit_many([("lstm", timestamps, features)] * 3)
@@ -120,13 +122,13 @@ async def test_shed_windows_and_failed_forward_passes_are_counted() -> None:
         bad = engine.submit("lstm", timestamps, features[:, :3])  # a wrong width fails in the forward pass
         with pytest.raises(Exception):  # noqa: B017  (whatever torch raises for the shape)
             await bad
-    text = metrics.render().decode()
+    text = render(registry).decode()
     assert _value(text, "cpe_shed_windows_total") == 3
     assert _value(text, "cpe_predictions_total", model="lstm") == 2
     assert _value(text, "cpe_prediction_errors_total", model="lstm") == 1
 
 
-async def test_gpu_memory_is_exported_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_memory_is_exported_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU here: torch.cuda's memory queries stand in for one (the one mock of these tests)."""
     import torch
 
@@ -137,18 +139,15 @@ async def test_gpu_memory_is_exported_on_cuda(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 << 20)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 8 << 20)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
-    metrics = Metrics()
-    lstm = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
-    async with Engine({"lstm": lstm}, metrics=metrics) as engine:
-        metrics.watch(engine, "cuda", "lstm")
-        text = metrics.render().decode()
+    registry = new_registry()
+    registry.register(GpuMemory("cuda"))
+    text = render(registry).decode()
     assert _value(text, "cpe_gpu_memory_allocated_bytes") == 3 << 20
     assert _value(text, "cpe_gpu_memory_reserved_bytes") == 8 << 20
     assert _value(text, "cpe_gpu_memory_total_bytes") == 80 << 30
-    cpu = Metrics()
-    async with Engine({"lstm": lstm}, metrics=cpu) as engine:
-        cpu.watch(engine, "cpu", "lstm")
-        assert "cpe_gpu_memory" not in cpu.render().decode()
+    cpu = new_registry()
+    cpu.register(GpuMemory("cpu"))
+    assert "cpe_gpu_memory" not in render(cpu).decode()
 
 
 async def test_stats_report_uptime_predictions_hit_rate_latency_model_and_memory() -> None:

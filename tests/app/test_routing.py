@@ -24,6 +24,7 @@ from app.routing import (
     routing_messages,
     wire_flow_key,
 )
+from app.services import Services
 from models.scaling import D, Scaler
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
 
@@ -252,7 +253,7 @@ def _body(**fields: Any) -> dict[str, Any]:
 
 
 def test_recommend_ranks_every_route_in_one_forward_pass_and_publishes(client: TestClient) -> None:
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = Services.of(client.app).engine
     passes = engine.stats.forward_passes
     with client.websocket_connect("/v1/stream/routing") as ws:
         ws.send_text(json.dumps({"op": "subscribe"}))

@@ -1,11 +1,11 @@
-"""The hub's fan-out on its own: filters, both flow key forms, bad bus messages, clean-up, slow clients."""
+"""The routing fan-out on its own: filters, both flow key forms, bad bus messages, clean-up, slow clients."""
 
 from __future__ import annotations
 
 import json
 
 from app.bus import Bus
-from app.hub import Hub
+from app.fanout import RoutingFanout
 
 KEY_A, KEY_B = "ab" * 32, "cd" * 32
 
@@ -20,59 +20,59 @@ UPDATE = json.dumps(
 ).encode()
 
 
-def _hub() -> Hub:
-    return Hub(Bus("memory://"), "routing", queue_size=3)
+def _fanout() -> RoutingFanout:
+    return RoutingFanout(Bus("memory://"), "routing", queue_size=3)
 
 
 def test_filters_select_by_flow_key_in_either_form_and_by_type() -> None:
-    hub = _hub()
-    everything, only_a, a_predictions, updates, idle = (hub.connect() for _ in range(5))
-    hub.subscribe(everything, None, None)
-    hub.subscribe(only_a, [KEY_A], None)
-    hub.subscribe(a_predictions, [KEY_A], ["RoutingPrediction"])
-    hub.subscribe(updates, None, ["LoadBalancingUpdate"])
-    assert hub.publish_local(_prediction(list(bytes.fromhex(KEY_A)))) == 3  # the Rust [u8; 32] form
-    assert hub.publish_local(_prediction(KEY_B)) == 1
-    assert hub.publish_local(UPDATE) == 3  # about routes, not flows: flow filters let it through
+    fanout = _fanout()
+    everything, only_a, a_predictions, updates, idle = (fanout.connect() for _ in range(5))
+    fanout.subscribe(everything, None, None)
+    fanout.subscribe(only_a, [KEY_A], None)
+    fanout.subscribe(a_predictions, [KEY_A], ["RoutingPrediction"])
+    fanout.subscribe(updates, None, ["LoadBalancingUpdate"])
+    assert fanout.publish_local(_prediction(list(bytes.fromhex(KEY_A)))) == 3  # the Rust [u8; 32] form
+    assert fanout.publish_local(_prediction(KEY_B)) == 1
+    assert fanout.publish_local(UPDATE) == 3  # about routes, not flows: flow filters let it through
     assert len(everything.outbox) == 3 and len(only_a.outbox) == 2 and len(a_predictions.outbox) == 1
     assert len(updates.outbox) == 1 and len(idle.outbox) == 0  # connected, never subscribed
     assert updates.outbox.get_nowait() == UPDATE.decode()  # the bytes as published, decoded once
 
 
 def test_a_new_subscribe_replaces_the_filters_and_unsubscribe_forgets_the_queue() -> None:
-    hub = _hub()
-    client = hub.connect()
-    hub.subscribe(client, [KEY_A], None)
-    hub.subscribe(client, [KEY_B], None)
-    assert hub.publish_local(_prediction(KEY_A)) == 0
-    assert hub.publish_local(_prediction(KEY_B)) == 1
-    hub.unsubscribe(client)
-    assert len(client.outbox) == 0 and hub.subscribers == 0
-    assert hub.publish_local(_prediction(KEY_B)) == 0
-    hub.subscribe(client, None, None)
-    hub.disconnect(client)
-    assert hub.subscribers == 0 and hub.publish_local(UPDATE) == 0
+    fanout = _fanout()
+    client = fanout.connect()
+    fanout.subscribe(client, [KEY_A], None)
+    fanout.subscribe(client, [KEY_B], None)
+    assert fanout.publish_local(_prediction(KEY_A)) == 0
+    assert fanout.publish_local(_prediction(KEY_B)) == 1
+    fanout.unsubscribe(client)
+    assert len(client.outbox) == 0 and fanout.subscribers == 0
+    assert fanout.publish_local(_prediction(KEY_B)) == 0
+    fanout.subscribe(client, None, None)
+    fanout.disconnect(client)
+    assert fanout.subscribers == 0 and fanout.publish_local(UPDATE) == 0
 
 
 def test_a_slow_client_keeps_its_newest_messages_and_counts_the_rest() -> None:
-    hub = _hub()
-    slow = hub.connect()
-    hub.subscribe(slow, None, None)
+    fanout = _fanout()
+    slow = fanout.connect()
+    fanout.subscribe(slow, None, None)
     messages = [_prediction(format(i, "064x")) for i in range(5)]
     for message in messages:
-        hub.publish_local(message)
+        fanout.publish_local(message)
     assert slow.dropped == 2
     assert [slow.outbox.get_nowait() for _ in range(3)] == [m.decode() for m in messages[2:]]
 
 
 def test_messages_that_are_not_routing_messages_are_counted_and_skipped() -> None:
-    hub = _hub()
-    client = hub.connect()
-    hub.subscribe(client, None, None)
+    fanout = _fanout()
+    client = fanout.connect()
+    fanout.subscribe(client, None, None)
     for junk in (b"\xff\xfe", b"not json", b"[1, 2]", b'{"A": 1, "B": 2}', _prediction([999] * 32)):
-        assert hub.publish_local(junk) == 0
-    assert hub.malformed == 5 and hub.received == 0
-    assert hub.publish_local(UPDATE) == 1
+        assert fanout.publish_local(junk) == 0
+    assert fanout.malformed == 5 and fanout.received == 0
+    assert fanout.publish_local(UPDATE) == 1
 
 
 class Socket:
@@ -89,13 +89,13 @@ class Socket:
 
 
 def test_a_client_keeping_up_gets_each_message_pushed_as_one_encoded_frame() -> None:
-    hub = _hub()
+    fanout = _fanout()
     socket = Socket()
-    client = hub.connect(socket)
-    hub.subscribe(client, None, None)
+    client = fanout.connect(socket)
+    fanout.subscribe(client, None, None)
     message = _prediction(KEY_A)
-    assert hub.publish_local(message) == 1
-    assert len(client.outbox) == 0 and hub.pushed == 1
+    assert fanout.publish_local(message) == 1
+    assert len(client.outbox) == 0 and fanout.pushed == 1
     # an unmasked final text frame: FIN + opcode 1, a 16-bit length (the message is over 125 bytes)
     [frame] = socket.frames
     assert frame[:2] == b"\x81\x7e" and int.from_bytes(frame[2:4], "big") == len(message)
@@ -103,17 +103,17 @@ def test_a_client_keeping_up_gets_each_message_pushed_as_one_encoded_frame() -> 
 
 
 def test_order_holds_a_message_is_queued_behind_what_waits_and_when_the_push_is_refused() -> None:
-    hub = _hub()
+    fanout = _fanout()
     busy, refused = Socket(), Socket(accepts=False)
-    behind, full = hub.connect(busy), hub.connect(refused)
-    hub.subscribe(behind, None, None)
-    hub.subscribe(full, None, None)
+    behind, full = fanout.connect(busy), fanout.connect(refused)
+    fanout.subscribe(behind, None, None)
+    fanout.subscribe(full, None, None)
     behind.reply('{"op":"subscribed"}')  # a reply the sender has not written yet goes first
     first, second = _prediction(KEY_A), _prediction(KEY_B)
-    assert hub.publish_local(first) == 2
+    assert fanout.publish_local(first) == 2
     assert busy.frames == [] and [behind.outbox.get_nowait()] == [first.decode()]
-    assert full.outbox.get_nowait() == first.decode() and hub.pushed == 0
+    assert full.outbox.get_nowait() == first.decode() and fanout.pushed == 0
     behind.replies.clear()  # the sender wrote the reply and the queue is empty: pushes resume
-    assert hub.publish_local(second) == 2
-    assert busy.frames[0].endswith(second) and hub.pushed == 1
+    assert fanout.publish_local(second) == 2
+    assert busy.frames[0].endswith(second) and fanout.pushed == 1
     assert full.outbox.get_nowait() == second.decode()  # refused again: queued

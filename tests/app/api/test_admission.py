@@ -9,11 +9,14 @@ import time
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
 from app.api.admission import Admission, InflightLimit
 from app.api.request_id import RequestId
 from app.main import create_app
+from app.metrics import render
+from app.services import Services
 from tests.app.payloads import make_settings
 from tools.process import serving
 
@@ -63,14 +66,15 @@ async def test_probes_and_other_paths_are_never_capped() -> None:
 
 @pytest.mark.parametrize("cap", [0, 128])
 def test_the_app_applies_the_setting(cap: int) -> None:
-    app = create_app(make_settings(max_inflight=cap))
-    assert app.state.admission.max_inflight == cap
+    with TestClient(create_app(make_settings(max_inflight=cap))) as client:
+        assert Services.of(client.app).admission.max_inflight == cap
 
 
 def test_the_refusals_and_the_requests_in_flight_are_exported() -> None:
-    app = create_app(make_settings(max_inflight=4))
-    app.state.admission.shed, app.state.admission.inflight = 3, 2
-    text = app.state.metrics.render().decode()
+    with TestClient(create_app(make_settings(max_inflight=4))) as client:
+        admission = Services.of(client.app).admission
+        admission.shed, admission.inflight = 3, 2
+        text = render(Services.of(client.app).registry).decode()
     assert "cpe_shed_requests_total 3.0" in text and "cpe_requests_in_flight 2.0" in text
 
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from websockets.asyncio.client import connect
 
 from app.schemas import BatchPredictResult, PredictionResult
+from app.services import Services
 from app.wire.rules import FEATURES
 from tests.app.payloads import FLOW_KEY, contexts, predict_body
 from tools.process import serving
@@ -138,7 +139,7 @@ def test_batch_matches_single_predictions(client: TestClient) -> None:
 
 
 def test_batch_windows_share_forward_passes(client: TestClient) -> None:
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = Services.of(client.app).engine
     before = engine.stats.forward_passes
     requests = [predict_body(n) for n in range(1, 17)]
     assert client.post("/v1/predict/batch", json={"requests": requests}).status_code == 200

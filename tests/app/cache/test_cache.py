@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from app.cache import STRATEGIES, MemoryCache, TieredCache, create_cache, prediction_key
+from app.cache import STRATEGIES, CacheMetrics, MemoryCache, TieredCache, create_cache, prediction_key
 from app.cache.redis import RedisCache
-from app.metrics import Metrics
 from app.wire.decode import context_arrays
 from tests.app.payloads import FLOW_KEY, contexts
 from tests.redis_server import redis_url
@@ -42,8 +42,8 @@ def _value(i: int) -> bytes:
     return b'{"n":%d}' % i
 
 
-def _sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
 
@@ -111,19 +111,19 @@ async def test_the_redis_ttl_alone_expires_entries(redis_client: Redis) -> None:
 async def test_what_one_replica_stored_is_a_hit_on_another_and_fills_its_memory_tier(
     redis_client: Redis,
 ) -> None:
-    a_metrics, b_metrics = Metrics(), Metrics()
-    a = create_cache(REDIS_URL, client=redis_client, prefix=PREFIX, metrics=a_metrics)
-    b = create_cache(REDIS_URL, client=redis_client, prefix=PREFIX, metrics=b_metrics)
+    a_registry, b_registry = CollectorRegistry(), CollectorRegistry()
+    a = create_cache(REDIS_URL, client=redis_client, prefix=PREFIX, registry=a_registry)
+    b = create_cache(REDIS_URL, client=redis_client, prefix=PREFIX, registry=b_registry)
     async with a, b:
         await a.set_many([("k1", _value(1)), ("k2", _value(2))])
         assert "k1" not in b.memory
         assert await b.get_many(["k1", "k2", "k3"]) == [_value(1), _value(2), None]
         assert "k1" in b.memory and "k2" in b.memory and "k3" not in b.memory
         assert await b.get("k1") == _value(1)  # now from memory: Redis is not asked again
-        assert _sample(b_metrics, "cpe_redis_up") == 1
-    assert _sample(b_metrics, "cpe_redis_up") == 0  # disconnected
+        assert _sample(b_registry, "cpe_redis_up") == 1
+    assert _sample(b_registry, "cpe_redis_up") == 0  # disconnected
     samples = {
-        (tier, result): _sample(b_metrics, "cpe_cache_requests_total", tier=tier, result=result)
+        (tier, result): _sample(b_registry, "cpe_cache_requests_total", tier=tier, result=result)
         for tier in ("memory", "redis")
         for result in ("hit", "miss")
     }
@@ -133,7 +133,7 @@ async def test_what_one_replica_stored_is_a_hit_on_another_and_fills_its_memory_
         ("redis", "hit"): 2,
         ("redis", "miss"): 1,
     }
-    assert _sample(b_metrics, "cpe_cache_entries", tier="memory") == 2
+    assert _sample(b_registry, "cpe_cache_entries", tier="memory") == 2
 
 
 async def test_a_batch_is_one_mget_and_one_pipeline_of_sets(
@@ -312,28 +312,29 @@ def test_features_are_hashed_as_given_not_as_a_lossy_rounding() -> None:
 async def test_without_redis_the_cache_misses_fast_counts_and_backs_off(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    metrics = Metrics()
+    registry = CollectorRegistry()
+    metrics = CacheMetrics(registry)
     shared = RedisCache(f"redis://127.0.0.1:{free_port()}/0", backoff_s=(0.2, 0.4), metrics=metrics)
     cache = TieredCache(MemoryCache(metrics=metrics), shared)
     with caplog.at_level("INFO", logger="cpe.cache"):
         start = time.perf_counter()
         async with cache:  # connecting fails: the cache starts degraded instead of raising
             assert cache.problem is not None and cache.problem.startswith("redis unreachable: ")
-            errors = _sample(metrics, "cpe_cache_errors_total", tier="redis")
+            errors = _sample(registry, "cpe_cache_errors_total", tier="redis")
             assert errors == 1
             for i in range(100):
                 await cache.set(f"k{i}", b"v")  # the memory tier still works
                 assert await cache.get(f"k{i}") == b"v"
                 assert await cache.get(f"missing{i}") is None
             # the breaker is open: no round-trip was tried, none counted
-            assert _sample(metrics, "cpe_cache_errors_total", tier="redis") == errors
+            assert _sample(registry, "cpe_cache_errors_total", tier="redis") == errors
             assert time.perf_counter() - start < 0.5
             await asyncio.sleep(0.25)  # past the backoff: the next call probes, fails, backs off longer
             assert await cache.get("missing") is None
-            assert _sample(metrics, "cpe_cache_errors_total", tier="redis") == errors + 1
+            assert _sample(registry, "cpe_cache_errors_total", tier="redis") == errors + 1
             assert await cache.get("missing") is None
-            assert _sample(metrics, "cpe_cache_errors_total", tier="redis") == errors + 1
-            assert _sample(metrics, "cpe_redis_up") == 0
+            assert _sample(registry, "cpe_cache_errors_total", tier="redis") == errors + 1
+            assert _sample(registry, "cpe_redis_up") == 0
     unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(unreachable) == 1  # one line per change of state, not per failure
 

@@ -14,6 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.services import Services
 from tests.app.payloads import FLOW_KEY, contexts, make_settings, predict_body
 from tests.redis_server import redis_url
 from tools.process import RedisServer, free_port
@@ -139,7 +140,7 @@ def test_pattern_ids_are_part_of_the_key_as_similar_patterns_depend_on_them(
 def test_a_new_model_version_never_serves_an_old_prediction(cached_client: TestClient) -> None:
     old = cached_client.post("/v1/predict", json=predict_body(16)).json()
     assert cached_client.post("/v1/predict", json=predict_body(16)).json()["cached"] is True
-    engine = cached_client.app.state.engine  # type: ignore[attr-defined]
+    engine = Services.of(cached_client.app).engine
     retrained = copy.copy(engine.predictors["lstm"])
     retrained.version = "lstm-retrained01"
     engine.swap("lstm", retrained)
@@ -154,7 +155,7 @@ def test_a_batch_looks_up_all_computes_the_misses_and_answers_in_order(cached_cl
     bodies = [predict_body(8 + i, flow_key=f"{i:02x}" * 32) for i in range(6)]
     for i in (1, 4):  # warm two of them
         cached_client.post("/v1/predict", json=bodies[i])
-    engine = cached_client.app.state.engine  # type: ignore[attr-defined]
+    engine = Services.of(cached_client.app).engine
     windows = engine.stats.windows
     results = cached_client.post("/v1/predict/batch", json={"requests": bodies}).json()["results"]
     assert [r["cached"] for r in results] == [False, True, False, False, True, False]

@@ -12,11 +12,13 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.learning.feedback import Feedback, FeedbackFull, MemoryFeedback
+from app.learning.online import OnlineLearning
 from app.learning.replay import ReplayBuffer
 from app.learning.rollout import baseline_errors, judge
 from app.learning.trainer import Trainer, encode, weights_finite
 from app.learning.tuner import Tuner
 from app.main import create_app
+from app.services import Services
 from app.settings import Settings
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
@@ -60,6 +62,12 @@ def metric(client: TestClient, series: str) -> float:
     raise AssertionError(f"{series} is not exported")
 
 
+def learning_of(client: TestClient) -> OnlineLearning:
+    learning = Services.of(client.app).learning
+    assert learning is not None, "the app does not learn: CPE_LEARNING_ENABLED is off"
+    return learning
+
+
 def wait_for(predicate: Any, timeout_s: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -91,7 +99,7 @@ def test_feedback_is_accepted_and_learned_into_a_new_version() -> None:
             return model if model["version"] != shipped else None
 
         wait_for(rolled_out)
-        learner = client.app.state.learning.learner  # type: ignore[attr-defined]
+        learner = learning_of(client).learner
         client.portal.call(learner.stop)  # no more versions while this test looks
         model = client.get("/v1/models").json()["models"][0]
         history = model["history"]
@@ -119,7 +127,7 @@ def test_a_copy_better_than_the_serving_version_but_not_than_persistence_stays_b
         for i in range(80):
             assert client.post("/v1/feedback", json=persistent_feedback(i)).status_code == 202
         wait_for(lambda: metric(client, 'cpe_learning_held_back_total{baseline="persistence"}') >= 2)
-        learner = client.app.state.learning.learner  # type: ignore[attr-defined]
+        learner = learning_of(client).learner
         client.portal.call(learner.stop)  # no evaluation while this test looks
         assert learner.stats["held_back"] >= 2 and learner.stats["rollouts"] == 0
         model = client.get("/v1/models").json()["models"][0]
@@ -182,7 +190,7 @@ def test_a_full_in_process_buffer_refuses_with_429() -> None:
     # min_samples far away and a buffer of 3: the learner drains it, so hold the lease back instead
     settings = learning_settings(feedback_buffer=3)
     with TestClient(create_app(settings)) as client:
-        learning = client.app.state.learning  # type: ignore[attr-defined]
+        learning = learning_of(client)
         learning.learner._active.clear()
         client.portal.call(learning.learner.stop)  # nobody drains the buffer any more
         codes = [client.post("/v1/feedback", json=biased_feedback(i)).status_code for i in range(5)]
@@ -206,7 +214,7 @@ def test_rollback_returns_to_the_earlier_version() -> None:
         for i in range(80):
             client.post("/v1/feedback", json=biased_feedback(i))
         wait_for(lambda: client.get("/v1/models").json()["models"][0]["version"] != shipped)
-        learning = client.app.state.learning  # type: ignore[attr-defined]
+        learning = learning_of(client)
         client.portal.call(learning.learner.stop)  # no new version while this test looks
         learned = client.get("/v1/models").json()["models"][0]["version"]
         response = client.post("/v1/models/rollback", json={"version": shipped})

@@ -1,12 +1,12 @@
-"""GET /metrics: this replica's Prometheus metrics (see app/metrics.py for what they are)."""
+"""GET /metrics: this replica's Prometheus metrics (the README lists them)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.deps import MetricsDep
-from app.metrics import CONTENT_TYPE
+from app.api.deps import ServicesDep
+from app.metrics import CONTENT_TYPE, render
 
 router = APIRouter(tags=["health"])
 
@@ -16,6 +16,6 @@ router = APIRouter(tags=["health"])
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text exposition format."}},
 )
-async def metrics(metrics: MetricsDep) -> Response:
+async def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics of this replica, for a scraper."""
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+    return Response(render(services.registry), media_type=CONTENT_TYPE)

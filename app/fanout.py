@@ -7,11 +7,11 @@ never waits on a client: a slow one loses its oldest messages (counted) and nobo
 Under `cpe serve` a client that is keeping up (nothing waiting in its queue, its socket's buffer not
 full) skips the queue: the message is encoded as a WebSocket frame once, and the frame written to its
 socket at once by the server's protocol (``StreamClient.push``, see app/serve.py). Sending through ASGI
-woke a task per subscriber and went through Starlette, the middleware and websockets' encoder each time:
-with 1,000 subscribers, ~51 µs of server CPU a delivery and a p99 of 74 ms from publish to receipt;
-pushed, ~19 µs and 33-35 ms (scripts/bench_ws.py --subscribers 1000 --rate 5 --duration 8, 40,000
-deliveries, none lost). Order holds: a client with anything queued, a reply included, gets the message
-queued behind it. A client whose socket negotiated compression is never pushed to.
+woke a task per subscriber and went through Starlette, the middleware and websockets' encoder each time,
+which cost a delivery several times the server CPU and doubled the latency from publish to receipt
+(``scripts/bench_ws.py``; the README has the figures). Order holds: a client with anything queued, a
+reply included, gets the message queued behind it. A client whose socket negotiated compression is never
+pushed to.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from types import TracebackType
 from typing import Self
 
 import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from websockets.frames import Frame, Opcode
 
 from app.bus import Bus
 from app.bus.queue import DropOldestQueue
-from app.metrics import Metrics
 
-log = logging.getLogger("cpe.hub")
+log = logging.getLogger("cpe.fanout")
 
 MESSAGE_TYPES = ("RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction")
 # The scope extension under which the server offers ``push(frame: bytes) -> bool`` (app/serve.py).
@@ -74,7 +74,27 @@ def message_route(message: bytes) -> tuple[str, str | None]:
     return kind, key
 
 
-class Hub:
+class FanoutMetrics:
+    """The routing WebSockets' collectors, on ``registry`` (a registry of their own when None)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry or CollectorRegistry()
+        self.subscribers = Gauge(
+            "cpe_ws_subscribers",
+            "Routing WebSocket clients of this process with a subscription.",
+            registry=registry,
+        )
+        self.sent = Counter(
+            "cpe_ws_messages_sent", "Routing messages written to WebSocket clients.", registry=registry
+        )
+        self.dropped = Counter(
+            "cpe_ws_messages_dropped",
+            "Routing messages a slow WebSocket client lost: its oldest, dropped to make room.",
+            registry=registry,
+        )
+
+
+class RoutingFanout:
     """Fans the bus channel ``channel`` out to this process's routing WebSocket clients.
 
     A client's ``flow_keys`` filter selects the messages that name a flow (``RoutingPrediction``);
@@ -82,11 +102,13 @@ class Hub:
     flow key, so only the ``types`` filter selects them.
     """
 
-    def __init__(self, bus: Bus, channel: str, *, queue_size: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, bus: Bus, channel: str, *, queue_size: int, registry: CollectorRegistry | None = None
+    ) -> None:
         self.bus = bus
         self.channel = channel
         self.queue_size = queue_size
-        self.metrics = metrics
+        self.metrics = FanoutMetrics(registry)
         self.received = 0  # bus messages fanned out
         self.malformed = 0  # bus messages that were not routing messages
         self.pushed = 0  # deliveries written at once, without the client's queue
@@ -100,7 +122,7 @@ class Hub:
     async def start(self) -> None:
         """Subscribe to the bus; returns once the subscription is in place."""
         ready = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(ready), name="cpe-hub")
+        self._task = asyncio.get_running_loop().create_task(self._run(ready), name="cpe-fanout")
         waiter = asyncio.ensure_future(ready.wait())
         await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
@@ -155,16 +177,14 @@ class Hub:
         else:
             for key in client.flow_keys:
                 self._by_flow.setdefault(key, set()).add(client)
-        if self.metrics is not None:
-            self.metrics.ws_subscribers.set(len(self._subscribed))
+        self.metrics.subscribers.set(len(self._subscribed))
 
     def unsubscribe(self, client: StreamClient) -> None:
         """Stop sending messages to ``client``, and forget those still waiting for it."""
         self._unindex(client)
         client.subscribed = False
         client.outbox.clear()
-        if self.metrics is not None:
-            self.metrics.ws_subscribers.set(len(self._subscribed))
+        self.metrics.subscribers.set(len(self._subscribed))
 
     def _unindex(self, client: StreamClient) -> None:
         self._subscribed.discard(client)
@@ -188,7 +208,7 @@ class Hub:
             text = message.decode()
         except (ValueError, AttributeError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
             self.malformed += 1
-            log.warning("hub: ignored a bus message that is not a routing message: %s", exc)
+            log.warning("fanout: ignored a bus message that is not a routing message: %s", exc)
             return 0
         self.received += 1
         if flow_key is None:
@@ -210,9 +230,8 @@ class Hub:
                 if not client.outbox.put(text):
                     dropped += 1
         self.pushed += pushed
-        if self.metrics is not None:
-            if dropped:
-                self.metrics.ws_messages_dropped.inc(dropped)
-            if pushed:
-                self.metrics.ws_messages_sent.inc(pushed)
+        if dropped:
+            self.metrics.dropped.inc(dropped)
+        if pushed:
+            self.metrics.sent.inc(pushed)
         return queued

@@ -1,0 +1,32 @@
+"""The in-flight cap's metrics: ``cpe_requests_in_flight`` and ``cpe_shed_requests_total``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.api.admission import InflightLimit
+from app.metrics import gauge
+
+
+class AdmissionCollector(Collector):
+    """The cap's figures, read at scrape time: ``InflightLimit`` counts for itself."""
+
+    def __init__(self, limit: InflightLimit) -> None:
+        self.limit = limit
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield gauge(
+            "cpe_requests_in_flight", "Prediction and routing requests in progress.", self.limit.inflight
+        )
+        yield CounterMetricFamily(
+            "cpe_shed_requests",
+            "Prediction and routing requests refused with a 503 before their body was read "
+            "(CPE_MAX_INFLIGHT were in progress).",
+            self.limit.shed,
+        )
