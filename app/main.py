@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
 from app.api import errors, feedback, health, metrics, models, openapi, predict, routing, stats, stream
-from app.api.admission import STATE_KEY, Admission, InflightLimit
+from app.api.admission import Admission, InflightLimit
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
 from app.api.request_id import RequestId
@@ -33,7 +33,7 @@ log = logging.getLogger("cpe")
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the models, run the engine and the cache while the app serves, stop them cleanly after."""
     settings: Settings = app.state.settings
     if app.state.api_keys.open:
@@ -93,7 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         try:
-            yield {STATE_KEY: app.state.admission}  # the lifespan state: where uvicorn's protocol finds it
+            yield
         finally:
             gc.set_threshold(*thresholds)
             gc.unfreeze()
@@ -116,11 +116,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = ApiKeys.parse(settings.api_keys.get_secret_value())
     mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.state.admission = InflightLimit(settings.max_inflight, settings.retry_after_s)
+    app.state.metrics.instrument(app)  # outside the body limit: a 413 is a request like any other
+    app.add_middleware(RequestId)  # every log line of the request carries its id
+    app.state.admission = InflightLimit(settings.max_inflight)
     app.state.metrics.watch_admission(app.state.admission)
-    app.add_middleware(Admission, limit=app.state.admission)  # before the body is read
-    app.state.metrics.instrument(app)  # outside the limits: a 413 or a 503 is a request like any other
-    app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
+    # outermost: past the limit, a 503 before the body is read and before any other middleware
+    app.add_middleware(Admission, limit=app.state.admission, retry_after_s=settings.retry_after_s)
     errors.install(app)
     # hottest first: routes match in order. The streams check their keys themselves (accept_websocket);
     # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without

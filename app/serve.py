@@ -9,7 +9,6 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from app.api.admission import AdmissionHttpProtocol
 from app.hub import PUSH_EXTENSION
 from app.logs import uvicorn_config
 from app.settings import Settings
@@ -82,7 +81,7 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http=AdmissionHttpProtocol,  # httptools, refusing at once past the in-flight cap
+        http="httptools",
         log_level=settings.log_level,
         log_config=uvicorn_config(settings.log_format, settings.log_level),
         access_log=settings.access_log,
