@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from app.api.deps import parse_windows, serving
-from app.api.direct import DirectRoute
-from app.api.errors import ERROR_RESPONSES
+from app.api.errors import AUTH_RESPONSES, ERROR_RESPONSES
 from app.api.openapi import json_body
+from app.api.request_only_route import RequestOnlyRoute
 from app.api.responses import dumps
+from app.auth import require_scope
 from app.cache import Cache, prediction_id, prediction_key
 from app.engine import Engine, WindowForecast
 from app.fastparse import Window, windows_of
@@ -27,8 +28,16 @@ from app.schemas import (
     PredictRequest,
 )
 
-# DirectRoute: these two are the hot path, and FastAPI's per-request dependency solving cost a fifth of it
-router = APIRouter(prefix="/v1/predict", tags=["predict"], route_class=DirectRoute)
+# The hot path: its handlers parse their own bodies, so FastAPI's per-request solving is skipped. The key
+# check is the router's own guard (a RequestOnlyRoute sees none given to include_router); without keys
+# configured it returns at once.
+router = APIRouter(
+    prefix="/v1/predict",
+    tags=["predict"],
+    route_class=RequestOnlyRoute,
+    dependencies=[Depends(require_scope("read"))],
+    responses=AUTH_RESPONSES,
+)
 
 SIMILAR_PATTERNS = 3
 
