@@ -6,8 +6,8 @@ never waits on a client: a slow one loses its oldest messages (counted) and nobo
 
 Under `cpe serve` a client that is keeping up (nothing waiting in its queue, its socket's buffer not
 full) skips the queue: the message is encoded as a WebSocket frame once, and the frame written to its
-socket at once by the server's protocol (``StreamClient.push``, see app/serve.py). Sending through ASGI
-woke a task per subscriber and went through Starlette, the middleware and websockets' encoder each time:
+socket at once by the server's protocol (``StreamClient.push``, app/websocket_protocol.py). Sending through
+ASGI woke a task per subscriber and went through Starlette, the middleware and websockets' encoder each time:
 with 1,000 subscribers, ~51 µs of server CPU a delivery and a p99 of 74 ms from publish to receipt;
 pushed, ~19 µs and 33-35 ms (scripts/bench_ws.py --subscribers 1000 --rate 5 --duration 8, 40,000
 deliveries, none lost). Order holds: a client with anything queued, a reply included, gets the message
@@ -34,7 +34,7 @@ from app.metrics import Metrics
 log = logging.getLogger("cpe.hub")
 
 MESSAGE_TYPES = ("RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction")
-# The scope extension under which the server offers ``push(frame: bytes) -> bool`` (app/serve.py).
+# The scope extension where the server offers ``push(frame: bytes) -> bool`` (app/websocket_protocol.py).
 PUSH_EXTENSION = "cpe.websocket.push"
 
 

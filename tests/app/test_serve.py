@@ -1,4 +1,5 @@
-"""serve(): a real uvicorn server, in worker processes that get their settings from the environment."""
+"""serve(): a real uvicorn server, in worker processes that get their settings from the environment, with
+the WebSocket protocol of app/websocket_protocol.py, which starts only on the versions it was written for."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.websocket_protocol import PINNED, check_versions
 from tests.app.payloads import predict_body
 from tests.app.ports import free_port
 
@@ -76,3 +78,13 @@ def test_chunked_oversized_body_is_a_413_over_http(server: str) -> None:
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert response.status_code == 413
     assert httpx.post(f"{server}/v1/predict", content=data).status_code == 413  # by Content-Length
+
+
+def test_the_installed_server_is_the_one_the_websocket_protocol_was_written_for() -> None:
+    check_versions()  # what serve() does first: an upgrade fails here, and in CI, before production
+
+
+def test_another_version_refuses_to_start_naming_it() -> None:
+    newer = {**PINNED, "uvicorn": "0.56.0"}
+    with pytest.raises(RuntimeError, match=r"uvicorn 0\.56\.0 \(written for 0\.55\.0\)"):
+        check_versions(newer.__getitem__)
