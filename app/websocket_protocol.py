@@ -11,9 +11,9 @@ Two things that `cpe serve` needs have no supported mechanism, in uvicorn's sett
 
 Both reach into the protocol class, which is no public API of uvicorn, so this module is written for the
 exact versions in ``PINNED`` and ``check_versions`` (called by ``app.serve.serve`` before the server
-starts) refuses to start on any other: an upgrade has to come here first and rerun
-tests/app/test_serve.py and the SIGTERM drill (scripts/faults.py sigterm), which check both on a real
-server.
+starts) refuses to start on any other: an upgrade has to come here first, and rerun
+tests/app/test_serve.py, which checks both on a real uvicorn server, and the SIGTERM drill
+(tests/app/test_faults.py) with the whole service.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def check_versions(installed: Callable[[str], str] = version) -> None:
         raise RuntimeError(
             f"app/websocket_protocol.py extends uvicorn's WebSocket protocol, which is no public API: "
             f"installed {found}. Check it against the new versions, rerun tests/app/test_serve.py and "
-            f"`python scripts/faults.py sigterm`, then update PINNED."
+            f"tests/app/test_faults.py, then update PINNED."
         )
 
 
