@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for scope in ("read", "write", "admin")
     )
     for router, access in (
-        (predict.router, {}),  # guards itself: its route class skips FastAPI's dependency solving
+        (predict.router, read),  # documents the key check there; its own guard runs it (see predict.py)
         (routing.router, read),
         (stream.router, {}),
         (feedback.router, write),

@@ -80,6 +80,7 @@ def test_the_prediction_endpoints_are_request_only_and_documented() -> None:
         operation = app.openapi()["paths"][path]["post"]
         assert operation["requestBody"]["content"]["application/json"]["schema"]
         assert "200" in operation["responses"] and "422" in operation["responses"]
+        assert "security" not in operation  # no keys configured: none is asked for (test_auth: with keys)
 
 
 def test_the_prediction_endpoints_keep_their_key_check() -> None:
