@@ -17,14 +17,8 @@ KINDS = ("lstm", "transformer", "hybrid")
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.serve import serve
-    from app.settings import Settings
 
-    overrides = {
-        k: v
-        for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
-        if v is not None
-    }
-    serve(Settings(**overrides))
+    serve(host=args.host, port=args.port, workers=args.workers)
     return 0
 
 

@@ -6,12 +6,12 @@ never waits on a client: a slow one loses its oldest messages (counted) and nobo
 
 Under `cpe serve` a client that is keeping up (nothing waiting in its queue, its socket's buffer not
 full) skips the queue: the message is encoded as a WebSocket frame once, and the frame written to its
-socket at once by the server's protocol (``StreamClient.push``, see app/serve.py). Sending through ASGI
-woke a task per subscriber and went through Starlette, the middleware and websockets' encoder each time,
-which cost a delivery several times the server CPU and doubled the latency from publish to receipt
-(``scripts/bench_ws.py``; the README has the figures). Order holds: a client with anything queued, a
-reply included, gets the message queued behind it. A client whose socket negotiated compression is never
-pushed to.
+socket at once by the server's protocol (``StreamClient.push``, see app/websocket_protocol.py). Sending
+through ASGI woke a task per subscriber and went through Starlette, the middleware and websockets'
+encoder each time, which cost a delivery several times the server CPU and doubled the latency from
+publish to receipt (``python -m scripts.bench_ws``; the README has the figures). Order holds: a client
+with anything queued, a reply included, gets the message queued behind it. A client whose socket
+negotiated compression is never pushed to.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from app.bus.queue import DropOldestQueue
 log = logging.getLogger("cpe.fanout")
 
 MESSAGE_TYPES = ("RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction")
-# The scope extension under which the server offers ``push(frame: bytes) -> bool`` (app/serve.py).
+# The scope extension where the server offers ``push(frame: bytes) -> bool`` (app/websocket_protocol.py).
 PUSH_EXTENSION = "cpe.websocket.push"
 
 

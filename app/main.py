@@ -22,7 +22,7 @@ from app.api import (
     stats,
     stream,
 )
-from app.api.admission import STATE_KEY, Admission, InflightLimit
+from app.api.admission import Admission, InflightLimit
 from app.api.admission_metrics import AdmissionCollector
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
@@ -44,17 +44,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("cpe").setLevel(settings.log_level.upper())
     keys = ApiKeys.parse(settings.api_keys.get_secret_value())
     registry = new_registry()
-    admission = InflightLimit(settings.max_inflight, settings.retry_after_s)
+    admission = InflightLimit(settings.max_inflight)
     registry.register(AdmissionCollector(admission))
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if keys.open:
             log.warning("CPE_API_KEYS is empty: every endpoint is open to anyone who can reach this port")
         async with run_services(settings, keys, registry, admission) as services:
             app.state.services = services  # what handlers receive (app/api/deps.py)
             with _long_lived_objects_frozen():
-                yield {STATE_KEY: admission}  # the lifespan state: where uvicorn's protocol finds it
+                yield
 
     app = FastAPI(
         title="Context Prediction Engine",
@@ -67,9 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = keys  # for the auth dependencies (app/auth.py)
     mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(Admission, limit=admission)  # before the body is read
-    app.add_middleware(HttpMetrics, registry=registry)  # outside the limits: a 413 or a 503 is a request too
-    app.add_middleware(RequestId)  # outermost: every log line of the request carries its id
+    app.add_middleware(HttpMetrics, registry=registry)  # outside the body limit: a 413 is a request too
+    app.add_middleware(RequestId)  # every log line of the request carries its id
+    # outermost: past the limit, a 503 before the body is read and before any other middleware
+    app.add_middleware(Admission, limit=admission, retry_after_s=settings.retry_after_s)
     errors.install(app)
     # Hottest first: routes match in order. The streams check their keys themselves (accept_websocket);
     # the probes and /metrics stay open, for orchestrators and scrapers (SECURITY.md). Without keys the
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for scope in ("read", "write", "admin")
     )
     for router, access in (
-        (predict.router, read),
+        (predict.router, read),  # documents the key check there; its own guard runs it (see predict.py)
         (recommend.router, read),
         (stream.router, {}),
         (feedback.router, write),

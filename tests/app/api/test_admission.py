@@ -37,8 +37,8 @@ class Gate:
 
 
 async def test_past_the_cap_a_503_with_retry_after_and_the_body_unread() -> None:
-    gate, limit = Gate(), InflightLimit(max_inflight=2, retry_after_s=3)
-    transport = httpx.ASGITransport(app=Admission(gate, limit))
+    gate, limit = Gate(), InflightLimit(max_inflight=2)
+    transport = httpx.ASGITransport(app=Admission(gate, limit, retry_after_s=3))
     async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
         admitted = [asyncio.create_task(client.post("/v1/predict", content=b"{}")) for _ in range(2)]
         while gate.bodies < 2:
@@ -54,20 +54,41 @@ async def test_past_the_cap_a_503_with_retry_after_and_the_body_unread() -> None
 
 
 async def test_probes_and_other_paths_are_never_capped() -> None:
-    gate, limit = Gate(), InflightLimit(max_inflight=1, retry_after_s=1)
+    gate, limit = Gate(), InflightLimit(max_inflight=1)
     gate.open.set()
     limit.inflight = 1  # as if one prediction were in progress
-    transport = httpx.ASGITransport(app=Admission(gate, limit))
+    transport = httpx.ASGITransport(app=Admission(gate, limit, retry_after_s=1))
     async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
         for path in ("/healthz", "/readyz", "/metrics", "/v1/models"):
             assert (await client.get(path)).status_code == 200
         assert (await client.post("/v1/predict", content=b"{}")).status_code == 503
 
 
+def test_the_limit_admits_up_to_its_number_and_counts_the_rest() -> None:
+    limit = InflightLimit(max_inflight=2)
+    assert limit.try_acquire() and limit.try_acquire()
+    assert not limit.try_acquire() and not limit.try_acquire()
+    assert (limit.inflight, limit.shed) == (2, 2)
+    limit.release()
+    assert limit.try_acquire() and limit.inflight == 2
+
+
+def test_without_a_limit_every_request_is_admitted_and_counted_in_flight() -> None:
+    limit = InflightLimit(max_inflight=0)
+    assert all(limit.try_acquire() for _ in range(1000))
+    assert (limit.inflight, limit.shed) == (1000, 0)
+
+
 @pytest.mark.parametrize("cap", [0, 128])
-def test_the_app_applies_the_setting(cap: int) -> None:
-    with TestClient(create_app(make_settings(max_inflight=cap))) as client:
-        assert Services.of(client.app).admission.max_inflight == cap
+def test_the_app_applies_the_setting_in_its_outermost_middleware(cap: int) -> None:
+    app = create_app(make_settings(max_inflight=cap, retry_after_s=2))
+    outermost = app.user_middleware[0]  # a refusal costs no other middleware
+    assert outermost.cls is Admission
+    assert outermost.kwargs["retry_after_s"] == 2
+    with TestClient(app) as client:
+        admission = Services.of(client.app).admission
+        assert admission.max_inflight == cap
+        assert outermost.kwargs["limit"] is admission
 
 
 def test_the_refusals_and_the_requests_in_flight_are_exported() -> None:
@@ -81,9 +102,9 @@ def test_the_refusals_and_the_requests_in_flight_are_exported() -> None:
 async def test_every_refusal_through_the_middleware_is_the_same_size() -> None:
     """RequestId rewrites the response's start message: refusals must not share one (it grew a header a
     refusal, until each 503 was kilobytes)."""
-    gate, limit = Gate(), InflightLimit(max_inflight=1, retry_after_s=1)
+    gate, limit = Gate(), InflightLimit(max_inflight=1)
     limit.inflight = 1
-    transport = httpx.ASGITransport(app=RequestId(Admission(gate, limit)))
+    transport = httpx.ASGITransport(app=RequestId(Admission(gate, limit, retry_after_s=1)))
     async with httpx.AsyncClient(transport=transport, base_url="http://cpe") as client:
         for _ in range(3):
             refused = await client.post("/v1/predict", content=b"{}")
@@ -99,9 +120,9 @@ def _metric(base: str, name: str) -> float:
 
 
 @pytest.mark.server
-def test_a_real_server_refuses_in_the_protocol_before_the_app() -> None:
-    """`cpe serve` at a full cap: the 503 comes from uvicorn's protocol (AdmissionHttpProtocol), without
-    the app's middleware (no X-Request-Id), and the request admitted before it is still answered."""
+def test_a_real_server_refuses_before_any_other_middleware() -> None:
+    """`cpe serve` at a full cap: the 503 comes from the outermost middleware, before the others (no
+    X-Request-Id), and the request admitted before it is still answered."""
     settings = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_MAX_INFLIGHT": "1"}
     with serving(settings) as [served]:
         body = b'{"flow_key": "' + b"ab" * 32 + b'", "contexts": []}'
@@ -117,7 +138,7 @@ def test_a_real_server_refuses_in_the_protocol_before_the_app() -> None:
             refused = httpx.post(f"{served.url}/v1/predict/batch", content=b"{}")
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert "in progress (1)" in refused.json()["detail"]
-            assert "x-request-id" not in refused.headers  # the app never saw it
+            assert "x-request-id" not in refused.headers  # no other middleware saw it
             assert _metric(served.url, "cpe_shed_requests_total") == 1
             assert httpx.get(f"{served.url}/readyz").status_code == 200  # not capped
             held.sendall(body[10:])
