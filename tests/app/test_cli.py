@@ -129,9 +129,9 @@ def test_simulate_writes_traces_that_read_back(tmp_path: Path, capsys: pytest.Ca
     assert len(traces) == 3 and all(len(trace) == 50 for trace in traces)
 
 
-def test_a_learning_setting_without_a_value_is_refused_naming_it() -> None:
-    with pytest.raises(SystemExit, match="--learning-setting takes NAME=VALUE"):
-        main(["evaluate", "--drift", "--learning-setting", "learning_layers"])
+def test_a_learning_setting_without_a_value_is_refused_naming_it(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--drift", "--learning-setting", "learning_layers"]) != 0  # by tools.drift
+    assert "--learning-setting takes NAME=VALUE" in capfd.readouterr().err
 
 
 @pytest.mark.slow
