@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
-from app.api import errors, feedback, health, metrics, models, openapi, predict, routing, stats, stream
+from app.api import docs, errors, feedback, health, metrics, models, openapi, predict, routing, stats, stream
 from app.api.admission import STATE_KEY, Admission, InflightLimit
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Predicts network flow contexts a moment ahead, with calibrated confidence.",
         lifespan=lifespan,
+        docs_url=None,  # app/api/docs.py serves the pages, with their assets
+        redoc_url=None,
         # no OpenTelemetry here: FastAPI's built-in hooks would look up the providers on every request
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -143,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (metrics.router, {}),
     ):
         app.include_router(router, **access)  # type: ignore[arg-type]
+    docs.install(app)
     bodies: list[type[BaseModel]] = [
         PredictRequest,
         BatchPredictRequest,
