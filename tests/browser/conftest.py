@@ -55,9 +55,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter.write_line(f"skipping {len(browser_tests)} browser tests: {MISSING}", yellow=True, bold=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for the tests of this folder, closed after them: while it runs, Playwright's
+    sync API holds the thread's event loop, and an asyncio test would find it running (so the tests here
+    are plain functions)."""
     path = chromium()
     if path is None:
         if in_ci():
