@@ -3,22 +3,29 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# the CPU build's index; TORCH_BUILD=cpu|default overrides the choice of build (scripts/install-torch.sh)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_BUILD ?=
+# `make run HOST=0.0.0.0 PORT=8010`; left empty, cpe serve takes CPE_HOST and CPE_PORT (127.0.0.1:8000)
+HOST   ?=
+PORT   ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup run test test-fast test-deps lint bench train evaluate clean
 
 setup: $(STAMP)
 
-# torch goes in first, pinned, so that pip never reaches for a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py app/wire/_json_reader.c
+# torch goes in first, pinned: the CPU build unless there is a GPU, never a multi-GB CUDA build for nothing
+$(STAMP): pyproject.toml setup.py app/wire/_json_reader.c scripts/install-torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	TORCH_VERSION=$(TORCH_VERSION) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) TORCH_BUILD=$(TORCH_BUILD) \
+		sh scripts/install-torch.sh $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/cpe serve
+	$(BIN)/cpe serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 # the whole suite, with line coverage of app/ and models/ (fails under 90 %: pyproject's [tool.coverage])
 test: setup test-deps

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, contextmanager
 from fastapi import Depends, FastAPI
 
 from app.api import (
+    docs,
     errors,
     feedback,
     health,
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Predicts network flow contexts a moment ahead, with calibrated confidence.",
         lifespan=lifespan,
+        docs_url=None,  # app/api/docs.py serves the pages, with their assets
+        redoc_url=None,
         # no OpenTelemetry here: FastAPI's built-in hooks would look up the providers on every request
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (prometheus.router, {}),
     ):
         app.include_router(router, **access)  # type: ignore[arg-type]
+    docs.install(app)
     openapi.document(
         app, [PredictRequest, BatchPredictRequest, RouteRequest, FeedbackRequest, RollbackRequest]
     )

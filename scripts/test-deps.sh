@@ -12,6 +12,8 @@ have promtool || missing+=(prometheus)
 have nginx || missing+=(nginx)
 # clang and its sanitizer runtimes build the C reader for the coverage-guided fuzzer (tests/app/api/test_fuzz.py)
 have clang || missing+=(clang libclang-rt-14-dev)
+# the browser tests (tests/browser) render the service's pages in the system's Chromium
+have chromium || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
