@@ -196,6 +196,19 @@ class Hub:
         else:
             keyed = self._by_flow.get(flow_key)  # disjoint from _every_flow
             targets = self._every_flow if keyed is None else chain(self._every_flow, keyed)
+        queued, dropped, pushed = self.fan_out(targets, kind, message, text)
+        if self.metrics is not None:
+            if dropped:
+                self.metrics.ws_messages_dropped.inc(dropped)
+            if pushed:
+                self.metrics.ws_messages_sent.inc(pushed)
+        return queued
+
+    def fan_out(
+        self, targets: Iterable[StreamClient], kind: str, message: bytes, text: str
+    ) -> tuple[int, int, int]:
+        """Push or queue one message (``text`` is ``message`` decoded) to those of ``targets`` whose type
+        filter takes ``kind``: (clients that matched, messages dropped to make room, pushed at once)."""
         queued = dropped = pushed = 0
         frame = b""
         for client in targets:
@@ -210,9 +223,4 @@ class Hub:
                 if not client.outbox.put(text):
                     dropped += 1
         self.pushed += pushed
-        if self.metrics is not None:
-            if dropped:
-                self.metrics.ws_messages_dropped.inc(dropped)
-            if pushed:
-                self.metrics.ws_messages_sent.inc(pushed)
-        return queued
+        return queued, dropped, pushed

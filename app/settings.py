@@ -348,6 +348,59 @@ class Settings(BaseSettings):
         default=1, ge=1, le=256, description="Intra-op threads of the training thread."
     )
 
+    # -- continuous prediction ------------------------------------------------------------------
+    predict_on_observe: bool = Field(
+        default=True,
+        description="Forecast observed flows as their observations arrive (in bulk, each flow once per "
+        "round on its newest window), keep each flow's newest forecast, publish it on "
+        "/v1/stream/predictions, score it against the next observation and send that pair to the learner.",
+    )
+    forecast_url: str = Field(
+        default="memory://",
+        description="Where each observed flow's newest forecast and running score live: `memory://` (this "
+        "process) or `redis://host:port/db` (shared: every replica's GET /v1/flows/{flow_key} answers them).",
+    )
+    forecast_prefix: str = Field(
+        default="cpe:fc:", description="Prefix of the Redis keys of the flows' forecasts (one hash per flow)."
+    )
+    forecast_horizon: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Steps ahead each continuous forecast predicts (at most the model's horizon).",
+    )
+    forecast_batch: int = Field(
+        default=1024,
+        ge=1,
+        le=65_536,
+        description="Most flows a round of continuous prediction forecasts: one predict_many on the engine.",
+    )
+    forecast_rounds: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Rounds of continuous prediction in flight at once: with 2, one is scored and published "
+        "while the next is in the engine. Rounds x batch bounds the windows it puts in the engine's queue.",
+    )
+    predictions_channel: str = Field(
+        default="cpe:predictions",
+        description="Bus channel of the FlowPrediction messages; every replica's "
+        "/v1/stream/predictions reads it.",
+    )
+    free_labels_per_s: float = Field(
+        default=200.0,
+        ge=0.0,
+        le=1_000_000.0,
+        description="Most scored forecasts a second handed to the online learner as feedback (free labels; "
+        "the rest are skipped, counted). 0: none.",
+    )
+    forecast_score_window: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Scored forecasts the rolling MAE of /v1/stats and cpe_forecast_mae_ms is taken over.",
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
