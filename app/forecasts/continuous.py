@@ -36,7 +36,7 @@ from app.forecasts.labels import FreeLabels
 from app.forecasts.redis import ForecastsUnavailable
 from app.forecasts.scores import Scores
 from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
-from app.forecasts.stream import FlowPredictionHub, FlowPredictionMetrics, encode
+from app.forecasts.stream import FlowPredictionHub, encode
 from app.metrics import LATENCY_BUCKETS, BatchHistogram, LatencyRing
 
 log = logging.getLogger("cpe.forecasts")
@@ -108,7 +108,6 @@ class ContinuousPrediction:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.latencies = LatencyRing()  # observe -> published, seconds: GET /v1/stats's percentiles
-        self.stream_metrics = FlowPredictionMetrics(registry)
         self._latency = (
             BatchHistogram(
                 "cpe_observe_to_forecast_seconds",
@@ -377,8 +376,8 @@ class ContinuousPrediction:
             return
         groups_of = self.groups_of
         items = zip(keys, (groups_of(k) if groups_of else () for k in keys), results, strict=True)
-        if await self.bus.publish(self.channel, encode(items)):
-            self.stream_metrics.published.inc(len(keys))
+        if await self.bus.publish(self.channel, encode(items)) and self.hub.counters is not None:
+            self.hub.counters.published.inc(len(keys))
 
 
 def _baselines(windows: Sequence[FlowWindow]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ from app.forecasts.continuous import ContinuousPrediction, WindowSource
 from app.forecasts.labels import FreeLabels
 from app.forecasts.scores import Scores
 from app.forecasts.store import ForecastStore, create_forecast_store
-from app.forecasts.stream import FlowPredictionHub
-from app.learning.online import OnlineLearning
+from app.forecasts.stream import FlowPredictionHub, FlowPredictionMetrics
+from app.learning.feedback import FeedbackStore
 from app.settings import Settings
 
 
@@ -49,13 +49,14 @@ class Forecasts:
         engine: Engine,
         bus: Bus,
         source: WindowSource,
-        learning: OnlineLearning | None,
+        feedback: FeedbackStore | None,
         registry: CollectorRegistry | None,
         *,
         ttl_ms: int,
         max_flows: int,
     ) -> Forecasts:
-        """``source``: the flow store; ``ttl_ms``, ``max_flows``: its own, so forecasts go with windows."""
+        """``source``: the flow store; ``feedback``: the learner's (None: no free labels); ``ttl_ms``,
+        ``max_flows``: the flow store's, so that forecasts go with windows."""
         horizon = engine.predictors[settings.model].horizon
         if settings.forecast_horizon > horizon:
             raise ValueError(
@@ -66,12 +67,16 @@ class Forecasts:
             settings.forecast_url, ttl_ms=ttl_ms, max_flows=max_flows, prefix=settings.forecast_prefix
         )
         scores = Scores(settings.forecast_score_window, registry)
-        hub = FlowPredictionHub(bus, settings.predictions_channel, queue_size=settings.ws_queue_size)
+        hub = FlowPredictionHub(
+            bus,
+            settings.predictions_channel,
+            queue_size=settings.ws_queue_size,
+            metrics=FlowPredictionMetrics(registry),
+        )
         labels = None
-        if learning is not None and settings.free_labels_per_s > 0:
-            labels = FreeLabels(
-                learning.store, learning.seq_len, rate_per_s=settings.free_labels_per_s, registry=registry
-            )
+        if feedback is not None and settings.free_labels_per_s > 0:
+            seq_len = engine.predictors[settings.model].seq_len
+            labels = FreeLabels(feedback, seq_len, rate_per_s=settings.free_labels_per_s, registry=registry)
         continuous = ContinuousPrediction(
             engine,
             source,
