@@ -544,6 +544,12 @@ class Stats(BaseModel):
     models: dict[str, str] = Field(description="Served model kinds and their versions.")
     device: str
     memory: MemoryStats
+    forecasts: dict[str, Any] | None = Field(
+        default=None,
+        description="Continuous prediction of the observed flows: forecasts made, flows due, observe -> "
+        "forecast latency, the rolling latency MAE per model beside persistence's and EWMA's, free labels; "
+        "null when CPE_PREDICT_ON_OBSERVE is off.",
+    )
 
 
 class Message(BaseModel):

@@ -37,6 +37,7 @@ async def stats(request: Request, engine: EngineDep, metrics: MetricsDep, settin
         models={kind: predictor.version for kind, predictor in engine.predictors.items()},
         device=device,
         memory=_memory(device),
+        forecasts=None if request.app.state.forecasts is None else request.app.state.forecasts.summary(),
     )
 
 

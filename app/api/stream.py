@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ from app.learning.recent import RecentWindows
 from app.metrics import Metrics
 from app.routing_schemas import StreamPredictRequest, SubscribeFrame
 from app.schemas import Limits
+from app.settings import Settings
 
 router = APIRouter(prefix="/v1/stream", tags=["stream"])
 log = logging.getLogger("cpe.stream")
@@ -103,11 +105,20 @@ async def _receive_text(websocket: WebSocket, max_bytes: int) -> str | None:
 MAX_PENDING_REPLIES = 64  # a client this far behind on reading the replies to its own frames is abusing
 
 
+# carries out a validated {"op": "subscribe"} frame on a stream's hub; answers the reply to send
+Subscribe = Callable[[Hub, StreamClient, dict[str, Any]], dict[str, Any]]
+
+
 @router.websocket("/routing")
 async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDep) -> None:
     """Routing messages as they are published, filtered by flow key and type, with heartbeats."""
     if not await accept_websocket(websocket, "read"):
         return
+    await serve_subscriber(websocket, hub, settings, _subscribe_routing)
+
+
+async def serve_subscriber(websocket: WebSocket, hub: Hub, settings: Settings, subscribe: Subscribe) -> None:
+    """Run an accepted socket of a subscription stream on ``hub`` (routing, predictions) until it goes."""
     client = hub.connect(websocket.scope.get("extensions", {}).get(PUSH_EXTENSION))
     # the writer of this socket: heartbeats, the replies to the client's frames, and the messages the hub
     # could not push (app/hub.py)
@@ -117,7 +128,7 @@ async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDe
     try:
         while (text := await _receive_text(websocket, settings.ws_max_frame_bytes)) is not None:
             if rate.admit():
-                _routing_op(hub, client, text)
+                _routing_op(hub, client, text, subscribe)
             else:
                 _reply(client, {"op": "error", **rate.refusal()})
             if len(client.replies) > MAX_PENDING_REPLIES:
@@ -133,7 +144,13 @@ async def stream_routing(websocket: WebSocket, hub: HubDep, settings: SettingsDe
             await websocket.close(violation.code, str(violation))
 
 
-def _routing_op(hub: Hub, client: StreamClient, text: str) -> None:
+def _subscribe_routing(hub: Hub, client: StreamClient, frame: dict[str, Any]) -> dict[str, Any]:
+    sub = SubscribeFrame.model_validate(frame)
+    hub.subscribe(client, sub.flow_keys, sub.types)
+    return {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types}
+
+
+def _routing_op(hub: Hub, client: StreamClient, text: str, subscribe: Subscribe) -> None:
     """Carry out one client frame and queue its reply (a subscribe's goes before what it selects)."""
     try:
         frame = orjson.loads(text)
@@ -142,11 +159,10 @@ def _routing_op(hub: Hub, client: StreamClient, text: str) -> None:
     op = frame.get("op") if isinstance(frame, dict) else None
     if op == "subscribe":
         try:
-            sub = SubscribeFrame.model_validate(frame)
+            reply = subscribe(hub, client, frame)
         except ValidationError as exc:
             return _reply(client, {"op": "error", "detail": _describe(exc)})
-        _reply(client, {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types})
-        hub.subscribe(client, sub.flow_keys, sub.types)
+        _reply(client, reply)  # no message can be queued between the subscription and its reply
     elif op == "unsubscribe":
         hub.unsubscribe(client)  # forgets what was queued; a message being written goes before the reply
         _reply(client, {"op": "unsubscribed"})
