@@ -28,12 +28,12 @@ from typing import Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from app.api.responses import dumps
 from app.bus import Bus
 from app.engine import Engine, EngineStopped, Overloaded, WindowForecast
 from app.fastparse import Window
 from app.forecasts.labels import FreeLabels
 from app.forecasts.redis import ForecastsUnavailable
+from app.forecasts.result import Draft, serialize_many
 from app.forecasts.scores import Scores
 from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
 from app.forecasts.stream import FlowPredictionHub, encode
@@ -245,18 +245,36 @@ class ContinuousPrediction:
             previous = [None] * len(keys)
         persistence, ewma = _baselines(windows)
         scores = self._score(keys, windows, previous)
-        results = self._results(keys, windows, forecasts, touched)
-        latency = _step_latency(forecasts, self.horizon)
-        base = [int(w.timestamps[-1]) for w in windows]
-        records = [
-            (key, FlowForecast(result, b, lat, p, e, kind, score))
-            for key, result, b, lat, p, e, score in zip(
-                keys, results, base, latency, persistence.tolist(), ewma.tolist(), scores, strict=True
-            )
-        ]
+        latency = _step_latency(forecasts)
+        now, h = time.perf_counter(), self.horizon
+        records, drafts = [], []
+        for key, window, forecast, t, lat, p, e, score in zip(
+            keys,
+            windows,
+            forecasts,
+            touched,
+            latency,
+            persistence.tolist(),
+            ewma.tolist(),
+            scores,
+            strict=True,
+        ):
+            base, n = int(window.timestamps[-1]), len(window.timestamps)
+            patterns = _similar_patterns(window, forecast, h)
+            draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), patterns)
+            drafts.append(draft)
+            records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score)))
+        # serialized now only what is published or kept serialized; the rest when someone reads it
+        published = self._published(keys)
+        serialized = range(len(keys)) if not self.store.keeps_drafts else published
+        if serialized:
+            chosen = [records[i][1] for i in serialized]
+            for record, body in zip(chosen, serialize_many([drafts[i] for i in serialized]), strict=True):
+                record.body, record.draft = body, None
         with contextlib.suppress(ForecastsUnavailable):  # published all the same; ``problem`` says why
             await self.store.put_many(records)
-        await self._publish(keys, results)
+        if published:
+            await self._publish([(keys[i], records[i][1].result()) for i in published])
         done = time.perf_counter()
         waited = [done - t for t in touched]
         self.latencies.extend(waited)
@@ -315,69 +333,21 @@ class ContinuousPrediction:
                 )
         return out
 
-    def _results(
-        self,
-        keys: Sequence[str],
-        windows: Sequence[FlowWindow],
-        forecasts: Sequence[WindowForecast],
-        touched: Sequence[float],
-    ) -> list[bytes]:
-        """The serialized PredictionResult of each flow, its numbers read per forward pass."""
-        h = self.horizon
-        now = time.perf_counter()
-        results: list[bytes] = [b""] * len(keys)
-        passes: dict[int, list[int]] = {}
-        for j, forecast in enumerate(forecasts):
-            passes.setdefault(id(forecast.batch), []).append(j)
-        for members in passes.values():
-            batch, predictor = forecasts[members[0]].batch, forecasts[members[0]].predictor
-            rows = [forecasts[j].index for j in members]
-            numbers = zip(
-                batch.mean[rows, :h].tolist(),
-                batch.confidence[rows, h - 1].tolist(),
-                batch.lower[rows, h - 1].tolist(),
-                batch.upper[rows, h - 1].tolist(),
-                (batch.dt_s[rows] * 1000.0).tolist(),
-                members,
-                strict=True,
-            )
-            for steps, confidence, lower, upper, step_ms, j in numbers:
-                key, window = keys[j], windows[j]
-                n, base = len(window.timestamps), int(window.timestamps[-1])
-                results[j] = dumps(
-                    {
-                        "prediction_id": f"{key[:16]}{base:016x}",
-                        "flow_key": key,
-                        "predicted_context": steps[h - 1],
-                        "horizon": h,
-                        "steps": steps,
-                        "confidence": confidence,
-                        "lower": lower,
-                        "upper": upper,
-                        "model_used": predictor.kind,
-                        "model_version": predictor.version,
-                        "cached": False,
-                        "processing_time_ms": round((now - touched[j]) * 1000.0, 3),
-                        "similar_patterns": _similar_patterns(window, forecasts[j], h),
-                        "metadata": {
-                            "step_ms": step_ms,
-                            "horizon_ms": step_ms * h,
-                            "window_length": float(n),
-                            "contexts_used": float(min(n, predictor.seq_len)),
-                            "base_timestamp": float(base),
-                            "target_timestamp": base + step_ms * h,
-                        },
-                    }
-                )
-        return results
+    def _published(self, keys: Sequence[str]) -> Sequence[int]:
+        """Which of the round's flows to publish: all with a shared bus (other replicas' clients may
+        listen), else those that this replica's subscribers select."""
+        if self.publish_always or self.hub.wants_all:
+            return range(len(keys))
+        if not self.hub.subscribers:
+            return ()
+        wants = self.hub.wants
+        return [i for i, key in enumerate(keys) if wants(key)]
 
-    async def _publish(self, keys: Sequence[str], results: Sequence[bytes]) -> None:
-        if not (self.publish_always or self.hub.subscribers):
-            return
+    async def _publish(self, items: Sequence[tuple[str, bytes]]) -> None:
         groups_of = self.groups_of
-        items = zip(keys, (groups_of(k) if groups_of else () for k in keys), results, strict=True)
-        if await self.bus.publish(self.channel, encode(items)) and self.hub.counters is not None:
-            self.hub.counters.published.inc(len(keys))
+        message = encode((key, groups_of(key) if groups_of else (), body) for key, body in items)
+        if await self.bus.publish(self.channel, message) and self.hub.counters is not None:
+            self.hub.counters.published.inc(len(items))
 
 
 def _baselines(windows: Sequence[FlowWindow]) -> tuple[np.ndarray, np.ndarray]:
@@ -396,7 +366,7 @@ def _baselines(windows: Sequence[FlowWindow]) -> tuple[np.ndarray, np.ndarray]:
     return lat[:, -1].copy(), s
 
 
-def _step_latency(forecasts: Sequence[WindowForecast], h: int) -> list[float]:
+def _step_latency(forecasts: Sequence[WindowForecast]) -> list[float]:
     """The predicted latency of each forecast's next context (step 1): what the next observation scores."""
     return [float(f.batch.mean[f.index, 0, 0]) for f in forecasts]
 

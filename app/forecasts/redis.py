@@ -93,7 +93,7 @@ class RedisForecasts(ForecastStore):
         for flow_key, fc in forecasts:
             key, score = self.key(flow_key), fc.score
             fields = {
-                "r": fc.result,
+                "r": fc.result(),
                 "b": fc.base_ts,
                 "l": repr(fc.latency),
                 "p": repr(fc.persistence),
@@ -128,7 +128,8 @@ def _forecast(row: list[bytes | None]) -> FlowForecast | None:
     if result is None or base is None:
         return None
     return FlowForecast(
-        result=result,
+        body=result,
+        draft=None,
         base_ts=int(base),
         latency=float(latency or 0.0),
         persistence=float(persistence or 0.0),

@@ -104,7 +104,7 @@ class Forecasts:
         found = await self.store.get(flow_key)
         if found is None:
             return None, None
-        return orjson.loads(found.result), found.score.as_dict()
+        return orjson.loads(found.result()), found.score.as_dict()
 
     def summary(self) -> dict[str, Any]:
         """What GET /v1/stats answers about continuous prediction on this replica."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
+from app.forecasts.result import Draft, serialize
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -61,7 +63,8 @@ class FlowScore:
 class FlowForecast:
     """A flow's newest forecast, and its score before it."""
 
-    result: bytes  # the serialized PredictionResult
+    body: bytes | None  # the serialized PredictionResult; None until ``result`` serializes ``draft``
+    draft: Draft | None  # what it is made of, while not serialized yet (in-process only)
     base_ts: int  # timestamp of the window's newest context: the forecast is for the context after it
     latency: float  # predicted latency_ms of that next context
     persistence: float  # persistence's forecast for it: the newest latency of the window
@@ -69,9 +72,18 @@ class FlowForecast:
     model: str  # kind of the model that made it
     score: FlowScore
 
+    def result(self) -> bytes:
+        """The serialized PredictionResult (made now, once, if it was not yet)."""
+        if self.body is None:
+            assert self.draft is not None, "a forecast holds its result or what it is made of"
+            self.body, self.draft = serialize(self.draft), None  # the forward pass's arrays may go
+        return self.body
+
 
 class ForecastStore(abc.ABC):
     """The newest forecast per flow; idle flows' forecasts expire with their windows. ``async with``."""
+
+    keeps_drafts = False  # whether it keeps forecasts unserialized (in-process), else serialized
 
     @abc.abstractmethod
     async def get_many(self, flow_keys: Sequence[str]) -> list[FlowForecast | None]:
@@ -103,6 +115,8 @@ class ForecastStore(abc.ABC):
 
 class MemoryForecasts(ForecastStore):
     """Forecasts in this process, at most ``max_flows``, each forgotten ``ttl_ms`` after its last update."""
+
+    keeps_drafts = True
 
     def __init__(self, *, ttl_ms: int, max_flows: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_ms, self.max_flows = ttl_ms, max_flows

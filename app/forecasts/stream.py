@@ -76,6 +76,16 @@ class FlowPredictionHub(Hub):
             topics = {*(flow_keys or ()), *(GROUP_TOPIC + g for g in groups or ())}
             self.subscribe(client, topics, None)
 
+    @property
+    def wants_all(self) -> bool:
+        """Whether some client of this process takes every flow, or a group (whose flows only the publisher
+        knows)."""
+        return bool(self._every_flow) or any(topic.startswith(GROUP_TOPIC) for topic in self._by_flow)
+
+    def wants(self, flow_key: str) -> bool:
+        """Whether some client of this process subscribed to ``flow_key`` by name."""
+        return flow_key in self._by_flow
+
     def publish_local(self, message: bytes) -> int:
         """Hand each FlowPrediction of a round to the matching clients of this process; returns how many."""
         if not self._subscribed:

@@ -16,7 +16,7 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 
 def forecast(base_ts: int, latency: float = 21.5, scored: int = 0) -> FlowForecast:
     score = FlowScore(scored, 1.25 * scored, 2.5 * scored, 2.0 * scored)
-    return FlowForecast(b'{"flow_key":"x"}', base_ts, latency, 20.0, 20.5, "lstm", score)
+    return FlowForecast(b'{"flow_key":"x"}', None, base_ts, latency, 20.0, 20.5, "lstm", score)
 
 
 @pytest.fixture
