@@ -198,14 +198,19 @@ class RedisFlows(FlowStore):
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
-        result = Appended()
+        result = Appended(statuses=[0] * len(contexts))
+        positions: dict[str, list[int]] = {}
+        for i, context in enumerate(contexts):
+            positions.setdefault(context.flow_key, []).append(i)
         for (flow_key, _, _), answer in zip(calls, answers, strict=True):
             route_id = next((c.route_id for c in by_flow[flow_key] if c.route_id is not None), None)
-            for status in answer:
+            for i, status in zip(positions[flow_key], answer, strict=True):
                 if status == 1:
                     result.late += 1
+                    result.statuses[i] = 1
                 elif status == 2:
                     result.duplicates += 1
+                    result.statuses[i] = 2
                 else:
                     applied = _unpack(flow_key, status, route_id)
                     result.accepted += 1
