@@ -245,11 +245,12 @@ class RedisFlows(FlowStore):
 
     async def _evalsha(self, sha: str, calls: list[tuple[str, tuple[str, str], list[Any]]]) -> list[Any]:
         if isinstance(self.client, RedisCluster):
+            cluster: Any = self.client  # its stubs type evalsha's answer as str or an awaitable
             results: list[Any] = []
             for start in range(0, len(calls), _CLUSTER_CONCURRENCY):
                 results += await asyncio.gather(
                     *(
-                        self.client.evalsha(sha, 2, wkey, mkey, *args)
+                        cluster.evalsha(sha, 2, wkey, mkey, *args)
                         for _, (wkey, mkey), args in calls[start : start + _CLUSTER_CONCURRENCY]
                     ),
                     return_exceptions=True,
