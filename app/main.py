@@ -11,7 +11,21 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel
 
-from app.api import errors, feedback, health, metrics, models, openapi, predict, routing, stats, stream
+from app.api import (
+    errors,
+    feedback,
+    flows,
+    health,
+    metrics,
+    models,
+    observe,
+    openapi,
+    otlp,
+    predict,
+    routing,
+    stats,
+    stream,
+)
 from app.api.admission import STATE_KEY, Admission, InflightLimit
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
@@ -21,6 +35,9 @@ from app.bus import Bus
 from app.cache import create_cache
 from app.engine import Engine, pick_device
 from app.hub import Hub
+from app.ingest.observations import ObserveRequest
+from app.ingest.observing import Observing
+from app.learning.learner import replica_id
 from app.learning.online import OnlineLearning
 from app.metrics import Metrics
 from app.routing import FailurePolicy
@@ -68,7 +85,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
         if settings.learning_enabled
         else None
     )
-    async with engine, cache, bus, hub, learning or contextlib.nullcontext():
+    # observing the network: flow windows and the ingest doors (app/flows, app/ingest)
+    observing = Observing(
+        settings,
+        app.state.metrics.registry,
+        on_learning_rate=None if learning is None else learning.learner.hint_learning_rate,
+        consumer=replica_id(),
+    )
+    app.state.flows, app.state.ingest = observing.flows, observing.ingest
+    app.state.otlp_metric_table = observing.otlp_metric_table
+    async with engine, cache, bus, hub, learning or contextlib.nullcontext(), observing:
         app.state.learning = learning
         app.state.recent = None if learning is None else learning.recent
         app.state.engine = engine
@@ -136,6 +162,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (routing.router, read),
         (stream.router, {}),
         (feedback.router, write),
+        (observe.router, write),
+        (observe.stream, {}),
+        (otlp.router, write),
+        (flows.router, read),
+        (flows.admin, admin),
         (models.router, read),
         (models.admin, admin),
         (stats.router, read),
@@ -149,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RouteRequest,
         FeedbackRequest,
         RollbackRequest,
+        ObserveRequest,
     ]
     openapi.document(app, bodies)
     return app

@@ -459,7 +459,7 @@ class Settings(BaseSettings):
     )
     ingest_url: str = Field(
         default="",
-        description="A Redis Stream door for collectors: `redis://host:port/db` (or `redis+cluster://`) makes "
+        description="A Redis Stream door for collectors: `redis://host:port/db` (or `redis+cluster://`) has "
         "every replica read CPE_INGEST_STREAM in one consumer group; empty: no stream door.",
     )
     ingest_stream: str = Field(

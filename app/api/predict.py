@@ -14,10 +14,12 @@ from app.api.deps import parse_windows, serving
 from app.api.direct import DirectRoute
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
-from app.api.responses import dumps
+from app.api.responses import OrjsonResponse, dumps
 from app.cache import Cache, prediction_id, prediction_key
 from app.engine import Engine, WindowForecast
 from app.fastparse import Window, windows_of
+from app.flows import FlowsUnavailable
+from app.flows.serving import fill_from_flows, unknown_flow, unknown_flow_item
 from app.learning.recent import RecentWindows
 from app.schemas import (
     BatchPredictRequest,
@@ -46,6 +48,12 @@ async def predict(request: Request) -> Response:
     start = time.perf_counter()
     engine, limits, cache = serving(request)
     [window] = await parse_windows(request, limits, batch=False)
+    if not len(window.timestamps):  # no contexts: the flow's server-side window
+        try:
+            if await fill_from_flows([window], request.app.state.flows, limits.max_window):
+                return OrjsonResponse({"detail": unknown_flow(window.flow_key)["detail"]}, status_code=404)
+        except FlowsUnavailable as exc:
+            return OrjsonResponse({"detail": str(exc)}, 503, {"retry-after": str(exc.retry_after_s)})
     # app state rather than one more dependency: FastAPI resolves each dependency on every request
     recent = request.app.state.recent
     body = await predict_window(window, engine, cache, limits, start, recent)
@@ -107,6 +115,13 @@ async def predict_batch(request: Request) -> Response:
     start = time.perf_counter()
     engine, limits, cache = serving(request)
     windows = await parse_windows(request, limits, batch=True)
+    asked, unknown = windows, []  # windows without contexts take their flows' server-side windows
+    if any(not len(window.timestamps) for window in windows):
+        try:
+            unknown = await fill_from_flows(windows, request.app.state.flows, limits.max_window)
+        except FlowsUnavailable as exc:
+            return OrjsonResponse({"detail": str(exc)}, 503, {"retry-after": str(exc.retry_after_s)})
+        windows = [window for i, window in enumerate(windows) if i not in set(unknown)]
     kinds = [window.model or limits.default_model for window in windows]
     versions = {kind: predictor.version for kind, predictor in engine.predictors.items()}
     keys = [_key(versions[kind], window) for kind, window in zip(kinds, windows, strict=True)]
@@ -134,6 +149,8 @@ async def predict_batch(request: Request) -> Response:
     for i, value in enumerate(stored):
         if value is not None:
             results[i] = dumps(_from_cache(value, start))
+    for i in unknown:  # a per-item error in place of the result, the others in order
+        results.insert(i, unknown_flow_item(asked[i].flow_key))
     return Response(b'{"results":[%s]}' % b",".join(results), media_type="application/json")
 
 

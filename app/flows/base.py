@@ -29,6 +29,8 @@ from app.schemas import D
 # What a new flow's missing feature starts from: nothing measured yet is nothing at all.
 FEATURE_DEFAULTS: tuple[float, ...] = (0.0,) * D
 
+APPLIED, LATE, DUPLICATE = 0, 1, 2  # what became of one context
+
 
 class FlowsUnavailable(Exception):
     """The flow store cannot be reached: nothing was applied; ingest answers 503 + Retry-After."""
@@ -77,6 +79,7 @@ class Appended:
     duplicates: int = 0
     imputed: int = 0  # applied contexts with at least one feature filled in
     applied: dict[str, list[FlowContext]] = field(default_factory=dict)
+    statuses: list[int] = field(default_factory=list)  # per context given: APPLIED, LATE or DUPLICATE
 
     def add(self, other: Appended) -> None:
         self.accepted += other.accepted
@@ -85,6 +88,7 @@ class Appended:
         self.imputed += other.imputed
         for flow_key, contexts in other.applied.items():
             self.applied.setdefault(flow_key, []).extend(contexts)
+        self.statuses += other.statuses
 
 
 @dataclass(slots=True)

@@ -139,6 +139,7 @@ class MemoryFlows(FlowStore):
             if flow is None:
                 flow = flows[context.flow_key] = _Flow(self.window_size)
             status = flow.apply(context)
+            result.statuses.append(status)
             if status == 0:
                 result.accepted += 1
                 result.imputed += context.imputed != 0

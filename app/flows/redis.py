@@ -22,6 +22,7 @@ not lost when Redis is killed (``appendfsync everysec``: a crash of the machine 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ PREFIX = "cpe:flow:"
 _FIXED = struct.Struct(f"<q{D}fB")  # timestamp, features, imputed (or, on the way in, missing) mask
 _ROW = np.dtype([("t", "<i8"), ("f", "<f4", (D,)), ("m", "u1")])
 assert _ROW.itemsize == _FIXED.size
+_CLUSTER_CONCURRENCY = 256  # scripts in flight at once on a Cluster
 _UNAVAILABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.BusyLoadingError, OSError)
 
 # KEYS: window zset, meta hash. ARGV: window, ttl_ms, route_id or "", then (timestamp, packed, pattern)
@@ -198,14 +200,19 @@ class RedisFlows(FlowStore):
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
-        result = Appended()
+        result = Appended(statuses=[0] * len(contexts))
+        positions: dict[str, list[int]] = {}
+        for i, context in enumerate(contexts):
+            positions.setdefault(context.flow_key, []).append(i)
         for (flow_key, _, _), answer in zip(calls, answers, strict=True):
             route_id = next((c.route_id for c in by_flow[flow_key] if c.route_id is not None), None)
-            for status in answer:
+            for i, status in zip(positions[flow_key], answer, strict=True):
                 if status == 1:
                     result.late += 1
+                    result.statuses[i] = 1
                 elif status == 2:
                     result.duplicates += 1
+                    result.statuses[i] = 2
                 else:
                     applied = _unpack(flow_key, status, route_id)
                     result.accepted += 1
@@ -214,22 +221,19 @@ class RedisFlows(FlowStore):
         return result
 
     async def _run_script(self, calls: list[tuple[str, tuple[str, str], list[Any]]]) -> list[Any]:
-        """EVALSHA for each call in one pipeline; a node that lost its scripts (restarted) gets them again
-        and only its calls are run again, so that nothing is applied twice."""
+        """EVALSHA for each call: in one pipeline on one Redis; side by side on a Cluster (whose client
+        pipelines no scripts). A node that lost its scripts (restarted) gets them again and only its calls
+        are run again, so that nothing is applied twice."""
         sha = self._sha or await self._load_script()
         answers: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for i in todo:
-                _, (wkey, mkey), args = calls[i]
-                pipe.evalsha(sha, 2, wkey, mkey, *args)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._evalsha(sha, [calls[i] for i in todo])
             retry = []
             for i, value in zip(todo, results, strict=True):
                 if isinstance(value, rex.NoScriptError) and attempt == 0:
                     retry.append(i)
-                elif isinstance(value, Exception):
+                elif isinstance(value, BaseException):
                     raise value
                 else:
                     answers[i] = value
@@ -238,6 +242,24 @@ class RedisFlows(FlowStore):
             sha = await self._load_script()
             todo = retry
         return answers
+
+    async def _evalsha(self, sha: str, calls: list[tuple[str, tuple[str, str], list[Any]]]) -> list[Any]:
+        if isinstance(self.client, RedisCluster):
+            cluster: Any = self.client  # its stubs type evalsha's answer as str or an awaitable
+            results: list[Any] = []
+            for start in range(0, len(calls), _CLUSTER_CONCURRENCY):
+                results += await asyncio.gather(
+                    *(
+                        cluster.evalsha(sha, 2, wkey, mkey, *args)
+                        for _, (wkey, mkey), args in calls[start : start + _CLUSTER_CONCURRENCY]
+                    ),
+                    return_exceptions=True,
+                )
+            return results
+        pipe = self.client.pipeline(transaction=False)
+        for _, (wkey, mkey), args in calls:
+            pipe.evalsha(sha, 2, wkey, mkey, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def attach_patterns(self, patterns: Sequence[tuple[str, str]]) -> None:
         try:
