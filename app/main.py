@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from app.api import (
     errors,
     feedback,
+    flow_predictions,
     flows,
     health,
     metrics,
@@ -34,6 +35,7 @@ from app.auth import ApiKeys, mask_query_keys, require_scope
 from app.bus import Bus
 from app.cache import create_cache
 from app.engine import Engine, pick_device
+from app.forecasts import Forecasts
 from app.hub import Hub
 from app.ingest.observations import ObserveRequest
 from app.ingest.observing import Observing
@@ -94,7 +96,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, InflightLimit]]:
     )
     app.state.flows, app.state.ingest = observing.flows, observing.ingest
     app.state.otlp_metric_table = observing.otlp_metric_table
-    async with engine, cache, bus, hub, learning or contextlib.nullcontext(), observing:
+    # continuous prediction of the observed flows: forecasts, stream, scores, free labels (app/forecasts)
+    forecasts = None
+    if settings.predict_on_observe:
+        feedback = None if learning is None else learning.store
+        registry = app.state.metrics.registry
+        forecasts = Forecasts.from_settings(
+            settings, engine, bus, observing.flows, feedback, registry,
+            ttl_ms=settings.flow_ttl_ms, max_flows=settings.max_flows,
+        )  # fmt: skip
+        observing.ingest.on_applied = forecasts.on_applied
+    app.state.forecasts = forecasts
+    async with (
+        engine,
+        cache,
+        bus,
+        hub,
+        learning or contextlib.nullcontext(),
+        observing,
+        forecasts or contextlib.nullcontext(),
+    ):
         app.state.learning = learning
         app.state.recent = None if learning is None else learning.recent
         app.state.engine = engine
@@ -161,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (predict.router, read),
         (routing.router, read),
         (stream.router, {}),
+        (flow_predictions.router, {}),
         (feedback.router, write),
         (observe.router, write),
         (observe.stream, {}),

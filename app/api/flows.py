@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection
 
+from app.api.flow_predictions import ForecastsDep
 from app.api.observe import refusal
 from app.api.responses import OrjsonResponse
 from app.flows import FlowStore, FlowsUnavailable, FlowWindow
@@ -131,8 +132,11 @@ async def list_flows(
 @router.get(
     "/{flow_key}", response_model=FlowSummary, responses={404: {"model": Message}, 503: {"model": Message}}
 )
-async def get_flow(flows: FlowsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]) -> Any:
-    """One flow's window summary: its newest observation, the window's statistics."""
+async def get_flow(
+    flows: FlowsDep, forecasts: ForecastsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]
+) -> Any:
+    """One flow's window summary: its newest observation, the window's statistics, its newest forecast and
+    running score."""
     key = flow_key_of(flow_key)
     try:
         window = await flows.window(key)
@@ -140,7 +144,10 @@ async def get_flow(flows: FlowsDep, flow_key: Annotated[str, Path(description="6
         return _unavailable(exc)
     if window is None:
         return OrjsonResponse({"detail": f"flow {key} is not known (never observed, or expired)"}, 404)
-    return summary(window)
+    answer = summary(window)
+    if forecasts is not None:
+        answer.forecast, answer.score = await forecasts.flow(key)
+    return answer
 
 
 @admin.delete(
@@ -151,7 +158,7 @@ async def get_flow(flows: FlowsDep, flow_key: Annotated[str, Path(description="6
     responses={404: {"model": Message}, 503: {"model": Message}},
 )
 async def delete_flow(
-    flows: FlowsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]
+    flows: FlowsDep, forecasts: ForecastsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]
 ) -> Any:
     """Forget a flow's window (admin)."""
     key = flow_key_of(flow_key)
@@ -159,6 +166,8 @@ async def delete_flow(
         deleted = await flows.delete(key)
     except FlowsUnavailable as exc:
         return _unavailable(exc)
+    if forecasts is not None:
+        await forecasts.forget(key)
     if not deleted:
         return OrjsonResponse({"detail": f"flow {key} is not known"}, 404)
     return Response(status_code=204)

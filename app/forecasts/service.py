@@ -15,6 +15,7 @@ from app.bus import Bus
 from app.engine import Engine
 from app.forecasts.continuous import ContinuousPrediction, WindowSource
 from app.forecasts.labels import FreeLabels
+from app.forecasts.redis import ForecastsUnavailable
 from app.forecasts.scores import Scores
 from app.forecasts.store import ForecastStore, create_forecast_store
 from app.forecasts.stream import FlowPredictionHub, FlowPredictionMetrics
@@ -101,10 +102,18 @@ class Forecasts:
 
     async def flow(self, flow_key: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """A flow's newest forecast (a PredictionResult) and running score, for GET /v1/flows/{flow_key}."""
-        found = await self.store.get(flow_key)
+        try:
+            found = await self.store.get(flow_key)
+        except ForecastsUnavailable:  # the window is answered all the same; /readyz says why
+            return None, None
         if found is None:
             return None, None
         return orjson.loads(found.result()), found.score.as_dict()
+
+    async def forget(self, flow_key: str) -> None:
+        """Drop a deleted flow's forecast and score."""
+        with contextlib.suppress(ForecastsUnavailable):
+            await self.store.delete(flow_key)
 
     def summary(self) -> dict[str, Any]:
         """What GET /v1/stats answers about continuous prediction on this replica."""
