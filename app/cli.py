@@ -101,6 +101,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tools.replay import main as replay_main  # a developer tool: needs the checkout's tools/
+
+    return replay_main(args.rest)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from app.bench import main as bench_main
 
@@ -165,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="trace.jsonl")
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser(
+        "replay",
+        help="stream a trace into a running service through /v1/observe and print its score against "
+        "persistence (see tools/replay.py)",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the replay tool")
+    p.set_defaults(func=cmd_replay)
+
     p = sub.add_parser("bench", help="benchmark the service against a naive reference (see scripts/bench.py)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark driver")
     p.set_defaults(func=cmd_bench)
@@ -172,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "replay":  # every option goes to the replay tool, which parses them
+        args.rest = [*unknown, *args.rest]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return int(args.func(args))
 
 
