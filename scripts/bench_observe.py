@@ -296,7 +296,7 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
         bodies = Bodies(flows, args.body)
         limits = httpx.Limits(max_connections=args.senders + 8)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-            step = await fill(client, bodies, 2, args.senders)
+            step = await fill(client, bodies, 1, args.senders)
             await _drained(url)
             rss_full = httpx.get(f"{url}/v1/stats").json()["memory"]["rss_bytes"]
             rates, predictions = [], []
@@ -313,15 +313,18 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
             half = pred_rate / 2
             sampled = list(range(0, flows, max(1, flows // args.sampled)))[: args.sampled]
             ws_url = f"ws://127.0.0.1:{port}/v1/stream/predictions"
-            p50s, p99s, missing = [], [], 0
-            for _ in range(args.repeat):
+            p50s, p99s, missing = [float("nan")], [float("nan")], 0
+            for _ in range(args.repeat if pred_rate else 0):  # continuous prediction off: nothing to time
                 latencies, lost, step = await paced(
                     client, ws_url, bodies, step, half, args.duration, sampled
                 )
+                p50s = [p for p in p50s if p == p]
+                p99s = [p for p in p99s if p == p]
                 p50s.append(percentile(latencies, 50) * 1e3)
                 p99s.append(percentile(latencies, 99) * 1e3)
                 missing += lost
-            server_latency = httpx.get(f"{url}/v1/stats").json()["forecasts"]["observe_to_forecast_ms"]
+            forecasts = httpx.get(f"{url}/v1/stats").json()["forecasts"]
+            server_latency = forecasts and forecasts["observe_to_forecast_ms"]
         return {
             "flows": flows,
             "store": "redis" if args.redis else "memory",
@@ -350,7 +353,7 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
             _clean_redis(tag)
 
 
-async def _drained(url: str, timeout_s: float = 120.0) -> None:
+async def _drained(url: str, timeout_s: float = 60.0) -> None:
     """Until the server has no flow waiting for its forecast."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -384,7 +387,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        server = r["server_observe_to_published_ms"]
+        server = r["server_observe_to_published_ms"] or {"p50": "-", "p99": "-"}
         rows.append(
             f"| {r['flows']:,} | {r['store']} | {r['observations_per_s']:,} | {r['predictions_per_s']:,} | "
             f"{r['raw_forward_per_s']:,} | {r['fraction_of_raw']:.2f} | "
