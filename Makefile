@@ -30,6 +30,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m scripts.bench_observe
 
 # the shipped checkpoints, reproduced: the epochs are those they were trained for (seeded, deterministic)
 train: setup

@@ -1,6 +1,6 @@
 """Observing the network under load: ingest, continuous prediction and its push, on one replica.
 
-    python scripts/bench_observe.py [--flows 10000 100000] [--duration 10] [--redis] [--json out.json]
+    python -m scripts.bench_observe [--flows 10000 100000] [--duration 10] [--redis] [--json out.json]
 
 Starts one `cpe serve` process on loopback (continuous prediction on, ``memory://`` flow store, forecast
 store and bus; with ``--redis`` all three on Redis under a prefix of their own, to show what Redis costs),

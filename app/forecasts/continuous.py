@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from app.bus import Bus
 from app.engine import Engine, EngineStopped, Overloaded, WindowForecast
 from app.fastparse import Window
+from app.flows import FlowsUnavailable
 from app.forecasts.labels import FreeLabels
 from app.forecasts.redis import ForecastsUnavailable
 from app.forecasts.result import Draft, serialize_many
@@ -44,6 +45,7 @@ log = logging.getLogger("cpe.forecasts")
 EWMA_ALPHA = 0.3  # the EWMA baseline's weight of the newest sample, as in models/baselines.py
 EWMA_SPAN = 24  # contexts the EWMA reads: the weight of older ones is below 0.7^24 = 2e-4
 RETRY_S = 0.01  # how long a round waits after the engine refused its windows
+UNAVAILABLE_RETRY_S = 0.5  # ... after the flow store could not be reached
 
 
 class FlowWindow(Protocol):
@@ -107,6 +109,7 @@ class ContinuousPrediction:
         self._due: dict[str, float] = {}  # flow_key -> perf_counter() of its oldest unforecast observation
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = 0  # rounds in progress
         self.latencies = LatencyRing()  # observe -> published, seconds: GET /v1/stats's percentiles
         self._latency = (
             BatchHistogram(
@@ -161,8 +164,6 @@ class ContinuousPrediction:
                 raise TimeoutError(f"{len(self._due)} flows still due after {timeout_s} s")
             await asyncio.sleep(0.005)
 
-    _running = 0
-
     # -- the ingest side ------------------------------------------------------------------------
     def touch(self, flow_keys: Iterable[str]) -> None:
         """Mark ``flow_keys`` due for a forecast (an ingest batch's flows; a mapping's keys will do)."""
@@ -214,6 +215,9 @@ class ContinuousPrediction:
                 self._deferred.inc(len(keys))
                 self._put_back(keys, touched)
                 await asyncio.sleep(RETRY_S)
+            except FlowsUnavailable:  # the windows are out of reach (Redis): they wait, and so do we
+                self._put_back(keys, touched)
+                await asyncio.sleep(UNAVAILABLE_RETRY_S)
             except asyncio.CancelledError:
                 raise
             except Exception:

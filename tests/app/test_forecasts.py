@@ -200,3 +200,22 @@ async def test_predictions_of_a_round_are_one_bus_message_fanned_out_by_flow(rig
     assert list(message) == ["FlowPrediction"] and message["FlowPrediction"]["flow_key"] == key(5)
     assert rig.metric("cpe_flow_predictions_published_total") == 6
     assert rig.metric("cpe_flow_predictions_delivered_total") == 7
+
+
+async def test_a_slow_subscriber_loses_its_oldest_counted_and_the_others_get_everything() -> None:
+    async for rig in _rig(ws_queue_size=4):
+        hub = rig.forecasts.hub
+        slow, mine = hub.connect(), hub.connect()
+        hub.subscribe_flows(slow, None, None)  # reads nothing
+        hub.subscribe_flows(mine, [key(9)], None)
+        await rig.observe([observation(f, 0) for f in range(10)])
+        await rig.forecasts.continuous.idle()
+        for _ in range(100):
+            if rig.metric("cpe_flow_predictions_delivered_total") == 11:
+                break
+            await asyncio.sleep(0.01)
+        assert slow.dropped == 6 and len(slow.outbox) == 4  # the newest 4 of the 10 are left
+        assert rig.metric("cpe_flow_predictions_dropped_total") == 6
+        assert mine.dropped == 0 and len(mine.outbox) == 1
+        newest = [orjson.loads(slow.outbox.get_nowait() or "") for _ in range(4)]
+        assert [m["FlowPrediction"]["flow_key"] for m in newest] == [key(f) for f in range(6, 10)]
