@@ -1,10 +1,12 @@
 """Forecasts in Redis (``redis://``): every replica answers ``GET /v1/flows/{flow_key}`` with the newest.
 
-One hash per flow, ``<prefix>{<flow_key>}`` (the braces are a hash tag: on Redis Cluster all of a flow's
-keys, its window's included, hash to one slot), holding the serialized result, the numbers that score
-the next observation, and the running score. It expires ``ttl_ms`` after its last update, as the flow's
-window does. A round of continuous prediction costs two pipelined round-trips: one read of the
-previous forecasts, one write of the new ones. A Redis that does not answer makes them fail
+One string per flow, ``<prefix>{<flow_key>}`` (the braces are a hash tag: on Redis Cluster all of a
+flow's keys, its window's included, hash to one slot): a fixed binary header with the numbers that score
+the next observation and the running score, the model kind, then the serialized result. One value rather
+than a hash of fields: a round then costs one GET and one SET (with its expiry) per flow, in two
+pipelined round-trips, where a hash took HMGET, HSET and PEXPIRE and ten fields to encode and parse each
+(``scripts/bench_observe.py --redis``). It expires ``ttl_ms`` after its last update, as the flow's window
+does. A Redis that does not answer makes them fail
 (``ForecastsUnavailable``): the round's forecasts are still published, only not kept, and ``problem``
 says why until Redis answers again.
 """
@@ -12,6 +14,7 @@ says why until Redis answers again.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,7 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cpe.forecasts")
 
 _FAILURES = (redis_errors.RedisError, OSError)
-_FIELDS = ("r", "b", "l", "p", "e", "m", "n", "sm", "sp", "se")
+# base_ts, predicted latency, persistence, EWMA; scored, the three error sums; the model kind's length
+_HEADER = struct.Struct("<q3dQ3dB")
 
 
 class ForecastsUnavailable(Exception):
@@ -78,34 +82,20 @@ class RedisForecasts(ForecastStore):
             return []
         pipe = self.client.pipeline(transaction=False)
         for flow_key in flow_keys:
-            pipe.hmget(self.key(flow_key), list(_FIELDS))
+            pipe.get(self.key(flow_key))
         try:
-            rows = await pipe.execute()
+            values = await pipe.execute()
         except _FAILURES as exc:
             raise self._failed(exc) from None
         self._recovered()
-        return [_forecast(row) for row in rows]
+        return [None if value is None else unpack(value) for value in values]
 
     async def put_many(self, forecasts: Sequence[tuple[str, FlowForecast]]) -> None:
         if not forecasts:
             return
         pipe = self.client.pipeline(transaction=False)
-        for flow_key, fc in forecasts:
-            key, score = self.key(flow_key), fc.score
-            fields = {
-                "r": fc.result(),
-                "b": fc.base_ts,
-                "l": repr(fc.latency),
-                "p": repr(fc.persistence),
-                "e": repr(fc.ewma),
-                "m": fc.model,
-                "n": score.scored,
-                "sm": repr(score.model),
-                "sp": repr(score.persistence),
-                "se": repr(score.ewma),
-            }
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-            pipe.pexpire(key, self.ttl_ms)
+        for flow_key, forecast in forecasts:
+            pipe.set(self.key(flow_key), pack(forecast), px=self.ttl_ms)
         try:
             await pipe.execute()
         except _FAILURES as exc:
@@ -123,17 +113,26 @@ class RedisForecasts(ForecastStore):
             await self.client.aclose()
 
 
-def _forecast(row: list[bytes | None]) -> FlowForecast | None:
-    result, base, latency, persistence, ewma, model, n, sm, sp, se = row
-    if result is None or base is None:
-        return None
-    return FlowForecast(
-        body=result,
-        draft=None,
-        base_ts=int(base),
-        latency=float(latency or 0.0),
-        persistence=float(persistence or 0.0),
-        ewma=float(ewma or 0.0),
-        model=(model or b"").decode(),
-        score=FlowScore(int(n or 0), float(sm or 0.0), float(sp or 0.0), float(se or 0.0)),
+def pack(forecast: FlowForecast) -> bytes:
+    """A forecast as the value Redis keeps: header, model kind, serialized result."""
+    score, model = forecast.score, forecast.model.encode()
+    header = _HEADER.pack(
+        forecast.base_ts,
+        forecast.latency,
+        forecast.persistence,
+        forecast.ewma,
+        score.scored,
+        score.model,
+        score.persistence,
+        score.ewma,
+        len(model),
     )
+    return header + model + forecast.result()
+
+
+def unpack(value: bytes) -> FlowForecast:
+    base_ts, latency, persistence, ewma, scored, sm, sp, se, n = _HEADER.unpack_from(value)
+    start = _HEADER.size
+    model = value[start : start + n].decode()
+    score = FlowScore(scored, sm, sp, se)
+    return FlowForecast(value[start + n :], None, base_ts, latency, persistence, ewma, model, score)
