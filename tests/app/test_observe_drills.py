@@ -147,7 +147,8 @@ def test_a_replica_killed_mid_stream_loses_no_acknowledged_observation(aof_redis
             assert flow["newest_timestamp"] >= T0 + acked[-1] * 1000
         rate = len(acked) * BATCH / elapsed
         print(
-            f"\nreplica kill: {len(acked) * BATCH} observations acknowledged ({rate:.0f}/s over {elapsed:.1f} s, "
+            f"\nreplica kill: {len(acked) * BATCH} observations acknowledged "
+            f"({rate:.0f}/s over {elapsed:.1f} s, "
             f"{before_kill * BATCH} before the kill), 0 lost; flows served by the other replica "
             f"{served_after_s:.2f} s after the kill"
         )
@@ -176,6 +177,7 @@ def test_redis_killed_and_restarted_503_then_recovers_with_nothing_acknowledged_
             flow = httpx.get(f"{server.url}/v1/flows/{k}").json()
             assert flow["length"] == 21 and flow["observations"] == 21  # the 20 acknowledged, and the retry
         print(
-            f"\nRedis kill: 503 + Retry-After while down; ingest back {recovered_s:.2f} s after the restart began; "
+            "\nRedis kill: 503 + Retry-After while down; "
+            f"ingest back {recovered_s:.2f} s after the restart began; "
             f"{20 * BATCH} acknowledged observations, 0 lost"
         )
