@@ -24,7 +24,8 @@ from app.api.openapi import json_body
 from app.api.responses import OrjsonResponse
 from app.auth import accept_websocket
 from app.flows import FlowsFull, FlowsUnavailable
-from app.ingest import IngestService
+from app.ingest import IngestService, fastread
+from app.ingest.adapters import Adapted, adapt
 from app.ingest.observations import Observation, ObserveRequest, ObserveResult
 from app.settings import Settings
 
@@ -64,13 +65,13 @@ async def observe(request: Request, ingest: IngestDep) -> OrjsonResponse:
     """Apply observations of any flows (native contexts, transport, STOQ, Layer 1 and Layer 2 messages)."""
     body = await request.body()
     try:
-        observations = ingest.parse(body)
+        adapted = ingest.read(body)
     except ValidationError as exc:
         ingest.refused("http", "invalid")
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors, body=body) from None
     try:
-        result = await ingest.observe(observations, "http")
+        result = await ingest.apply(adapted, "http")
     except (FlowsFull, FlowsUnavailable) as exc:
         ingest.refused("http", "full" if isinstance(exc, FlowsFull) else "unavailable")
         status, answer = refusal(exc)
@@ -78,9 +79,18 @@ async def observe(request: Request, ingest: IngestDep) -> OrjsonResponse:
     return OrjsonResponse(result.model_dump(), status_code=202)
 
 
-def parse_frame(text: str | bytes, ingest: IngestService) -> list[Observation]:
-    """A WebSocket frame or stream entry: a JSON list of observations (or one observation)."""
-    observations = _FRAME.validate_json(text if text.lstrip()[:1] in ("[", b"[") else b"[%s]" % _b(text))
+def read_frame(text: str | bytes, ingest: IngestService) -> Adapted:
+    """A WebSocket frame or stream entry, a JSON list of observations (or one observation), as items."""
+    frame = text if text.lstrip()[:1] in ("[", b"[") else b"[%s]" % _b(text)
+    fast = fastread.read_frame(frame, ingest.limits.max_batch)
+    if fast is not None:
+        return fast
+    return adapt(parse_frame(frame, ingest), ingest.flow_record_interval_ms)
+
+
+def parse_frame(frame: str | bytes, ingest: IngestService) -> list[Observation]:
+    """The observations of a frame that is a JSON list; else pydantic's ``ValidationError``."""
+    observations = _FRAME.validate_json(frame)
     if len(observations) > ingest.limits.max_batch:
         raise ValidationError.from_exception_data(
             "observations",
@@ -133,13 +143,13 @@ async def stream_observe(websocket: WebSocket, ingest: IngestDep) -> None:
 async def _ack(frame: int, text: str | bytes, ingest: IngestService) -> bytes:
     """The answer to a frame: ``{"op": "ack", "frame", accepted, late, duplicates, imputed}`` or an error."""
     try:
-        observations = parse_frame(text, ingest)
+        adapted = read_frame(text, ingest)
     except ValidationError as exc:
         ingest.refused("websocket", "invalid")
         detail = error_detail(exc.errors(include_url=False))
         return orjson.dumps({"op": "error", "frame": frame, "status": 422, "detail": detail})
     try:
-        result = await ingest.observe(observations, "websocket")
+        result = await ingest.apply(adapted, "websocket")
     except (FlowsFull, FlowsUnavailable) as exc:
         ingest.refused("websocket", "full" if isinstance(exc, FlowsFull) else "unavailable")
         status, answer = refusal(exc)

@@ -100,27 +100,71 @@ def from_context(m: ContextIn) -> FlowContext:
 
 
 def from_transport_metrics(m: TransportMetricsIn) -> FlowContext:
-    row = _features(
-        latency_ms=m.average_latency_ms,
-        throughput_mbps=m.throughput_mbps,
-        error_rate=m.error_rate,
-        connections=None if m.connection_count is None else float(m.connection_count),
+    return from_transport_metrics_values(
+        m.flow_key,
+        m.timestamp,
+        m.connection_count,
+        m.average_latency_ms,
+        m.throughput_mbps,
+        m.error_rate,
+        m.route_id,
     )
-    return FlowContext(m.flow_key, m.timestamp, row, m.route_id)
+
+
+def from_transport_metrics_values(
+    flow_key: str,
+    timestamp: int,
+    connection_count: int | None,
+    average_latency_ms: float | None,
+    throughput_mbps: float | None,
+    error_rate: float | None,
+    route_id: str | None,
+) -> FlowContext:
+    """TransportMetrics' fields onto the features (also for ``app/ingest/fastread.py``)."""
+    row = _features(
+        latency_ms=average_latency_ms,
+        throughput_mbps=throughput_mbps,
+        error_rate=error_rate,
+        connections=None if connection_count is None else float(connection_count),
+    )
+    return FlowContext(flow_key, timestamp, row, route_id)
 
 
 def from_network_conditions(m: NetworkConditionsIn) -> FlowContext:
+    return from_network_conditions_values(
+        m.flow_key,
+        m.timestamp,
+        m.rtt_ms,
+        m.packet_loss,
+        m.throughput_mbps,
+        m.bandwidth_estimate,
+        m.jitter_ms,
+        m.route_id,
+    )
+
+
+def from_network_conditions_values(
+    flow_key: str,
+    timestamp: int,
+    rtt_ms: float | None,
+    packet_loss: float | None,
+    throughput_mbps: float | None,
+    bandwidth_estimate: float | None,
+    jitter_ms: float | None,
+    route_id: str | None,
+) -> FlowContext:
+    """NetworkConditions' fields onto the features (also for ``app/ingest/fastread.py``)."""
     utilization = None
-    if m.throughput_mbps is not None and m.bandwidth_estimate:
-        utilization = min(m.throughput_mbps / m.bandwidth_estimate, 1.0)
+    if throughput_mbps is not None and bandwidth_estimate:
+        utilization = min(throughput_mbps / bandwidth_estimate, 1.0)
     row = _features(
-        latency_ms=m.rtt_ms,
-        jitter_ms=m.jitter_ms,
-        loss_rate=None if m.packet_loss is None else m.packet_loss / 100.0,
-        throughput_mbps=m.throughput_mbps,
+        latency_ms=rtt_ms,
+        jitter_ms=jitter_ms,
+        loss_rate=None if packet_loss is None else packet_loss / 100.0,
+        throughput_mbps=throughput_mbps,
         utilization=utilization,
     )
-    return FlowContext(m.flow_key, m.timestamp, row, m.route_id)
+    return FlowContext(flow_key, timestamp, row, route_id)
 
 
 def from_flow_records(records: Sequence[FlowRecordIn], interval_ms: int) -> list[FlowContext]:

@@ -42,7 +42,7 @@ class Observing:
         await self._stack.enter_async_context(self.flows)
         settings = self._settings
         if settings.ingest_url:
-            from app.api.observe import parse_frame
+            from app.api.observe import read_frame
             from app.ingest.stream import StreamDoor
 
             door = StreamDoor(
@@ -52,7 +52,7 @@ class Observing:
                 group=settings.ingest_group,
                 consumer=self._consumer,
                 claim_ms=settings.ingest_claim_ms,
-                parse=parse_frame,
+                parse=read_frame,
             )
             await self._stack.enter_async_context(door)
         return self

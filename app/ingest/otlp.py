@@ -60,6 +60,8 @@ def decode(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
     request = ExportMetricsServiceRequest()
     try:
         if "json" in content_type:
+            if not body.lstrip().startswith(b"{"):
+                raise ValueError("an OTLP/JSON body is an object")
             json_format.Parse(body, request, ignore_unknown_fields=True)
         else:
             request.ParseFromString(body)

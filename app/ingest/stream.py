@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from app.flows import FlowsFull, FlowsUnavailable
+from app.ingest.adapters import Adapted
 from app.ingest.service import IngestService
 
 log = logging.getLogger("cpe.ingest")
@@ -50,7 +51,7 @@ class StreamDoor:
             self.client = Redis.from_url(url)
         self.ingest, self.stream, self.group, self.consumer = ingest, stream, group, consumer
         self.claim_ms = claim_ms
-        self.parse = parse  # text -> observations, raising ValidationError (app/api/observe.parse_frame)
+        self.parse = parse  # text -> Adapted, raising ValidationError (app/api/observe.read_frame)
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> StreamDoor:
@@ -113,16 +114,18 @@ class StreamDoor:
         return [entry for entry in answer[1] if entry[1]]  # deleted entries come back empty
 
     async def _apply(self, entries: list[Any]) -> None:
-        observations = []
+        items, weights = [], []
         for entry_id, fields in entries:
             text = fields.get(FIELD)
             try:
                 if text is None:
                     raise ValueError(f"no field {FIELD.decode()!r}")
-                observations += self.parse(text, self.ingest)
+                adapted = self.parse(text, self.ingest)
+                items += adapted.items
+                weights += adapted.weights
             except (ValidationError, ValueError) as exc:
                 self.ingest.refused("stream", "invalid")
                 log.warning("ingest stream: entry %s is not valid and is dropped: %s", entry_id, exc)
-        if observations:
-            await self.ingest.observe(observations, "stream")
+        if items:
+            await self.ingest.apply(Adapted(items, weights), "stream")
         await self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
