@@ -353,7 +353,7 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
             _clean_redis(tag)
 
 
-async def _drained(url: str, timeout_s: float = 60.0) -> None:
+async def _drained(url: str, timeout_s: float = 300.0) -> None:
     """Until the server has no flow waiting for its forecast."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
