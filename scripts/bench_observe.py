@@ -301,11 +301,11 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
             rss_full = httpx.get(f"{url}/v1/stats").json()["memory"]["rss_bytes"]
             rates, predictions = [], []
             for _ in range(args.repeat):
-                made = metric(url, "cpe_flow_forecasts_total")
+                made = metric(url, "cpe_forecasts_total")
                 t = time.perf_counter()
                 rate, step = await sustained(client, bodies, step, args.duration, args.senders)
                 predictions.append(
-                    (metric(url, "cpe_flow_forecasts_total") - made) / (time.perf_counter() - t)
+                    (metric(url, "cpe_forecasts_total") - made) / (time.perf_counter() - t)
                 )
                 rates.append(rate)
                 await _drained(url)
@@ -357,7 +357,7 @@ async def _drained(url: str, timeout_s: float = 300.0) -> None:
     """Until the server has no flow waiting for its forecast."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if metric(url, "cpe_flow_forecasts_due") == 0:
+        if metric(url, "cpe_forecasts_due") == 0:
             return
         await asyncio.sleep(0.2)
 

@@ -4,7 +4,7 @@ The client sends ``{"op": "subscribe", "flow_keys": [...], "groups": [...]}`` (b
 flow) and gets ``{"FlowPrediction": {...PredictionResult}}`` frames from then on; ``unsubscribe``, ``ping``,
 heartbeats, rates and limits are those of /v1/stream/routing (the same socket handling and fan-out). A
 client that falls ``CPE_WS_QUEUE_SIZE`` messages behind loses its oldest (counted in the heartbeat's and
-pong's ``dropped``, and in ``cpe_flow_predictions_dropped_total``).
+pong's ``dropped``, and in ``cpe_forecast_messages_dropped_total``).
 """
 
 from __future__ import annotations

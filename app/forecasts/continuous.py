@@ -123,20 +123,20 @@ class ContinuousPrediction:
             else None
         )
         self._forecasts = Counter(
-            "cpe_flow_forecasts", "Continuous forecasts made, per model.", ["model"], registry=registry
+            "cpe_forecasts", "Continuous forecasts made, per model.", ["model"], registry=registry
         )
         self._coalesced = Counter(
-            "cpe_flow_forecasts_coalesced",
+            "cpe_forecasts_coalesced",
             "Observed flows already waiting for their forecast: forecast once, on the newest window.",
             registry=registry,
         )
         self._deferred = Counter(
-            "cpe_flow_forecasts_deferred",
+            "cpe_forecasts_deferred",
             "Flows put back to wait because the engine's queue was full.",
             registry=registry,
         )
         self._due_gauge = Gauge(
-            "cpe_flow_forecasts_due", "Observed flows waiting for their forecast.", registry=registry
+            "cpe_forecasts_due", "Observed flows waiting for their forecast.", registry=registry
         )
         self._due_gauge.set_function(lambda: len(self._due))
 

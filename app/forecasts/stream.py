@@ -40,17 +40,17 @@ class FlowPredictionMetrics:
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.published = Counter(
-            "cpe_flow_predictions_published",
+            "cpe_forecast_messages_published",
             "FlowPrediction messages published on the bus.",
             registry=registry,
         )
         self.delivered = Counter(
-            "cpe_flow_predictions_delivered",
+            "cpe_forecast_messages_delivered",
             "FlowPrediction messages handed to this process's WebSocket subscribers (pushed or queued).",
             registry=registry,
         )
         self.dropped = Counter(
-            "cpe_flow_predictions_dropped",
+            "cpe_forecast_messages_dropped",
             "FlowPrediction messages a slow WebSocket subscriber lost: its oldest, dropped to make room.",
             registry=registry,
         )

@@ -90,7 +90,7 @@ async def test_observed_flows_are_forecast_in_bulk(rig: Rig) -> None:
     await rig.forecasts.continuous.idle()
     assert rig.engine.stats.forward_passes - passes_before <= 2
     assert (
-        rig.metric("cpe_flow_forecasts_total", {"model": "lstm"}) == rig.forecasts.continuous.stats.forecasts
+        rig.metric("cpe_forecasts_total", {"model": "lstm"}) == rig.forecasts.continuous.stats.forecasts
     )
 
 
@@ -108,7 +108,7 @@ async def test_a_flow_touched_twice_before_its_forecast_is_forecast_once_on_its_
     assert continuous.stats.forecasts == 1
     forecast, _ = await rig.forecasts.flow(key(7))
     assert forecast is not None and forecast["metadata"]["base_timestamp"] == T0 + 2000
-    assert rig.metric("cpe_flow_forecasts_coalesced_total") == 2
+    assert rig.metric("cpe_forecasts_coalesced_total") == 2
 
 
 async def test_the_next_observation_scores_the_forecast_beside_persistence_and_ewma(rig: Rig) -> None:
@@ -198,8 +198,8 @@ async def test_predictions_of_a_round_are_one_bus_message_fanned_out_by_flow(rig
     assert len(everything.outbox) == 6 and len(mine.outbox) == 1
     message = orjson.loads(mine.outbox.get_nowait() or "")
     assert list(message) == ["FlowPrediction"] and message["FlowPrediction"]["flow_key"] == key(5)
-    assert rig.metric("cpe_flow_predictions_published_total") == 6
-    assert rig.metric("cpe_flow_predictions_delivered_total") == 7
+    assert rig.metric("cpe_forecast_messages_published_total") == 6
+    assert rig.metric("cpe_forecast_messages_delivered_total") == 7
 
 
 async def test_a_slow_subscriber_loses_its_oldest_counted_and_the_others_get_everything() -> None:
@@ -211,11 +211,11 @@ async def test_a_slow_subscriber_loses_its_oldest_counted_and_the_others_get_eve
         await rig.observe([observation(f, 0) for f in range(10)])
         await rig.forecasts.continuous.idle()
         for _ in range(100):
-            if rig.metric("cpe_flow_predictions_delivered_total") == 11:
+            if rig.metric("cpe_forecast_messages_delivered_total") == 11:
                 break
             await asyncio.sleep(0.01)
         assert slow.dropped == 6 and len(slow.outbox) == 4  # the newest 4 of the 10 are left
-        assert rig.metric("cpe_flow_predictions_dropped_total") == 6
+        assert rig.metric("cpe_forecast_messages_dropped_total") == 6
         assert mine.dropped == 0 and len(mine.outbox) == 1
         newest = [orjson.loads(slow.outbox.get_nowait() or "") for _ in range(4)]
         assert [m["FlowPrediction"]["flow_key"] for m in newest] == [key(f) for f in range(6, 10)]
