@@ -304,9 +304,7 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
                 made = metric(url, "cpe_forecasts_total")
                 t = time.perf_counter()
                 rate, step = await sustained(client, bodies, step, args.duration, args.senders)
-                predictions.append(
-                    (metric(url, "cpe_forecasts_total") - made) / (time.perf_counter() - t)
-                )
+                predictions.append((metric(url, "cpe_forecasts_total") - made) / (time.perf_counter() - t))
                 rates.append(rate)
                 await _drained(url)
             obs_rate, pred_rate = statistics.median(rates), statistics.median(predictions)

@@ -18,8 +18,8 @@ from app.api.responses import OrjsonResponse, dumps
 from app.cache import Cache, prediction_id, prediction_key
 from app.engine import Engine, WindowForecast
 from app.fastparse import Window, windows_of
-from app.flows import FlowsUnavailable
-from app.flows.serving import fill_from_flows, unknown_flow, unknown_flow_item
+from app.flows import FlowStore, FlowsUnavailable
+from app.flows.serving import UnknownFlow, fill_from_flows, unknown_flow, unknown_flow_item
 from app.learning.recent import RecentWindows
 from app.schemas import (
     BatchPredictRequest,
@@ -67,9 +67,15 @@ async def predict_one(
     limits: Limits,
     start: float,
     recent: RecentWindows | None = None,
+    flows: FlowStore | None = None,
 ) -> bytes:
-    """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's)."""
+    """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's); one without
+    contexts from the flow's window in ``flows`` (``UnknownFlow`` when there is none)."""
     [window] = windows_of([req])
+    if not len(window.timestamps) and (
+        flows is None or await fill_from_flows([window], flows, limits.max_window)
+    ):
+        raise UnknownFlow(unknown_flow(window.flow_key)["detail"])
     return await predict_window(window, engine, cache, limits, start, recent)
 
 

@@ -29,6 +29,8 @@ from app.auth import accept_websocket
 from app.bus.queue import QueueClosed
 from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
+from app.flows import FlowStore, FlowsUnavailable
+from app.flows.serving import UnknownFlow
 from app.hub import PUSH_EXTENSION, Hub, StreamClient
 from app.learning.recent import RecentWindows
 from app.metrics import Metrics
@@ -252,7 +254,8 @@ async def stream_predict(
             if not rate.admit():
                 answers.put_nowait(dumps({"id": _id_of(text), "error": rate.refusal()}))
                 continue
-            task = asyncio.create_task(_predict(text, engine, cache, limits, answers, recent))
+            flows = websocket.app.state.flows  # for requests without contexts: the server-side window
+            task = asyncio.create_task(_predict(text, engine, cache, limits, answers, recent, flows))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except PolicyViolation as exc:
@@ -271,6 +274,7 @@ async def _predict(
     limits: Limits,
     answers: asyncio.Queue[bytes],
     recent: RecentWindows | None,
+    flows: FlowStore | None = None,
 ) -> None:
     """Answer one request frame as POST /v1/predict would (cache included); errors in the same shapes."""
     start = time.perf_counter()
@@ -283,8 +287,11 @@ async def _predict(
         )
         return
     try:
-        result = await predict_one(req, engine, cache, limits, start, recent)
-    except (Overloaded, EngineStopped) as exc:
+        result = await predict_one(req, engine, cache, limits, start, recent, flows)
+    except UnknownFlow as exc:
+        answers.put_nowait(dumps({"id": req.id, "error": {"status": 404, "detail": str(exc)}}))
+        return
+    except (Overloaded, EngineStopped, FlowsUnavailable) as exc:
         error = {"status": 503, "detail": str(exc), "retry_after_s": exc.retry_after_s}
         answers.put_nowait(dumps({"id": req.id, "error": error}))
         return

@@ -8,10 +8,12 @@ Lua script may touch both):
 - ``<prefix>{<flow_key>}:m``, a hash: ``r`` the route id, ``n`` contexts ever applied, ``p`` a pattern
   waiting for the next context.
 
-One script (``APPEND``) applies a flow's contexts of a batch atomically: late and duplicate rules
-against the newest timestamp, missing features from the newest context, the pending pattern, the trim
-to the window and the expiry. Replicas racing on one flow are serialized by Redis, so out-of-order and
-duplicate observations from anywhere never corrupt a window. The script needs no module: plain Redis 7.
+One script (``APPEND``) applies the contexts of a batch atomically, flow by flow: late and duplicate
+rules against the newest timestamp, missing features from the newest context, the pending pattern, the
+trim to the window and the expiry. Replicas racing on one flow are serialized by Redis, so out-of-order
+and duplicate observations from anywhere never corrupt a window. One call takes up to FLOWS_PER_CALL
+flows on one Redis, and the flows of one hash slot on a Cluster (a script may touch one slot only). It
+needs no module: plain Redis 7.
 
 ``<prefix>index`` (a sorted set, all scores 0, ordered by flow key) lists the flows for paging; a flow
 that expired leaves it when a listing finds it gone.
@@ -43,55 +45,69 @@ _FIXED = struct.Struct(f"<q{D}fB")  # timestamp, features, imputed (or, on the w
 _ROW = np.dtype([("t", "<i8"), ("f", "<f4", (D,)), ("m", "u1")])
 assert _ROW.itemsize == _FIXED.size
 _CLUSTER_CONCURRENCY = 256  # scripts in flight at once on a Cluster
+# Flows per script call on one Redis: one call holds Redis for its duration; this many keeps it short
+FLOWS_PER_CALL = 256
 _UNAVAILABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.BusyLoadingError, OSError)
 
-# KEYS: window zset, meta hash. ARGV: window, ttl_ms, route_id or "", then (timestamp, packed, pattern)
-# per context. Answers per context: 1 late, 2 duplicate, or the member stored (the applied context).
+# KEYS: each flow's window zset and meta hash. ARGV: window, ttl_ms, then per flow: route_id or "", the
+# count n of its contexts, their packed forms end to end (n x _FIXED.size bytes), "1" when n pattern ids
+# follow (else "0"). Answers, per context in order: 1 late, 2 duplicate, or the member stored.
 APPEND = f"""
-local wkey, mkey = KEYS[1], KEYS[2]
-local window, ttl, route = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local newest_ts, newest
-local last = redis.call('ZRANGE', wkey, -1, -1, 'WITHSCORES')
-if #last > 0 then newest, newest_ts = last[1], tonumber(last[2]) end
-local pending = redis.call('HGET', mkey, 'p')
-local used_pending = false
-local out, applied = {{}}, 0
-for i = 4, #ARGV, 3 do
-  local ts, packed, pattern = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
-  if newest_ts ~= nil and ts < newest_ts then
-    out[#out + 1] = 1
-  elseif newest_ts ~= nil and ts == newest_ts then
-    out[#out + 1] = 2
-  else
-    local missing = string.byte(packed, {_FIXED.size})
-    local parts = {{string.sub(packed, 1, 8)}}
-    for f = 0, {D - 1} do
-      local a = 9 + 4 * f
-      if newest ~= nil and bit.band(missing, bit.lshift(1, f)) ~= 0 then
-        parts[#parts + 1] = string.sub(newest, a, a + 3)
-      else
-        parts[#parts + 1] = string.sub(packed, a, a + 3)
+local size = {_FIXED.size}
+local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {{}}
+local arg = 3
+for k = 1, #KEYS, 2 do
+  local wkey, mkey = KEYS[k], KEYS[k + 1]
+  local route, n, blob, has_patterns = ARGV[arg], tonumber(ARGV[arg + 1]), ARGV[arg + 2], ARGV[arg + 3]
+  arg = arg + 4
+  local newest_ts, newest
+  local last = redis.call('ZRANGE', wkey, -1, -1, 'WITHSCORES')
+  if #last > 0 then newest, newest_ts = last[1], tonumber(last[2]) end
+  local pending = redis.call('HGET', mkey, 'p')
+  local used_pending = false
+  local applied = 0
+  for i = 0, n - 1 do
+    local at = i * size
+    local ts = struct.unpack('<i8', blob, at + 1)
+    local pattern = ''
+    if has_patterns == '1' then pattern = ARGV[arg + i] end
+    if newest_ts ~= nil and ts < newest_ts then
+      out[#out + 1] = 1
+    elseif newest_ts ~= nil and ts == newest_ts then
+      out[#out + 1] = 2
+    else
+      local missing = string.byte(blob, at + size)
+      local parts = {{string.sub(blob, at + 1, at + 8)}}
+      for f = 0, {D - 1} do
+        local a = 9 + 4 * f
+        if newest ~= nil and bit.band(missing, bit.lshift(1, f)) ~= 0 then
+          parts[#parts + 1] = string.sub(newest, a, a + 3)
+        else
+          parts[#parts + 1] = string.sub(blob, at + a, at + a + 3)
+        end
       end
+      parts[#parts + 1] = string.char(missing)
+      if pattern == '' and pending and not used_pending then
+        pattern, used_pending = pending, true
+      end
+      parts[#parts + 1] = pattern
+      local member = table.concat(parts)
+      redis.call('ZADD', wkey, ts, member)
+      newest, newest_ts = member, ts
+      applied = applied + 1
+      out[#out + 1] = member
     end
-    parts[#parts + 1] = string.char(missing)
-    if pattern == '' and pending and not used_pending then
-      pattern, used_pending = pending, true
-    end
-    parts[#parts + 1] = pattern
-    local member = table.concat(parts)
-    redis.call('ZADD', wkey, ts, member)
-    newest, newest_ts = member, ts
-    applied = applied + 1
-    out[#out + 1] = member
   end
-end
-if applied > 0 then
-  redis.call('ZREMRANGEBYRANK', wkey, 0, -(window + 1))
-  redis.call('HINCRBY', mkey, 'n', applied)
-  if route ~= '' then redis.call('HSET', mkey, 'r', route) end
-  if used_pending then redis.call('HDEL', mkey, 'p') end
-  redis.call('PEXPIRE', wkey, ttl)
-  redis.call('PEXPIRE', mkey, ttl)
+  if has_patterns == '1' then arg = arg + n end
+  if applied > 0 then
+    redis.call('ZREMRANGEBYRANK', wkey, 0, -(window + 1))
+    redis.call('HINCRBY', mkey, 'n', applied)
+    if route ~= '' then redis.call('HSET', mkey, 'r', route) end
+    if used_pending then redis.call('HDEL', mkey, 'p') end
+    redis.call('PEXPIRE', wkey, ttl)
+    redis.call('PEXPIRE', mkey, ttl)
+  end
 end
 return out
 """
@@ -184,43 +200,69 @@ class RedisFlows(FlowStore):
         return FlowsUnavailable(self._problem, self.retry_after_s)
 
     async def append(self, contexts: Sequence[FlowContext]) -> Appended:
-        by_flow: dict[str, list[FlowContext]] = {}
-        for context in contexts:
-            by_flow.setdefault(context.flow_key, []).append(context)
-        calls = []
-        for flow_key, flow_contexts in by_flow.items():
-            route = next((c.route_id for c in reversed(flow_contexts) if c.route_id is not None), None)
-            args: list[Any] = [self.window_size, self.ttl_ms, route or ""]
-            for c in flow_contexts:
-                args += [c.timestamp, _pack(c), c.pattern_id or ""]
-            calls.append((flow_key, _keys(self.prefix, flow_key), args))
+        by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in ``contexts``
+        for i, context in enumerate(contexts):
+            by_flow.setdefault(context.flow_key, []).append(i)
+        flows = [(flow_key, self._flow_args(contexts, positions)) for flow_key, positions in by_flow.items()]
         try:
-            answers = await self._run_script(calls)
+            answers = await self._run_script(self._calls(flows))
             await self.client.zadd(self.index, dict.fromkeys(by_flow, 0))
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
         result = Appended(statuses=[0] * len(contexts))
-        positions: dict[str, list[int]] = {}
-        for i, context in enumerate(contexts):
-            positions.setdefault(context.flow_key, []).append(i)
-        for (flow_key, _, _), answer in zip(calls, answers, strict=True):
-            route_id = next((c.route_id for c in by_flow[flow_key] if c.route_id is not None), None)
-            for i, status in zip(positions[flow_key], answer, strict=True):
-                if status == 1:
-                    result.late += 1
-                    result.statuses[i] = 1
-                elif status == 2:
-                    result.duplicates += 1
-                    result.statuses[i] = 2
-                else:
-                    applied = _unpack(flow_key, status, route_id)
-                    result.accepted += 1
-                    result.imputed += applied.imputed != 0
-                    result.applied.setdefault(flow_key, []).append(applied)
+        flat = iter([status for answer in answers for status in answer])
+        for flow_key, positions in by_flow.items():
+            route_id = next(
+                (contexts[i].route_id for i in positions if contexts[i].route_id is not None), None
+            )
+            for i in positions:
+                status = next(flat)
+                if status == 1 or status == 2:
+                    result.statuses[i] = status
+                    if status == 1:
+                        result.late += 1
+                    else:
+                        result.duplicates += 1
+                    continue
+                applied = _unpack(flow_key, status, route_id)
+                result.accepted += 1
+                result.imputed += applied.imputed != 0
+                result.applied.setdefault(flow_key, []).append(applied)
         return result
 
-    async def _run_script(self, calls: list[tuple[str, tuple[str, str], list[Any]]]) -> list[Any]:
+    @staticmethod
+    def _flow_args(contexts: Sequence[FlowContext], positions: list[int]) -> list[Any]:
+        """One flow's ARGV part of the script: route, count, packed contexts, pattern ids if any."""
+        mine = [contexts[i] for i in positions]
+        route = next((c.route_id for c in reversed(mine) if c.route_id is not None), None)
+        patterns = [c.pattern_id or "" for c in mine]
+        blob = b"".join(_pack(c) for c in mine)
+        if any(patterns):
+            return [route or "", len(mine), blob, "1", *patterns]
+        return [route or "", len(mine), blob, "0"]
+
+    def _calls(self, flows: list[tuple[str, list[Any]]]) -> list[tuple[list[str], list[Any]]]:
+        """The script calls for ``flows``: up to FLOWS_PER_CALL flows each on one Redis; on a Cluster one call
+        per hash slot, since a script may only touch the keys of one slot."""
+        groups: dict[int, list[tuple[str, list[Any]]]] = {}
+        if isinstance(self.client, RedisCluster):
+            for flow in flows:
+                groups.setdefault(self.client.keyslot(_keys(self.prefix, flow[0])[0]), []).append(flow)
+        else:
+            for start in range(0, len(flows), FLOWS_PER_CALL):
+                groups[start] = flows[start : start + FLOWS_PER_CALL]
+        calls = []
+        for group in groups.values():
+            keys: list[str] = []
+            args: list[Any] = [self.window_size, self.ttl_ms]
+            for flow_key, flow_args in group:
+                keys += _keys(self.prefix, flow_key)
+                args += flow_args
+            calls.append((keys, args))
+        return calls
+
+    async def _run_script(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """EVALSHA for each call: in one pipeline on one Redis; side by side on a Cluster (whose client
         pipelines no scripts). A node that lost its scripts (restarted) gets them again and only its calls
         are run again, so that nothing is applied twice."""
@@ -243,22 +285,22 @@ class RedisFlows(FlowStore):
             todo = retry
         return answers
 
-    async def _evalsha(self, sha: str, calls: list[tuple[str, tuple[str, str], list[Any]]]) -> list[Any]:
+    async def _evalsha(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         if isinstance(self.client, RedisCluster):
             cluster: Any = self.client  # its stubs type evalsha's answer as str or an awaitable
             results: list[Any] = []
             for start in range(0, len(calls), _CLUSTER_CONCURRENCY):
                 results += await asyncio.gather(
                     *(
-                        cluster.evalsha(sha, 2, wkey, mkey, *args)
-                        for _, (wkey, mkey), args in calls[start : start + _CLUSTER_CONCURRENCY]
+                        cluster.evalsha(sha, len(keys), *keys, *args)
+                        for keys, args in calls[start : start + _CLUSTER_CONCURRENCY]
                     ),
                     return_exceptions=True,
                 )
             return results
         pipe = self.client.pipeline(transaction=False)
-        for _, (wkey, mkey), args in calls:
-            pipe.evalsha(sha, 2, wkey, mkey, *args)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
     async def attach_patterns(self, patterns: Sequence[tuple[str, str]]) -> None:

@@ -11,6 +11,10 @@ from app.fastparse import Window
 from app.flows.base import FlowStore
 
 
+class UnknownFlow(LookupError):
+    """A prediction from the server-side window of a flow that has none (a 404)."""
+
+
 async def fill_from_flows(windows: Sequence[Window], store: FlowStore, max_window: int) -> list[int]:
     """Give each window that came without contexts its flow's window (its last ``max_window`` contexts);
     answer the positions of those whose flow the store does not know. Raises ``FlowsUnavailable``."""

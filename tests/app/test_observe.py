@@ -371,3 +371,14 @@ def test_predict_for_an_unknown_flow_is_a_404_and_a_per_item_error_in_a_batch(cl
     first, second = batch.json()["results"]
     assert first == {"flow_key": OTHER, "error": {"status": 404, "detail": first["error"]["detail"]}}
     assert second["flow_key"] == KEY and len(second["predicted_context"]) == 8
+
+
+def test_the_prediction_stream_uses_the_server_side_window_too(client: TestClient) -> None:
+    observe(client, *(context(i * 1000) for i in range(6)))
+    with client.websocket_connect("/v1/stream/predict") as ws:
+        ws.send_text(json.dumps({"id": 1, "flow_key": KEY}))
+        ws.send_text(json.dumps({"id": 2, "flow_key": OTHER}))
+        answers = {answer["id"]: answer for answer in (ws.receive_json(), ws.receive_json())}
+    assert len(answers[1]["result"]["predicted_context"]) == 8
+    assert answers[1]["result"]["metadata"]["window_length"] == 6.0
+    assert answers[2]["error"]["status"] == 404

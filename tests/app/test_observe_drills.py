@@ -26,7 +26,8 @@ from tests.app.servers import serving
 
 T0 = 1_767_225_600_000
 FLOWS = [f"{i:064x}" for i in range(1, 201)]
-BATCH = 200  # observations per request: one per flow
+PER_FLOW = 5  # contexts of each flow in one request
+BATCH = len(FLOWS) * PER_FLOW  # observations per request
 
 
 class AofRedis:
@@ -83,15 +84,17 @@ def _settings(url: str) -> dict[str, str]:
 
 
 def _batch(step: int) -> dict[str, object]:
+    """Request ``step``: each flow's contexts at seconds step * PER_FLOW ... (step + 1) * PER_FLOW - 1."""
     return {
         "observations": [
             {
                 "Context": {
                     "flow_key": k,
-                    "timestamp": T0 + step * 1000,
-                    "features": [10.0 + step % 7, 1, 0, 5, 0, 0, 1, 1],
+                    "timestamp": T0 + (step * PER_FLOW + j) * 1000,
+                    "features": [10.0 + j, 1, 0, 5, 0, 0, 1, 1],
                 }
             }
+            for j in range(PER_FLOW)
             for k in FLOWS
         ]
     }
@@ -106,7 +109,7 @@ def test_a_replica_killed_mid_stream_loses_no_acknowledged_observation(aof_redis
         def load() -> None:
             url, step = a.url, 0
             with httpx.Client(timeout=5) as client:
-                while not stop.is_set():
+                while not stop.is_set() and step * PER_FLOW < 4000:  # the windows (4096) keep them all
                     try:
                         answer = client.post(f"{url}/v1/observe", json=_batch(step))
                     except httpx.TransportError:
@@ -143,8 +146,8 @@ def test_a_replica_killed_mid_stream_loses_no_acknowledged_observation(aof_redis
         assert failovers, "the loader never saw the replica die"
         for k in FLOWS:
             flow = httpx.get(f"{b.url}/v1/flows/{k}").json()
-            assert flow["length"] >= len(acked)  # every acknowledged step is in the window
-            assert flow["newest_timestamp"] >= T0 + acked[-1] * 1000
+            assert flow["length"] >= len(acked) * PER_FLOW  # every acknowledged context is in the window
+            assert flow["newest_timestamp"] >= T0 + ((acked[-1] + 1) * PER_FLOW - 1) * 1000
         rate = len(acked) * BATCH / elapsed
         print(
             f"\nreplica kill: {len(acked) * BATCH} observations acknowledged "
@@ -175,7 +178,8 @@ def test_redis_killed_and_restarted_503_then_recovers_with_nothing_acknowledged_
         assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"
         for k in FLOWS:
             flow = httpx.get(f"{server.url}/v1/flows/{k}").json()
-            assert flow["length"] == 21 and flow["observations"] == 21  # the 20 acknowledged, and the retry
+            assert flow["length"] == 21 * PER_FLOW  # the 20 acknowledged batches, and the retry
+            assert flow["observations"] == 21 * PER_FLOW
         print(
             "\nRedis kill: 503 + Retry-After while down; "
             f"ingest back {recovered_s:.2f} s after the restart began; "
