@@ -46,6 +46,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m tools.bench
+	$(BIN)/python -m scripts.bench_observe
 
 # the shipped checkpoints, reproduced in place: the epochs are those they were trained for (seeded,
 # deterministic); `cpe train` without --replace-shipped writes to a new out/checkpoints/<time>/ instead

@@ -109,6 +109,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    return run_tool("tools.replay", args.rest)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     return run_tool("tools.bench", args.rest)
 
@@ -227,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
+        "replay",
+        add_help=False,  # --help is the replay tool's own
+        help="stream a trace into a running service through /v1/observe and print its score against "
+        "persistence (python -m tools.replay; needs the checkout)",
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="the replay tool's options: cpe replay --help")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
         "bench",
         add_help=False,  # --help is the benchmark's own
         help="benchmark the service against a naive reference (python -m tools.bench; needs the checkout)",
@@ -239,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if args.command == "bench":  # every option goes to the benchmark, which parses them
+    if args.command in ("bench", "replay"):  # every option goes to the tool, which parses them
         args.rest = [*unknown, *args.rest]
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -216,6 +216,18 @@ class RoutingFanout:
         else:
             keyed = self._by_flow.get(flow_key)  # disjoint from _every_flow
             targets = self._every_flow if keyed is None else chain(self._every_flow, keyed)
+        queued, dropped, pushed = self.fan_out(targets, kind, message, text)
+        if dropped:
+            self.metrics.dropped.inc(dropped)
+        if pushed:
+            self.metrics.sent.inc(pushed)
+        return queued
+
+    def fan_out(
+        self, targets: Iterable[StreamClient], kind: str, message: bytes, text: str
+    ) -> tuple[int, int, int]:
+        """Push or queue one message (``text`` is ``message`` decoded) to those of ``targets`` whose type
+        filter takes ``kind``: (clients that matched, messages dropped to make room, pushed at once)."""
         queued = dropped = pushed = 0
         frame = b""
         for client in targets:
@@ -230,8 +242,4 @@ class RoutingFanout:
                 if not client.outbox.put(text):
                     dropped += 1
         self.pushed += pushed
-        if dropped:
-            self.metrics.dropped.inc(dropped)
-        if pushed:
-            self.metrics.sent.inc(pushed)
-        return queued
+        return queued, dropped, pushed

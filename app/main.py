@@ -14,9 +14,13 @@ from app.api import (
     docs,
     errors,
     feedback,
+    flow_predictions,
+    flows,
     health,
     model_versions,
+    observe,
     openapi,
+    otlp,
     predict,
     prometheus,
     recommend,
@@ -30,6 +34,7 @@ from app.api.errors import AUTH_RESPONSES
 from app.api.http_metrics import HttpMetrics
 from app.api.request_id import RequestId
 from app.auth import ApiKeys, mask_query_keys, require_scope
+from app.ingest.observations import ObserveRequest
 from app.metrics import new_registry
 from app.routing_schemas import RouteRequest
 from app.schemas import BatchPredictRequest, FeedbackRequest, PredictRequest, RollbackRequest
@@ -86,7 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (predict.router, read),  # documents the key check there; its own guard runs it (see predict.py)
         (recommend.router, read),
         (stream.router, {}),
+        (flow_predictions.router, {}),
         (feedback.router, write),
+        (observe.router, write),
+        (observe.stream, {}),
+        (otlp.router, write),
+        (flows.router, read),
+        (flows.admin, admin),
         (model_versions.router, read),
         (model_versions.admin, admin),
         (stats.router, read),
@@ -96,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, **access)  # type: ignore[arg-type]
     docs.install(app)
     openapi.document(
-        app, [PredictRequest, BatchPredictRequest, RouteRequest, FeedbackRequest, RollbackRequest]
+        app,
+        [PredictRequest, BatchPredictRequest, RouteRequest, FeedbackRequest, RollbackRequest, ObserveRequest],
     )
     return app
 

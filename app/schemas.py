@@ -293,10 +293,12 @@ class PredictRequest(BaseModel):
     )
 
     flow_key: FlowKey
-    contexts: list[ContextVector] = Field(
+    contexts: list[ContextVector] | None = Field(
+        default=None,
         min_length=1,
         description="1..CPE_MAX_WINDOW contexts, timestamps not decreasing. The model reads the last ones "
-        "(its sequence length) and pads a shorter window.",
+        "(its sequence length) and pads a shorter window. Absent or null: the flow's server-side window "
+        "(POST /v1/observe), 404 for a flow not observed.",
     )
     # `model` comes before `horizon`: the horizon's bound depends on the model, and fields validate in order
     model: str | None = Field(default=None, description="Model kind to use; null = the service's default.")
@@ -308,8 +310,8 @@ class PredictRequest(BaseModel):
 
     @field_validator("contexts")
     @classmethod
-    def _window(cls, contexts: list[ContextVector], info: ValidationInfo) -> list[ContextVector]:
-        return _checked_window(contexts, info)
+    def _window(cls, contexts: Any, info: ValidationInfo) -> Any:  # a list or None; a route's: a list
+        return None if contexts is None else _checked_window(contexts, info)
 
     @field_validator("model")
     @classmethod
@@ -646,6 +648,12 @@ class Stats(BaseModel):
     models: dict[str, str] = Field(description="Served model kinds and their versions.")
     device: str
     memory: MemoryStats
+    forecasts: dict[str, Any] | None = Field(
+        default=None,
+        description="Continuous prediction of the observed flows: forecasts made, flows due, observe -> "
+        "forecast latency, the rolling latency MAE per model beside persistence's and EWMA's, free labels; "
+        "null when CPE_PREDICT_ON_OBSERVE is off.",
+    )
 
 
 class Message(BaseModel):

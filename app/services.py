@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -27,6 +27,11 @@ from app.bus import Bus
 from app.cache import TieredCache, create_cache
 from app.engine import Engine, pick_device
 from app.fanout import RoutingFanout
+from app.flows import FlowStore
+from app.forecasts import Forecasts
+from app.ingest.observing import Observing
+from app.ingest.service import IngestService
+from app.learning.learner import replica_id
 from app.learning.metrics import LearningMetrics
 from app.learning.online import OnlineLearning
 from app.learning.recent import RecentWindows
@@ -55,6 +60,10 @@ class Services:
     fanout: RoutingFanout  # the routing channel, fanned out to this process's WebSocket clients
     failure_policy: FailurePolicy
     learning: OnlineLearning | None  # None unless CPE_LEARNING_ENABLED
+    flows: FlowStore  # each observed flow's recent window (app/flows)
+    ingest: IngestService  # the one path behind every ingest door (app/ingest)
+    otlp_metric_table: Mapping[str, int]  # OTLP metric name -> feature index (CPE_OTLP_METRIC_NAMES)
+    forecasts: Forecasts | None  # continuous prediction of observed flows; None unless CPE_PREDICT_ON_OBSERVE
     started: float  # time.time() when the parts began to start: the replica's uptime counts from it
 
     @property
@@ -109,8 +118,29 @@ async def run_services(
         if settings.learning_enabled
         else None
     )
+    # observing the network: flow windows and the ingest doors (app/flows, app/ingest)
+    observing = Observing(
+        settings,
+        registry,
+        on_learning_rate=None if learning is None else learning.learner.hint_learning_rate,
+        consumer=replica_id(),
+    )
+    # continuous prediction of the observed flows: forecasts, stream, scores, free labels (app/forecasts)
+    forecasts = None
+    if settings.predict_on_observe:
+        forecasts = Forecasts.from_settings(
+            settings,
+            engine,
+            bus,
+            observing.flows,
+            None if learning is None else learning.store,
+            registry,
+            ttl_ms=settings.flow_ttl_ms,
+            max_flows=settings.max_flows,
+        )
+        observing.ingest.on_applied = forecasts.on_applied
     async with AsyncExitStack() as stack:
-        for part in (engine, cache, bus, fanout, learning):
+        for part in (engine, cache, bus, fanout, learning, observing, forecasts):
             if part is not None:
                 await stack.enter_async_context(part)
         yield Services(
@@ -134,5 +164,9 @@ async def run_services(
                 settings.failure_rate, settings.failure_latency_factor, settings.breaker_threshold
             ),
             learning=learning,
+            flows=observing.flows,
+            ingest=observing.ingest,
+            otlp_metric_table=observing.otlp_metric_table,
+            forecasts=forecasts,
             started=started,
         )

@@ -349,6 +349,140 @@ class Settings(BaseSettings):
         default=1, ge=1, le=256, description="Intra-op threads of the training thread."
     )
 
+    # -- continuous prediction ------------------------------------------------------------------
+    predict_on_observe: bool = Field(
+        default=True,
+        description="Forecast observed flows as their observations arrive (in bulk, each flow once per "
+        "round on its newest window), keep each flow's newest forecast, publish it on "
+        "/v1/stream/predictions, score it against the next observation and send that pair to the learner.",
+    )
+    forecast_url: str = Field(
+        default="memory://",
+        description="Where each observed flow's newest forecast and running score live: `memory://` (this "
+        "process) or `redis://host:port/db` (shared: every replica's GET /v1/flows/{flow_key} answers them).",
+    )
+    forecast_prefix: str = Field(
+        default="cpe:fc:", description="Prefix of the Redis keys of the flows' forecasts (one hash per flow)."
+    )
+    forecast_horizon: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Steps ahead each continuous forecast predicts (at most the model's horizon).",
+    )
+    forecast_batch: int = Field(
+        default=1024,
+        ge=1,
+        le=65_536,
+        description="Most flows a round of continuous prediction forecasts: one predict_many on the engine.",
+    )
+    forecast_rounds: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Rounds of continuous prediction in flight at once: with 2, one is scored and published "
+        "while the next is in the engine. Rounds x batch bounds the windows it puts in the engine's queue.",
+    )
+    predictions_channel: str = Field(
+        default="cpe:predictions",
+        description="Bus channel of the FlowPrediction messages; every replica's "
+        "/v1/stream/predictions reads it.",
+    )
+    free_labels_per_s: float = Field(
+        default=200.0,
+        ge=0.0,
+        le=1_000_000.0,
+        description="Most scored forecasts a second handed to the online learner as feedback (free labels; "
+        "the rest are skipped, counted). 0: none.",
+    )
+    forecast_score_window: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Scored forecasts the rolling MAE of /v1/stats and cpe_forecast_mae_ms is taken over.",
+    )
+
+    # -- observing the network ------------------------------------------------------------------
+    flow_url: str = Field(
+        default="memory://",
+        description="Where each flow's window lives: `memory://` (this process, CPE_MAX_FLOWS at most), "
+        "`redis://host:port/db` (in Redis, so that every replica accepts and answers for every flow; run "
+        "Redis with appendonly yes) or `redis+cluster://host:port` (a Redis Cluster).",
+    )
+    flow_window: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Contexts kept per flow (the newest); a prediction from the server-side window reads "
+        "them. In memory a flow costs 41 bytes per context plus about 600 (3.2 KB at 64; README).",
+    )
+    flow_ttl_ms: int = Field(
+        default=3_600_000,
+        ge=1_000,
+        le=30 * 24 * 3_600_000,
+        description="A flow with no new observation for this many ms is forgotten.",
+    )
+    max_flows: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="Most flows the in-process store (CPE_FLOW_URL=memory://) holds; observations that would "
+        "start one more are refused whole with 429 + Retry-After until idle flows expire.",
+    )
+    flow_prefix: str = Field(
+        default="cpe:flow:", min_length=1, description="Prefix of the Redis keys of the flow windows."
+    )
+    flow_timeout_ms: int = Field(
+        default=1_000,
+        ge=1,
+        le=60_000,
+        description="Connect and read timeout of the flow store's Redis round-trips, in ms; past it ingest "
+        "answers 503 + Retry-After.",
+    )
+    max_observe_batch: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most observations in one POST /v1/observe body, WebSocket frame or stream entry.",
+    )
+    flow_record_interval_ms: int = Field(
+        default=1_000,
+        ge=1,
+        le=3_600_000,
+        description="Layer 1 FlowRecords are summed per flow over intervals this long (aligned to the epoch) "
+        "into one context: throughput_mbps (bytes over the interval) and connections (distinct components).",
+    )
+    otlp_metric_names: str = Field(
+        default="",
+        description="Extra OpenTelemetry metric names mapped onto features, `metric=feature` entries "
+        "separated by `,` (e.g. `net.rtt=latency_ms,net.loss=loss_rate`). The feature names themselves are "
+        "always recognised.",
+    )
+    ingest_url: str = Field(
+        default="",
+        description="A Redis Stream door for collectors: `redis://host:port/db` (or `redis+cluster://`) has "
+        "every replica read CPE_INGEST_STREAM in one consumer group; empty: no stream door.",
+    )
+    ingest_stream: str = Field(
+        default="cpe:observe",
+        min_length=1,
+        description="The Redis Stream collectors XADD observations to: each entry's field `o` holds one "
+        "observation or a list of them, as JSON.",
+    )
+    ingest_group: str = Field(
+        default="cpe",
+        min_length=1,
+        description="The consumer group of the replicas on CPE_INGEST_STREAM; an entry is acknowledged once "
+        "applied, and taken over from a dead replica after CPE_INGEST_CLAIM_MS.",
+    )
+    ingest_claim_ms: int = Field(
+        default=5_000,
+        ge=100,
+        le=3_600_000,
+        description="How long a stream entry may stay read but unacknowledged (its replica died) before "
+        "another replica takes it over.",
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:

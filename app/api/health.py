@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import BusDep, CacheDep, EngineDep, LearningDep
+from app.api.flows import FlowsDep
 from app.api.responses import OrjsonResponse
 from app.schemas import Health, Readiness
 
@@ -18,7 +19,9 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(engine: EngineDep, cache: CacheDep, bus: BusDep, learning: LearningDep) -> OrjsonResponse:
+async def readyz(
+    engine: EngineDep, cache: CacheDep, bus: BusDep, learning: LearningDep, flows: FlowsDep
+) -> OrjsonResponse:
     """Readiness: 200 when the models are loaded and the engine runs; 503 with the reason otherwise.
 
     A 200 says `degraded` and names the parts that do not work when some part that serving can do
@@ -30,6 +33,7 @@ async def readyz(engine: EngineDep, cache: CacheDep, bus: BusDep, learning: Lear
             "cache": cache.problem,
             "bus": bus.problem,
             "feedback": learning.store.problem if learning is not None else None,
+            "flows": flows.problem,
         }
         degraded = {part: problem for part, problem in problems.items() if problem}
         readiness = Readiness(

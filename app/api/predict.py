@@ -15,10 +15,12 @@ from app.api.deps import parse_windows
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
 from app.api.request_only_route import RequestOnlyRoute
-from app.api.responses import dumps
+from app.api.responses import OrjsonResponse, dumps
 from app.auth import require_scope
 from app.cache import Cache, prediction_id, prediction_key
 from app.engine import Engine, WindowForecast
+from app.flows import FlowStore, FlowsUnavailable
+from app.flows.serving import UnknownFlow, fill_from_flows, unknown_flow, unknown_flow_item
 from app.learning.recent import RecentWindows
 from app.schemas import (
     BatchPredictRequest,
@@ -64,6 +66,12 @@ async def predict(request: Request) -> Response:
     services = Services.of(request.app)  # rather than dependencies: FastAPI solves them on every request
     engine, limits, cache, recent = services.engine, services.limits, services.cache, services.recent
     [window] = await parse_windows(request, limits, batch=False)
+    if not len(window.timestamps):  # no contexts: the flow's server-side window
+        try:
+            if await fill_from_flows([window], services.flows, limits.max_window):
+                return OrjsonResponse({"detail": unknown_flow(window.flow_key)["detail"]}, status_code=404)
+        except FlowsUnavailable as exc:
+            return OrjsonResponse({"detail": str(exc)}, 503, {"retry-after": str(exc.retry_after_s)})
     body = await predict_window(window, engine, cache, limits, start, recent)
     return Response(body, media_type="application/json")
 
@@ -75,9 +83,15 @@ async def predict_one(
     limits: Limits,
     start: float,
     recent: RecentWindows | None = None,
+    flows: FlowStore | None = None,
 ) -> bytes:
-    """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's)."""
+    """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's); one without
+    contexts from the flow's window in ``flows`` (``UnknownFlow`` when there is none)."""
     [window] = windows_of([req])
+    if not len(window.timestamps) and (
+        flows is None or await fill_from_flows([window], flows, limits.max_window)
+    ):
+        raise UnknownFlow(unknown_flow(window.flow_key)["detail"])
     return await predict_window(window, engine, cache, limits, start, recent)
 
 
@@ -124,6 +138,13 @@ async def predict_batch(request: Request) -> Response:
     services = Services.of(request.app)
     engine, limits, cache = services.engine, services.limits, services.cache
     windows = await parse_windows(request, limits, batch=True)
+    asked, unknown = windows, []  # windows without contexts take their flows' server-side windows
+    if any(not len(window.timestamps) for window in windows):
+        try:
+            unknown = await fill_from_flows(windows, services.flows, limits.max_window)
+        except FlowsUnavailable as exc:
+            return OrjsonResponse({"detail": str(exc)}, 503, {"retry-after": str(exc.retry_after_s)})
+        windows = [window for i, window in enumerate(windows) if i not in set(unknown)]
     kinds = [window.model or limits.default_model for window in windows]
     versions = {kind: predictor.version for kind, predictor in engine.predictors.items()}
     keys = [_key(versions[kind], window) for kind, window in zip(kinds, windows, strict=True)]
@@ -151,6 +172,8 @@ async def predict_batch(request: Request) -> Response:
     for i, value in enumerate(stored):
         if value is not None:
             results[i] = dumps(_from_cache(value, start))
+    for i in unknown:  # a per-item error in place of the result, the others in order
+        results.insert(i, unknown_flow_item(asked[i].flow_key))
     return Response(b'{"results":[%s]}' % b",".join(results), media_type="application/json")
 
 

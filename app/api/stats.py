@@ -38,6 +38,7 @@ async def stats(services: ServicesDep) -> Stats:
         models={kind: predictor.version for kind, predictor in engine.predictors.items()},
         device=services.device,
         memory=_memory(services.device),
+        forecasts=None if services.forecasts is None else services.forecasts.summary(),
     )
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -29,9 +30,12 @@ from app.bus.queue import QueueClosed
 from app.cache import Cache
 from app.engine import Engine, EngineStopped, Overloaded
 from app.fanout import PUSH_EXTENSION, FanoutMetrics, RoutingFanout, StreamClient
+from app.flows import FlowStore, FlowsUnavailable
+from app.flows.serving import UnknownFlow
 from app.learning.recent import RecentWindows
 from app.routing_schemas import StreamPredictRequest, SubscribeFrame
 from app.schemas import Limits
+from app.settings import Settings
 
 router = APIRouter(prefix="/v1/stream", tags=["stream"])
 log = logging.getLogger("cpe.stream")
@@ -102,21 +106,32 @@ async def _receive_text(websocket: WebSocket, max_bytes: int) -> str | None:
 MAX_PENDING_REPLIES = 64  # a client this far behind on reading the replies to its own frames is abusing
 
 
+# carries out a validated {"op": "subscribe"} frame on a stream's fan-out; answers the reply to send
+Subscribe = Callable[[RoutingFanout, StreamClient, dict[str, Any]], dict[str, Any]]
+
+
 @router.websocket("/routing")
 async def stream_routing(websocket: WebSocket, fanout: FanoutDep, settings: SettingsDep) -> None:
     """Routing messages as they are published, filtered by flow key and type, with heartbeats."""
     if not await accept_websocket(websocket, "read"):
         return
+    await serve_subscriber(websocket, fanout, settings, _subscribe_routing)
+
+
+async def serve_subscriber(
+    websocket: WebSocket, fanout: RoutingFanout, settings: Settings, subscribe: Subscribe
+) -> None:
+    """Run an accepted socket of a subscription stream on ``fanout`` (routing, predictions) until it goes."""
     client = fanout.connect(websocket.scope.get("extensions", {}).get(PUSH_EXTENSION))
-    # the writer of this socket: heartbeats, the replies to the client's frames, and the messages the
-    # fan-out could not push (app/fanout.py)
+    # the writer of this socket: heartbeats, the replies to the client's frames, and the messages the fan-out
+    # could not push (app/fanout.py)
     sender = asyncio.create_task(_send_routing(websocket, client, settings.ws_heartbeat_s, fanout.metrics))
     violation: PolicyViolation | None = None
     rate = FrameRate(settings.ws_rate_per_s, settings.ws_rate_burst)
     try:
         while (text := await _receive_text(websocket, settings.ws_max_frame_bytes)) is not None:
             if rate.admit():
-                _routing_op(fanout, client, text)
+                _routing_op(fanout, client, text, subscribe)
             else:
                 _reply(client, {"op": "error", **rate.refusal()})
             if len(client.replies) > MAX_PENDING_REPLIES:
@@ -132,7 +147,13 @@ async def stream_routing(websocket: WebSocket, fanout: FanoutDep, settings: Sett
             await websocket.close(violation.code, str(violation))
 
 
-def _routing_op(fanout: RoutingFanout, client: StreamClient, text: str) -> None:
+def _subscribe_routing(fanout: RoutingFanout, client: StreamClient, frame: dict[str, Any]) -> dict[str, Any]:
+    sub = SubscribeFrame.model_validate(frame)
+    fanout.subscribe(client, sub.flow_keys, sub.types)
+    return {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types}
+
+
+def _routing_op(fanout: RoutingFanout, client: StreamClient, text: str, subscribe: Subscribe) -> None:
     """Carry out one client frame and queue its reply (a subscribe's goes before what it selects)."""
     try:
         frame = orjson.loads(text)
@@ -141,11 +162,10 @@ def _routing_op(fanout: RoutingFanout, client: StreamClient, text: str) -> None:
     op = frame.get("op") if isinstance(frame, dict) else None
     if op == "subscribe":
         try:
-            sub = SubscribeFrame.model_validate(frame)
+            reply = subscribe(fanout, client, frame)
         except ValidationError as exc:
             return _reply(client, {"op": "error", "detail": _describe(exc)})
-        _reply(client, {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types})
-        fanout.subscribe(client, sub.flow_keys, sub.types)
+        _reply(client, reply)  # no message can be queued between the subscription and its reply
     elif op == "unsubscribe":
         fanout.unsubscribe(client)  # forgets what was queued; a message being written goes before the reply
         _reply(client, {"op": "unsubscribed"})
@@ -222,7 +242,7 @@ async def stream_predict(websocket: WebSocket, services: ServicesDep) -> None:
     if not await accept_websocket(websocket, "read"):
         return
     engine, cache, limits, settings = services.engine, services.cache, services.limits, services.settings
-    recent = services.recent
+    recent, flows = services.recent, services.flows  # flows: the windows of requests without contexts
     answers: asyncio.Queue[bytes] = asyncio.Queue()
     in_flight = asyncio.Semaphore(settings.ws_queue_size)  # bounds ``answers`` and the tasks
     sender = asyncio.create_task(_send_answers(websocket, answers, in_flight))
@@ -234,7 +254,7 @@ async def stream_predict(websocket: WebSocket, services: ServicesDep) -> None:
             if not rate.admit():
                 answers.put_nowait(dumps({"id": _id_of(text), "error": rate.refusal()}))
                 continue
-            task = asyncio.create_task(_predict(text, engine, cache, limits, answers, recent))
+            task = asyncio.create_task(_predict(text, engine, cache, limits, answers, recent, flows))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except PolicyViolation as exc:
@@ -253,6 +273,7 @@ async def _predict(
     limits: Limits,
     answers: asyncio.Queue[bytes],
     recent: RecentWindows | None,
+    flows: FlowStore | None = None,
 ) -> None:
     """Answer one request frame as POST /v1/predict would (cache included); errors in the same shapes."""
     start = time.perf_counter()
@@ -265,8 +286,11 @@ async def _predict(
         )
         return
     try:
-        result = await predict_one(req, engine, cache, limits, start, recent)
-    except (Overloaded, EngineStopped) as exc:
+        result = await predict_one(req, engine, cache, limits, start, recent, flows)
+    except UnknownFlow as exc:
+        answers.put_nowait(dumps({"id": req.id, "error": {"status": 404, "detail": str(exc)}}))
+        return
+    except (Overloaded, EngineStopped, FlowsUnavailable) as exc:
         error = {"status": 503, "detail": str(exc), "retry_after_s": exc.retry_after_s}
         answers.put_nowait(dumps({"id": req.id, "error": error}))
         return

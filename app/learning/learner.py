@@ -103,6 +103,11 @@ class Learner:
         self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._hinted_lr: float | None = None  # the newest learning-rate hint, for the training thread
+
+    def hint_learning_rate(self, learning_rate: float) -> None:
+        """A learning rate suggested from outside: the tuner takes a bounded step to it (``Tuner.hint``)."""
+        self._hinted_lr = learning_rate
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -238,6 +243,11 @@ class Learner:
         while not self._stop.is_set():
             wait = max(next_step - time.monotonic(), 0.0) if ready() else IDLE_S
             self._take_incoming(trainer, replay, wait)
+            hinted, self._hinted_lr = self._hinted_lr, None
+            if hinted is not None:
+                tuner.hint(hinted)
+                trainer.set_lr(tuner.lr)
+                self.metrics.learning_rate.set(tuner.lr)
             current = self.engine.predictors[cfg.kind]
             if current.version != trainer.base.version:  # a rollback, or another learner's version
                 trainer.reset(current)

@@ -43,6 +43,13 @@ class Tuner:
             self.steps_per_s = max(self.steps_per_s * SHRINK, STEP_RATE_FLOOR * self.max_steps_per_s)
         self.last_ratio = ratio
 
+    def hint(self, learning_rate: float) -> None:
+        """Move towards a rate suggested from outside (Layer 2's AdaptationFeedback), bounded: one step of
+        at most ``GROW`` up or ``SHRINK`` down, within [lr_min, lr_max]. A hint cannot make the learner
+        jump further than its own rule would in one comparison."""
+        target = min(max(learning_rate, self.lr * SHRINK, self.lr_min), self.lr * GROW, self.lr_max)
+        self.lr = target
+
     def setback(self) -> None:
         """The trained copy was thrown away (broken or worse): slow down, and start again from 1."""
         self.lr = max(self.lr * SHRINK, self.lr_min)

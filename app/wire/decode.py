@@ -119,10 +119,10 @@ def predict_windows(body: bytes | str, limits: Limits, *, batch: bool) -> list[W
 
 def windows_of(requests: Sequence[PredictRequest]) -> list[Window]:
     """The windows of requests that pydantic validated (the arrays built for all of them at once)."""
-    contexts = list(chain.from_iterable(req.contexts for req in requests))
+    contexts = list(chain.from_iterable(req.contexts or () for req in requests))  # None: the server's window
     return _windows(
         [(req.flow_key, req.model, req.horizon) for req in requests],
-        list(accumulate(len(req.contexts) for req in requests)),
+        list(accumulate(len(req.contexts or ()) for req in requests)),
         *_arrays(contexts, _TIMESTAMP, _FEATURES),
         [c.get("pattern_id") for c in contexts],
     )

@@ -104,7 +104,7 @@ CASES: list[tuple[str, Callable[[Body], None], list[Any]]] = [
     ("horizon not a number", _field("horizon", "soon"), ["body", "horizon"]),
     ("unknown model", _field("model", "gru"), ["body", "model"]),
     ("missing flow_key", _without("flow_key"), ["body", "flow_key"]),
-    ("missing contexts", _without("contexts"), ["body", "contexts"]),
+    ("empty contexts", _field("contexts", []), ["body", "contexts"]),
     ("missing features", _without("contexts", 0, "features"), ["body", "contexts", 0, "features"]),
     ("missing timestamp", _without("contexts", 0, "timestamp"), ["body", "contexts", 0, "timestamp"]),
 ]

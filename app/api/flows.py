@@ -1,0 +1,174 @@
+"""GET /v1/flows, GET and DELETE /v1/flows/{flow_key}: the server-side flow windows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from starlette.requests import HTTPConnection
+
+from app.api.flow_predictions import ForecastsDep
+from app.api.observe import refusal
+from app.api.responses import OrjsonResponse
+from app.flows import FlowStore, FlowsUnavailable, FlowWindow
+from app.schemas import FlowKey, Message
+from app.services import Services
+from models.scaling import FEATURE_NAMES
+
+router = APIRouter(prefix="/v1/flows", tags=["flows"])
+admin = APIRouter(prefix="/v1/flows", tags=["flows"])
+
+_FLOW_KEY: TypeAdapter[str] = TypeAdapter(FlowKey)
+MAX_PAGE = 1000
+
+
+async def get_flows(conn: HTTPConnection) -> FlowStore:
+    return Services.of(conn.app).flows
+
+
+FlowsDep = Annotated[FlowStore, Depends(get_flows)]
+
+
+class FlowContextOut(BaseModel):
+    timestamp: int
+    features: list[float]
+    imputed: list[str] = Field(description="The features filled in from the flow (not measured).")
+    pattern_id: str | None
+
+
+class FlowSummary(BaseModel):
+    """One flow's window, summarized; ``forecast`` and ``score`` come with continuous prediction."""
+
+    flow_key: str
+    route_id: str | None
+    length: int = Field(description="Contexts in the window (at most CPE_FLOW_WINDOW).")
+    observations: int = Field(description="Contexts ever applied to the flow.")
+    first_timestamp: int
+    newest_timestamp: int = Field(description="Timestamp of the newest observation applied.")
+    newest: FlowContextOut
+    mean: list[float] = Field(description="Each feature's mean over the window.")
+    std: list[float] = Field(description="Each feature's standard deviation over the window.")
+    forecast: dict[str, Any] | None = Field(default=None, description="The newest forecast for the flow.")
+    score: dict[str, Any] | None = Field(default=None, description="The flow's running forecast score.")
+
+
+class FlowListItem(BaseModel):
+    flow_key: str
+    route_id: str | None
+    length: int
+    newest_timestamp: int
+
+
+class FlowPage(BaseModel):
+    """A page of flows in flow-key order; ask for the next with ``after=next``."""
+
+    flows: list[FlowListItem]
+    next: str | None = Field(description="The cursor of the next page; null on the last.")
+    count: int = Field(description="Flows held (with Redis: an upper bound until expired flows are pruned).")
+
+
+def summary(window: FlowWindow) -> FlowSummary:
+    """The summary of a flow's window."""
+    features = window.features.astype(np.float64)
+    last = len(window) - 1
+    mask = int(window.imputed[last])
+    return FlowSummary(
+        flow_key=window.flow_key,
+        route_id=window.route_id,
+        length=len(window),
+        observations=window.observations,
+        first_timestamp=int(window.timestamps[0]),
+        newest_timestamp=int(window.timestamps[last]),
+        newest=FlowContextOut(
+            timestamp=int(window.timestamps[last]),
+            features=features[last].tolist(),
+            imputed=[name for i, name in enumerate(FEATURE_NAMES) if mask >> i & 1],
+            pattern_id=window.pattern_ids[last],
+        ),
+        mean=features.mean(axis=0).tolist(),
+        std=features.std(axis=0).tolist(),
+    )
+
+
+def flow_key_of(value: str) -> str:
+    """A path's flow key in its normal form; else a 422 naming it."""
+    try:
+        return _FLOW_KEY.validate_python(value)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("path", "flow_key")} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _unavailable(exc: FlowsUnavailable) -> OrjsonResponse:
+    status, answer = refusal(exc)
+    return OrjsonResponse(answer, status_code=status, headers={"retry-after": str(exc.retry_after_s)})
+
+
+@router.get("", response_model=FlowPage, responses={503: {"model": Message}})
+async def list_flows(
+    flows: FlowsDep,
+    after: Annotated[str | None, Query(description="The `next` of the page before.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> Any:
+    """The flows with a window, in flow-key order, a page at a time."""
+    try:
+        keys = await flows.flows(after, limit)
+        windows = await flows.windows(keys)
+        count = await flows.count()
+    except FlowsUnavailable as exc:
+        return _unavailable(exc)
+    items = [
+        FlowListItem(
+            flow_key=w.flow_key, route_id=w.route_id, length=len(w), newest_timestamp=int(w.timestamps[-1])
+        )
+        for w in windows
+        if w is not None
+    ]
+    return FlowPage(flows=items, next=keys[-1] if len(keys) == limit else None, count=count)
+
+
+@router.get(
+    "/{flow_key}", response_model=FlowSummary, responses={404: {"model": Message}, 503: {"model": Message}}
+)
+async def get_flow(
+    flows: FlowsDep, forecasts: ForecastsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]
+) -> Any:
+    """One flow's window summary: its newest observation, the window's statistics, its newest forecast and
+    running score."""
+    key = flow_key_of(flow_key)
+    try:
+        window = await flows.window(key)
+    except FlowsUnavailable as exc:
+        return _unavailable(exc)
+    if window is None:
+        return OrjsonResponse({"detail": f"flow {key} is not known (never observed, or expired)"}, 404)
+    answer = summary(window)
+    if forecasts is not None:
+        answer.forecast, answer.score = await forecasts.flow(key)
+    return answer
+
+
+@admin.delete(
+    "/{flow_key}",
+    status_code=204,
+    response_class=Response,
+    response_model=None,
+    responses={404: {"model": Message}, 503: {"model": Message}},
+)
+async def delete_flow(
+    flows: FlowsDep, forecasts: ForecastsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]
+) -> Any:
+    """Forget a flow's window (admin)."""
+    key = flow_key_of(flow_key)
+    try:
+        deleted = await flows.delete(key)
+    except FlowsUnavailable as exc:
+        return _unavailable(exc)
+    if forecasts is not None:
+        await forecasts.forget(key)
+    if not deleted:
+        return OrjsonResponse({"detail": f"flow {key} is not known"}, 404)
+    return Response(status_code=204)

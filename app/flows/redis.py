@@ -1,0 +1,390 @@
+"""Flow windows kept in Redis itself, so that every replica accepts and answers for every flow.
+
+Each flow has two keys that share its hash tag (so they live in one slot of a Redis Cluster, and one
+Lua script may touch both):
+
+- ``<prefix>{<flow_key>}:w``, a sorted set: score = timestamp (ms), member = the context packed as
+  ``<q`` timestamp, ``<8f`` features, one byte of imputed mask, then the pattern id (UTF-8), if any;
+- ``<prefix>{<flow_key>}:m``, a hash: ``r`` the route id, ``n`` contexts ever applied, ``p`` a pattern
+  waiting for the next context.
+
+One script (``APPEND``) applies the contexts of a batch atomically, flow by flow: late and duplicate
+rules against the newest timestamp, missing features from the newest context, the pending pattern, the
+trim to the window and the expiry. Replicas racing on one flow are serialized by Redis, so out-of-order
+and duplicate observations from anywhere never corrupt a window. One call takes up to FLOWS_PER_CALL
+flows on one Redis, and the flows of one hash slot on a Cluster (a script may touch one slot only). It
+needs no module: plain Redis 7.
+
+``<prefix>index`` (a sorted set, all scores 0, ordered by flow key) lists the flows for paging; a flow
+that expired leaves it when a listing finds it gone.
+
+Durability is Redis's: with ``appendonly yes`` a write is in the AOF before Redis answers, so a 202 is
+not lost when Redis is killed (``appendfsync everysec``: a crash of the machine loses up to a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+from redis import exceptions as rex
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from app.flows.base import FEATURE_DEFAULTS, Appended, FlowContext, FlowStore, FlowsUnavailable, FlowWindow
+from app.schemas import D
+
+log = logging.getLogger("cpe.flows")
+
+PREFIX = "cpe:flow:"
+_FIXED = struct.Struct(f"<q{D}fB")  # timestamp, features, imputed (or, on the way in, missing) mask
+_ROW = np.dtype([("t", "<i8"), ("f", "<f4", (D,)), ("m", "u1")])
+assert _ROW.itemsize == _FIXED.size
+_CLUSTER_CONCURRENCY = 256  # scripts in flight at once on a Cluster
+# Flows per script call on one Redis: one call holds Redis for its duration; this many keeps it short
+FLOWS_PER_CALL = 256
+_UNAVAILABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.BusyLoadingError, OSError)
+
+# KEYS: each flow's window zset and meta hash. ARGV: window, ttl_ms, then per flow: route_id or "", the
+# count n of its contexts, their packed forms end to end (n x _FIXED.size bytes), "1" when n pattern ids
+# follow (else "0"). Answers, per context in order: 1 late, 2 duplicate, or the member stored.
+APPEND = f"""
+local size = {_FIXED.size}
+local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {{}}
+local arg = 3
+for k = 1, #KEYS, 2 do
+  local wkey, mkey = KEYS[k], KEYS[k + 1]
+  local route, n, blob, has_patterns = ARGV[arg], tonumber(ARGV[arg + 1]), ARGV[arg + 2], ARGV[arg + 3]
+  arg = arg + 4
+  local newest_ts, newest
+  local last = redis.call('ZRANGE', wkey, -1, -1, 'WITHSCORES')
+  if #last > 0 then newest, newest_ts = last[1], tonumber(last[2]) end
+  local pending = redis.call('HGET', mkey, 'p')
+  local used_pending = false
+  local applied = 0
+  for i = 0, n - 1 do
+    local at = i * size
+    local ts = struct.unpack('<i8', blob, at + 1)
+    local pattern = ''
+    if has_patterns == '1' then pattern = ARGV[arg + i] end
+    if newest_ts ~= nil and ts < newest_ts then
+      out[#out + 1] = 1
+    elseif newest_ts ~= nil and ts == newest_ts then
+      out[#out + 1] = 2
+    else
+      local missing = string.byte(blob, at + size)
+      local parts = {{string.sub(blob, at + 1, at + 8)}}
+      for f = 0, {D - 1} do
+        local a = 9 + 4 * f
+        if newest ~= nil and bit.band(missing, bit.lshift(1, f)) ~= 0 then
+          parts[#parts + 1] = string.sub(newest, a, a + 3)
+        else
+          parts[#parts + 1] = string.sub(blob, at + a, at + a + 3)
+        end
+      end
+      parts[#parts + 1] = string.char(missing)
+      if pattern == '' and pending and not used_pending then
+        pattern, used_pending = pending, true
+      end
+      parts[#parts + 1] = pattern
+      local member = table.concat(parts)
+      redis.call('ZADD', wkey, ts, member)
+      newest, newest_ts = member, ts
+      applied = applied + 1
+      out[#out + 1] = member
+    end
+  end
+  if has_patterns == '1' then arg = arg + n end
+  if applied > 0 then
+    redis.call('ZREMRANGEBYRANK', wkey, 0, -(window + 1))
+    redis.call('HINCRBY', mkey, 'n', applied)
+    if route ~= '' then redis.call('HSET', mkey, 'r', route) end
+    if used_pending then redis.call('HDEL', mkey, 'p') end
+    redis.call('PEXPIRE', wkey, ttl)
+    redis.call('PEXPIRE', mkey, ttl)
+  end
+end
+return out
+"""
+
+
+def _keys(prefix: str, flow_key: str) -> tuple[str, str]:
+    return f"{prefix}{{{flow_key}}}:w", f"{prefix}{{{flow_key}}}:m"
+
+
+def _pack(context: FlowContext) -> bytes:
+    features = context.features
+    missing = np.isnan(features)
+    mask = int(np.packbits(missing, bitorder="little")[0]) if missing.any() else 0
+    values = np.where(missing, np.asarray(FEATURE_DEFAULTS, dtype=np.float32), features)
+    return _FIXED.pack(context.timestamp, *values.tolist(), mask)
+
+
+def _unpack(flow_key: str, member: bytes, route_id: str | None) -> FlowContext:
+    timestamp, *features, imputed = _FIXED.unpack_from(member)
+    pattern = member[_FIXED.size :].decode() or None
+    return FlowContext(
+        flow_key, timestamp, np.asarray(features, dtype=np.float32), route_id, pattern, imputed
+    )
+
+
+class RedisFlows(FlowStore):
+    """Flow windows in Redis (``redis://host:port/db``) or a Redis Cluster (``redis+cluster://host:port``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        window: int = 64,
+        ttl_ms: int = 3_600_000,
+        timeout_ms: int = 1_000,
+        retry_after_s: int = 1,
+        prefix: str = PREFIX,
+        client: Redis | RedisCluster | None = None,
+    ) -> None:
+        self.window_size, self.ttl_ms, self.prefix = window, ttl_ms, prefix
+        self.retry_after_s = retry_after_s
+        self.index = f"{prefix}index"
+        self._own = client is None
+        if client is None:
+            timeout = timeout_ms / 1000.0
+            options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            if url.startswith("redis+cluster://"):
+                client = RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **options)
+            else:
+                client = Redis.from_url(url, **options)
+        self.client: Any = client  # Redis and RedisCluster share the commands used here
+        self._sha: str | None = None
+        self._problem: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._load_script()
+            await self._check_durability()
+        except _UNAVAILABLE as exc:  # start anyway: ingest answers 503 until Redis is back
+            self._failed(exc)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._own:
+            await self.client.aclose()
+
+    async def _load_script(self) -> str:
+        self._sha = str(await self.client.script_load(APPEND))
+        return self._sha
+
+    async def _check_durability(self) -> None:
+        try:
+            config = await self.client.config_get("appendonly")
+        except rex.ResponseError:  # CONFIG renamed or refused (managed Redis): cannot tell
+            return
+        values = config.values() if isinstance(config, dict) else []
+        if any(str(v) in ("no", "b'no'") or v == b"no" for v in values):
+            log.warning(
+                "flows: Redis runs without appendonly: acknowledged observations are lost if Redis dies; "
+                "set appendonly yes"
+            )
+
+    def _failed(self, exc: BaseException) -> FlowsUnavailable:
+        self._problem = f"flow store (Redis) unreachable: {type(exc).__name__}: {exc}"
+        log.warning("flows: %s", self._problem)
+        return FlowsUnavailable(self._problem, self.retry_after_s)
+
+    async def append(self, contexts: Sequence[FlowContext]) -> Appended:
+        by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in ``contexts``
+        for i, context in enumerate(contexts):
+            by_flow.setdefault(context.flow_key, []).append(i)
+        flows = [(flow_key, self._flow_args(contexts, positions)) for flow_key, positions in by_flow.items()]
+        try:
+            answers = await self._run_script(self._calls(flows))
+            await self.client.zadd(self.index, dict.fromkeys(by_flow, 0))
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from None
+        self._problem = None
+        result = Appended(statuses=[0] * len(contexts))
+        flat = iter([status for answer in answers for status in answer])
+        for flow_key, positions in by_flow.items():
+            route_id = next(
+                (contexts[i].route_id for i in positions if contexts[i].route_id is not None), None
+            )
+            for i in positions:
+                status = next(flat)
+                if status == 1 or status == 2:
+                    result.statuses[i] = status
+                    if status == 1:
+                        result.late += 1
+                    else:
+                        result.duplicates += 1
+                    continue
+                applied = _unpack(flow_key, status, route_id)
+                result.accepted += 1
+                result.imputed += applied.imputed != 0
+                result.applied.setdefault(flow_key, []).append(applied)
+        return result
+
+    @staticmethod
+    def _flow_args(contexts: Sequence[FlowContext], positions: list[int]) -> list[Any]:
+        """One flow's ARGV part of the script: route, count, packed contexts, pattern ids if any."""
+        mine = [contexts[i] for i in positions]
+        route = next((c.route_id for c in reversed(mine) if c.route_id is not None), None)
+        patterns = [c.pattern_id or "" for c in mine]
+        blob = b"".join(_pack(c) for c in mine)
+        if any(patterns):
+            return [route or "", len(mine), blob, "1", *patterns]
+        return [route or "", len(mine), blob, "0"]
+
+    def _calls(self, flows: list[tuple[str, list[Any]]]) -> list[tuple[list[str], list[Any]]]:
+        """The script calls for ``flows``: up to FLOWS_PER_CALL flows each on one Redis; on a Cluster one call
+        per hash slot, since a script may only touch the keys of one slot."""
+        groups: dict[int, list[tuple[str, list[Any]]]] = {}
+        if isinstance(self.client, RedisCluster):
+            for flow in flows:
+                groups.setdefault(self.client.keyslot(_keys(self.prefix, flow[0])[0]), []).append(flow)
+        else:
+            for start in range(0, len(flows), FLOWS_PER_CALL):
+                groups[start] = flows[start : start + FLOWS_PER_CALL]
+        calls = []
+        for group in groups.values():
+            keys: list[str] = []
+            args: list[Any] = [self.window_size, self.ttl_ms]
+            for flow_key, flow_args in group:
+                keys += _keys(self.prefix, flow_key)
+                args += flow_args
+            calls.append((keys, args))
+        return calls
+
+    async def _run_script(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA for each call: in one pipeline on one Redis; side by side on a Cluster (whose client
+        pipelines no scripts). A node that lost its scripts (restarted) gets them again and only its calls
+        are run again, so that nothing is applied twice."""
+        sha = self._sha or await self._load_script()
+        answers: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            results = await self._evalsha(sha, [calls[i] for i in todo])
+            retry = []
+            for i, value in zip(todo, results, strict=True):
+                if isinstance(value, rex.NoScriptError) and attempt == 0:
+                    retry.append(i)
+                elif isinstance(value, BaseException):
+                    raise value
+                else:
+                    answers[i] = value
+            if not retry:
+                break
+            sha = await self._load_script()
+            todo = retry
+        return answers
+
+    async def _evalsha(self, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        if isinstance(self.client, RedisCluster):
+            cluster: Any = self.client  # its stubs type evalsha's answer as str or an awaitable
+            results: list[Any] = []
+            for start in range(0, len(calls), _CLUSTER_CONCURRENCY):
+                results += await asyncio.gather(
+                    *(
+                        cluster.evalsha(sha, len(keys), *keys, *args)
+                        for keys, args in calls[start : start + _CLUSTER_CONCURRENCY]
+                    ),
+                    return_exceptions=True,
+                )
+            return results
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def attach_patterns(self, patterns: Sequence[tuple[str, str]]) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for flow_key, pattern_id in patterns:
+                _, mkey = _keys(self.prefix, flow_key)
+                pipe.hset(mkey, "p", pattern_id)
+                pipe.pexpire(mkey, self.ttl_ms)
+            await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from None
+        self._problem = None
+
+    async def windows(self, flow_keys: Sequence[str]) -> list[FlowWindow | None]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for flow_key in flow_keys:
+                wkey, mkey = _keys(self.prefix, flow_key)
+                pipe.zrange(wkey, 0, -1)
+                pipe.hmget(mkey, "r", "n")
+            results = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from None
+        self._problem = None
+        found: list[FlowWindow | None] = []
+        for j, flow_key in enumerate(flow_keys):
+            members, (route, count) = results[2 * j], results[2 * j + 1]
+            found.append(_window(flow_key, members, route, count) if members else None)
+        return found
+
+    async def flows(self, after: str | None, limit: int) -> list[str]:
+        start = "-" if after is None else f"({after}"
+        keys: list[str] = []
+        try:
+            while len(keys) < limit:
+                page = [k.decode() for k in await self.client.zrangebylex(self.index, start, "+", 0, limit)]
+                if not page:
+                    break
+                pipe = self.client.pipeline(transaction=False)
+                for flow_key in page:
+                    pipe.exists(_keys(self.prefix, flow_key)[0])
+                alive = await pipe.execute()
+                gone = [k for k, a in zip(page, alive, strict=True) if not a]
+                if gone:
+                    await self.client.zrem(self.index, *gone)
+                keys += [k for k, a in zip(page, alive, strict=True) if a]
+                start = f"({page[-1]}"
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from None
+        self._problem = None
+        return keys[:limit]
+
+    async def count(self) -> int:
+        try:
+            return int(await self.client.zcard(self.index))
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from None
+
+    async def delete(self, flow_key: str) -> bool:
+        try:
+            wkey, mkey = _keys(self.prefix, flow_key)
+            deleted = int(await self.client.delete(wkey, mkey))
+            await self.client.zrem(self.index, flow_key)
+        except _UNAVAILABLE as exc:
+            raise self._failed(exc) from None
+        return deleted > 0
+
+
+def _window(flow_key: str, members: list[bytes], route: bytes | None, count: bytes | None) -> FlowWindow:
+    """A window from its sorted-set members (oldest first): the fixed part read in one numpy call."""
+    size = _FIXED.size
+    if all(len(m) == size for m in members):
+        patterns: list[str | None] = [None] * len(members)
+        rows = np.frombuffer(b"".join(members), dtype=_ROW)
+    else:
+        patterns = [m[size:].decode() or None for m in members]
+        rows = np.frombuffer(b"".join(m[:size] for m in members), dtype=_ROW)
+    return FlowWindow(
+        flow_key=flow_key,
+        timestamps=rows["t"].astype(np.int64),
+        features=rows["f"].astype(np.float32),
+        imputed=rows["m"].astype(np.uint8),
+        pattern_ids=patterns,
+        route_id=route.decode() if route else None,
+        observations=int(count) if count else len(members),
+    )

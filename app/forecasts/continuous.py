@@ -1,0 +1,387 @@
+"""Continuous prediction: the flows that observations touched, forecast in bulk, each once per round.
+
+``touch(flow_keys)`` marks flows as due (ingest calls it once observations are applied). A flow touched
+again before its forecast runs stays due once: it is forecast on its newest window (coalescing). A fixed
+number of ``rounds`` take up to ``batch`` due flows each, oldest first, read their windows from the flow
+store, and hand them to the engine in one ``predict_many`` (the engine cuts them into forward passes).
+The work is bounded by construction: at most one due entry per flow, at most ``rounds x batch`` windows
+in the engine at once. A full engine (its queue is shared with the HTTP requests) puts the round's flows
+back to wait, rather than queueing more; under a load the engine cannot follow, flows are forecast less
+often, on fresher windows, and nothing grows.
+
+Each round then, for each flow: scores the flow's previous forecast if the window now holds the
+observation that followed it (``scores``, ``labels``), keeps the new forecast (``store``) and publishes
+it as a ``FlowPrediction`` (``stream``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from app.bus import Bus
+from app.engine import Engine, EngineStopped, Overloaded, WindowForecast
+from app.engine_metrics import LATENCY_BUCKETS, LatencyRing
+from app.flows import FlowsUnavailable
+from app.forecasts.labels import FreeLabels
+from app.forecasts.redis import ForecastsUnavailable
+from app.forecasts.result import Draft, serialize_many
+from app.forecasts.scores import Scores
+from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
+from app.forecasts.stream import FlowPredictionHub, encode
+from app.metrics import BatchHistogram
+from app.window import Window
+
+log = logging.getLogger("cpe.forecasts")
+
+EWMA_ALPHA = 0.3  # the EWMA baseline's weight of the newest sample, as in models/baselines.py
+EWMA_SPAN = 24  # contexts the EWMA reads: the weight of older ones is below 0.7^24 = 2e-4
+RETRY_S = 0.01  # how long a round waits after the engine refused its windows
+UNAVAILABLE_RETRY_S = 0.5  # ... after the flow store could not be reached
+
+
+class FlowWindow(Protocol):
+    """A flow's window as the flow store answers it, oldest first."""
+
+    @property
+    def timestamps(self) -> np.ndarray: ...  # (n,) int64 ms, increasing
+
+    @property
+    def features(self) -> np.ndarray: ...  # (n, D)
+
+
+class WindowSource(Protocol):
+    """Where the windows come from: the flow store."""
+
+    async def windows(self, flow_keys: Sequence[str]) -> Sequence[FlowWindow | None]: ...
+
+
+@dataclass(slots=True)
+class RoundStats:
+    """Counters since start; tests and /v1/stats read them."""
+
+    touched: int = 0  # flows marked due (one per flow per ingest batch)
+    coalesced: int = 0  # of those, flows that were due already
+    rounds: int = 0
+    forecasts: int = 0
+    gone: int = 0  # due flows whose window had expired or been deleted
+    deferred: int = 0  # flows put back because the engine was full
+    failed: int = 0  # flows of rounds that failed
+
+
+class ContinuousPrediction:
+    """Forecasts the flows that ``touch`` names; use as ``async with`` (runs its rounds)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: WindowSource,
+        store: ForecastStore,
+        scores: Scores,
+        *,
+        bus: Bus,
+        channel: str,
+        hub: FlowPredictionHub,
+        labels: FreeLabels | None = None,
+        kind: str,
+        horizon: int = 1,
+        batch: int = 1024,
+        rounds: int = 2,
+        publish_always: bool = False,
+        groups_of: Callable[[str], Sequence[str]] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.engine, self.source, self.store, self.scores = engine, source, store, scores
+        self.bus, self.channel, self.hub, self.labels = bus, channel, hub, labels
+        self.kind, self.horizon, self.batch, self.rounds = kind, horizon, batch, rounds
+        # with a shared bus other replicas' clients may be listening: publish even with none here
+        self.publish_always = publish_always
+        self.groups_of = groups_of  # a flow's route groups, for subscribers by group
+        self.stats = RoundStats()
+        self._due: dict[str, float] = {}  # flow_key -> perf_counter() of its oldest unforecast observation
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = 0  # rounds in progress
+        self.latencies = LatencyRing()  # observe -> published, seconds: GET /v1/stats's percentiles
+        self._latency = (
+            BatchHistogram(
+                "cpe_observe_to_forecast_seconds",
+                "From an observation applied to its flow's forecast published, per forecast (the oldest "
+                "observation a forecast covers).",
+                LATENCY_BUCKETS,
+                registry,
+            )
+            if registry is not None
+            else None
+        )
+        self._forecasts = Counter(
+            "cpe_forecasts", "Continuous forecasts made, per model.", ["model"], registry=registry
+        )
+        self._coalesced = Counter(
+            "cpe_forecasts_coalesced",
+            "Observed flows already waiting for their forecast: forecast once, on the newest window.",
+            registry=registry,
+        )
+        self._deferred = Counter(
+            "cpe_forecasts_deferred",
+            "Flows put back to wait because the engine's queue was full.",
+            registry=registry,
+        )
+        self._due_gauge = Gauge(
+            "cpe_forecasts_due", "Observed flows waiting for their forecast.", registry=registry
+        )
+        self._due_gauge.set_function(lambda: len(self._due))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def __aenter__(self) -> ContinuousPrediction:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(), name=f"cpe-forecasts-{i}") for i in range(self.rounds)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def due(self) -> int:
+        """Flows waiting for their forecast."""
+        return len(self._due)
+
+    async def idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until no flow is due and no round runs (tests, the benchmark's drain)."""
+        deadline = time.monotonic() + timeout_s
+        while self._due or self._running:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self._due)} flows still due after {timeout_s} s")
+            await asyncio.sleep(0.005)
+
+    # -- the ingest side ------------------------------------------------------------------------
+    def touch(self, flow_keys: Iterable[str]) -> None:
+        """Mark ``flow_keys`` due for a forecast (an ingest batch's flows; a mapping's keys will do)."""
+        now = time.perf_counter()
+        due = self._due
+        before, n = len(due), 0
+        for key in flow_keys:
+            n += 1
+            if key not in due:
+                due[key] = now
+        coalesced = n - (len(due) - before)
+        self.stats.touched += n
+        if coalesced:
+            self.stats.coalesced += coalesced
+            self._coalesced.inc(coalesced)
+        if n:
+            self._wake.set()
+
+    async def on_applied(self, applied: Iterable[str]) -> None:
+        """Ingest's callback once observations are applied: the flows they touched (or a mapping by flow)."""
+        self.touch(applied)
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def _take(self) -> tuple[list[str], list[float]]:
+        due = self._due
+        keys = list(itertools.islice(due, self.batch))
+        touched = [due.pop(key) for key in keys]
+        if not due:
+            self._wake.clear()
+        return keys, touched
+
+    def _put_back(self, keys: Sequence[str], touched: Sequence[float]) -> None:
+        due = self._due
+        for key, t in zip(keys, touched, strict=True):
+            due[key] = min(t, due.get(key, t))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            keys, touched = self._take()
+            if not keys:
+                continue
+            self._running += 1
+            try:
+                await self._round(keys, touched)
+            except (Overloaded, EngineStopped):
+                self.stats.deferred += len(keys)
+                self._deferred.inc(len(keys))
+                self._put_back(keys, touched)
+                await asyncio.sleep(RETRY_S)
+            except FlowsUnavailable:  # the windows are out of reach (Redis): they wait, and so do we
+                self._put_back(keys, touched)
+                await asyncio.sleep(UNAVAILABLE_RETRY_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.failed += len(keys)
+                log.exception("a round of continuous prediction failed on %d flows", len(keys))
+            finally:
+                self._running -= 1
+
+    async def _round(self, keys: list[str], touched: list[float]) -> None:
+        found = await self.source.windows(keys)
+        live = [i for i, window in enumerate(found) if window is not None]
+        if len(live) < len(keys):
+            self.stats.gone += len(keys) - len(live)
+            for i, window in enumerate(found):
+                if window is None:
+                    with contextlib.suppress(ForecastsUnavailable):
+                        await self.store.delete(keys[i])
+            keys, touched = [keys[i] for i in live], [touched[i] for i in live]
+        windows: list[FlowWindow] = [w for w in found if w is not None]
+        if not windows:
+            return
+        kind = self.kind
+        forecasts = await self.engine.predict_many(
+            [(kind, w.timestamps, w.features) for w in windows], self.horizon
+        )
+        try:
+            previous = await self.store.get_many(keys)
+        except ForecastsUnavailable:
+            previous = [None] * len(keys)
+        persistence, ewma = _baselines(windows)
+        scores = self._score(keys, windows, previous)
+        latency = _step_latency(forecasts)
+        now, h = time.perf_counter(), self.horizon
+        records, drafts = [], []
+        for key, window, forecast, t, lat, p, e, score in zip(
+            keys,
+            windows,
+            forecasts,
+            touched,
+            latency,
+            persistence.tolist(),
+            ewma.tolist(),
+            scores,
+            strict=True,
+        ):
+            base, n = int(window.timestamps[-1]), len(window.timestamps)
+            patterns = _similar_patterns(window, forecast, h)
+            draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), patterns)
+            drafts.append(draft)
+            records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score)))
+        # serialized now only what is published or kept serialized; the rest when someone reads it
+        published = self._published(keys)
+        serialized = range(len(keys)) if not self.store.keeps_drafts else published
+        if serialized:
+            chosen = [records[i][1] for i in serialized]
+            for record, body in zip(chosen, serialize_many([drafts[i] for i in serialized]), strict=True):
+                record.body, record.draft = body, None
+        with contextlib.suppress(ForecastsUnavailable):  # published all the same; ``problem`` says why
+            await self.store.put_many(records)
+        if published:
+            await self._publish([(keys[i], records[i][1].result()) for i in published])
+        done = time.perf_counter()
+        waited = [done - t for t in touched]
+        self.latencies.extend(waited)
+        if self._latency is not None:
+            self._latency.observe(kind, waited)
+        self.stats.rounds += 1
+        self.stats.forecasts += len(keys)
+        self._forecasts.labels(model=kind).inc(len(keys))
+
+    def _score(
+        self, keys: Sequence[str], windows: Sequence[FlowWindow], previous: Sequence[FlowForecast | None]
+    ) -> list[FlowScore]:
+        """Each flow's running score, with its previous forecast scored if its window now holds the
+        observation that followed that forecast's window; the scored pairs go to the learner too."""
+        out: list[FlowScore] = []
+        picked: list[tuple[int, int, FlowForecast]] = []  # (flow, row of the actual, its forecast)
+        for i, (window, prev) in enumerate(zip(windows, previous, strict=True)):
+            if prev is None:
+                out.append(FlowScore())
+                continue
+            out.append(prev.score)
+            ts = window.timestamps
+            n = len(ts)
+            if n < 2 or prev.base_ts >= ts[-1]:
+                continue
+            if ts[-2] == prev.base_ts:  # the usual case: one observation since the forecast
+                picked.append((i, n - 1, prev))
+                continue
+            j = int(np.searchsorted(ts, prev.base_ts))
+            if j < n - 1 and ts[j] == prev.base_ts:
+                picked.append((i, j + 1, prev))
+        if not picked:
+            return out
+        actual = np.fromiter(
+            (float(windows[i].features[j, 0]) for i, j, _ in picked), np.float64, len(picked)
+        )
+        model = np.abs(np.fromiter((p.latency for _, _, p in picked), np.float64, len(picked)) - actual)
+        persistence = np.abs(
+            np.fromiter((p.persistence for _, _, p in picked), np.float64, len(picked)) - actual
+        )
+        ewma = np.abs(np.fromiter((p.ewma for _, _, p in picked), np.float64, len(picked)) - actual)
+        for (i, _, _prev), m, p, e in zip(
+            picked, model.tolist(), persistence.tolist(), ewma.tolist(), strict=True
+        ):
+            out[i].add(m, p, e)
+        by_model: dict[str, list[int]] = {}
+        for k, (_, _, prev) in enumerate(picked):
+            by_model.setdefault(prev.model, []).append(k)
+        for name, rows in by_model.items():
+            self.scores.add(name, model[rows], persistence[rows], ewma[rows])
+        if self.labels is not None:
+            for i, j, _ in picked[: self.labels.admit(len(picked))]:
+                w = windows[i]
+                self.labels.offer(
+                    keys[i], w.timestamps[:j], w.features[:j], int(w.timestamps[j]), w.features[j]
+                )
+        return out
+
+    def _published(self, keys: Sequence[str]) -> Sequence[int]:
+        """Which of the round's flows to publish: all with a shared bus (other replicas' clients may
+        listen), else those that this replica's subscribers select."""
+        if self.publish_always or self.hub.wants_all:
+            return range(len(keys))
+        if not self.hub.subscribers:
+            return ()
+        wants = self.hub.wants
+        return [i for i, key in enumerate(keys) if wants(key)]
+
+    async def _publish(self, items: Sequence[tuple[str, bytes]]) -> None:
+        groups_of = self.groups_of
+        message = encode((key, groups_of(key) if groups_of else (), body) for key, body in items)
+        if await self.bus.publish(self.channel, message) and self.hub.counters is not None:
+            self.hub.counters.published.inc(len(items))
+
+
+def _baselines(windows: Sequence[FlowWindow]) -> tuple[np.ndarray, np.ndarray]:
+    """Persistence's and EWMA's forecasts of the next latency of each window: (B,), (B,)."""
+    span = EWMA_SPAN
+    rows = []
+    for w in windows:
+        latency = w.features[-span:, 0]
+        if len(latency) < span:  # repeating the first sample leaves an EWMA started on it unchanged
+            latency = np.concatenate((np.full(span - len(latency), latency[0]), latency))
+        rows.append(latency)
+    lat = np.asarray(rows, dtype=np.float64)  # (B, span)
+    s = lat[:, 0].copy()
+    for t in range(1, span):
+        s += EWMA_ALPHA * (lat[:, t] - s)
+    return lat[:, -1].copy(), s
+
+
+def _step_latency(forecasts: Sequence[WindowForecast]) -> list[float]:
+    """The predicted latency of each forecast's next context (step 1): what the next observation scores."""
+    return [float(f.batch.mean[f.index, 0, 0]) for f in forecasts]
+
+
+def _similar_patterns(window: FlowWindow, forecast: WindowForecast, h: int) -> list[str]:
+    """pattern_ids of the window's contexts nearest to the forecast, as POST /v1/predict answers them."""
+    pattern_ids: list[str | None] | None = getattr(window, "pattern_ids", None)
+    if not pattern_ids or pattern_ids.count(None) == len(pattern_ids):  # the usual case
+        return []
+    from app.api.predict import _similar_patterns as nearest  # the one rule, shared with /v1/predict
+
+    features = np.asarray(window.features, dtype=np.float64)
+    return nearest(Window("", None, h, window.timestamps, features, list(pattern_ids)), forecast)

@@ -1,0 +1,138 @@
+"""Forecasts in Redis (``redis://``): every replica answers ``GET /v1/flows/{flow_key}`` with the newest.
+
+One string per flow, ``<prefix>{<flow_key>}`` (the braces are a hash tag: on Redis Cluster all of a
+flow's keys, its window's included, hash to one slot): a fixed binary header with the numbers that score
+the next observation and the running score, the model kind, then the serialized result. One value rather
+than a hash of fields: a round then costs one GET and one SET (with its expiry) per flow, in two
+pipelined round-trips, where a hash took HMGET, HSET and PEXPIRE and ten fields to encode and parse each
+(``scripts/bench_observe.py --redis``). It expires ``ttl_ms`` after its last update, as the flow's window
+does. A Redis that does not answer makes them fail
+(``ForecastsUnavailable``): the round's forecasts are still published, only not kept, and ``problem``
+says why until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from redis import exceptions as redis_errors
+
+from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger("cpe.forecasts")
+
+_FAILURES = (redis_errors.RedisError, OSError)
+# base_ts, predicted latency, persistence, EWMA; scored, the three error sums; the model kind's length
+_HEADER = struct.Struct("<q3dQ3dB")
+
+
+class ForecastsUnavailable(Exception):
+    """Redis did not answer: the forecasts were not read or not kept."""
+
+
+class RedisForecasts(ForecastStore):
+    """Each flow's newest forecast and running score in a Redis hash of its own."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        prefix: str,
+        ttl_ms: int,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self._owns_client = client is None
+        if client is None:
+            from redis.asyncio import Redis
+
+            assert url is not None, "give the Redis URL or a ready-made client"
+            client = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        self.client = client
+        self.prefix = prefix
+        self.ttl_ms = ttl_ms
+        self._problem: str | None = None
+
+    def key(self, flow_key: str) -> str:
+        return f"{self.prefix}{{{flow_key}}}"
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
+
+    def _failed(self, exc: BaseException) -> ForecastsUnavailable:
+        if self._problem is None:
+            log.warning("forecasts: Redis does not answer (%s); forecasts are published but not kept", exc)
+        self._problem = f"redis unreachable: {exc or type(exc).__name__}"
+        return ForecastsUnavailable(self._problem)
+
+    def _recovered(self) -> None:
+        if self._problem is not None:
+            log.info("forecasts: Redis answers again")
+            self._problem = None
+
+    async def get_many(self, flow_keys: Sequence[str]) -> list[FlowForecast | None]:
+        if not flow_keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for flow_key in flow_keys:
+            pipe.get(self.key(flow_key))
+        try:
+            values = await pipe.execute()
+        except _FAILURES as exc:
+            raise self._failed(exc) from None
+        self._recovered()
+        return [None if value is None else unpack(value) for value in values]
+
+    async def put_many(self, forecasts: Sequence[tuple[str, FlowForecast]]) -> None:
+        if not forecasts:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for flow_key, forecast in forecasts:
+            pipe.set(self.key(flow_key), pack(forecast), px=self.ttl_ms)
+        try:
+            await pipe.execute()
+        except _FAILURES as exc:
+            raise self._failed(exc) from None
+        self._recovered()
+
+    async def delete(self, flow_key: str) -> None:
+        try:
+            await self.client.delete(self.key(flow_key))
+        except _FAILURES as exc:
+            raise self._failed(exc) from None
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+
+def pack(forecast: FlowForecast) -> bytes:
+    """A forecast as the value Redis keeps: header, model kind, serialized result."""
+    score, model = forecast.score, forecast.model.encode()
+    header = _HEADER.pack(
+        forecast.base_ts,
+        forecast.latency,
+        forecast.persistence,
+        forecast.ewma,
+        score.scored,
+        score.model,
+        score.persistence,
+        score.ewma,
+        len(model),
+    )
+    return header + model + forecast.result()
+
+
+def unpack(value: bytes) -> FlowForecast:
+    base_ts, latency, persistence, ewma, scored, sm, sp, se, n = _HEADER.unpack_from(value)
+    start = _HEADER.size
+    model = value[start : start + n].decode()
+    score = FlowScore(scored, sm, sp, se)
+    return FlowForecast(value[start + n :], None, base_ts, latency, persistence, ewma, model, score)

@@ -1,0 +1,80 @@
+"""The forecast store on a real Redis: every replica reads the newest forecast and score of a flow."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from app.forecasts.redis import ForecastsUnavailable, RedisForecasts
+from app.forecasts.store import FlowForecast, FlowScore, MemoryForecasts, create_forecast_store
+from tests.redis_server import redis_url
+
+REDIS_URL = redis_url(10)
+
+
+def forecast(base_ts: int, latency: float = 21.5, scored: int = 0) -> FlowForecast:
+    score = FlowScore(scored, 1.25 * scored, 2.5 * scored, 2.0 * scored)
+    return FlowForecast(b'{"flow_key":"x"}', None, base_ts, latency, 20.0, 20.5, "lstm", score)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[RedisForecasts]:
+    prefix = f"test:fc:{uuid.uuid4().hex[:8]}:"
+    client = Redis.from_url(REDIS_URL)
+    store = RedisForecasts(client=client, prefix=prefix, ttl_ms=60_000)
+    try:
+        yield store
+    finally:
+        keys = [key async for key in client.scan_iter(f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_a_forecast_written_by_one_replica_is_read_by_another(store: RedisForecasts) -> None:
+    other = RedisForecasts(REDIS_URL, prefix=store.prefix, ttl_ms=60_000)
+    async with other:
+        await store.put_many([("a" * 64, forecast(1000, scored=4)), ("b" * 64, forecast(2000))])
+        a, b, missing = await other.get_many(["a" * 64, "b" * 64, "c" * 64])
+    assert missing is None
+    assert a == forecast(1000, scored=4) and b == forecast(2000)
+    assert a is not None and a.score.as_dict()["ratio"] == pytest.approx(0.5)
+
+
+async def test_keys_carry_the_flow_as_hash_tag_and_expire(store: RedisForecasts) -> None:
+    await store.put_many([("d" * 64, forecast(1))])
+    key = f"{store.prefix}{{{'d' * 64}}}"
+    assert store.key("d" * 64) == key
+    ttl = await store.client.pttl(key)
+    assert 0 < ttl <= 60_000
+    await store.delete("d" * 64)
+    assert await store.get("d" * 64) is None
+
+
+async def test_an_unreachable_redis_is_a_problem_not_a_crash() -> None:
+    store = RedisForecasts("redis://127.0.0.1:1/0", prefix="x:", ttl_ms=1000, timeout_s=0.2)
+    async with store:
+        with pytest.raises(ForecastsUnavailable):
+            await store.get_many(["a" * 64])
+        assert store.problem is not None and "unreachable" in store.problem
+
+
+async def test_the_url_picks_the_backend() -> None:
+    assert isinstance(create_forecast_store("memory://", ttl_ms=1, max_flows=1), MemoryForecasts)
+    assert isinstance(create_forecast_store(REDIS_URL, ttl_ms=1, max_flows=1), RedisForecasts)
+    with pytest.raises(ValueError, match="'kafka'"):
+        create_forecast_store("kafka://x", ttl_ms=1, max_flows=1)
+
+
+async def test_memory_forgets_the_oldest_beyond_its_bound_and_after_the_ttl() -> None:
+    now = [0.0]
+    store = MemoryForecasts(ttl_ms=10_000, max_flows=2, clock=lambda: now[0])
+    await store.put_many([("a", forecast(1)), ("b", forecast(2))])
+    await store.put_many([("c", forecast(3))])
+    assert await store.get_many(["a", "b", "c"]) == [None, forecast(2), forecast(3)]
+    now[0] = 20.0
+    await store.put_many([("d", forecast(4))])
+    assert await store.get_many(["b", "c", "d"]) == [None, None, forecast(4)]
