@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tools.process import ROOT
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]  # real servers, seconds each
 
 
 def test_bench_observe_measures_ingest_forecasts_latency_and_memory(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ import redis
 
 from tools.process import free_port, serving
 
+pytestmark = [pytest.mark.server, pytest.mark.slow]  # real servers, seconds each
+
 T0 = 1_767_225_600_000
 FLOWS = [f"{i:064x}" for i in range(1, 201)]
 PER_FLOW = 5  # contexts of each flow in one request

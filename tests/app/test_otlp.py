@@ -19,6 +19,8 @@ from app.main import create_app
 from tests.app.payloads import make_settings
 from tools.process import ServerProcess, serving
 
+pytestmark = pytest.mark.server  # real cpe serve processes
+
 KEY = "5e" * 32
 OTHER = "7a" * 32
 

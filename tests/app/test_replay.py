@@ -8,9 +8,12 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from tools.process import ROOT, serving
 from tools.replay import flow_key_of, observation
+
+pytestmark = pytest.mark.server  # real cpe serve processes
 
 
 def test_a_simulated_trace_is_replayed_and_scored_against_persistence(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tools.process import ServerProcess, serving
 
+pytestmark = pytest.mark.server  # real cpe serve processes
+
 REDIS_URL = "redis://127.0.0.1:6379/12"
 T0 = 1_700_000_000_000
 
