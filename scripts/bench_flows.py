@@ -1,6 +1,6 @@
 """What a flow costs, and how fast observations are applied, in this process (no HTTP).
 
-    python scripts/bench_flows.py [--flows 100000] [--window 64] [--redis redis://127.0.0.1:6379/13]
+    python -m scripts.bench_flows [--flows 100000] [--window 64] [--redis redis://127.0.0.1:6379/13]
 
 1. Memory: ``--flows`` flows in the in-process store (memory://), each window filled, measured with
    tracemalloc (Python and numpy allocations) and as the growth of this process's RSS.
@@ -17,7 +17,6 @@ import asyncio
 import os
 import secrets
 import statistics
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -26,7 +25,6 @@ import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from app.flows import FlowContext, create_flow_store  # noqa: E402
 from app.ingest import IngestService  # noqa: E402

@@ -1,6 +1,6 @@
 """What a refusal past the in-flight limit costs the server: CPU per 503, under `cpe serve`.
 
-    python scripts/bench_refusal.py [--compare OTHER_CHECKOUT] [--rounds 3] [--duration 5] [-c 32]
+    python -m scripts.bench_refusal [--compare OTHER_CHECKOUT] [--rounds 3] [--duration 5] [-c 32]
 
 Starts `cpe serve` with CPE_MAX_INFLIGHT=1, holds one prediction in flight (its body half sent), so that
 every other prediction is refused, and drives refusals with the closed-loop load generator
@@ -27,10 +27,8 @@ from pathlib import Path
 import httpx
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from faults import free_port
-from loadgen import drive
+from scripts.loadgen import drive
+from tools.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -1,6 +1,6 @@
 """What FastAPI's per-request solving costs POST /v1/predict: RequestOnlyRoute against a plain APIRoute.
 
-    python scripts/bench_route.py [--blocks 40]
+    python -m scripts.bench_route [--blocks 40]
 
 Builds the real app (lifespan, models, cache) twice per key setting, once with the prediction router's
 routes as ``RequestOnlyRoute`` (as served) and once as plain ``APIRoute``, with and without API keys,
@@ -17,12 +17,8 @@ import asyncio
 import contextlib
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
