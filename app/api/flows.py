@@ -6,8 +6,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter
 from starlette.requests import HTTPConnection
 
 from app.api.flow_predictions import ForecastsDep
@@ -19,6 +18,7 @@ from app.services import Services
 from models.scaling import FEATURE_NAMES
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"])
+PathKey = Annotated[str, Path(pattern="^[0-9a-f]{64}$", description="64 lowercase hex characters.")]
 admin = APIRouter(prefix="/v1/flows", tags=["flows"])
 
 _FLOW_KEY: TypeAdapter[str] = TypeAdapter(FlowKey)
@@ -93,15 +93,6 @@ def summary(window: FlowWindow) -> FlowSummary:
     )
 
 
-def flow_key_of(value: str) -> str:
-    """A path's flow key in its normal form; else a 422 naming it."""
-    try:
-        return _FLOW_KEY.validate_python(value)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("path", "flow_key")} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
-
-
 def _unavailable(exc: FlowsUnavailable) -> OrjsonResponse:
     status, answer = refusal(exc)
     return OrjsonResponse(answer, status_code=status, headers={"retry-after": str(exc.retry_after_s)})
@@ -133,12 +124,10 @@ async def list_flows(
 @router.get(
     "/{flow_key}", response_model=FlowSummary, responses={404: {"model": Message}, 503: {"model": Message}}
 )
-async def get_flow(
-    flows: FlowsDep, forecasts: ForecastsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]
-) -> Any:
+async def get_flow(flows: FlowsDep, forecasts: ForecastsDep, flow_key: PathKey) -> Any:
     """One flow's window summary: its newest observation, the window's statistics, its newest forecast and
     running score."""
-    key = flow_key_of(flow_key)
+    key = flow_key
     try:
         window = await flows.window(key)
     except FlowsUnavailable as exc:
@@ -158,11 +147,9 @@ async def get_flow(
     response_model=None,
     responses={404: {"model": Message}, 503: {"model": Message}},
 )
-async def delete_flow(
-    flows: FlowsDep, forecasts: ForecastsDep, flow_key: Annotated[str, Path(description="64 hex characters.")]
-) -> Any:
+async def delete_flow(flows: FlowsDep, forecasts: ForecastsDep, flow_key: PathKey) -> Any:
     """Forget a flow's window (admin)."""
-    key = flow_key_of(flow_key)
+    key = flow_key
     try:
         deleted = await flows.delete(key)
     except FlowsUnavailable as exc:

@@ -23,8 +23,12 @@ router = APIRouter(prefix="/v1/otlp", tags=["observe"])
 @router.post(
     "/v1/metrics",
     responses={
-        200: {"description": "An ExportMetricsServiceResponse (protobuf or JSON, as the request)."},
+        200: {
+            "description": "An ExportMetricsServiceResponse (protobuf or JSON, as the request).",
+            "content": {"application/x-protobuf": {}, "application/json": {}},
+        },
         400: {"description": "Not an OTLP metrics export request."},
+        413: {"description": "Request body larger than CPE_MAX_BODY_BYTES."},
         429: {"description": "The in-process flow store is full; retry after `Retry-After`."},
         503: {"description": "The flow store (Redis) is unreachable; retry after `Retry-After`."},
     },

@@ -20,12 +20,18 @@ from app.auth import require_scope
 from app.cache import Cache, prediction_id, prediction_key
 from app.engine import Engine, WindowForecast
 from app.flows import FlowStore, FlowsUnavailable
-from app.flows.serving import UnknownFlow, fill_from_flows, unknown_flow, unknown_flow_item
+from app.flows.serving import (
+    BatchPredictAnswer,
+    UnknownFlow,
+    fill_from_flows,
+    unknown_flow,
+    unknown_flow_item,
+)
 from app.learning.recent import RecentWindows
 from app.schemas import (
     BatchPredictRequest,
-    BatchPredictResult,
     Limits,
+    Message,
     PredictionResult,
     PredictRequest,
 )
@@ -50,12 +56,16 @@ router = APIRouter(
 )
 
 SIMILAR_PATTERNS = 3
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {"model": Message, "description": "No `contexts`, and the flow has no server-side window."},
+}
 
 
 @router.post(
     "",
     response_model=PredictionResult,
-    responses=ERROR_RESPONSES,
+    responses=PREDICT_RESPONSES,
     openapi_extra=json_body(PredictRequest),
 )
 async def predict(request: Request) -> Response:
@@ -128,7 +138,7 @@ async def predict_window(
 
 @router.post(
     "/batch",
-    response_model=BatchPredictResult,
+    response_model=BatchPredictAnswer,
     responses=ERROR_RESPONSES,
     openapi_extra=json_body(BatchPredictRequest),
 )
@@ -145,6 +155,9 @@ async def predict_batch(request: Request) -> Response:
         except FlowsUnavailable as exc:
             return OrjsonResponse({"detail": str(exc)}, 503, {"retry-after": str(exc.retry_after_s)})
         windows = [window for i, window in enumerate(windows) if i not in set(unknown)]
+        if not windows:
+            items = b",".join(unknown_flow_item(window.flow_key) for window in asked)
+            return Response(b'{"results":[%s]}' % items, media_type="application/json")
     kinds = [window.model or limits.default_model for window in windows]
     versions = {kind: predictor.version for kind, predictor in engine.predictors.items()}
     keys = [_key(versions[kind], window) for kind, window in zip(kinds, windows, strict=True)]

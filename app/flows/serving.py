@@ -6,9 +6,30 @@ from collections.abc import Sequence
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, Field
 
 from app.flows.base import FlowStore
+from app.schemas import PredictionResult
 from app.window import Window
+
+
+class ItemError(BaseModel):
+    status: int = Field(description="404: the flow has no server-side window.")
+    detail: str
+
+
+class BatchItemError(BaseModel):
+    """An item of a batch answer that could not be predicted, in its place."""
+
+    flow_key: str
+    error: ItemError
+
+
+class BatchPredictAnswer(BaseModel):
+    """The answers in the order of the requests: a result, or (for a flow without contexts and without a
+    server-side window) an error."""
+
+    results: list[PredictionResult | BatchItemError]
 
 
 class UnknownFlow(LookupError):

@@ -192,6 +192,9 @@ class Observation(BaseModel):
     @classmethod
     def _one_known_type(cls, value: Any) -> Any:
         if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in MESSAGE_TYPES:
+            [(kind, message)] = value.items()
+            if message is None:
+                raise PydanticCustomError("observation_type", "{kind} must be an object", {"kind": kind})
             return value
         got = f"keys {sorted(map(str, value))[:8]}" if isinstance(value, dict) else type(value).__name__
         raise PydanticCustomError(
