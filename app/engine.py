@@ -119,6 +119,40 @@ class WindowForecast:
         return float(self.batch.dt_s[self.index])
 
 
+# One forecast's numbers at horizon h: (steps (h, D), confidence, lower (D), upper (D), step_ms), as lists.
+Numbers = tuple[list[list[float]], float, list[float], list[float], float]
+
+
+def read_numbers(
+    forecasts: Sequence[WindowForecast], horizons: Sequence[int]
+) -> Iterator[tuple[int, Numbers]]:
+    """``(j, numbers of forecasts[j] at horizons[j])`` for every j, in no particular order.
+
+    The numbers are read per forward pass and horizon, a few numpy calls for all the forecasts that share
+    them (a batch's are nearly all in one or two passes), rather than a dozen calls per forecast.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}  # (forward pass, horizon) -> positions
+    for j, (forecast, h) in enumerate(zip(forecasts, horizons, strict=True)):
+        groups.setdefault((id(forecast.batch), h), []).append(j)
+    for (_, h), members in groups.items():
+        batch = forecasts[members[0]].batch
+        indices = [forecasts[j].index for j in members]
+        first, k = indices[0], len(indices)
+        rows: list[int] | slice = indices
+        if indices == list(range(first, first + k)):  # the usual case, as a slice: views, not copies
+            rows = slice(first, first + k)
+        numbers = zip(
+            batch.mean[rows, :h].tolist(),
+            batch.confidence[rows, h - 1].tolist(),
+            batch.lower[rows, h - 1].tolist(),
+            batch.upper[rows, h - 1].tolist(),
+            (batch.dt_s[rows] * 1000.0).tolist(),
+            strict=True,
+        )
+        for j, row in zip(members, numbers, strict=True):
+            yield j, row
+
+
 @dataclass(slots=True)
 class _Job:
     kind: str

@@ -18,7 +18,7 @@ from app.api.request_only_route import RequestOnlyRoute
 from app.api.responses import OrjsonResponse, dumps
 from app.auth import require_scope
 from app.cache import Cache, prediction_id, prediction_key
-from app.engine import Engine, WindowForecast
+from app.engine import Engine, WindowForecast, read_numbers
 from app.flows import FlowStore, FlowsUnavailable
 from app.flows.serving import (
     BatchPredictAnswer,
@@ -213,57 +213,35 @@ def _elapsed_ms(start: float) -> float:
 def _answers(
     windows: Sequence[Window], forecasts: Sequence[WindowForecast], elapsed_ms: float, keys: Sequence[str]
 ) -> list[bytes]:
-    """The serialized PredictionResult of each window, in order, stored under its cache key.
-
-    The numbers are read per forward pass and horizon, a few numpy calls for all the windows that share
-    them (a batch request's are nearly all in one or two passes), rather than a dozen calls per window.
-    """
+    """The serialized PredictionResult of each window, in order, stored under its cache key; the numbers
+    are read per forward pass (``read_numbers``)."""
     answers: list[bytes] = [b""] * len(windows)
-    groups: dict[tuple[int, int], list[int]] = {}  # (forward pass, horizon) -> positions in ``windows``
-    for j, (window, forecast) in enumerate(zip(windows, forecasts, strict=True)):
-        groups.setdefault((id(forecast.batch), window.horizon), []).append(j)
-    for (_, h), members in groups.items():
-        batch, predictor = forecasts[members[0]].batch, forecasts[members[0]].predictor
-        indices = [forecasts[j].index for j in members]
-        first, k = indices[0], len(indices)
-        rows: list[int] | slice = indices
-        if indices == list(range(first, first + k)):  # the usual case, as a slice: views, not copies
-            rows = slice(first, first + k)
-        steps = batch.mean[rows, :h].tolist()  # (k, h, D)
-        numbers = zip(
-            steps,
-            batch.confidence[rows, h - 1].tolist(),
-            batch.lower[rows, h - 1].tolist(),
-            batch.upper[rows, h - 1].tolist(),
-            (batch.dt_s[rows] * 1000.0).tolist(),
-            members,
-            strict=True,
+    horizons = [window.horizon for window in windows]
+    for j, (steps_j, confidence, lower, upper, step_ms) in read_numbers(forecasts, horizons):
+        window, predictor, h, n = windows[j], forecasts[j].predictor, horizons[j], len(windows[j].timestamps)
+        answers[j] = dumps(
+            {
+                "prediction_id": prediction_id(keys[j]),
+                "flow_key": window.flow_key,
+                "predicted_context": steps_j[h - 1],
+                "horizon": h,
+                "steps": steps_j,
+                "confidence": confidence,
+                "lower": lower,
+                "upper": upper,
+                "model_used": predictor.kind,
+                "model_version": predictor.version,
+                "cached": False,
+                "processing_time_ms": elapsed_ms,
+                "similar_patterns": _similar_patterns(window, forecasts[j]),
+                "metadata": {
+                    "step_ms": step_ms,
+                    "horizon_ms": step_ms * h,
+                    "window_length": float(n),
+                    "contexts_used": float(min(n, predictor.seq_len)),
+                },
+            }
         )
-        for steps_j, confidence, lower, upper, step_ms, j in numbers:
-            window, n = windows[j], len(windows[j].timestamps)
-            answers[j] = dumps(
-                {
-                    "prediction_id": prediction_id(keys[j]),
-                    "flow_key": window.flow_key,
-                    "predicted_context": steps_j[h - 1],
-                    "horizon": h,
-                    "steps": steps_j,
-                    "confidence": confidence,
-                    "lower": lower,
-                    "upper": upper,
-                    "model_used": predictor.kind,
-                    "model_version": predictor.version,
-                    "cached": False,
-                    "processing_time_ms": elapsed_ms,
-                    "similar_patterns": _similar_patterns(window, forecasts[j]),
-                    "metadata": {
-                        "step_ms": step_ms,
-                        "horizon_ms": step_ms * h,
-                        "window_length": float(n),
-                        "contexts_used": float(min(n, predictor.seq_len)),
-                    },
-                }
-            )
     return answers
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.api.responses import dumps
-from app.engine import WindowForecast
+from app.engine import WindowForecast, read_numbers
 
 
 @dataclass(slots=True)
@@ -83,23 +83,9 @@ def serialize(draft: Draft) -> bytes:
 
 
 def serialize_many(drafts: Sequence[Draft]) -> list[bytes]:
-    """Each draft's PredictionResult, the numbers read per forward pass (a few numpy calls for them all)."""
+    """Each draft's PredictionResult, the numbers read per forward pass (``read_numbers``)."""
     out: list[bytes] = [b""] * len(drafts)
-    passes: dict[tuple[int, int], list[int]] = {}
-    for j, draft in enumerate(drafts):
-        passes.setdefault((id(draft.forecast.batch), draft.horizon), []).append(j)
-    for (_, h), members in passes.items():
-        batch = drafts[members[0]].forecast.batch
-        rows = [drafts[j].forecast.index for j in members]
-        numbers = zip(
-            batch.mean[rows, :h].tolist(),
-            batch.confidence[rows, h - 1].tolist(),
-            batch.lower[rows, h - 1].tolist(),
-            batch.upper[rows, h - 1].tolist(),
-            (batch.dt_s[rows] * 1000.0).tolist(),
-            members,
-            strict=True,
-        )
-        for steps, confidence, lower, upper, step_ms, j in numbers:
-            out[j] = _result(drafts[j], steps, confidence, lower, upper, step_ms)
+    horizons = [draft.horizon for draft in drafts]
+    for j, numbers in read_numbers([draft.forecast for draft in drafts], horizons):
+        out[j] = _result(drafts[j], *numbers)
     return out
