@@ -30,6 +30,7 @@ from fastapi.security.base import SecurityBase
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.status import WS_1008_POLICY_VIOLATION
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 Scope = Literal["read", "write", "admin"]
@@ -132,6 +133,13 @@ def _presented_key(conn: HTTPConnection) -> bytes | None:
     return None
 
 
+def _keys_of(app: ASGIApp) -> ApiKeys:
+    """The keys of the running app: its ``Services`` hold them."""
+    from app.services import Services  # imported here: app.services imports this module for ApiKeys
+
+    return Services.of(app).api_keys
+
+
 class RequireScope(SecurityBase):
     """The dependency that lets a request through only with a key of ``scope``: 401 or 403 otherwise.
 
@@ -150,7 +158,7 @@ class RequireScope(SecurityBase):
         self.scheme_name = "ApiKey"
 
     async def __call__(self, conn: HTTPConnection) -> None:
-        keys: ApiKeys = conn.app.state.api_keys
+        keys = _keys_of(conn.app)
         if not keys.digests:
             return
         refusal = keys.check(conn, self.scope)
@@ -172,7 +180,7 @@ async def accept_websocket(websocket: WebSocket, scope: Scope) -> bool:
     handshake refused with an HTTP status shows a browser nothing but code 1006.
     """
     await websocket.accept()
-    refusal = websocket.app.state.api_keys.check(websocket, scope)
+    refusal = _keys_of(websocket.app).check(websocket, scope)
     if refusal is None:
         return True
     await websocket.close(WS_1008_POLICY_VIOLATION, refusal[1])

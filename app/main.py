@@ -72,7 +72,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # no OpenTelemetry here: FastAPI's built-in hooks would look up the providers on every request
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.api_keys = keys  # for the auth dependencies (app/auth.py)
     mask_query_keys()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetrics, registry=registry)  # outside the body limit: a 413 is a request too
