@@ -22,6 +22,11 @@ from models.scaling import Scaler, ScalerConfig
 
 log = logging.getLogger("cpe.models")
 
+_MAX_TRACES = 16  # traced forwards kept for reuse (Predictor._compiled): a few versions of three models
+_TRACES: dict[
+    tuple[str, str, int, int, str], Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+] = {}
+
 
 @dataclass
 class Forecast:
@@ -42,7 +47,7 @@ class Predictor:
 
     ``compiled`` (the default): the forward pass runs as a frozen TorchScript trace of ``model`` rather
     than op by op from Python (``compile_forward``). ``model`` stays the eager module, for training and
-    inspection.
+    inspection; its weights are fixed once the predictor is made (train a copy, as the learner does).
     """
 
     def __init__(
@@ -66,8 +71,30 @@ class Predictor:
         self._temperature = self.calibration.temperatures(self.horizon, self.scaler.n_features)
         self._z = self.calibration.z()
         self._knots = self.calibration.knots()  # the calibration is fixed for the predictor's life
-        example = torch.zeros(2, self.seq_len, self.scaler.n_inputs, device=self.device)
-        self._forward = compile_forward(self.model, example) if compiled else self.model
+        self._forward = self._compiled() if compiled else self.model
+
+    def _compiled(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The traced forward of these weights: traced once per process for each distinct set of weights.
+
+        A frozen trace holds no state between calls, so every predictor of the same weights can share it:
+        a rollback or a hot reload to a version served before, or each app a process starts (the tests),
+        skips the tracing. Keyed by the weights' own digest, never by the metadata's claim.
+        """
+        key = (
+            type(self.model).__name__,
+            checkpoint.weights_sha256(self.model.state_dict()),
+            self.seq_len,
+            self.scaler.n_inputs,
+            str(self.device),
+        )
+        if (forward := _TRACES.get(key)) is None:
+            example = torch.zeros(2, self.seq_len, self.scaler.n_inputs, device=self.device)
+            forward = compile_forward(self.model, example)
+            if forward is not self.model:  # a failed trace is not remembered: the eager model is this one's
+                _TRACES[key] = forward
+                while len(_TRACES) > _MAX_TRACES:
+                    _TRACES.pop(next(iter(_TRACES)))  # the oldest
+        return forward
 
     @classmethod
     def load(

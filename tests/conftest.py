@@ -7,6 +7,7 @@ installs them first (scripts/test-deps.sh), as CI does.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -15,6 +16,12 @@ import pytest
 from tests import redis_server as session_redis
 from tests.programs import PACKAGES, missing, which
 from tools.process import RedisServer
+
+# One OpenMP thread per process, set before anything imports torch: the suite runs the test process, the
+# servers it starts and their load generators side by side on a few cores, and torch's spinning thread
+# pools then wait on one another (loading a model took a second instead of milliseconds). The servers
+# inherit it; the engine's inference thread sets its own count anyway (CPE_TORCH_THREADS).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected

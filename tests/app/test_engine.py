@@ -151,9 +151,10 @@ def test_overload_is_a_503_with_retry_after() -> None:
 
 
 async def test_swap_serves_the_new_model_from_the_next_batch_never_mid_batch(lstm: Predictor) -> None:
-    fresh = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    retrained = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors", compiled=False)
     with torch.no_grad():
-        fresh.model.head.proj.bias.add_(0.5)  # type: ignore[union-attr, operator]
+        retrained.model.head.proj.bias.add_(0.5)  # type: ignore[union-attr, operator]
+    fresh = Predictor(retrained.model, retrained.meta)  # weights are fixed once a Predictor is made
     fresh.version = "lstm-retrained"
     async with Engine({"lstm": lstm}) as engine:
         in_flight = engine.submit("lstm", *_window(10))

@@ -50,3 +50,16 @@ def test_fewer_steps_are_the_first_steps_of_the_whole_horizon() -> None:
             assert got.shape == want.shape, name
             np.testing.assert_array_equal(got, want, err_msg=name)
         np.testing.assert_array_equal(part.dt_s, whole.dt_s)
+
+
+def test_predictors_of_the_same_weights_share_one_trace_and_other_weights_get_their_own() -> None:
+    first = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    again = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    assert again._forward is first._forward  # a reload of a version traced before is not traced again
+    changed = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors", compiled=False)
+    with torch.no_grad():
+        changed.model.head.proj.bias.add_(0.5)  # type: ignore[union-attr, operator]
+    other = Predictor(changed.model, changed.meta)  # the same metadata, other weights
+    assert other._forward is not first._forward
+    x = np.zeros((1, first.seq_len, first.scaler.n_inputs), dtype=np.float32)
+    assert not np.allclose(other.forward_scaled(x)[0], first.forward_scaled(x)[0])
