@@ -62,6 +62,7 @@ def test_bench_hands_every_option_to_the_benchmark_of_the_checkout(capfd: pytest
     assert "--env takes CPE_NAME=VALUE" in capfd.readouterr().err
 
 
+@pytest.mark.slow  # two interpreters that import torch
 def test_the_tools_say_where_they_are_when_the_package_has_none(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     for package in ("app", "models"):  # an installation: the service's packages, no tools/ beside them

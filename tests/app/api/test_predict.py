@@ -147,6 +147,7 @@ def test_batch_windows_share_forward_passes(client: TestClient) -> None:
     assert engine.stats.max_batch_size == 16
 
 
+@pytest.mark.server
 async def test_the_predict_socket_holds_contexts_to_the_same_ranges_and_unit() -> None:
     """/v1/stream/predict, on a real server: a feature out of range and a timestamp in seconds are a 422
     naming them, as over HTTP; named features are answered."""
