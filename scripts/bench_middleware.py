@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scripts.asgi_scope import post_scope
+
 ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = ("none", "request_id", "http_metrics", "both", "request_id_basehttp")
@@ -69,28 +71,6 @@ def build(variant: str):  # type: ignore[no-untyped-def]
     return app
 
 
-def _scope(body: bytes) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/predict",
-        "raw_path": b"/v1/predict",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-
-
 async def measure_asgi(requests: int, rounds: int, body: bytes) -> dict[str, list[float]]:
     """CPU µs per request of every variant, per block of requests: the apps are called directly, each
     variant's app started (lifespan) once, the variants taking turns block by block so that whatever
@@ -111,12 +91,12 @@ async def measure_asgi(requests: int, rounds: int, body: bytes) -> dict[str, lis
         for app in apps.values():
             await stack.enter_async_context(app.router.lifespan_context(app))
             for _ in range(200):  # warm up: the cache, the first forward pass, lazy imports
-                await app(_scope(body), receive, send)
+                await app(post_scope("/v1/predict", len(body)), receive, send)
         for _ in range(max(1, requests * rounds // block)):
             for variant, app in apps.items():
                 before = time.thread_time()  # this thread's CPU: the inference thread is idle on hits
                 for _ in range(block):
-                    await app(_scope(body), receive, send)
+                    await app(post_scope("/v1/predict", len(body)), receive, send)
                 blocks[variant].append((time.thread_time() - before) / block * 1e6)
     assert statuses == {200}, statuses
     return blocks
@@ -137,7 +117,7 @@ async def measure_alone() -> dict[str, list[float]]:
     registry = new_registry()
     http_metrics = HttpMetrics(answer, registry=registry, buckets=HTTP_BUCKETS, excluded=UNINSTRUMENTED)
     apps = {"none": answer, "request_id": RequestId(answer), "http_metrics": http_metrics}
-    scope = _scope(b"{}") | {"app": create_app()}  # the routes that name the handler
+    scope = post_scope("/v1/predict", 2) | {"app": create_app()}  # the routes that name the handler
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"{}", "more_body": False}

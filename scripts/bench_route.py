@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 from app.api import predict
 from app.api.request_only_route import RequestOnlyRoute
 from app.main import create_app
+from scripts.asgi_scope import post_scope
 from tests.app.payloads import make_settings, predict_body
 
 KEY = "bench-key-0123456789abcdef"
@@ -58,28 +59,7 @@ def build(route_class: type[APIRoute], keys: bool) -> FastAPI:
 
 
 def scope(keys: bool) -> dict[str, Any]:
-    headers = [
-        (b"host", b"cpe"),
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(BODY)),
-    ]
-    if keys:
-        headers.append((b"x-api-key", KEY.encode()))
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/predict",
-        "raw_path": b"/v1/predict",
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
+    return post_scope("/v1/predict", len(BODY), [(b"x-api-key", KEY.encode())] if keys else [])
 
 
 async def measure(blocks: int) -> dict[str, list[float]]:
