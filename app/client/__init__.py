@@ -13,7 +13,7 @@ It imports no torch: a caller needs only this package's wire types, httpx and we
 
 from app.client.aio import AsyncClient
 from app.client.errors import CPEError
-from app.client.streams import ObserveStream, Subscription
+from app.client.streams import ObserveStream, PredictStream, Subscription
 from app.client.sync import Client
 from app.client.types import Group, GroupItem, GroupPage, GroupRoute
 
@@ -26,5 +26,6 @@ __all__ = [
     "GroupPage",
     "GroupRoute",
     "ObserveStream",
+    "PredictStream",
     "Subscription",
 ]

@@ -21,7 +21,7 @@ import httpx
 from app.client import calls
 from app.client.calls import Body, FlowKeyIn
 from app.client.errors import CPEError
-from app.client.streams import ObserveStream, Subscription, predictions, routing
+from app.client.streams import ObserveStream, PredictStream, Subscription, predictions, routing
 from app.client.types import Group, GroupPage
 from app.ingest.observations import ObserveResult
 from app.routing_schemas import Objective, RouteRecommendation
@@ -187,3 +187,7 @@ class AsyncClient:
     def observe_stream(self) -> ObserveStream:
         """Observations over one socket, a frame at a time, each acknowledged in order (``async with``)."""
         return ObserveStream(f"{self.ws_url}/v1/stream/observe", self.headers)
+
+    def predict_stream(self) -> PredictStream:
+        """Predictions over one socket, many in flight at once (``async with``, then ``await predict``)."""
+        return PredictStream(f"{self.ws_url}/v1/stream/predict", self.headers)

@@ -80,7 +80,8 @@ def _results(response: httpx.Response) -> list[PredictionResult | CPEError]:
     ]
 
 
-def _window(flow_key: FlowKeyIn, contexts: Sequence[ContextVector] | None, **fields: Any) -> dict[str, Any]:
+def window(flow_key: FlowKeyIn, contexts: Sequence[ContextVector] | None, **fields: Any) -> dict[str, Any]:
+    """A PredictRequest's fields (and ``fields`` not None): the body of a prediction or of feedback."""
     body = {"flow_key": _key(flow_key), **{k: v for k, v in fields.items() if v is not None}}
     if contexts is not None:
         body["contexts"] = list(contexts)
@@ -94,7 +95,7 @@ def _key(flow_key: FlowKeyIn) -> str | list[int]:
 def predict(
     flow_key: FlowKeyIn, contexts: Sequence[ContextVector] | None, horizon: int, model: str | None
 ) -> Call[PredictionResult]:
-    body = _window(flow_key, contexts, horizon=horizon, model=model)
+    body = window(flow_key, contexts, horizon=horizon, model=model)
     return Call("POST", "/v1/predict", _model(PredictionResult), body)
 
 
@@ -155,7 +156,7 @@ def feedback(
     if prediction_id is not None:
         body: dict[str, Any] = {"prediction_id": prediction_id, "actual": actual}
     elif flow_key is not None and contexts is not None:
-        body = _window(flow_key, contexts, actual=actual)
+        body = window(flow_key, contexts, actual=actual)
     else:
         raise ValueError("feedback needs prediction_id, or both flow_key and contexts")
     return Call("POST", "/v1/feedback", _model(FeedbackAccepted), body)

@@ -3,11 +3,15 @@
 ``Subscription`` runs /v1/stream/routing and /v1/stream/predictions: opened, it has subscribed (the
 server's ``subscribed`` reply read); iterated, it yields the messages, skipping heartbeats and replies
 (their ``dropped`` count kept in ``dropped``); an error frame raises ``CPEError``. ``ObserveStream`` sends
-frames of observations on /v1/stream/observe and yields their acks in order. Made by ``AsyncClient``.
+frames of observations on /v1/stream/observe and yields their acks in order; ``PredictStream`` has many
+predictions in flight on /v1/stream/predict, each awaited by itself. Made by ``AsyncClient``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -15,8 +19,9 @@ from typing import Any, Generic, Self, TypeVar
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from app.client.calls import FlowKeyIn, window
 from app.client.errors import CPEError
-from app.schemas import PredictionResult
+from app.schemas import ContextVector, PredictionResult
 from app.stream_schemas import ObserveAck, RoutingMessage, Subscribed, routing_message
 
 M = TypeVar("M")
@@ -63,7 +68,9 @@ class Subscription(Generic[M]):
         await self._socket.open()
         try:
             await self._socket.send(self._frame)
-            reply = await self._next_reply()
+            reply = await self._frame_read()
+            while reply.get("op") is None:  # nothing comes before the reply; a guard all the same
+                reply = await self._frame_read()
             self.subscribed = Subscribed.model_validate(reply)
         except BaseException:
             await self._socket.close()
@@ -75,7 +82,8 @@ class Subscription(Generic[M]):
     ) -> None:
         await self._socket.close()
 
-    async def _next_reply(self) -> dict[str, Any]:
+    async def _frame_read(self) -> dict[str, Any]:
+        """The next frame that is a message or a reply; heartbeats and pongs are counted, errors raised."""
         while True:
             frame = await self._socket.receive()
             op = frame.get("op")
@@ -84,8 +92,7 @@ class Subscription(Generic[M]):
             if op in ("heartbeat", "pong"):
                 self.dropped = int(frame.get("dropped", self.dropped))
                 continue
-            if op is not None:
-                return frame
+            return frame
 
     async def ping(self) -> None:
         """Ask for a pong: the iteration reads it and updates ``dropped``."""
@@ -96,14 +103,8 @@ class Subscription(Generic[M]):
 
     async def __anext__(self) -> M:
         while True:
-            frame = await self._socket.receive()
-            op = frame.get("op")
-            if op == "error":
-                raise CPEError.of_frame(frame, self._socket.where)
-            if op in ("heartbeat", "pong"):
-                self.dropped = int(frame.get("dropped", self.dropped))
-                continue
-            if op is not None:  # a reply (subscribed, unsubscribed) to a frame sent meanwhile
+            frame = await self._frame_read()
+            if frame.get("op") is not None:  # a reply (subscribed, unsubscribed) to a frame sent meanwhile
                 continue
             message = self._read(frame)
             if message is not None:
@@ -189,3 +190,66 @@ class ObserveStream:
         if frame.get("op") == "error":
             raise CPEError.of_frame(frame, f"/v1/stream/observe frame {frame.get('frame')}")
         return ObserveAck.model_validate(frame)
+
+
+class PredictStream:
+    """/v1/stream/predict: ``await predict(...)`` from any number of tasks at once; each request carries an
+    id and its answer, whenever it comes, resolves it (a result, or ``CPEError`` with the status POST
+    /v1/predict would answer). Up to CPE_WS_QUEUE_SIZE are in flight at the server; the rest wait there."""
+
+    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+        self._socket = _Socket(url, headers, "/v1/stream/predict")
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[PredictionResult]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._socket.open()
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._socket.close()
+
+    async def predict(
+        self,
+        flow_key: FlowKeyIn,
+        contexts: Sequence[ContextVector] | None = None,
+        *,
+        horizon: int = 1,
+        model: str | None = None,
+    ) -> PredictionResult:
+        """A forecast of one flow, as ``Client.predict``, over the socket."""
+        if self._reader is None or self._reader.done():
+            raise RuntimeError(f"{self._socket.where} is not open: use it in `async with`")
+        request_id = next(self._ids)
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = answer
+        try:
+            request = window(flow_key, contexts, horizon=horizon, model=model)
+            await self._socket.send({"id": request_id, **request})
+            return await answer
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                frame = await self._socket.receive()
+                answer = self._waiting.get(frame.get("id"))
+                if answer is None or answer.done():
+                    continue  # its caller gave up waiting
+                if "error" in frame:
+                    answer.set_exception(CPEError.of_frame(frame["error"], self._socket.where))
+                else:
+                    answer.set_result(PredictionResult.model_validate(frame["result"]))
+        except Exception as exc:  # the socket closed: every caller waiting learns it
+            for answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_exception(exc)

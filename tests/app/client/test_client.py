@@ -136,6 +136,28 @@ async def test_async_calls_and_streams(server: ServerProcess) -> None:
         assert bad.value.status == 400 and "types.0" in str(bad.value.detail)
 
 
+@pytest.mark.server
+async def test_predictions_over_one_socket_many_in_flight(server: ServerProcess) -> None:
+    async with AsyncClient(server.url) as cpe, cpe.predict_stream() as stream:
+        windows = [contexts(8, seed=i) for i in range(6)]
+        answers = await asyncio.gather(
+            *(stream.predict(FLOW_KEY, w, horizon=1 + i % 3) for i, w in enumerate(windows)),
+            stream.predict(UNKNOWN),  # never observed: 404
+            stream.predict(FLOW_KEY, [], horizon=2),  # an empty window: 422
+            return_exceptions=True,
+        )
+        results, (missing, invalid) = answers[:6], answers[6:]
+        assert [r.horizon for r in results if isinstance(r, PredictionResult)] == [1, 2, 3, 1, 2, 3]
+        # the same answers as over HTTP (the cache answers the HTTP ones)
+        again = await cpe.predict(FLOW_KEY, windows[0], horizon=1)
+        assert again.predicted_context == results[0].predicted_context  # type: ignore[union-attr]
+        assert isinstance(missing, CPEError) and missing.status == 404
+        assert isinstance(invalid, CPEError) and invalid.status == 422
+        assert invalid.detail[0]["loc"] == ["body", "contexts"]
+    with pytest.raises(RuntimeError, match="not open"):
+        await stream.predict(FLOW_KEY, windows[0])
+
+
 def test_groups_follow_the_design_contract() -> None:
     """The server side of route groups is another branch's: the requests are checked here against
     DESIGN.md's contract on a transport that answers as it says (the live test comes with the merge)."""
