@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from app.client import AsyncClient, Client, CPEError, Group, GroupPage
 from app.ingest.observations import ObserveResult
@@ -21,6 +22,7 @@ from tools.process import ServerProcess, serving
 
 OBSERVED = "ab" * 32
 UNKNOWN = "cd" * 32
+ADMIN, READER = "ops-9e1d7c3a5b2f8e64", "alm-4f9c2e7d1b8a6f03"  # the server's keys
 ACTUAL = {"timestamp": 1_700_000_100_000, "features": [20.0, 2.0, 0.01, 500.0, 0.5, 0.001, 100.0, 5.0]}
 
 
@@ -30,14 +32,20 @@ def observations(key: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    env = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_LOG_LEVEL": "warning", "CPE_WS_HEARTBEAT_S": "0.2"}
+    env = {
+        "CPE_DEVICE": "cpu",
+        "CPE_MODELS": "lstm",
+        "CPE_LOG_LEVEL": "warning",
+        "CPE_WS_HEARTBEAT_S": "0.2",
+        "CPE_API_KEYS": f"{ADMIN}:admin;{READER}:read",
+    }
     with serving(env) as [process]:
         yield process
 
 
 @pytest.mark.server
 def test_every_call_answers_its_type(server: ServerProcess) -> None:
-    with Client(server.url) as cpe:
+    with Client(server.url, api_key=ADMIN) as cpe:
         result = cpe.predict(FLOW_KEY, contexts(8), horizon=2)
         assert isinstance(result, PredictionResult) and result.horizon == 2 and len(result.steps) == 2
         key_bytes = list(bytes.fromhex(FLOW_KEY))  # the [u8; 32] form, answered as hex
@@ -82,7 +90,7 @@ def test_every_call_answers_its_type(server: ServerProcess) -> None:
 
 @pytest.mark.server
 def test_errors_carry_status_detail_and_where(server: ServerProcess) -> None:
-    with Client(server.url) as cpe:
+    with Client(server.url, api_key=ADMIN) as cpe:
         with pytest.raises(CPEError) as invalid:
             cpe.predict(FLOW_KEY, [{"timestamp": 1_700_000_000, "features": [1.0] * 8}])
         error = invalid.value
@@ -99,7 +107,7 @@ def test_errors_carry_status_detail_and_where(server: ServerProcess) -> None:
 @pytest.mark.server
 async def test_async_calls_and_streams(server: ServerProcess) -> None:
     key = "a1" * 32
-    async with AsyncClient(server.url) as cpe:
+    async with AsyncClient(server.url, api_key=ADMIN) as cpe:
         assert (await cpe.predict(FLOW_KEY, contexts(4))).flow_key == FLOW_KEY
         async with cpe.predictions(flow_keys=[key]) as forecasts, cpe.observe_stream() as observe:
             assert forecasts.subscribed is not None and forecasts.subscribed.flow_keys == [key]
@@ -138,7 +146,7 @@ async def test_async_calls_and_streams(server: ServerProcess) -> None:
 
 @pytest.mark.server
 async def test_predictions_over_one_socket_many_in_flight(server: ServerProcess) -> None:
-    async with AsyncClient(server.url) as cpe, cpe.predict_stream() as stream:
+    async with AsyncClient(server.url, api_key=ADMIN) as cpe, cpe.predict_stream() as stream:
         windows = [contexts(8, seed=i) for i in range(6)]
         answers = await asyncio.gather(
             *(stream.predict(FLOW_KEY, w, horizon=1 + i % 3) for i, w in enumerate(windows)),
@@ -156,6 +164,24 @@ async def test_predictions_over_one_socket_many_in_flight(server: ServerProcess)
         assert invalid.detail[0]["loc"] == ["body", "contexts"]
     with pytest.raises(RuntimeError, match="not open"):
         await stream.predict(FLOW_KEY, windows[0])
+
+
+@pytest.mark.server
+async def test_the_api_key_goes_with_every_request_and_socket(server: ServerProcess) -> None:
+    with Client(server.url) as anonymous, pytest.raises(CPEError) as refused:
+        anonymous.models()
+    assert refused.value.status == 401
+    async with AsyncClient(server.url, api_key=READER) as reader:
+        assert (await reader.predict(FLOW_KEY, contexts(4))).flow_key == FLOW_KEY
+        with pytest.raises(CPEError) as forbidden:
+            await reader.observe(observations(OBSERVED, 1))  # write scope
+        assert forbidden.value.status == 403 and forbidden.value.where == "POST /v1/observe"
+        async with reader.routing() as routing:  # read scope: the key went with the socket
+            assert routing.subscribed is not None and routing.subscribed.flow_keys is None
+        with pytest.raises(ConnectionClosed) as closed:
+            async with reader.observe_stream() as stream:  # write scope: closed with 1008
+                await stream.observe(observations(OBSERVED, 1))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
 def test_groups_follow_the_design_contract() -> None:
