@@ -53,6 +53,17 @@ API_KEY_QUERY = {
         }
     },
 }
+# the ways of sending an API key when CPE_API_KEYS is set (app/auth.py), any one of them; none needed without
+SECURITY: dict[str, dict[str, Any]] = {
+    "apiKeyHeader": {"type": "httpApiKey", "name": "X-API-Key", "in": "header"},
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>."},
+    "apiKeyQuery": {"type": "httpApiKey", "name": "api_key", "in": "query"},
+}
+SECURITY_NOTE = (
+    "When CPE_API_KEYS is set, a key with the channel's scope (read < write < admin), by any of these "
+    "schemes; a missing or unknown one closes the socket with 1008. Without keys every socket is open."
+)
+
 LIMITS = (
     "Frames are JSON text. A frame over CPE_WS_MAX_FRAME_BYTES closes the socket with 1009; on SIGTERM the "
     "server closes with 1001."
@@ -135,6 +146,7 @@ def _operation(
         "channel": {"$ref": f"#/channels/{channel}"},
         "summary": summary,
         "messages": refs(messages),
+        "security": [{"$ref": f"#/components/securitySchemes/{name}"} for name in SECURITY],
     }
     if reply is not None:
         operation["reply"] = {"channel": {"$ref": f"#/channels/{channel}"}, "messages": refs(reply)}
@@ -244,6 +256,10 @@ def document(version: str = "1.0.0") -> dict[str, Any]:
         "components": {
             "messages": {name: _message(name) for name in [*MESSAGES, OBSERVATIONS]},
             "schemas": schemas["$defs"],
+            "securitySchemes": {
+                name: {**scheme, "description": f"{scheme.get('description', '')} {SECURITY_NOTE}".strip()}
+                for name, scheme in SECURITY.items()
+            },
         },
     }
 
