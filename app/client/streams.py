@@ -242,7 +242,8 @@ class PredictStream:
         try:
             while True:
                 frame = await self._socket.receive()
-                answer = self._waiting.get(frame.get("id"))
+                request_id = frame.get("id")  # null for a frame the server could not read: not one of ours
+                answer = self._waiting.get(request_id) if isinstance(request_id, int) else None
                 if answer is None or answer.done():
                     continue  # its caller gave up waiting
                 if "error" in frame:
