@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, contextmanager
 from fastapi import Depends, FastAPI
 
 from app.api import (
+    asyncapi,
     docs,
     errors,
     feedback,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (model_versions.admin, admin),
         (stats.router, read),
         (health.router, {}),
+        (asyncapi.router, {}),
         (prometheus.router, {}),
     ):
         app.include_router(router, **access)  # type: ignore[arg-type]

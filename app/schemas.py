@@ -656,6 +656,47 @@ class Stats(BaseModel):
     )
 
 
+# -- the server-side flow windows (GET /v1/flows, GET /v1/flows/{flow_key})
+
+
+class FlowContextOut(BaseModel):
+    timestamp: int
+    features: list[float]
+    imputed: list[str] = Field(description="The features filled in from the flow (not measured).")
+    pattern_id: str | None
+
+
+class FlowSummary(BaseModel):
+    """One flow's window, summarized; ``forecast`` and ``score`` come with continuous prediction."""
+
+    flow_key: str
+    route_id: str | None
+    length: int = Field(description="Contexts in the window (at most CPE_FLOW_WINDOW).")
+    observations: int = Field(description="Contexts ever applied to the flow.")
+    first_timestamp: int
+    newest_timestamp: int = Field(description="Timestamp of the newest observation applied.")
+    newest: FlowContextOut
+    mean: list[float] = Field(description="Each feature's mean over the window.")
+    std: list[float] = Field(description="Each feature's standard deviation over the window.")
+    forecast: dict[str, Any] | None = Field(default=None, description="The newest forecast for the flow.")
+    score: dict[str, Any] | None = Field(default=None, description="The flow's running forecast score.")
+
+
+class FlowListItem(BaseModel):
+    flow_key: str
+    route_id: str | None
+    length: int
+    newest_timestamp: int
+
+
+class FlowPage(BaseModel):
+    """A page of flows in flow-key order; ask for the next with ``after=next``."""
+
+    flows: list[FlowListItem]
+    next: str | None = Field(description="The cursor of the next page; null on the last.")
+    count: int = Field(description="Flows held (with Redis: an upper bound until expired flows are pruned).")
+
+
 class Message(BaseModel):
     """An error that is not about a particular field."""
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import shutil
 
 # each program, and the Debian package that brings it (scripts/test-deps.sh installs them)
-PACKAGES = {"redis-server": "redis-server", "promtool": "prometheus", "nginx": "nginx"}
+PACKAGES = {
+    "redis-server": "redis-server",
+    "promtool": "prometheus",
+    "nginx": "nginx",
+    # the README's shell examples (tests/test_readme.py)
+    "curl": "curl",
+    "jq": "jq",
+}
 
 
 def which(program: str) -> str | None:

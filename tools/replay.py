@@ -10,7 +10,8 @@ Lines are sent in trace-time order, ``--speed`` times faster than their timestam
 bodies of what is due at once (up to ``--batch``). A 429 or 503 is retried after its Retry-After: nothing
 is dropped. At the end, once the service has forecast every replayed flow's newest window, the tool reads
 each flow's running score from ``GET /v1/flows/{flow_key}`` and prints the service's latency MAE beside
-persistence's and EWMA's, per flow and over all of them (each flow weighted by its forecasts scored).
+persistence's and EWMA's, per flow and over all of them (each flow weighted by its forecasts scored). It
+speaks to the service through the Python client (``app/client``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
+
+from app.client import Client, CPEError
 
 OBSERVATION_TYPES = (
     "Context",
@@ -88,27 +90,26 @@ class Replayed:
     routes: dict[str, str] = field(default_factory=dict)  # flow_key -> route_id, where the trace names one
 
 
-def send(client: httpx.Client, batch: list[dict[str, Any]], out: Replayed) -> None:
+def send(client: Client, batch: list[dict[str, Any]], out: Replayed) -> None:
     """POST one body; retried after Retry-After while the service says 429 or 503."""
-    body = orjson.dumps({"observations": batch})
     while True:
-        answer = client.post("/v1/observe", content=body, headers={"content-type": "application/json"})
-        if answer.status_code in (429, 503):
+        try:
+            counts = client.observe(batch)
+        except CPEError as exc:
+            if exc.status not in (429, 503):
+                raise SystemExit(str(exc)[:2000]) from None
             out.retries += 1
-            time.sleep(float(answer.headers.get("retry-after", "1")))
+            time.sleep(exc.retry_after_s or 1.0)
             continue
-        if answer.status_code != 202:
-            raise SystemExit(f"POST /v1/observe answered {answer.status_code}: {answer.text[:2000]}")
-        counts = answer.json()
-        out.accepted += counts["accepted"]
-        out.late += counts["late"]
-        out.duplicates += counts["duplicates"]
+        out.accepted += counts.accepted
+        out.late += counts.late
+        out.duplicates += counts.duplicates
         out.sent += len(batch)
         out.bodies += 1
         return
 
 
-def replay(client: httpx.Client, path: Path, speed: float, batch_size: int, out: Replayed) -> float:
+def replay(client: Client, path: Path, speed: float, batch_size: int, out: Replayed) -> float:
     """Stream ``path`` into the service; returns the wall seconds it took."""
     start = time.monotonic()
     first_ts: int | None = None
@@ -140,7 +141,7 @@ def replay(client: httpx.Client, path: Path, speed: float, batch_size: int, out:
     return time.monotonic() - start
 
 
-def scores(client: httpx.Client, out: Replayed, wait_s: float) -> dict[str, dict[str, Any]]:
+def scores(client: Client, out: Replayed, wait_s: float) -> dict[str, dict[str, Any]]:
     """Each replayed flow's GET /v1/flows answer, once its forecast covers its newest observation (or
     ``wait_s`` has passed)."""
     answers: dict[str, dict[str, Any]] = {}
@@ -148,13 +149,14 @@ def scores(client: httpx.Client, out: Replayed, wait_s: float) -> dict[str, dict
     pending = dict(out.newest)
     while pending:
         for key, newest in list(pending.items()):
-            answer = client.get(f"/v1/flows/{key}")
-            if answer.status_code != 200:
+            try:
+                summary = client.flow(key)
+            except CPEError:
                 pending.pop(key)
                 continue
-            flow = answer.json()
+            flow = summary.model_dump()
             answers[key] = flow
-            forecast = flow.get("forecast")
+            forecast = summary.forecast
             if forecast is not None and forecast["metadata"]["base_timestamp"] >= newest:
                 pending.pop(key)
         if not pending or time.monotonic() > deadline:
@@ -218,9 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", help="sent as X-API-Key (needs the write scope)")
     parser.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the last forecasts")
     args = parser.parse_args(argv)
-    headers = {"x-api-key": args.api_key} if args.api_key else {}
     out = Replayed()
-    with httpx.Client(base_url=args.url, headers=headers, timeout=30.0) as client:
+    with Client(args.url, api_key=args.api_key, timeout=30.0) as client:
         seconds = replay(client, args.trace, args.speed, args.batch, out)
         flows = scores(client, out, args.wait)
     print("\n".join(report(out, flows, seconds)), flush=True)
