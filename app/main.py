@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, contextmanager
 from fastapi import Depends, FastAPI
 
 from app.api import (
+    dashboard,
     docs,
     errors,
     feedback,
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router, **access)  # type: ignore[arg-type]
     docs.install(app)
+    dashboard.install(app)
     openapi.document(
         app,
         [PredictRequest, BatchPredictRequest, RouteRequest, FeedbackRequest, RollbackRequest, ObserveRequest],
