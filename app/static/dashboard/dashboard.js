@@ -201,12 +201,13 @@
     flowList.changed(key);
     groupList.refresh();
     $('detail-title').textContent = `Flow ${key}`;
-    refreshChosen(true);
+    refreshChosen();
     touch('chart');
   }
 
-  // one request at a time; a prediction arriving meanwhile asks for one more after it
-  async function refreshChosen(withWindow = false) {
+  // one request at a time; a prediction arriving meanwhile asks for one more after it. The whole window
+  // each time: forecasts are coalesced under load, so one may follow several observations
+  async function refreshChosen() {
     if (chosen.loading) {
       chosen.again = true;
       return;
@@ -214,7 +215,7 @@
     const key = chosen.key;
     chosen.loading = true;
     try {
-      const summary = await api(`v1/flows/${key}${withWindow ? '?contexts=true' : ''}`);
+      const summary = await api(`v1/flows/${key}?contexts=true`);
       if (chosen.key !== key) return;
       for (const context of summary.contexts || [summary.newest]) {
         chosen.actual.set(context.timestamp, context.features[LATENCY]);
