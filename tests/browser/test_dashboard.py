@@ -48,7 +48,9 @@ def api(server: ServerProcess) -> httpx.Client:
 
 
 def observe(client: httpx.Client, points: list[tuple[str, int, list[float]]]) -> None:
-    body = {"observations": [{"Context": {"flow_key": k, "timestamp": t, "features": f}} for k, t, f in points]}
+    body = {
+        "observations": [{"Context": {"flow_key": k, "timestamp": t, "features": f}} for k, t, f in points]
+    }
     answer = client.post("/v1/observe", json=body)
     assert answer.status_code == 202, answer.text
 
@@ -114,7 +116,9 @@ FLOWS = 10_000
 MEASURE = """() => {
   window.frames_ms = []; window.long_tasks_ms = [];
   let last = performance.now(), running = true;
-  const tick = (now) => { window.frames_ms.push(now - last); last = now; if (running) requestAnimationFrame(tick); };
+  const tick = (now) => {
+    window.frames_ms.push(now - last); last = now; if (running) requestAnimationFrame(tick);
+  };
   requestAnimationFrame(tick);
   new PerformanceObserver((list) => list.getEntries().forEach((e) => window.long_tasks_ms.push(e.duration)))
     .observe({type: 'longtask'});
@@ -132,7 +136,9 @@ def test_frames_stay_short_while_updating_with_ten_thousand_flows(
             observe(client, [(k, t0, HEALTHY) for k in keys[start : start + 2500]])
         page = offline_page.page
         open_dashboard(page, server)
-        expect(page.locator("#flow-status")).to_contain_text(re.compile(r"of 10,?0\d\d flows"), timeout=60_000)
+        expect(page.locator("#flow-status")).to_contain_text(
+            re.compile(r"of 10,?0\d\d flows"), timeout=60_000
+        )
         assert page.locator("#flow-rows tr").count() <= 25  # one page of rows, whatever the number of flows
         page.get_by_label("Search flows (key or route)").fill(keys[0][:16])
         page.get_by_role("button", name=f"Flow {keys[0]}").click()
@@ -143,7 +149,9 @@ def test_frames_stay_short_while_updating_with_ten_thousand_flows(
         # 20 rounds of 500 flows (the chosen one among them), four a second: 2,000 forecasts a second pushed
         for step in range(1, 21):
             batch = keys[(step * 500) % FLOWS : (step * 500) % FLOWS + 500]
-            observe(client, [(k, t0 + step * 1000, [20.0 + step % 5, *HEALTHY[1:]]) for k in [keys[0], *batch]])
+            observe(
+                client, [(k, t0 + step * 1000, [20.0 + step % 5, *HEALTHY[1:]]) for k in [keys[0], *batch]]
+            )
             time.sleep(0.25)
         expect(page.locator("#chart")).to_have_attribute("data-points", "21", timeout=30_000)
     page.evaluate("window.stop_measuring()")
