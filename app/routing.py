@@ -23,11 +23,13 @@ Ranking: each route gets a score in [0, 1], 1 the best, from figures normalized 
 ``R * (1 - failure_probability)`` and ``balanced`` by ``(L + T + R + C) / 4``. Ties go to the lower
 failure probability, then the lower latency, then the route_id.
 
-Load-balancing weights: ``w ∝ (1 - failure_probability) * max(score, 0.01)``, normalized to sum to 1. A
-better route gets proportionally more, and only a route certain to fail gets 0; if every route is, the
-weights fall back to the scores alone. The recommendation's ``confidence`` is the weighted mean of the
-routes' calibrated confidences: the probability that a request spread by the weights sees a latency
-within ±10 % of its route's prediction.
+Load-balancing weights, normalized to sum to 1, with ``CPE_WEIGHT_TEMPERATURE`` = tau:
+``w ∝ (1 - failure_probability) * max(score, 0.01)`` for tau = 0 (proportional: a route with half the
+score gets half the load), else ``w ∝ (1 - failure_probability) * exp((score - best score) / tau)``
+(a softmax: a route whose score is d lower gets exp(-d / tau) of the best's share per unit of survival).
+Only a route certain to fail gets 0; if every route is, the failure factor is left out. The
+recommendation's ``confidence`` is the weighted mean of the routes' calibrated confidences: the
+probability that a request spread by the weights sees a latency within ±10 % of its route's prediction.
 
 A ``CircuitBreakerPrediction`` goes out for each route whose failure probability exceeds
 ``CPE_BREAKER_THRESHOLD``, with ``recommended_threshold = CPE_FAILURE_RATE`` (the loss + error rate that
@@ -191,11 +193,17 @@ def rank(routes: list[RouteOutlook], objective: Objective) -> list[RouteOutlook]
     return sorted(routes, key=lambda r: (-r.score, r.failure_probability, r.expected_latency_ms, r.route_id))
 
 
-def balance(routes: list[RouteOutlook]) -> dict[str, float]:
-    """Load-balancing weights of scored ``routes``: they sum to 1, better routes get more."""
-    raw = [(1.0 - r.failure_probability) * max(r.score, MIN_SCORE) for r in routes]
+def balance(routes: list[RouteOutlook], temperature: float = 0.0) -> dict[str, float]:
+    """Load-balancing weights of scored ``routes``: they sum to 1, better routes get more (formulas: the
+    module's docstring; ``temperature`` 0 is proportional to the scores, above 0 a softmax of them)."""
+    if temperature > 0.0:
+        top = max(r.score for r in routes)
+        shares = [math.exp((r.score - top) / temperature) for r in routes]
+    else:
+        shares = [max(r.score, MIN_SCORE) for r in routes]
+    raw = [(1.0 - r.failure_probability) * share for r, share in zip(routes, shares, strict=True)]
     if sum(raw) <= 0.0:  # every route is certain to fail: spread by the scores alone
-        raw = [max(r.score, MIN_SCORE) for r in routes]
+        raw = shares
     total = sum(raw)
     for r, w in zip(routes, raw, strict=True):
         r.weight = w / total
@@ -220,19 +228,28 @@ def recommend(
     routes: list[RouteForecast],
     horizon: int,
     policy: FailurePolicy,
+    temperature: float = 0.0,
 ) -> Recommendation:
     """Rank ``routes`` of ``flow_key`` by their forecasts at step ``horizon``."""
-    ranked = rank([outlook(route, horizon, policy) for route in routes], objective)
-    weights = balance(ranked)
-    confidence = sum(r.weight * r.confidence for r in ranked)
+    outlooks = [outlook(route, horizon, policy) for route in routes]
+    ranked = rank(outlooks, objective)
     best = next(route for route in routes if route.route_id == ranked[0].route_id)
+    return weighed(flow_key, objective, ranked, round(horizon * best.dt_s * 1000.0), temperature)
+
+
+def weighed(
+    flow_key: str, objective: Objective, ranked: list[RouteOutlook], time_horizon_ms: int, temperature: float
+) -> Recommendation:
+    """The recommendation of routes already ranked (best first): their weights and overall confidence."""
+    weights = balance(ranked, temperature)
+    confidence = sum(r.weight * r.confidence for r in ranked)
     return Recommendation(
         flow_key=flow_key,
         objective=objective,
         routes=ranked,
         weights=weights,
         confidence=min(max(confidence, 0.0), 1.0),
-        time_horizon_ms=round(horizon * best.dt_s * 1000.0),
+        time_horizon_ms=time_horizon_ms,
     )
 
 
@@ -245,48 +262,77 @@ def wire_flow_key(flow_key: str, form: FlowKeyFormat) -> str | list[int]:
     return flow_key if form == "hex" else list(bytes.fromhex(flow_key))
 
 
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """What every routing message carries beside the Rust enum's fields (serde ignores unknown fields)."""
+
+    flow_key: str  # hex: the flow whose routes the message is about
+    group_id: str | None  # the route group that made it; None for POST /v1/routing/recommend
+    timestamp: int  # ms since the epoch, when the message was made
+    model_version: str  # the model version whose forecasts it was made from
+
+
+def _attributed(kind: str, body: dict[str, Any], who: Attribution, form: FlowKeyFormat) -> bytes:
+    body["flow_key"] = wire_flow_key(who.flow_key, form)
+    body["group_id"] = who.group_id
+    body["timestamp"] = who.timestamp
+    body["model_version"] = who.model_version
+    return orjson.dumps({kind: body})
+
+
+def prediction_message(rec: Recommendation, who: Attribution, form: FlowKeyFormat) -> bytes:
+    """The RoutingPrediction of ``rec``: the best route's predicted context and every route, best first."""
+    body = {
+        "predicted_context": rec.routes[0].predicted_context,
+        "confidence": rec.confidence,
+        "time_horizon_ms": rec.time_horizon_ms,
+        "routing_suggestions": [
+            {
+                "route_id": r.route_id,
+                "expected_latency_ms": r.expected_latency_ms,
+                "expected_throughput": r.expected_throughput,
+                "reliability_score": r.reliability_score,
+                "cost_factor": r.cost_factor,
+            }
+            for r in rec.routes
+        ],
+    }
+    return _attributed("RoutingPrediction", body, who, form)
+
+
+def balancing_message(
+    weights: dict[str, float], rec: Recommendation, who: Attribution, form: FlowKeyFormat
+) -> bytes:
+    """A LoadBalancingUpdate with ``weights`` (``rec``'s own, or those a group publishes)."""
+    body = {
+        "service_weights": weights,
+        "predicted_loads": {r.route_id: r.predicted_load for r in rec.routes},
+        "adaptation_confidence": rec.confidence,
+    }
+    return _attributed("LoadBalancingUpdate", body, who, form)
+
+
+def breaker_message(
+    route: RouteOutlook, policy: FailurePolicy, who: Attribution, form: FlowKeyFormat
+) -> bytes:
+    """The CircuitBreakerPrediction of one route."""
+    body = {
+        "service_id": route.route_id,
+        "failure_probability": route.failure_probability,
+        "recommended_threshold": policy.rate,
+        "time_to_recovery_ms": route.time_to_recovery_ms,
+    }
+    return _attributed("CircuitBreakerPrediction", body, who, form)
+
+
 def routing_messages(
-    rec: Recommendation, policy: FailurePolicy, flow_key_format: FlowKeyFormat
+    rec: Recommendation, policy: FailurePolicy, form: FlowKeyFormat, who: Attribution
 ) -> list[bytes]:
     """RoutingPrediction, LoadBalancingUpdate and one CircuitBreakerPrediction per route at risk, as JSON."""
-    best = rec.routes[0]
-    messages: list[dict[str, Any]] = [
-        {
-            "RoutingPrediction": {
-                "flow_key": wire_flow_key(rec.flow_key, flow_key_format),
-                "predicted_context": best.predicted_context,
-                "confidence": rec.confidence,
-                "time_horizon_ms": rec.time_horizon_ms,
-                "routing_suggestions": [
-                    {
-                        "route_id": r.route_id,
-                        "expected_latency_ms": r.expected_latency_ms,
-                        "expected_throughput": r.expected_throughput,
-                        "reliability_score": r.reliability_score,
-                        "cost_factor": r.cost_factor,
-                    }
-                    for r in rec.routes
-                ],
-            }
-        },
-        {
-            "LoadBalancingUpdate": {
-                "service_weights": rec.weights,
-                "predicted_loads": {r.route_id: r.predicted_load for r in rec.routes},
-                "adaptation_confidence": rec.confidence,
-            }
-        },
-    ]
+    messages = [prediction_message(rec, who, form), balancing_message(rec.weights, rec, who, form)]
     messages += [
-        {
-            "CircuitBreakerPrediction": {
-                "service_id": r.route_id,
-                "failure_probability": r.failure_probability,
-                "recommended_threshold": policy.rate,
-                "time_to_recovery_ms": r.time_to_recovery_ms,
-            }
-        }
+        breaker_message(r, policy, who, form)
         for r in rec.routes
         if r.failure_probability > policy.breaker_threshold
     ]
-    return [orjson.dumps(message) for message in messages]
+    return messages
