@@ -9,7 +9,6 @@ import re
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +19,6 @@ from tools.process import ServerProcess, serving
 
 READER = "dashboard-reader-0001"
 WRITER = "dashboard-writer-0001"
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 # latency, jitter, loss, throughput, utilization, error rate, connections, queue depth
 HEALTHY = [20.0, 1.0, 0.001, 500.0, 0.4, 0.0001, 100.0, 5.0]
 FAILING = [400.0, 60.0, 0.4, 50.0, 0.95, 0.3, 100.0, 900.0]
@@ -108,6 +106,45 @@ def test_a_flow_appears_and_its_chart_gains_points_as_observations_arrive(
     expect(page.locator("#chart")).to_have_attribute("aria-label", re.compile("newest actual 21.0 ms"))
     page.get_by_text("The chart as a table").click()
     expect(page.locator("#chart-rows")).to_contain_text("21.0")
+    assert offline_page.outside == [] and offline_page.errors == []
+
+
+def test_a_degraded_route_changes_its_groups_choice_on_the_page(
+    server: ServerProcess, offline_page: OfflinePage
+) -> None:
+    fast, slow = key_of("browser-route-fast"), key_of("browser-route-slow")
+    t0 = int(time.time() * 1000) - 120_000
+    group = {
+        "flow_key": key_of("browser-group-owner"),
+        "objective": "latency",
+        "routes": [{"route_id": "via-fast", "flow_key": fast}, {"route_id": "via-slow", "flow_key": slow}],
+    }
+    with api(server) as client:
+        observe(client, [(fast, t0, HEALTHY), (slow, t0, [40.0, *HEALTHY[1:]])])
+        assert client.put("/v1/groups/browser-edge", json=group).status_code == 201
+        for step in range(1, 10):
+            observe(
+                client, [(fast, t0 + step * 1000, HEALTHY), (slow, t0 + step * 1000, [40.0, *HEALTHY[1:]])]
+            )
+        page = offline_page.page
+        open_dashboard(page, server)
+        page.get_by_label("Search groups (id or route)").fill("browser-edge")
+        row = page.locator("#group-rows tr", has_text="browser-edge")
+        expect(row.locator("td").nth(1)).to_have_text("via-fast", timeout=30_000)
+        expect(row).to_contain_text("via-fast (chosen): weight")
+        for step in range(10, 20):  # the fast route fails: several times slower, losing packets
+            observe(
+                client, [(fast, t0 + step * 1000, FAILING), (slow, t0 + step * 1000, [40.0, *HEALTHY[1:]])]
+            )
+            time.sleep(0.1)
+        expect(row.locator("td").nth(1)).to_have_text("via-slow", timeout=30_000)
+        expect(row).to_contain_text("via-slow (chosen): weight")
+        # the breaker's state is text, not only a colour
+        expect(row).to_contain_text(
+            re.compile(r"via-fast: weight \d+ %, breaker (open|closed), \d+ % failure risk")
+        )
+        row.get_by_role("button", name="Chart route via-slow's flow").click()
+        expect(page.locator("#detail-title")).to_have_text(f"Flow {slow}")
     assert offline_page.outside == [] and offline_page.errors == []
 
 

@@ -521,19 +521,21 @@
     }
   }
 
+  // a routing message is the Rust enum's serde form, {"<type>": {...}}, its group_id beside the type's fields
   function onRouting(message) {
-    const id = message.group_id;
-    if (id == null) return; // a message of POST /v1/routing/recommend's callers, not of a group
-    const entry = group(id);
-    const prediction = message.RoutingPrediction;
-    if (prediction && prediction.routing_suggestions && prediction.routing_suggestions.length) {
-      entry.best = prediction.routing_suggestions[0].route_id;
+    const type = Object.keys(message)[0];
+    const body = message[type];
+    if (!body || body.group_id == null) return; // not a group's: POST /v1/routing/recommend's callers'
+    const entry = group(body.group_id);
+    if (type === 'RoutingPrediction' && body.routing_suggestions && body.routing_suggestions.length) {
+      entry.best = body.routing_suggestions[0].route_id;
+    } else if (type === 'LoadBalancingUpdate') {
+      entry.weights = body.service_weights || {};
+    } else if (type === 'CircuitBreakerPrediction') {
+      entry.risk[body.service_id] = body.failure_probability;
     }
-    if (message.LoadBalancingUpdate) entry.weights = message.LoadBalancingUpdate.service_weights || {};
-    const breaker = message.CircuitBreakerPrediction;
-    if (breaker) entry.risk[breaker.service_id] = breaker.failure_probability;
     entry.stale = true; // the open breakers: what GET /v1/groups/{id} answers
-    groupList.changed(id);
+    groupList.changed(entry.id);
   }
 
   function riskText(entry, routeId) {
