@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.url:
         simulate(args.url.rstrip("/"), args)
         return 0
-    print(f"starting cpe serve on {LOOPBACK}:{args.port} (the first start loads the models: a minute or so)")
+    print(f"starting cpe serve on {LOOPBACK}:{args.port} (loading the models takes from seconds to a minute)")
     server = serve(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a `kill` stops the server too, as Ctrl-C does
     try:

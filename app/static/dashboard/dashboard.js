@@ -21,6 +21,8 @@
   const TABLE_ROWS = 20; // rows of the chart's table alternative
   const STATS_EVERY_MS = 5000;
   const LATENCY = 0; // index of latency_ms in the feature schema, the primary feature
+  const INBOX_MS_PER_FRAME = 8; // time a frame spends on arrived messages; the rest wait for the next
+  const INBOX_MAX = 50000; // messages waiting at most; past it the oldest are dropped (and counted)
 
   const $ = (id) => document.getElementById(id);
   const fmt = (v, digits = 1) => (v == null || !Number.isFinite(v) ? '–' : v.toFixed(digits));
@@ -35,6 +37,11 @@
   const dirty = new Set(); // what the next frame redraws: 'flows', 'groups', 'chart', 'header'
   let frameRequested = false;
   let model = { kind: null, version: null };
+  // arrived messages, [handler, text], handled a frame's budget at a time: a burst of a thousand forecasts
+  // (which the browser may hand over in one task) never makes one long frame
+  const inbox = [];
+  let inboxHead = 0;
+  let inboxDropped = 0;
 
   function touch(what) {
     dirty.add(what);
@@ -117,9 +124,13 @@
       touch('header');
     });
     ws.addEventListener('message', (event) => {
-      const message = JSON.parse(event.data);
-      if (message.op === undefined) entry.onMessage(message);
-      else if (message.op === 'error') console.warn(`${entry.name}: ${message.detail}`);
+      if (inbox.length - inboxHead >= INBOX_MAX) {
+        inboxHead++;
+        inboxDropped++;
+        touch('header');
+      }
+      inbox.push([entry, event.data]);
+      touch('inbox');
     });
     ws.addEventListener('close', (event) => {
       if (entry.ws !== ws) return; // replaced by reconnectAll
@@ -627,15 +638,42 @@
     setText(score, text);
     const down = sockets.filter((s) => !s.open).map((s) => s.name);
     const connection = $('connection');
-    setText(connection, down.length ? `reconnecting (${down.join(', ')})` : 'live');
+    const skipped = inboxDropped ? ` (${inboxDropped} updates skipped: the page fell behind)` : '';
+    setText(connection, (down.length ? `reconnecting (${down.join(', ')})` : 'live') + skipped);
     connection.className = down.length ? 'state-down' : 'state-live';
   }
 
   // ---- drawing, once per frame ------------------------------------------------------------------
+  // handles what arrived, for at most a frame's budget; whether some are left for the next frame
+  function handleInbox() {
+    const until = performance.now() + INBOX_MS_PER_FRAME;
+    while (inboxHead < inbox.length) {
+      const [entry, text] = inbox[inboxHead];
+      inbox[inboxHead++] = undefined;
+      const message = JSON.parse(text);
+      if (message.op === undefined) entry.onMessage(message);
+      else if (message.op === 'error') console.warn(`${entry.name}: ${message.detail}`);
+      if ((inboxHead & 63) === 0 && performance.now() > until) break;
+    }
+    if (inboxHead >= inbox.length) {
+      inbox.length = 0;
+      inboxHead = 0;
+      return false;
+    }
+    if (inboxHead > 4096) {
+      inbox.splice(0, inboxHead);
+      inboxHead = 0;
+    }
+    return true;
+  }
+
   function draw() {
     frameRequested = false;
+    // first, so that what the messages change is drawn in this same frame
+    const more = dirty.has('inbox') && handleInbox();
     const what = new Set(dirty);
     dirty.clear();
+    if (more) touch('inbox');
     if (what.has('flow')) flowList.draw();
     if (what.has('group')) groupList.draw();
     if (what.has('chart')) drawChart();
