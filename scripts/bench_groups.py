@@ -37,7 +37,6 @@ import contextlib
 import json
 import statistics
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -223,17 +222,21 @@ async def quality(
     }
 
 
+COLUMNS = (
+    ("margin", "margin"),
+    ("dwell_ms", "dwell ms"),
+    ("temperature", "temperature"),
+    ("rankings", "re-rankings"),
+    ("changes_per_100", "changes / 100"),
+    ("lb_updates_per_100", "LB updates / 100"),
+    ("switch_observations", "switch after (obs)"),
+    ("slow_route_weight", "weight of the 10 % slower route"),
+)
+
+
 def quality_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| margin | dwell ms | temperature | re-rankings | changes / 100 | LB updates / 100 | switch after (obs) | "
-        "weight of the 10 % slower route |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['margin']} | {r['dwell_ms']} | {r['temperature']} | {r['rankings']} | {r['changes_per_100']} | "
-            f"{r['lb_updates_per_100']} | {r['switch_observations']} | {r['slow_route_weight']} |"
-        )
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+    lines += ["| " + " | ".join(str(r[name]) for name, _ in COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
 
 
