@@ -37,6 +37,7 @@ import contextlib
 import json
 import statistics
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -222,6 +223,230 @@ async def quality(
     }
 
 
+# -- load: a real server, real WebSocket clients --------------------------------------------------------
+def group_key(g: int) -> str:
+    return f"{0x6000_0000 + g:064x}"
+
+
+def route_key(g: int, r: int) -> str:
+    return f"{0x7000_0000 + g * 10_000 + r:064x}"
+
+
+def load_latency(g: int, r: int, n: int, round_: int) -> float:
+    """Route r of group g in round ``round_``: one route leads by far for two rounds, then the next does,
+    so that every group keeps publishing (a new best every other round, new weights every round)."""
+    return 10.0 if r == (round_ // 2 + g) % n else 30.0 + (r % 3)
+
+
+def load_bodies(args: argparse.Namespace, round_: int, slices: int) -> list[tuple[list[int], bytes]]:
+    """The round's observations, one body per slice of groups: (the slice's groups, body)."""
+    per_group = args.flows // args.groups
+    out = []
+    for part in range(slices):
+        groups = list(range(part, args.groups, slices))
+        observations = [
+            {
+                "Context": {
+                    "flow_key": route_key(g, r),
+                    "timestamp": T0 + 1000 * round_,
+                    "features": [
+                        load_latency(g, r, per_group, round_),
+                        1.0,
+                        0.001,
+                        500.0,
+                        0.4,
+                        0.0,
+                        50.0,
+                        2.0,
+                    ],
+                }
+            }
+            for g in groups
+            for r in range(per_group)
+        ]
+        out.append((groups, orjson.dumps({"observations": observations})))
+    return out
+
+
+def subscriber_groups(args: argparse.Namespace, i: int) -> list[int]:
+    rng = np.random.default_rng(i)
+    return sorted(
+        rng.choice(args.groups, size=min(args.groups_per_subscriber, args.groups), replace=False).tolist()
+    )
+
+
+def client_process(args: argparse.Namespace, port: int, first: int, count: int, sent: Any, out: Any) -> None:
+    """Hold subscribers ``first`` .. ``first + count`` (half by group, half by the groups' flow keys);
+    report their latencies and counts on ``out`` once the parent sets ``sent[-1]`` to a stop time."""
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+    by_group: dict[str, int] = {}
+    dropped = [0]
+
+    async def one(i: int, ready: asyncio.Event, started: list[int]) -> None:
+        groups = subscriber_groups(args, i)
+        frame: dict[str, Any] = {"op": "subscribe"}
+        if i % 2:
+            frame["flow_keys"] = [group_key(g) for g in groups]
+        else:
+            frame["groups"] = [f"g{g:05d}" for g in groups]
+        async with connect(f"ws://127.0.0.1:{port}/v1/stream/routing", proxy=None, max_queue=None) as ws:
+            await ws.send(json.dumps(frame))
+            assert json.loads(await ws.recv())["op"] == "subscribed"
+            started[0] += 1
+            if started[0] == count:
+                ready.set()
+            while True:
+                text = await ws.recv(decode=True)
+                now = time.time()
+                assert isinstance(text, str)
+                if text.startswith('{"op"'):
+                    beat = json.loads(text)
+                    dropped[0] = max(dropped[0], beat.get("dropped", 0))
+                    continue
+                body = next(iter(orjson.loads(text).values()))
+                g = int(body["group_id"][1:])
+                latencies.append((now - sent[g]) * 1000.0)
+                by_group[body["group_id"]] = by_group.get(body["group_id"], 0) + 1
+
+    async def run() -> None:
+        ready, started = asyncio.Event(), [0]
+        tasks = [asyncio.create_task(one(i, ready, started)) for i in range(first, first + count)]
+        await ready.wait()
+        out.put(("ready", first))
+        while sent[len(sent) - 1] == 0.0:
+            await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    out.put(("done", latencies, by_group, dropped[0]))
+
+
+def metric_value(url: str, name: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
+
+
+def load(args: argparse.Namespace) -> dict[str, Any]:
+    """See the module's docstring: ``--load``."""
+    import multiprocessing
+
+    import httpx
+
+    from tools.process import serving
+
+    env = {
+        "CPE_DEVICE": "cpu",
+        "CPE_MODELS": "lstm",
+        "CPE_MODEL": "lstm",
+        "CPE_LOG_LEVEL": "warning",
+        "CPE_LEARNING_ENABLED": "false",
+        "CPE_ENGINE_MAX_BATCH": "1024",
+        "CPE_MAX_ROUTES": str(max(64, args.flows // args.groups)),
+        "CPE_GROUP_WEIGHT_STEP": "0.05",
+        "CPE_WS_QUEUE_SIZE": "256",
+    }
+    slices = 10  # bodies per round, spread over the second
+    with serving(env, 1) as [server]:
+        with httpx.Client(timeout=30) as http:
+            for _, body in load_bodies(args, 0, slices):
+                assert http.post(f"{server.url}/v1/observe", content=body).status_code == 202
+            per_group = args.flows // args.groups
+            for g in range(args.groups):
+                group = {
+                    "flow_key": group_key(g),
+                    "objective": "latency",
+                    "routes": [{"route_id": f"r{r}", "flow_key": route_key(g, r)} for r in range(per_group)],
+                }
+                answer = http.put(f"{server.url}/v1/groups/g{g:05d}", json=group)
+                assert answer.status_code == 201, answer.text
+        sent = multiprocessing.Array("d", args.groups + 1, lock=False)  # send time per group; last: stop
+        out: Any = multiprocessing.Queue()
+        share = -(-args.subscribers // args.procs)
+        procs = [
+            multiprocessing.Process(
+                target=client_process,
+                args=(args, server.port, first, min(share, args.subscribers - first), sent, out),
+                daemon=True,
+            )
+            for first in range(0, args.subscribers, share)
+        ]
+        for proc in procs:
+            proc.start()
+        for _ in procs:
+            assert out.get(timeout=300)[0] == "ready"
+        sent_before = metric_value(server.url, "cpe_ws_messages_sent_total")
+        dropped_before = metric_value(server.url, "cpe_ws_messages_dropped_total")
+        rounds = max(int(args.seconds), 1)
+        late = 0
+        with httpx.Client(timeout=30) as http:
+            start = time.monotonic()
+            for round_ in range(1, rounds + 1):
+                bodies = load_bodies(args, round_, slices)
+                for part, (groups, body) in enumerate(bodies):
+                    due = start + (round_ - 1) + part / slices
+                    pause = due - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                    else:
+                        late += 1
+                    now = time.time()
+                    for g in groups:
+                        sent[g] = now
+                    answer = http.post(f"{server.url}/v1/observe", content=body)
+                    assert answer.status_code == 202, answer.text
+        time.sleep(3.0)  # the last round's messages arrive
+        forecasts = metric_value(server.url, "cpe_forecasts_total")
+        sent_total = metric_value(server.url, "cpe_ws_messages_sent_total") - sent_before
+        dropped = metric_value(server.url, "cpe_ws_messages_dropped_total") - dropped_before
+        changes = {
+            kind: metric_value(server.url, f'cpe_group_changes_total{{change="{kind}"}}')
+            for kind in ("best", "weights", "breaker")
+        }
+        sent[args.groups] = time.time()
+        latencies: list[float] = []
+        received = 0
+        heartbeat_dropped = 0
+        for _ in procs:
+            kind, lat, by_group, beat = out.get(timeout=120)
+            assert kind == "done"
+            latencies += lat
+            received += sum(by_group.values())
+            heartbeat_dropped += beat
+        for proc in procs:
+            proc.join(timeout=30)
+    latencies.sort()
+
+    def pct(q: float) -> float | None:
+        return (
+            round(latencies[min(int(q / 100 * len(latencies)), len(latencies) - 1)], 2) if latencies else None
+        )
+
+    return {
+        "flows": args.flows,
+        "groups": args.groups,
+        "subscribers": args.subscribers,
+        "seconds": rounds,
+        "bodies_sent_late": late,
+        "observations": args.flows * rounds,
+        "forecasts_total": forecasts,
+        "group_changes": changes,
+        "messages_received": received,
+        "messages_written_by_server": sent_total,
+        "messages_dropped_by_server": dropped,
+        "latency_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)},
+    }
+
+
 COLUMNS = (
     ("margin", "margin"),
     ("dwell_ms", "dwell ms"),
@@ -267,8 +492,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=4, help="client processes holding the sockets")
     args = parser.parse_args(argv)
     if args.load:
-        from scripts.bench_groups_load import load
-
         results: Any = load(args)
         print(json.dumps(results, indent=2))
     else:
