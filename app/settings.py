@@ -457,11 +457,12 @@ class Settings(BaseSettings):
         "this fraction (0.15: 15 % higher), or when the best's breaker opens or its forecast is gone.",
     )
     group_min_dwell_ms: int = Field(
-        default=5_000,
+        default=500,
         ge=0,
         le=86_400_000,
-        description="Hysteresis: after a change of best route, no other change for this many ms unless the "
-        "new best's breaker opens or its forecast is gone.",
+        description="Hysteresis: a route replaces the best only after leading it by the margin at every "
+        "re-ranking for this many ms of observation time (under the sampling interval: two observations in "
+        "a row); not when the best's breaker opens or its forecast is gone.",
     )
     group_weight_step: float = Field(
         default=0.1,

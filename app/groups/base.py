@@ -96,6 +96,8 @@ class GroupState:
 
     best: str | None = None
     best_since_ts: int = 0  # observation time (ms) when ``best`` was published
+    challenger: str | None = None  # a route leading ``best`` by the margin, not yet for the dwell
+    challenger_since_ts: int = 0  # observation time (ms) since when it has led
     weights: dict[str, float] = field(default_factory=dict)  # the last LoadBalancingUpdate's
     open_breakers: list[str] = field(default_factory=list)  # routes whose breaker is open
     changed_ms: int = 0  # when anything was last published

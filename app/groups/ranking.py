@@ -8,14 +8,17 @@ says what was last published, and ``decide`` publishes only what changed enough.
   open) replaces the published best only when
 
   - the published best has no forecast any more, or its breaker opened (and the leader's did not): at once;
-  - else when ``leader.score > best.score * (1 + margin)`` (CPE_GROUP_SWITCH_MARGIN) **and** the best has
-    held for ``min_dwell_ms`` (CPE_GROUP_MIN_DWELL_MS), in observation time (the routes' newest
-    timestamps, so that a replay or a slow consumer judges the same as live).
+  - else when the leader has beaten the best by the margin, ``leader.score > best.score * (1 + margin)``
+    (CPE_GROUP_SWITCH_MARGIN), at every re-ranking for at least ``min_dwell_ms`` (CPE_GROUP_MIN_DWELL_MS;
+    the time-to-trigger of radio handovers), counted in observation time (the routes' newest timestamps,
+    so that a replay or a slow consumer judges as live does). A re-ranking where it does not, or where
+    another route leads, starts the count again.
 
-  The margin keeps measurement noise from flapping two routes of nearly equal score: it takes a leader
-  clearly better than the best. The dwell bounds the flapping that noise larger than the margin can still
-  cause to one change per dwell. A real degradation (a route several times slower, or failing) clears the
-  margin on its first forecasts, and a failing route's breaker skips the dwell.
+  The margin keeps noise from flapping two routes of nearly equal score: it takes a leader clearly
+  better than the best. The dwell keeps one noisy observation, however large, from switching: the lead
+  must still be there at the next observation at least (a dwell shorter than the sampling interval means
+  two observations in a row). A real degradation (a route several times slower) clears the margin on its
+  first forecast and switches at its second; a failing route's breaker skips the dwell.
 - **Weights** (a LoadBalancingUpdate): when a route's weight moved by more than ``weight_step``
   (CPE_GROUP_WEIGHT_STEP) from the last published weights, or the set of routes changed.
 - **Breakers** (a CircuitBreakerPrediction per route whose breaker changed): a route's opens when its
@@ -50,7 +53,7 @@ class Hysteresis:
     """How much a group's ranking must change before it is published (the module's docstring)."""
 
     margin: float = 0.15
-    min_dwell_ms: int = 5_000
+    min_dwell_ms: int = 500
     weight_step: float = 0.1
     breaker_margin: float = 0.1
 
@@ -136,12 +139,14 @@ def decide(
     leader = next((r for r in ranked if r.route_id not in open_now), ranked[0])
     best = prev.best
     incumbent = by_id.get(best) if best is not None else None
+    challenger, since = None, clock
     if incumbent is None or (best in open_now and leader.route_id not in open_now):
         chosen = leader  # the best is gone or failing: no hysteresis holds it
-    elif leader.score > incumbent.score * (1.0 + rules.margin) and (
-        clock - prev.best_since_ts >= rules.min_dwell_ms
-    ):
-        chosen = leader
+    elif leader is not incumbent and leader.score > incumbent.score * (1.0 + rules.margin):
+        challenger = leader.route_id
+        if prev.challenger == challenger:
+            since = prev.challenger_since_ts
+        chosen = leader if clock - since >= rules.min_dwell_ms else incumbent
     else:
         chosen = incumbent
     best_changed = chosen.route_id != best
@@ -159,6 +164,8 @@ def decide(
     new = GroupState(
         best=chosen.route_id,
         best_since_ts=clock if best_changed else prev.best_since_ts,
+        challenger=None if chosen is leader else challenger,
+        challenger_since_ts=since if challenger is not None and chosen is not leader else 0,
         weights=dict(weights) if weights_changed else prev.weights,
         open_breakers=sorted(open_now),
         changed_ms=now_ms if (best_changed or weights_changed or flipped) else prev.changed_ms,
