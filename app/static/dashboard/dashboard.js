@@ -78,6 +78,16 @@
     reconnectAll();
   });
 
+  // Escape would close the dialog with callers still waiting for a key: only once a key is set
+  $('key-dialog').addEventListener('cancel', (event) => {
+    if (!apiKey()) event.preventDefault();
+    else {
+      const waiters = keyWaiters || [];
+      keyWaiters = null;
+      waiters.forEach((resolve) => resolve()); // they try again with the key they had
+    }
+  });
+
   $('change-key').addEventListener('click', () => {
     askForKey('Enter the API key to use from now on (read scope). It is kept for this tab only.');
   });
