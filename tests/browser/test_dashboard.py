@@ -17,6 +17,8 @@ from playwright.sync_api import Page, expect
 from tests.browser.conftest import OfflinePage
 from tools.process import ServerProcess, serving
 
+pytestmark = pytest.mark.server  # a real `cpe serve` (and, where they take the page, Chromium)
+
 READER = "dashboard-reader-0001"
 WRITER = "dashboard-writer-0001"
 # latency, jitter, loss, throughput, utilization, error rate, connections, queue depth
@@ -163,6 +165,7 @@ MEASURE = """() => {
 }"""
 
 
+@pytest.mark.slow
 def test_frames_stay_short_while_updating_with_ten_thousand_flows(
     server: ServerProcess, offline_page: OfflinePage
 ) -> None:
