@@ -202,7 +202,8 @@ def _outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) 
     failing = failure_probabilities(routes, policy)  # (B, H)
     steps = failing.shape[1]
     back = failing[:, h + 1 :] <= policy.breaker_threshold  # (B, H - h - 1): later steps back under it
-    recovery = np.where(back.any(axis=1), back.argmax(axis=1) + h + 1, steps) + 1  # (B,) steps
+    first = back.argmax(axis=1) if back.shape[1] else np.zeros(len(routes), dtype=np.int64)
+    recovery = np.where(back.any(axis=1), first + h + 1, steps) + 1  # (B,) steps
     reliability = (1.0 - loss) * (1.0 - errors)
     return [
         RouteOutlook(
