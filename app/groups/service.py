@@ -107,11 +107,14 @@ class RouteGroups:
             await self.reload()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-        self._tasks = [
-            loop.create_task(self._follow(ready), name="cpe-groups-follow"),
-            loop.create_task(self._refresh(), name="cpe-groups-refresh"),
-        ]
-        await ready.wait()
+        follow = loop.create_task(self._follow(ready), name="cpe-groups-follow")
+        self._tasks = [follow, loop.create_task(self._refresh(), name="cpe-groups-refresh")]
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({waiter, follow}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if follow.done():  # the subscription failed: say why, rather than wait for ever
+            await self.__aexit__(None, None, None)
+            follow.result()
         return self
 
     async def __aexit__(
