@@ -498,8 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         grid: Iterator[tuple[float, int, float]]
         if args.sweep:
             grid = iter(
-                [(m, d, args.temperature) for m in (0.0, 0.05, 0.15, 0.3) for d in (0, 5000)]
-                + [(args.margin, args.dwell_ms, t) for t in (0.05, 0.1, 0.2)]
+                [(m, d, args.temperature) for m in (0.0, 0.1, 0.15, 0.25) for d in (0, args.dwell_ms)]
+                + [(args.margin, args.dwell_ms, t) for t in (0.1, 0.2)]
             )
         else:
             grid = iter([(args.margin, args.dwell_ms, args.temperature)])

@@ -30,7 +30,7 @@ from app.bus import Bus
 from app.engine import WindowForecast
 from app.groups.base import FlowOutlook, Group, GroupState, GroupStore, GroupsUnavailable
 from app.groups.ranking import Decision, Hysteresis, decide
-from app.routing import FailurePolicy, FlowKeyFormat, outlook, route_forecast
+from app.routing import FailurePolicy, FlowKeyFormat, outlooks, route_forecast, window_medians
 
 log = logging.getLogger("cpe.groups")
 
@@ -107,11 +107,14 @@ class RouteGroups:
             await self.reload()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-        self._tasks = [
-            loop.create_task(self._follow(ready), name="cpe-groups-follow"),
-            loop.create_task(self._refresh(), name="cpe-groups-refresh"),
-        ]
-        await ready.wait()
+        follow = loop.create_task(self._follow(ready), name="cpe-groups-follow")
+        self._tasks = [follow, loop.create_task(self._refresh(), name="cpe-groups-refresh")]
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({waiter, follow}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if follow.done():  # the subscription failed: say why, rather than wait for ever
+            await self.__aexit__(None, None, None)
+            follow.result()
         return self
 
     async def __aexit__(
@@ -202,7 +205,7 @@ class RouteGroups:
         routes = [i for i, key in enumerate(keys) if key in by_flow]
         if not routes:
             return
-        fresh = {keys[i]: self._outlook(windows[i], forecasts[i]) for i in routes}
+        fresh = dict(zip([keys[i] for i in routes], self._outlooks(windows, forecasts, routes), strict=True))
         group_ids = sorted({g for key in fresh for g in by_flow.get(key, ())})
         async with self._lock:
             try:
@@ -211,22 +214,33 @@ class RouteGroups:
                 self.metrics.failed.inc(len(group_ids))
                 log.warning("%d route groups not re-ranked: %s", len(group_ids), exc)
 
-    def _outlook(self, window: ForecastWindow, forecast: WindowForecast) -> FlowOutlook:
-        route = route_forecast("", 1.0, window.features, forecast)
-        figures = outlook(route, self.horizon, self.policy)
-        return FlowOutlook(
-            expected_latency_ms=figures.expected_latency_ms,
-            expected_throughput=figures.expected_throughput,
-            reliability_score=figures.reliability_score,
-            failure_probability=figures.failure_probability,
-            predicted_load=figures.predicted_load,
-            confidence=figures.confidence,
-            predicted_context=figures.predicted_context,
-            time_to_recovery_ms=figures.time_to_recovery_ms,
-            time_horizon_ms=round(self.horizon * route.dt_s * 1000.0),
-            model_version=forecast.predictor.version,
-            base_ts=int(window.timestamps[-1]),
-        )
+    def _outlooks(
+        self, windows: Sequence[ForecastWindow], forecasts: Sequence[WindowForecast], chosen: list[int]
+    ) -> list[FlowOutlook]:
+        """The outlooks of the ``chosen`` flows of a round, computed together."""
+        medians = window_medians([windows[i].features for i in chosen])
+        routes = [
+            route_forecast("", 1.0, windows[i].features, forecasts[i], median)
+            for i, median in zip(chosen, medians, strict=True)
+        ]
+        return [
+            FlowOutlook(
+                expected_latency_ms=figures.expected_latency_ms,
+                expected_throughput=figures.expected_throughput,
+                reliability_score=figures.reliability_score,
+                failure_probability=figures.failure_probability,
+                predicted_load=figures.predicted_load,
+                confidence=figures.confidence,
+                predicted_context=figures.predicted_context,
+                time_to_recovery_ms=figures.time_to_recovery_ms,
+                time_horizon_ms=round(self.horizon * route.dt_s * 1000.0),
+                model_version=forecasts[i].predictor.version,
+                base_ts=int(windows[i].timestamps[-1]),
+            )
+            for i, route, figures in zip(
+                chosen, routes, outlooks(routes, self.horizon, self.policy), strict=True
+            )
+        ]
 
     async def _rerank(self, fresh: dict[str, FlowOutlook], group_ids: list[str]) -> None:
         await self.store.put_outlooks(fresh)

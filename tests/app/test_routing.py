@@ -108,6 +108,8 @@ def test_time_to_recovery_is_the_first_later_step_back_under_the_threshold() -> 
     assert o.time_to_recovery_ms == 3 * 2000  # step 3, 2 s apart
     o = outlook(route("r", loss=[0.2, 0.2, 0.2, 0.2], dt_s=2.0), 1, POLICY)
     assert o.time_to_recovery_ms == (H + 1) * 2000  # not within the horizon: beyond it
+    o = outlook(route("r", loss=[0.2, 0.2, 0.2, 0.2], dt_s=2.0), H, POLICY)  # the last step: no later one
+    assert o.time_to_recovery_ms == (H + 1) * 2000
 
 
 # -- ranking and weights ------------------------------------------------------------------------------

@@ -197,3 +197,24 @@ def test_writing_needs_a_write_key_and_deleting_an_admin_key() -> None:
         for k in (READER, WRITER):
             assert keyed.delete("/v1/groups/g", headers={"X-API-Key": k}).status_code == 403, k
         assert keyed.delete("/v1/groups/g", headers={"X-API-Key": ADMIN}).status_code == 204
+
+
+def test_an_unreachable_group_store_is_a_503_and_degrades_readiness() -> None:
+    from tools.process import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    settings = make_settings(models=("lstm",), model="lstm", group_url=url, group_timeout_ms=200)
+    with TestClient(create_app(settings)) as down:
+        observe(down, {key(60): 10.0}, 0)
+        for answer in (
+            down.put("/v1/groups/g", json=body([("a", key(60))])),
+            down.get("/v1/groups"),
+            down.get("/v1/groups/g"),
+            down.delete("/v1/groups/g"),
+        ):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "1" and "unreachable" in answer.json()["detail"]
+        ready = down.get("/readyz").json()
+        assert ready["status"] == "degraded" and "groups" in ready["degraded"]
+        observe(down, {key(60): 10.0}, 1)  # ingest and forecasts go on without the groups
+        assert down.get(f"/v1/flows/{key(60)}").status_code == 200
