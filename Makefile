@@ -11,7 +11,7 @@ HOST   ?=
 PORT   ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast test-deps lint bench train evaluate clean
+.PHONY: setup run demo test test-fast test-deps lint bench train evaluate clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml setup.py app/wire/_json_reader.c scripts/install-torch.
 
 run: setup
 	$(BIN)/cpe serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+# the service with a simulated network of route groups streaming into it (tools/demo.py); prints the
+# dashboard's address. `make demo PORT=8020` picks the port (default 8010); Ctrl-C stops both.
+demo: setup
+	$(BIN)/python -m tools.demo $(if $(PORT),--port $(PORT))
 
 # the whole suite, with line coverage of app/ and models/ (fails under 90 %: pyproject's [tool.coverage])
 test: setup test-deps

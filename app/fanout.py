@@ -34,6 +34,7 @@ from app.bus.queue import DropOldestQueue
 log = logging.getLogger("cpe.fanout")
 
 MESSAGE_TYPES = ("RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction")
+GROUP_TOPIC = "group:"  # a group's subscribers are indexed beside the flow keys under this prefix
 # The scope extension where the server offers ``push(frame: bytes) -> bool`` (app/websocket_protocol.py).
 PUSH_EXTENSION = "cpe.websocket.push"
 
@@ -62,8 +63,8 @@ class StreamClient:
         self.outbox.wake()
 
 
-def message_route(message: bytes) -> tuple[str, str | None]:
-    """A routing message's type and its flow key as hex (None for the messages about services)."""
+def message_route(message: bytes) -> tuple[str, str | None, str | None]:
+    """A routing message's type, its flow key as hex and its route group (None where it carries none)."""
     decoded = orjson.loads(message)
     if not isinstance(decoded, dict) or len(decoded) != 1:
         raise ValueError("a routing message is an object with exactly one key, its type")
@@ -71,7 +72,8 @@ def message_route(message: bytes) -> tuple[str, str | None]:
     key = body.get("flow_key") if isinstance(body, dict) else None
     if isinstance(key, list):  # the serde form of a Rust [u8; 32]
         key = bytes(key).hex()
-    return kind, key
+    group = body.get("group_id") if isinstance(body, dict) else None
+    return kind, key, group if isinstance(group, str) else None
 
 
 class FanoutMetrics:
@@ -97,9 +99,10 @@ class FanoutMetrics:
 class RoutingFanout:
     """Fans the bus channel ``channel`` out to this process's routing WebSocket clients.
 
-    A client's ``flow_keys`` filter selects the messages that name a flow (``RoutingPrediction``);
-    ``LoadBalancingUpdate`` and ``CircuitBreakerPrediction`` are about routes shared by flows and carry no
-    flow key, so only the ``types`` filter selects them.
+    Every routing message names the flow whose routes it is about (``flow_key``) and the route group that
+    made it (``group_id``, null for POST /v1/routing/recommend). A client's ``flow_keys`` and ``groups``
+    filters select the messages of those flows and of those groups (either: the union), whatever their
+    type; its ``types`` filter then selects by type. A message without a flow key goes to every client.
     """
 
     def __init__(
@@ -164,11 +167,19 @@ class RoutingFanout:
         client.outbox.close()
 
     def subscribe(
-        self, client: StreamClient, flow_keys: Iterable[str] | None, types: Iterable[str] | None
+        self,
+        client: StreamClient,
+        flow_keys: Iterable[str] | None,
+        types: Iterable[str] | None,
+        groups: Iterable[str] | None = None,
     ) -> None:
-        """Send ``client`` the messages that pass its filters from now on (a new subscribe replaces them)."""
+        """Send ``client`` the messages that pass its filters from now on (a new subscribe replaces them):
+        those of ``flow_keys`` and of ``groups`` (both None: every flow), of ``types`` (None: every type)."""
         self._unindex(client)
-        client.flow_keys = None if flow_keys is None else frozenset(flow_keys)
+        if flow_keys is None and groups is None:
+            client.flow_keys = None
+        else:  # topics: flow keys, and group ids under GROUP_TOPIC
+            client.flow_keys = frozenset((*(flow_keys or ()), *(GROUP_TOPIC + g for g in groups or ())))
         client.types = None if types is None else frozenset(types)
         client.subscribed = True
         self._subscribed.add(client)
@@ -204,18 +215,23 @@ class RoutingFanout:
     def publish_local(self, message: bytes) -> int:
         """Queue ``message`` for every matching client of this process; returns how many."""
         try:
-            kind, flow_key = message_route(message)
+            kind, flow_key, group_id = message_route(message)
             text = message.decode()
         except (ValueError, AttributeError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
             self.malformed += 1
             log.warning("fanout: ignored a bus message that is not a routing message: %s", exc)
             return 0
         self.received += 1
+        by_flow = self._by_flow
         if flow_key is None:
             targets: Iterable[StreamClient] = self._subscribed
         else:
-            keyed = self._by_flow.get(flow_key)  # disjoint from _every_flow
-            targets = self._every_flow if keyed is None else chain(self._every_flow, keyed)
+            keyed = by_flow.get(flow_key)  # disjoint from _every_flow
+            grouped = by_flow.get(GROUP_TOPIC + group_id) if group_id is not None else None
+            if grouped:  # a client may filter on both the flow and the group: once each
+                targets = chain(self._every_flow, grouped.union(keyed) if keyed else grouped)
+            else:
+                targets = self._every_flow if keyed is None else chain(self._every_flow, keyed)
         queued, dropped, pushed = self.fan_out(targets, kind, message, text)
         if dropped:
             self.metrics.dropped.inc(dropped)

@@ -12,11 +12,13 @@ from fastapi import Depends, FastAPI
 
 from app.api import (
     asyncapi,
+    dashboard,
     docs,
     errors,
     feedback,
     flow_predictions,
     flows,
+    groups,
     health,
     model_versions,
     observe,
@@ -35,6 +37,7 @@ from app.api.errors import AUTH_RESPONSES
 from app.api.http_metrics import HttpMetrics
 from app.api.request_id import RequestId
 from app.auth import ApiKeys, mask_query_keys, require_scope
+from app.groups.schemas import GroupRequest
 from app.ingest.observations import ObserveRequest
 from app.metrics import new_registry
 from app.routing_schemas import RouteRequest
@@ -98,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (otlp.router, write),
         (flows.router, read),
         (flows.admin, admin),
+        (groups.router, read),
+        (groups.writer, write),
+        (groups.admin, admin),
         (model_versions.router, read),
         (model_versions.admin, admin),
         (stats.router, read),
@@ -107,9 +113,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router, **access)  # type: ignore[arg-type]
     docs.install(app)
+    dashboard.install(app)
     openapi.document(
         app,
-        [PredictRequest, BatchPredictRequest, RouteRequest, FeedbackRequest, RollbackRequest, ObserveRequest],
+        [
+            PredictRequest,
+            BatchPredictRequest,
+            RouteRequest,
+            FeedbackRequest,
+            RollbackRequest,
+            ObserveRequest,
+            GroupRequest,
+        ],
     )
     return app
 

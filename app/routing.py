@@ -23,11 +23,13 @@ Ranking: each route gets a score in [0, 1], 1 the best, from figures normalized 
 ``R * (1 - failure_probability)`` and ``balanced`` by ``(L + T + R + C) / 4``. Ties go to the lower
 failure probability, then the lower latency, then the route_id.
 
-Load-balancing weights: ``w ∝ (1 - failure_probability) * max(score, 0.01)``, normalized to sum to 1. A
-better route gets proportionally more, and only a route certain to fail gets 0; if every route is, the
-weights fall back to the scores alone. The recommendation's ``confidence`` is the weighted mean of the
-routes' calibrated confidences: the probability that a request spread by the weights sees a latency
-within ±10 % of its route's prediction.
+Load-balancing weights, normalized to sum to 1, with ``CPE_WEIGHT_TEMPERATURE`` = tau:
+``w ∝ (1 - failure_probability) * max(score, 0.01)`` for tau = 0 (proportional: a route with half the
+score gets half the load), else ``w ∝ (1 - failure_probability) * exp((score - best score) / tau)``
+(a softmax: a route whose score is d lower gets exp(-d / tau) of the best's share per unit of survival).
+Only a route certain to fail gets 0; if every route is, the failure factor is left out. The
+recommendation's ``confidence`` is the weighted mean of the routes' calibrated confidences: the
+probability that a request spread by the weights sees a latency within ±10 % of its route's prediction.
 
 A ``CircuitBreakerPrediction`` goes out for each route whose failure probability exceeds
 ``CPE_BREAKER_THRESHOLD``, with ``recommended_threshold = CPE_FAILURE_RATE`` (the loss + error rate that
@@ -89,9 +91,16 @@ class RouteForecast:
 
 
 def route_forecast(
-    route_id: str, cost_factor: float, features: np.ndarray, forecast: WindowForecast
+    route_id: str,
+    cost_factor: float,
+    features: np.ndarray,
+    forecast: WindowForecast,
+    window_latency_ms: float | None = None,
 ) -> RouteForecast:
-    """A route's forecast from the engine's, with its window ``features`` (n, D)."""
+    """A route's forecast from the engine's, with its window ``features`` (n, D); ``window_latency_ms``:
+    the window's median latency when the caller has it already (``window_medians``)."""
+    if window_latency_ms is None:
+        window_latency_ms = float(np.median(features[:, LATENCY]))
     return RouteForecast(
         route_id=route_id,
         cost_factor=cost_factor,
@@ -100,9 +109,22 @@ def route_forecast(
         std=np.maximum(forecast.std, MIN_SIGMA),
         confidence=forecast.confidence,
         dt_s=forecast.dt_s,
-        window_latency_ms=float(np.median(features[:, LATENCY])),
+        window_latency_ms=window_latency_ms,
         scaler=forecast.predictor.scaler,
     )
+
+
+def window_medians(windows: list[np.ndarray]) -> list[float]:
+    """The median latency of each window (n_i, D): one numpy call per window length, not per window."""
+    out = [0.0] * len(windows)
+    by_length: dict[int, list[int]] = {}
+    for i, features in enumerate(windows):
+        by_length.setdefault(len(features), []).append(i)
+    for positions in by_length.values():
+        medians = np.median(np.stack([windows[i][:, LATENCY] for i in positions]), axis=1)
+        for i, m in zip(positions, medians.tolist(), strict=True):
+            out[i] = m
+    return out
 
 
 @dataclass
@@ -123,54 +145,96 @@ class RouteOutlook:
     weight: float = 0.0
 
 
-def _expected(scaler: Scaler, feature: int, mu: float, sigma: float) -> float:
-    """Mean of a feature's predictive distribution in raw units."""
+def _expected(scaler: Scaler, feature: int, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Mean of a feature's predictive distribution in raw units, per route: (B,) from (B,), (B,)."""
     if scaler.is_log[feature]:  # log-normal
-        return max(math.exp(min(mu + sigma * sigma / 2, MAX_EXPONENT)) - float(scaler.floors[feature]), 0.0)
+        mean = np.exp(np.minimum(mu + sigma * sigma / 2, MAX_EXPONENT)) - float(scaler.floors[feature])
+        return np.maximum(mean, 0.0)  # type: ignore[no-any-return]
     a = mu / sigma  # a rate: E[max(Y, 0)] of Y ~ N(mu, sigma^2), capped at 1
-    rectified = mu * (1.0 - 0.5 * math.erfc(a / math.sqrt(2))) + sigma * math.exp(-a * a / 2) / math.sqrt(
-        2 * math.pi
-    )
-    return min(max(rectified, 0.0), 1.0)
+    rectified = mu * (1.0 - _survival(a)) + sigma * np.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    return np.clip(rectified, 0.0, 1.0)  # type: ignore[no-any-return]
 
 
-def failure_probabilities(route: RouteForecast, policy: FailurePolicy) -> np.ndarray:
-    """P(the route fails) at every step 1..H, (H,): see the module's docstring."""
-    scaler, loc, std = route.scaler, route.loc, route.std
+def failure_probabilities(routes: list[RouteForecast], policy: FailurePolicy) -> np.ndarray:
+    """P(the route fails) at every step 1..H of each route, (B, H), for routes of one scaler: see the
+    module's docstring."""
+    scaler = routes[0].scaler
+    loc = np.stack([r.loc for r in routes])  # (B, H, D)
+    std = np.stack([r.std for r in routes])  # (B, H, D)
     assert not scaler.is_log[LOSS] and not scaler.is_log[ERRORS], (
         "loss and error rates must be identity-scaled"
     )
-    bound = np.full(scaler.n_features, 0.0)
-    bound[LATENCY] = policy.latency_factor * max(route.window_latency_ms, scaler.floors[LATENCY])
-    latency_bound = scaler.transform(bound)[LATENCY]
-    p_latency = _survival((latency_bound - loc[:, LATENCY]) / std[:, LATENCY])
-    rate_mu = loc[:, LOSS] + loc[:, ERRORS]
-    rate_sigma = np.hypot(std[:, LOSS], std[:, ERRORS])
+    bound = np.zeros((len(routes), scaler.n_features))
+    medians = np.asarray([r.window_latency_ms for r in routes])
+    bound[:, LATENCY] = policy.latency_factor * np.maximum(medians, scaler.floors[LATENCY])
+    latency_bound = scaler.transform(bound)[:, LATENCY, None]  # (B, 1)
+    p_latency = _survival((latency_bound - loc[:, :, LATENCY]) / std[:, :, LATENCY])
+    rate_mu = loc[:, :, LOSS] + loc[:, :, ERRORS]
+    rate_sigma = np.hypot(std[:, :, LOSS], std[:, :, ERRORS])
     p_rate = _survival((policy.rate - rate_mu) / rate_sigma)
     return np.clip(1.0 - (1.0 - p_rate) * (1.0 - p_latency), 0.0, 1.0)  # type: ignore[no-any-return]
 
 
+def outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) -> list[RouteOutlook]:
+    """The figures of each route at step ``horizon`` (1-based), in the order given: computed for all the
+    routes of one scaler at once (a continuous round hands over hundreds)."""
+    out: list[RouteOutlook | None] = [None] * len(routes)
+    by_scaler: dict[int, list[int]] = {}
+    for i, route in enumerate(routes):
+        by_scaler.setdefault(id(route.scaler), []).append(i)
+    for positions in by_scaler.values():
+        mine = [routes[i] for i in positions]
+        for i, figures in zip(positions, _outlooks(mine, horizon, policy), strict=True):
+            out[i] = figures
+    return [o for o in out if o is not None]
+
+
+def _outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) -> list[RouteOutlook]:
+    h = horizon - 1
+    scaler = routes[0].scaler
+    mu = np.stack([r.loc[h] for r in routes])  # (B, D)
+    sigma = np.stack([r.std[h] for r in routes])  # (B, D)
+    point = np.stack([r.point[h] for r in routes])  # (B, D)
+    loss = _expected(scaler, LOSS, mu[:, LOSS], sigma[:, LOSS])
+    errors = _expected(scaler, ERRORS, mu[:, ERRORS], sigma[:, ERRORS])
+    latency = _expected(scaler, LATENCY, mu[:, LATENCY], sigma[:, LATENCY])
+    throughput = _expected(scaler, THROUGHPUT, mu[:, THROUGHPUT], sigma[:, THROUGHPUT])
+    failing = failure_probabilities(routes, policy)  # (B, H)
+    steps = failing.shape[1]
+    back = failing[:, h + 1 :] <= policy.breaker_threshold  # (B, H - h - 1): later steps back under it
+    first = back.argmax(axis=1) if back.shape[1] else np.zeros(len(routes), dtype=np.int64)
+    recovery = np.where(back.any(axis=1), first + h + 1, steps) + 1  # (B,) steps
+    reliability = (1.0 - loss) * (1.0 - errors)
+    return [
+        RouteOutlook(
+            route_id=route.route_id,
+            expected_latency_ms=lat,
+            expected_throughput=thr,
+            reliability_score=rel,
+            cost_factor=route.cost_factor,
+            failure_probability=fail,
+            predicted_load=context[UTILIZATION],
+            confidence=float(route.confidence[h]),
+            predicted_context=context,
+            time_to_recovery_ms=round(rec * route.dt_s * 1000.0),
+        )
+        for route, lat, thr, rel, fail, context, rec in zip(
+            routes,
+            latency.tolist(),
+            throughput.tolist(),
+            reliability.tolist(),
+            failing[:, h].tolist(),
+            point.tolist(),
+            recovery.tolist(),
+            strict=True,
+        )
+    ]
+
+
 def outlook(route: RouteForecast, horizon: int, policy: FailurePolicy) -> RouteOutlook:
     """The figures of one route at step ``horizon`` (1-based)."""
-    h = horizon - 1
-    mu, sigma, scaler = route.loc[h], route.std[h], route.scaler
-    loss = _expected(scaler, LOSS, float(mu[LOSS]), float(sigma[LOSS]))
-    errors = _expected(scaler, ERRORS, float(mu[ERRORS]), float(sigma[ERRORS]))
-    failing = failure_probabilities(route, policy)
-    later = [s for s in range(h + 1, len(failing)) if failing[s] <= policy.breaker_threshold]
-    recovery_steps = (later[0] if later else len(failing)) + 1
-    return RouteOutlook(
-        route_id=route.route_id,
-        expected_latency_ms=_expected(scaler, LATENCY, float(mu[LATENCY]), float(sigma[LATENCY])),
-        expected_throughput=_expected(scaler, THROUGHPUT, float(mu[THROUGHPUT]), float(sigma[THROUGHPUT])),
-        reliability_score=(1.0 - loss) * (1.0 - errors),
-        cost_factor=route.cost_factor,
-        failure_probability=float(failing[h]),
-        predicted_load=float(route.point[h, UTILIZATION]),
-        confidence=float(route.confidence[h]),
-        predicted_context=[float(x) for x in route.point[h]],
-        time_to_recovery_ms=round(recovery_steps * route.dt_s * 1000.0),
-    )
+    [figures] = outlooks([route], horizon, policy)
+    return figures
 
 
 def rank(routes: list[RouteOutlook], objective: Objective) -> list[RouteOutlook]:
@@ -191,11 +255,17 @@ def rank(routes: list[RouteOutlook], objective: Objective) -> list[RouteOutlook]
     return sorted(routes, key=lambda r: (-r.score, r.failure_probability, r.expected_latency_ms, r.route_id))
 
 
-def balance(routes: list[RouteOutlook]) -> dict[str, float]:
-    """Load-balancing weights of scored ``routes``: they sum to 1, better routes get more."""
-    raw = [(1.0 - r.failure_probability) * max(r.score, MIN_SCORE) for r in routes]
+def balance(routes: list[RouteOutlook], temperature: float = 0.0) -> dict[str, float]:
+    """Load-balancing weights of scored ``routes``: they sum to 1, better routes get more (formulas: the
+    module's docstring; ``temperature`` 0 is proportional to the scores, above 0 a softmax of them)."""
+    if temperature > 0.0:
+        top = max(r.score for r in routes)
+        shares = [math.exp((r.score - top) / temperature) for r in routes]
+    else:
+        shares = [max(r.score, MIN_SCORE) for r in routes]
+    raw = [(1.0 - r.failure_probability) * share for r, share in zip(routes, shares, strict=True)]
     if sum(raw) <= 0.0:  # every route is certain to fail: spread by the scores alone
-        raw = [max(r.score, MIN_SCORE) for r in routes]
+        raw = shares
     total = sum(raw)
     for r, w in zip(routes, raw, strict=True):
         r.weight = w / total
@@ -220,19 +290,27 @@ def recommend(
     routes: list[RouteForecast],
     horizon: int,
     policy: FailurePolicy,
+    temperature: float = 0.0,
 ) -> Recommendation:
     """Rank ``routes`` of ``flow_key`` by their forecasts at step ``horizon``."""
-    ranked = rank([outlook(route, horizon, policy) for route in routes], objective)
-    weights = balance(ranked)
-    confidence = sum(r.weight * r.confidence for r in ranked)
+    ranked = rank(outlooks(routes, horizon, policy), objective)
     best = next(route for route in routes if route.route_id == ranked[0].route_id)
+    return weighed(flow_key, objective, ranked, round(horizon * best.dt_s * 1000.0), temperature)
+
+
+def weighed(
+    flow_key: str, objective: Objective, ranked: list[RouteOutlook], time_horizon_ms: int, temperature: float
+) -> Recommendation:
+    """The recommendation of routes already ranked (best first): their weights and overall confidence."""
+    weights = balance(ranked, temperature)
+    confidence = sum(r.weight * r.confidence for r in ranked)
     return Recommendation(
         flow_key=flow_key,
         objective=objective,
         routes=ranked,
         weights=weights,
         confidence=min(max(confidence, 0.0), 1.0),
-        time_horizon_ms=round(horizon * best.dt_s * 1000.0),
+        time_horizon_ms=time_horizon_ms,
     )
 
 
@@ -245,48 +323,77 @@ def wire_flow_key(flow_key: str, form: FlowKeyFormat) -> str | list[int]:
     return flow_key if form == "hex" else list(bytes.fromhex(flow_key))
 
 
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """What every routing message carries beside the Rust enum's fields (serde ignores unknown fields)."""
+
+    flow_key: str  # hex: the flow whose routes the message is about
+    group_id: str | None  # the route group that made it; None for POST /v1/routing/recommend
+    timestamp: int  # ms since the epoch, when the message was made
+    model_version: str  # the model version whose forecasts it was made from
+
+
+def _attributed(kind: str, body: dict[str, Any], who: Attribution, form: FlowKeyFormat) -> bytes:
+    body["flow_key"] = wire_flow_key(who.flow_key, form)
+    body["group_id"] = who.group_id
+    body["timestamp"] = who.timestamp
+    body["model_version"] = who.model_version
+    return orjson.dumps({kind: body})
+
+
+def prediction_message(rec: Recommendation, who: Attribution, form: FlowKeyFormat) -> bytes:
+    """The RoutingPrediction of ``rec``: the best route's predicted context and every route, best first."""
+    body = {
+        "predicted_context": rec.routes[0].predicted_context,
+        "confidence": rec.confidence,
+        "time_horizon_ms": rec.time_horizon_ms,
+        "routing_suggestions": [
+            {
+                "route_id": r.route_id,
+                "expected_latency_ms": r.expected_latency_ms,
+                "expected_throughput": r.expected_throughput,
+                "reliability_score": r.reliability_score,
+                "cost_factor": r.cost_factor,
+            }
+            for r in rec.routes
+        ],
+    }
+    return _attributed("RoutingPrediction", body, who, form)
+
+
+def balancing_message(
+    weights: dict[str, float], rec: Recommendation, who: Attribution, form: FlowKeyFormat
+) -> bytes:
+    """A LoadBalancingUpdate with ``weights`` (``rec``'s own, or those a group publishes)."""
+    body = {
+        "service_weights": weights,
+        "predicted_loads": {r.route_id: r.predicted_load for r in rec.routes},
+        "adaptation_confidence": rec.confidence,
+    }
+    return _attributed("LoadBalancingUpdate", body, who, form)
+
+
+def breaker_message(
+    route: RouteOutlook, policy: FailurePolicy, who: Attribution, form: FlowKeyFormat
+) -> bytes:
+    """The CircuitBreakerPrediction of one route."""
+    body = {
+        "service_id": route.route_id,
+        "failure_probability": route.failure_probability,
+        "recommended_threshold": policy.rate,
+        "time_to_recovery_ms": route.time_to_recovery_ms,
+    }
+    return _attributed("CircuitBreakerPrediction", body, who, form)
+
+
 def routing_messages(
-    rec: Recommendation, policy: FailurePolicy, flow_key_format: FlowKeyFormat
+    rec: Recommendation, policy: FailurePolicy, form: FlowKeyFormat, who: Attribution
 ) -> list[bytes]:
     """RoutingPrediction, LoadBalancingUpdate and one CircuitBreakerPrediction per route at risk, as JSON."""
-    best = rec.routes[0]
-    messages: list[dict[str, Any]] = [
-        {
-            "RoutingPrediction": {
-                "flow_key": wire_flow_key(rec.flow_key, flow_key_format),
-                "predicted_context": best.predicted_context,
-                "confidence": rec.confidence,
-                "time_horizon_ms": rec.time_horizon_ms,
-                "routing_suggestions": [
-                    {
-                        "route_id": r.route_id,
-                        "expected_latency_ms": r.expected_latency_ms,
-                        "expected_throughput": r.expected_throughput,
-                        "reliability_score": r.reliability_score,
-                        "cost_factor": r.cost_factor,
-                    }
-                    for r in rec.routes
-                ],
-            }
-        },
-        {
-            "LoadBalancingUpdate": {
-                "service_weights": rec.weights,
-                "predicted_loads": {r.route_id: r.predicted_load for r in rec.routes},
-                "adaptation_confidence": rec.confidence,
-            }
-        },
-    ]
+    messages = [prediction_message(rec, who, form), balancing_message(rec.weights, rec, who, form)]
     messages += [
-        {
-            "CircuitBreakerPrediction": {
-                "service_id": r.route_id,
-                "failure_probability": r.failure_probability,
-                "recommended_threshold": policy.rate,
-                "time_to_recovery_ms": r.time_to_recovery_ms,
-            }
-        }
+        breaker_message(r, policy, who, form)
         for r in rec.routes
         if r.failure_probability > policy.breaker_threshold
     ]
-    return [orjson.dumps(message) for message in messages]
+    return messages

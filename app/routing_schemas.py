@@ -6,7 +6,7 @@ own validators, so both endpoints accept and refuse the same windows with the sa
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -17,11 +17,44 @@ from app.wire.rules import FLOW_KEY_HEX, MAX_COST_FACTOR, MAX_LABEL, D
 Objective = Literal["latency", "throughput", "reliability", "balanced"]
 MessageType = Literal["RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction"]
 RouteId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL)]
+# letters, digits and ._:~- : safe in a URL path, a Redis key and a log line as they are
+GROUP_ID_PATTERN = r"^[A-Za-z0-9._:~-]{1,128}$"
+GroupId = Annotated[str, StringConstraints(pattern=GROUP_ID_PATTERN)]
 
 _EXAMPLE_WINDOW: list[Any] = [
     {"timestamp": 1_700_000_000_000 + 1000 * i, "features": [12.0 + i, 1.5, 0.001, 840.0, 0.6, 0.0, 120.0, 4]}
     for i in range(3)
 ]
+
+
+class _Route(Protocol):
+    @property
+    def route_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Route)
+
+
+def check_routes(routes: list[R], info: ValidationInfo) -> list[R]:
+    """At most CPE_MAX_ROUTES routes (the limits in the validation context), with distinct route_ids: the
+    rule of a recommend request's routes and of a route group's alike."""
+    limits = info.context if isinstance(info.context, Limits) else None
+    if limits is not None and len(routes) > limits.max_routes:
+        raise PydanticCustomError(
+            "too_long",
+            "List should have at most {max_length} items after validation, not {actual_length}",
+            {"field_type": "List", "max_length": limits.max_routes, "actual_length": len(routes)},
+        )
+    first: dict[str, int] = {}
+    for i, route in enumerate(routes):
+        j = first.setdefault(route.route_id, i)
+        if j != i:
+            raise PydanticCustomError(
+                "duplicate_route_id",
+                "route_ids must be unique: routes[{index}].route_id '{route_id}' repeats routes[{first}]",
+                {"index": i, "route_id": route.route_id, "first": j},
+            )
+    return routes
 
 
 class RouteCandidate(BaseModel):
@@ -75,23 +108,7 @@ class RouteRequest(BaseModel):
     @field_validator("routes")
     @classmethod
     def _routes(cls, routes: list[RouteCandidate], info: ValidationInfo) -> list[RouteCandidate]:
-        limits = info.context if isinstance(info.context, Limits) else None
-        if limits is not None and len(routes) > limits.max_routes:
-            raise PydanticCustomError(
-                "too_long",
-                "List should have at most {max_length} items after validation, not {actual_length}",
-                {"field_type": "List", "max_length": limits.max_routes, "actual_length": len(routes)},
-            )
-        first: dict[str, int] = {}
-        for i, route in enumerate(routes):
-            j = first.setdefault(route.route_id, i)
-            if j != i:
-                raise PydanticCustomError(
-                    "duplicate_route_id",
-                    "route_ids must be unique: routes[{index}].route_id '{route_id}' repeats routes[{first}]",
-                    {"index": i, "route_id": route.route_id, "first": j},
-                )
-        return routes
+        return check_routes(routes, info)
 
     @field_validator("model")
     @classmethod
@@ -154,7 +171,12 @@ class SubscribeFrame(BaseModel):
 
     op: Literal["subscribe"]
     flow_keys: list[FlowKey] | None = Field(
-        default=None, description="Only RoutingPredictions of these flows; absent or null = every flow."
+        default=None,
+        description="Only the messages about these flows (every message carries its `flow_key`); with "
+        "`groups` absent too, every flow.",
+    )
+    groups: list[GroupId] | None = Field(
+        default=None, description="Also the messages of these route groups (their `group_id`)."
     )
     types: list[MessageType] | None = Field(
         default=None, description="Only these message types; absent or null = every type."

@@ -680,6 +680,9 @@ class FlowSummary(BaseModel):
     std: list[float] = Field(description="Each feature's standard deviation over the window.")
     forecast: dict[str, Any] | None = Field(default=None, description="The newest forecast for the flow.")
     score: dict[str, Any] | None = Field(default=None, description="The flow's running forecast score.")
+    contexts: list[FlowContextOut] | None = Field(
+        default=None, description="The window's contexts, oldest first (with `?contexts=true` only)."
+    )
 
 
 class FlowListItem(BaseModel):

@@ -29,6 +29,9 @@ from app.engine import Engine, pick_device
 from app.fanout import RoutingFanout
 from app.flows import FlowStore
 from app.forecasts import Forecasts
+from app.groups import create_group_store
+from app.groups.ranking import Hysteresis
+from app.groups.service import RouteGroups
 from app.ingest.observing import Observing
 from app.ingest.service import IngestService
 from app.learning.learner import replica_id
@@ -64,6 +67,7 @@ class Services:
     ingest: IngestService  # the one path behind every ingest door (app/ingest)
     otlp_metric_table: Mapping[str, int]  # OTLP metric name -> feature index (CPE_OTLP_METRIC_NAMES)
     forecasts: Forecasts | None  # continuous prediction of observed flows; None unless CPE_PREDICT_ON_OBSERVE
+    groups: RouteGroups  # route groups, re-ranked on their routes' forecasts (app/groups)
     started: float  # time.time() when the parts began to start: the replica's uptime counts from it
 
     @property
@@ -125,6 +129,35 @@ async def run_services(
         on_learning_rate=None if learning is None else learning.learner.hint_learning_rate,
         consumer=replica_id(),
     )
+    failure_policy = FailurePolicy(
+        settings.failure_rate, settings.failure_latency_factor, settings.breaker_threshold
+    )
+    # route groups: re-ranked on every forecast of one of their routes, changes published (app/groups)
+    groups = RouteGroups(
+        create_group_store(
+            settings.group_url,
+            max_groups=settings.max_groups,
+            ttl_ms=settings.flow_ttl_ms,
+            timeout_ms=settings.group_timeout_ms,
+            retry_after_s=settings.retry_after_s,
+            prefix=settings.group_prefix,
+        ),
+        bus,
+        routing_channel=settings.bus_channel,
+        groups_channel=settings.groups_channel,
+        policy=failure_policy,
+        rules=Hysteresis(
+            margin=settings.group_switch_margin,
+            min_dwell_ms=settings.group_min_dwell_ms,
+            weight_step=settings.group_weight_step,
+            breaker_margin=settings.group_breaker_margin,
+        ),
+        horizon=settings.forecast_horizon,
+        temperature=settings.weight_temperature,
+        flow_key_format=settings.flow_key_format,
+        refresh_s=settings.group_refresh_s,
+        registry=registry,
+    )
     # continuous prediction of the observed flows: forecasts, stream, scores, free labels (app/forecasts)
     forecasts = None
     if settings.predict_on_observe:
@@ -139,8 +172,10 @@ async def run_services(
             max_flows=settings.max_flows,
         )
         observing.ingest.on_applied = forecasts.on_applied
+        forecasts.continuous.groups_of = groups.groups_of
+        forecasts.continuous.on_forecasts = groups.on_forecasts
     async with AsyncExitStack() as stack:
-        for part in (engine, cache, bus, fanout, learning, observing, forecasts):
+        for part in (engine, cache, bus, fanout, learning, observing, groups, forecasts):
             if part is not None:
                 await stack.enter_async_context(part)
         yield Services(
@@ -160,13 +195,12 @@ async def run_services(
             cache=cache,
             bus=bus,
             fanout=fanout,
-            failure_policy=FailurePolicy(
-                settings.failure_rate, settings.failure_latency_factor, settings.breaker_threshold
-            ),
+            failure_policy=failure_policy,
             learning=learning,
             flows=observing.flows,
             ingest=observing.ingest,
             otlp_metric_table=observing.otlp_metric_table,
             forecasts=forecasts,
+            groups=groups,
             started=started,
         )

@@ -168,7 +168,10 @@ class Settings(BaseSettings):
 
     # -- routing -----------------------------------------------------------------------------
     max_routes: int = Field(
-        default=64, ge=1, le=4096, description="Most candidate routes in one /v1/routing/recommend request."
+        default=64,
+        ge=1,
+        le=4096,
+        description="Most candidate routes in one /v1/routing/recommend request or route group.",
     )
     failure_rate: float = Field(
         default=0.05,
@@ -187,6 +190,14 @@ class Settings(BaseSettings):
         gt=0.0,
         lt=1.0,
         description="Failure probability above which a route gets a CircuitBreakerPrediction message.",
+    )
+    weight_temperature: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="Load-balancing weights: 0 spreads load in proportion to each route's score (times its "
+        "chance not to fail); above 0, by a softmax of the scores at this temperature (lower: sharper; "
+        "README, Routing).",
     )
     flow_key_format: Literal["hex", "bytes"] = Field(
         default="hex",
@@ -400,6 +411,72 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000_000,
         description="Scored forecasts the rolling MAE of /v1/stats and cpe_forecast_mae_ms is taken over.",
+    )
+
+    # -- route groups ---------------------------------------------------------------------------
+    group_url: str = Field(
+        default="memory://",
+        description="Where route groups (PUT /v1/groups/{group_id}), their routes' newest outlooks and their "
+        "last published choice live: `memory://` (this process; lost with it) or `redis://host:port/db` "
+        "(every replica sees them, and they survive a restart).",
+    )
+    group_prefix: str = Field(
+        default="cpe:group:", min_length=1, description="Prefix of the Redis keys of the route groups."
+    )
+    group_timeout_ms: int = Field(
+        default=1_000,
+        ge=1,
+        le=60_000,
+        description="Connect and read timeout of the group store's Redis round-trips, in ms; past it the "
+        "group endpoints answer 503 + Retry-After and a re-ranking is skipped (counted).",
+    )
+    max_groups: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Most route groups the store holds; a PUT of one more is refused with 409.",
+    )
+    groups_channel: str = Field(
+        default="cpe:groups",
+        min_length=1,
+        description="Bus channel on which a replica announces a group it created, changed or deleted, so "
+        "that the others reload it at once (they also reload every group every CPE_GROUP_REFRESH_S).",
+    )
+    group_refresh_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=86_400.0,
+        description="Seconds between full reloads of the route groups from their store, which catch an "
+        "announcement lost on the bus.",
+    )
+    group_switch_margin: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=10.0,
+        description="Hysteresis: a route replaces the group's best only when its score beats the best's by "
+        "this fraction (0.15: 15 % higher), or when the best's breaker opens or its forecast is gone.",
+    )
+    group_min_dwell_ms: int = Field(
+        default=500,
+        ge=0,
+        le=86_400_000,
+        description="Hysteresis: a route replaces the best only after leading it by the margin at every "
+        "re-ranking for this many ms of observation time (under the sampling interval: two observations in "
+        "a row); not when the best's breaker opens or its forecast is gone.",
+    )
+    group_weight_step: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="A group's LoadBalancingUpdate is published when some route's weight moved by more than "
+        "this (absolute, weights sum to 1) since the last one published.",
+    )
+    group_breaker_margin: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Hysteresis of a route's breaker: it opens above CPE_BREAKER_THRESHOLD and closes again "
+        "below CPE_BREAKER_THRESHOLD minus this; each change is a CircuitBreakerPrediction.",
     )
 
     # -- observing the network ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, WebSocket
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 from starlette.status import WS_1008_POLICY_VIOLATION
 
@@ -22,12 +22,11 @@ from app.auth import accept_websocket
 from app.fanout import RoutingFanout, StreamClient
 from app.forecasts import Forecasts
 from app.forecasts.stream import FlowPredictionHub
+from app.routing_schemas import GroupId
 from app.schemas import FlowKey
 from app.services import Services
 
 router = APIRouter(prefix="/v1/stream", tags=["stream"])
-
-GroupId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 async def get_forecasts(conn: HTTPConnection) -> Forecasts | None:

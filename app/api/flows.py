@@ -32,11 +32,20 @@ async def get_flows(conn: HTTPConnection) -> FlowStore:
 FlowsDep = Annotated[FlowStore, Depends(get_flows)]
 
 
-def summary(window: FlowWindow) -> FlowSummary:
-    """The summary of a flow's window."""
+def _context(window: FlowWindow, features: np.ndarray, i: int) -> FlowContextOut:
+    mask = int(window.imputed[i])
+    return FlowContextOut(
+        timestamp=int(window.timestamps[i]),
+        features=features[i].tolist(),
+        imputed=[name for bit, name in enumerate(FEATURE_NAMES) if mask >> bit & 1],
+        pattern_id=window.pattern_ids[i],
+    )
+
+
+def summary(window: FlowWindow, contexts: bool = False) -> FlowSummary:
+    """The summary of a flow's window (with each of its contexts, when ``contexts``)."""
     features = window.features.astype(np.float64)
     last = len(window) - 1
-    mask = int(window.imputed[last])
     return FlowSummary(
         flow_key=window.flow_key,
         route_id=window.route_id,
@@ -44,14 +53,10 @@ def summary(window: FlowWindow) -> FlowSummary:
         observations=window.observations,
         first_timestamp=int(window.timestamps[0]),
         newest_timestamp=int(window.timestamps[last]),
-        newest=FlowContextOut(
-            timestamp=int(window.timestamps[last]),
-            features=features[last].tolist(),
-            imputed=[name for i, name in enumerate(FEATURE_NAMES) if mask >> i & 1],
-            pattern_id=window.pattern_ids[last],
-        ),
+        newest=_context(window, features, last),
         mean=features.mean(axis=0).tolist(),
         std=features.std(axis=0).tolist(),
+        contexts=[_context(window, features, i) for i in range(len(window))] if contexts else None,
     )
 
 
@@ -86,7 +91,12 @@ async def list_flows(
 @router.get(
     "/{flow_key}", response_model=FlowSummary, responses={404: {"model": Message}, 503: {"model": Message}}
 )
-async def get_flow(flows: FlowsDep, forecasts: ForecastsDep, flow_key: PathKey) -> Any:
+async def get_flow(
+    flows: FlowsDep,
+    forecasts: ForecastsDep,
+    flow_key: PathKey,
+    contexts: Annotated[bool, Query(description="Also every context of the window, oldest first.")] = False,
+) -> Any:
     """One flow's window summary: its newest observation, the window's statistics, its newest forecast and
     running score."""
     key = flow_key
@@ -96,7 +106,7 @@ async def get_flow(flows: FlowsDep, forecasts: ForecastsDep, flow_key: PathKey) 
         return _unavailable(exc)
     if window is None:
         return OrjsonResponse({"detail": f"flow {key} is not known (never observed, or expired)"}, 404)
-    answer = summary(window)
+    answer = summary(window, contexts)
     if forecasts is not None:
         answer.forecast, answer.score = await forecasts.flow(key)
     return answer

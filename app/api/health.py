@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from app.api.deps import BusDep, CacheDep, EngineDep, LearningDep
 from app.api.flows import FlowsDep
+from app.api.groups import GroupsDep
 from app.api.responses import OrjsonResponse
 from app.schemas import Health, Readiness
 
@@ -20,7 +21,12 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(
-    engine: EngineDep, cache: CacheDep, bus: BusDep, learning: LearningDep, flows: FlowsDep
+    engine: EngineDep,
+    cache: CacheDep,
+    bus: BusDep,
+    learning: LearningDep,
+    flows: FlowsDep,
+    groups: GroupsDep,
 ) -> OrjsonResponse:
     """Readiness: 200 when the models are loaded and the engine runs; 503 with the reason otherwise.
 
@@ -34,6 +40,7 @@ async def readyz(
             "bus": bus.problem,
             "feedback": learning.store.problem if learning is not None else None,
             "flows": flows.problem,
+            "groups": groups.store.problem,
         }
         degraded = {part: problem for part, problem in problems.items() if problem}
         readiness = Readiness(

@@ -11,7 +11,7 @@ from app.api.deps import BusDep, EngineDep, FailurePolicyDep, LimitsDep, Setting
 from app.api.errors import ERROR_RESPONSES
 from app.api.openapi import json_body
 from app.api.responses import OrjsonResponse
-from app.routing import Recommendation, recommend, route_forecast, routing_messages
+from app.routing import Attribution, Recommendation, recommend, route_forecast, routing_messages
 from app.routing_schemas import RouteRecommendation, RouteRequest
 from app.wire.decode import context_arrays
 
@@ -42,10 +42,11 @@ async def recommend_routes(
         route_forecast(route.route_id, route.cost_factor, features, forecast)
         for route, (_, _, features), forecast in zip(req.routes, windows, forecasts, strict=True)
     ]
-    rec = recommend(req.flow_key, req.objective, routes, req.horizon, policy)
-    for message in routing_messages(rec, policy, settings.flow_key_format):
-        await bus.publish(settings.bus_channel, message)  # never raises: an outage is counted
+    rec = recommend(req.flow_key, req.objective, routes, req.horizon, policy, settings.weight_temperature)
     predictor = forecasts[0].predictor
+    who = Attribution(req.flow_key, None, int(time.time() * 1000), predictor.version)
+    for message in routing_messages(rec, policy, settings.flow_key_format, who):
+        await bus.publish(settings.bus_channel, message)  # never raises: an outage is counted
     return OrjsonResponse(_answer(rec, predictor.kind, predictor.version, start))
 
 

@@ -149,8 +149,8 @@ async def serve_subscriber(
 
 def _subscribe_routing(fanout: RoutingFanout, client: StreamClient, frame: dict[str, Any]) -> dict[str, Any]:
     sub = SubscribeFrame.model_validate(frame)
-    fanout.subscribe(client, sub.flow_keys, sub.types)
-    return {"op": "subscribed", "flow_keys": sub.flow_keys, "types": sub.types}
+    fanout.subscribe(client, sub.flow_keys, sub.types, sub.groups)
+    return {"op": "subscribed", "flow_keys": sub.flow_keys, "groups": sub.groups, "types": sub.types}
 
 
 def _routing_op(fanout: RoutingFanout, client: StreamClient, text: str, subscribe: Subscribe) -> None:

@@ -11,7 +11,8 @@ often, on fresher windows, and nothing grows.
 
 Each round then, for each flow: scores the flow's previous forecast if the window now holds the
 observation that followed it (``scores``, ``labels``), keeps the new forecast (``store``) and publishes
-it as a ``FlowPrediction`` (``stream``).
+it as a ``FlowPrediction`` (``stream``). Last, ``on_forecasts`` (the route groups' re-ranking,
+``app/groups/service.py``) gets the round's flows, windows and forecasts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +58,10 @@ class FlowWindow(Protocol):
 
     @property
     def features(self) -> np.ndarray: ...  # (n, D)
+
+
+# the round's flows, their windows and forecasts, in the same order
+OnForecasts = Callable[[Sequence[str], Sequence[FlowWindow], Sequence[WindowForecast]], Awaitable[None]]
 
 
 class WindowSource(Protocol):
@@ -98,6 +103,7 @@ class ContinuousPrediction:
         rounds: int = 2,
         publish_always: bool = False,
         groups_of: Callable[[str], Sequence[str]] | None = None,
+        on_forecasts: OnForecasts | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.engine, self.source, self.store, self.scores = engine, source, store, scores
@@ -106,6 +112,7 @@ class ContinuousPrediction:
         # with a shared bus other replicas' clients may be listening: publish even with none here
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
+        self.on_forecasts = on_forecasts  # told of each round's forecasts once they are published
         self.stats = RoundStats()
         self._due: dict[str, float] = {}  # flow_key -> perf_counter() of its oldest unforecast observation
         self._wake = asyncio.Event()
@@ -288,6 +295,11 @@ class ContinuousPrediction:
         self.stats.rounds += 1
         self.stats.forecasts += len(keys)
         self._forecasts.labels(model=kind).inc(len(keys))
+        if self.on_forecasts is not None:
+            try:
+                await self.on_forecasts(keys, windows, forecasts)
+            except Exception:  # the forecasts stand: only what the hook does with them is lost
+                log.exception("the forecasts' hook failed on %d flows", len(keys))
 
     def _score(
         self, keys: Sequence[str], windows: Sequence[FlowWindow], previous: Sequence[FlowForecast | None]

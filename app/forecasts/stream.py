@@ -16,10 +16,9 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from app.bus import Bus
-from app.fanout import RoutingFanout, StreamClient
+from app.fanout import GROUP_TOPIC, RoutingFanout, StreamClient
 
 MESSAGE_TYPE = "FlowPrediction"
-GROUP_TOPIC = "group:"  # a group's subscribers are indexed beside the flow keys under this prefix
 
 
 def frame(result: bytes) -> bytes:
@@ -70,11 +69,7 @@ class FlowPredictionHub(RoutingFanout):
     ) -> None:
         """Send ``client`` the FlowPredictions of ``flow_keys`` and of the flows of ``groups`` (both None:
         every flow)."""
-        if flow_keys is None and groups is None:
-            self.subscribe(client, None, None)
-        else:
-            topics = {*(flow_keys or ()), *(GROUP_TOPIC + g for g in groups or ())}
-            self.subscribe(client, topics, None)
+        self.subscribe(client, flow_keys, None, groups)
 
     @property
     def wants_all(self) -> bool:

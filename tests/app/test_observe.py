@@ -333,6 +333,18 @@ def test_flows_are_listed_in_pages(client: TestClient) -> None:
     assert [f["flow_key"] for f in second["flows"]] == keys[2:] and second["next"] is None
 
 
+def test_a_flow_answers_its_whole_window_when_asked(client: TestClient) -> None:
+    observe(client, context(1000, [1.0, *FEATURES[1:]]), context(2000, [2.0, *FEATURES[1:]]))
+    observe(client, context(3000, [None, *FEATURES[1:]]))
+    assert client.get(f"/v1/flows/{KEY}").json()["contexts"] is None
+    window = client.get(f"/v1/flows/{KEY}", params={"contexts": "true"}).json()["contexts"]
+    assert [c["timestamp"] for c in window] == [T0 + 1000, T0 + 2000, T0 + 3000]
+    assert [c["features"][0] for c in window] == [1.0, 2.0, 2.0]  # the missing latency kept from before
+    assert [c["imputed"] for c in window] == [[], [], ["latency_ms"]]
+    answer = client.get(f"/v1/flows/{KEY}", params={"contexts": "maybe"})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", "contexts"]
+
+
 def test_unknown_and_malformed_flow_keys(client: TestClient) -> None:
     assert client.get(f"/v1/flows/{OTHER}").status_code == 404
     answer = client.get("/v1/flows/not-a-key")

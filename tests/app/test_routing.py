@@ -15,6 +15,7 @@ from app.routing import (
     ERRORS,
     LATENCY,
     LOSS,
+    Attribution,
     FailurePolicy,
     RouteForecast,
     balance,
@@ -107,6 +108,8 @@ def test_time_to_recovery_is_the_first_later_step_back_under_the_threshold() -> 
     assert o.time_to_recovery_ms == 3 * 2000  # step 3, 2 s apart
     o = outlook(route("r", loss=[0.2, 0.2, 0.2, 0.2], dt_s=2.0), 1, POLICY)
     assert o.time_to_recovery_ms == (H + 1) * 2000  # not within the horizon: beyond it
+    o = outlook(route("r", loss=[0.2, 0.2, 0.2, 0.2], dt_s=2.0), H, POLICY)  # the last step: no later one
+    assert o.time_to_recovery_ms == (H + 1) * 2000
 
 
 # -- ranking and weights ------------------------------------------------------------------------------
@@ -165,6 +168,19 @@ def test_weights_sum_to_one_favour_better_routes_and_starve_only_a_certain_failu
     assert balance(doomed) == pytest.approx({"d1": 2 / 3, "d2": 1 / 3})
 
 
+def test_a_temperature_weighs_by_a_softmax_of_the_scores() -> None:
+    ranked = rank(
+        [outlook(route(n, latency=lat), 1, POLICY) for n, lat in (("a", 10.0), ("b", 30.0))], "latency"
+    )
+    scores = {r.route_id: r.score for r in ranked}
+    weights = balance(ranked, temperature=0.1)
+    # exp((score - best) / tau), times each route's chance not to fail, normalized
+    survive = {r.route_id: 1.0 - r.failure_probability for r in ranked}
+    raw = {k: survive[k] * math.exp((scores[k] - 1.0) / 0.1) for k in scores}
+    assert weights == pytest.approx({k: v / sum(raw.values()) for k, v in raw.items()})
+    assert weights["b"] < 0.01 < balance(ranked)["b"]  # sharper than proportional for a 3x slower route
+
+
 def test_recommendation_confidence_is_the_weighted_mean_of_the_routes() -> None:
     rec = recommend(
         FLOW_KEY,
@@ -186,20 +202,29 @@ def _messages(flow_key_format: Any = "hex", **loss: Any) -> list[dict[str, Any]]
         1,
         POLICY,
     )
-    return [json.loads(m) for m in routing_messages(rec, POLICY, flow_key_format)]
+    who = Attribution(FLOW_KEY, None, 1_700_000_000_000, "lstm-v1")
+    return [json.loads(m) for m in routing_messages(rec, POLICY, flow_key_format, who)]
+
+
+ATTRIBUTION = {"flow_key", "group_id", "timestamp", "model_version"}
 
 
 def test_messages_keep_the_serde_form_of_the_rust_enum_exactly() -> None:
     prediction, update, *breakers = _messages()
     assert list(prediction) == ["RoutingPrediction"]
     body = prediction["RoutingPrediction"]
-    assert set(body) == {
-        "flow_key",
-        "predicted_context",
-        "confidence",
-        "time_horizon_ms",
-        "routing_suggestions",
-    }
+    assert (
+        set(body)
+        == {
+            "predicted_context",
+            "confidence",
+            "time_horizon_ms",
+            "routing_suggestions",
+        }
+        | ATTRIBUTION
+    )
+    assert body["group_id"] is None and body["timestamp"] == 1_700_000_000_000
+    assert body["model_version"] == "lstm-v1"
     assert body["flow_key"] == FLOW_KEY and len(body["predicted_context"]) == D
     assert isinstance(body["time_horizon_ms"], int)
     for suggestion in body["routing_suggestions"]:
@@ -212,11 +237,16 @@ def test_messages_keep_the_serde_form_of_the_rust_enum_exactly() -> None:
         }
     assert body["routing_suggestions"][0]["route_id"] == "ok"
     assert list(update) == ["LoadBalancingUpdate"]
-    assert set(update["LoadBalancingUpdate"]) == {
-        "service_weights",
-        "predicted_loads",
-        "adaptation_confidence",
-    }
+    assert (
+        set(update["LoadBalancingUpdate"])
+        == {
+            "service_weights",
+            "predicted_loads",
+            "adaptation_confidence",
+        }
+        | ATTRIBUTION
+    )
+    assert update["LoadBalancingUpdate"]["flow_key"] == FLOW_KEY
     assert sum(update["LoadBalancingUpdate"]["service_weights"].values()) == pytest.approx(1.0)
     assert update["LoadBalancingUpdate"]["predicted_loads"] == pytest.approx(
         {"ok": 0.5, "edge": 0.5, "bad": 0.5}
@@ -229,6 +259,10 @@ def test_messages_keep_the_serde_form_of_the_rust_enum_exactly() -> None:
                 "failure_probability": pytest.approx(1 - _sf(0.02 / math.hypot(0.002, 0.002))),
                 "recommended_threshold": 0.05,
                 "time_to_recovery_ms": 3000,  # step 3 is the first back under the threshold
+                "flow_key": FLOW_KEY,
+                "group_id": None,
+                "timestamp": 1_700_000_000_000,
+                "model_version": "lstm-v1",
             }
         }
     ]
@@ -277,6 +311,10 @@ def test_recommend_ranks_every_route_in_one_forward_pass_and_publishes(client: T
     assert prediction["routing_suggestions"] == [{k: s[k] for k in list(s)[:5]} for s in suggestions]
     assert prediction["confidence"] == answer["confidence"]
     assert published[1]["LoadBalancingUpdate"]["service_weights"] == answer["load_balancing_weights"]
+    for message in published:  # attributable: which flow, no group, when, by which model version
+        (body,) = message.values()
+        assert body["flow_key"] == FLOW_KEY and body["group_id"] is None
+        assert body["model_version"] == answer["model_version"] and body["timestamp"] > 1_700_000_000_000
 
 
 @pytest.mark.parametrize(

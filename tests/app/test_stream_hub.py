@@ -33,10 +33,33 @@ def test_filters_select_by_flow_key_in_either_form_and_by_type() -> None:
     fanout.subscribe(updates, None, ["LoadBalancingUpdate"])
     assert fanout.publish_local(_prediction(list(bytes.fromhex(KEY_A)))) == 3  # the Rust [u8; 32] form
     assert fanout.publish_local(_prediction(KEY_B)) == 1
-    assert fanout.publish_local(UPDATE) == 3  # about routes, not flows: flow filters let it through
+    assert fanout.publish_local(UPDATE) == 3  # one that names no flow: every client whose types take it
     assert len(everything.outbox) == 3 and len(only_a.outbox) == 2 and len(a_predictions.outbox) == 1
     assert len(updates.outbox) == 1 and len(idle.outbox) == 0  # connected, never subscribed
     assert updates.outbox.get_nowait() == UPDATE.decode()  # the bytes as published, decoded once
+
+
+def _attributed(kind: str, flow_key: str, group_id: str | None) -> bytes:
+    body = {"flow_key": flow_key, "group_id": group_id, "timestamp": 1, "model_version": "v"}
+    return json.dumps({kind: body}).encode()
+
+
+def test_flow_and_group_filters_apply_to_every_message_type() -> None:
+    fanout = _fanout()
+    only_a, only_g, a_and_g, everything = (fanout.connect() for _ in range(4))
+    fanout.subscribe(only_a, [KEY_A], None)
+    fanout.subscribe(only_g, None, None, ["edge-1"])
+    fanout.subscribe(a_and_g, [KEY_A], None, ["edge-1"])
+    fanout.subscribe(everything, None, None)
+    for kind in ("RoutingPrediction", "LoadBalancingUpdate", "CircuitBreakerPrediction"):
+        # flow B's messages of another group reach neither flow A's nor edge-1's subscribers
+        assert fanout.publish_local(_attributed(kind, KEY_B, "edge-2")) == 1, kind
+        assert fanout.publish_local(_attributed(kind, KEY_B, None)) == 1, kind
+        assert fanout.publish_local(_attributed(kind, KEY_A, None)) == 3, kind
+        assert fanout.publish_local(_attributed(kind, KEY_B, "edge-1")) == 3, kind
+        assert fanout.publish_local(_attributed(kind, KEY_A, "edge-1")) == 4, kind  # a_and_g gets it once
+    assert len(only_a.outbox) == 3  # the queue holds 3: it saw 6 (two per type), the oldest dropped
+    assert only_a.dropped == 3 and only_g.dropped == 3 and a_and_g.dropped == 6
 
 
 def test_a_new_subscribe_replaces_the_filters_and_unsubscribe_forgets_the_queue() -> None:

@@ -145,9 +145,10 @@ async def test_filters_by_flow_key_and_by_type(servers: Servers) -> None:
         assert _kinds(mine) == ["RoutingPrediction"]
         assert mine[0]["RoutingPrediction"]["flow_key"] == FLOW_KEY
         assert _kinds(await _frames_until_quiet(updates)) == ["LoadBalancingUpdate"] * 2
-        # updates about routes carry no flow key: only the types filter selects them
+        # every message names its flow: the other flow's subscriber gets its own, of every type, only
         theirs = await _frames_until_quiet(other)
-        assert _kinds(theirs) == ["RoutingPrediction", "LoadBalancingUpdate", "LoadBalancingUpdate"]
+        assert _kinds(theirs) == ["RoutingPrediction", "LoadBalancingUpdate"]
+        assert {next(iter(f.values()))["flow_key"] for f in theirs} == {OTHER_KEY}
         assert theirs[0]["RoutingPrediction"]["flow_key"] == OTHER_KEY
 
 
@@ -172,7 +173,8 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(servers: Se
             reply = await _frame(ws)
             assert reply["op"] == "error" and detail in reply["detail"], (frame, reply)
         await ws.send(json.dumps({"op": "subscribe", "flow_keys": [FLOW_KEY]}))
-        assert await _frame(ws) == {"op": "subscribed", "flow_keys": [FLOW_KEY], "types": None}
+        ack = {"op": "subscribed", "flow_keys": [FLOW_KEY], "groups": None, "types": None}
+        assert await _frame(ws) == ack
 
 
 @pytest.mark.parametrize(

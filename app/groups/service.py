@@ -1,0 +1,286 @@
+"""The route groups of one replica: definitions, the re-ranking on every new forecast, and the publishing.
+
+``RouteGroups`` keeps an in-process index of every group (which groups each flow is a route of), read
+from the store at start, updated at once by this replica's PUT and DELETE, by the other replicas'
+announcements on CPE_GROUPS_CHANNEL, and reloaded whole every CPE_GROUP_REFRESH_S (an announcement is
+sent at most once and may be lost). The index makes the hook on continuous prediction cheap: a round of
+forecasts costs nothing here unless one of its flows is a route.
+
+``on_forecasts`` is that hook (``ContinuousPrediction.on_forecasts``): for each forecast flow that is a
+route, its outlook (``app/routing.py``'s figures at CPE_FORECAST_HORIZON) is kept in the store for every
+replica; each group of those flows is re-ranked on its routes' newest outlooks (``ranking.decide``), its
+state kept, and what changed published on the routing channel (CPE_BUS_CHANNEL). Re-rankings of this
+replica run one at a time, so that two rounds never race on one group's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Protocol, Self
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from app.bus import Bus
+from app.engine import WindowForecast
+from app.groups.base import FlowOutlook, Group, GroupState, GroupStore, GroupsUnavailable
+from app.groups.ranking import Decision, Hysteresis, decide
+from app.routing import FailurePolicy, FlowKeyFormat, outlooks, route_forecast, window_medians
+
+log = logging.getLogger("cpe.groups")
+
+REFRESH_RETRY_S = 1.0  # how soon a failed reload of the groups is tried again
+
+
+class ForecastWindow(Protocol):
+    """A forecast flow's window, as continuous prediction hands it over."""
+
+    @property
+    def timestamps(self) -> np.ndarray: ...  # (n,) int64 ms
+
+    @property
+    def features(self) -> np.ndarray: ...  # (n, D)
+
+
+class GroupMetrics:
+    """The route groups' collectors."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.groups = Gauge("cpe_groups", "Route groups this replica's index holds.", registry=registry)
+        self.rankings = Counter(
+            "cpe_group_rankings", "Route groups re-ranked after a new forecast of a route.", registry=registry
+        )
+        self.changes = Counter(
+            "cpe_group_changes",
+            "Changes a re-ranking published, by what changed: best (a RoutingPrediction), weights (a "
+            "LoadBalancingUpdate), breaker (a CircuitBreakerPrediction).",
+            ["change"],
+            registry=registry,
+        )
+        self.failed = Counter(
+            "cpe_group_rankings_failed",
+            "Re-rankings skipped because the group store could not be reached.",
+            registry=registry,
+        )
+
+
+class RouteGroups:
+    """Route groups: their store, this replica's index of them, the re-ranking hook. ``async with``."""
+
+    def __init__(
+        self,
+        store: GroupStore,
+        bus: Bus,
+        *,
+        routing_channel: str,
+        groups_channel: str,
+        policy: FailurePolicy,
+        rules: Hysteresis,
+        horizon: int = 1,
+        temperature: float = 0.0,
+        flow_key_format: FlowKeyFormat = "hex",
+        refresh_s: float = 30.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.store, self.bus = store, bus
+        self.routing_channel, self.groups_channel = routing_channel, groups_channel
+        self.policy, self.rules, self.horizon, self.temperature = policy, rules, horizon, temperature
+        self.flow_key_format: FlowKeyFormat = flow_key_format
+        self.refresh_s = refresh_s
+        self.metrics = GroupMetrics(registry)
+        self.metrics.groups.set_function(lambda: len(self._groups))
+        self.published = 0  # routing messages published
+        self._groups: dict[str, Group] = {}
+        self._by_flow: dict[str, set[str]] = {}  # route flow key -> ids of the groups it is a route of
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.store.__aenter__()
+        with contextlib.suppress(GroupsUnavailable):  # served empty until the store answers: see _refresh
+            await self.reload()
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        follow = loop.create_task(self._follow(ready), name="cpe-groups-follow")
+        self._tasks = [follow, loop.create_task(self._refresh(), name="cpe-groups-refresh")]
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({waiter, follow}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if follow.done():  # the subscription failed: say why, rather than wait for ever
+            await self.__aexit__(None, None, None)
+            follow.result()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.__aexit__(exc_type, exc, tb)
+
+    async def _follow(self, ready: asyncio.Event) -> None:
+        """Reload each group another replica announces."""
+        async with self.bus.subscribe(self.groups_channel) as subscription:
+            ready.set()
+            async for message in subscription:
+                group_id = message.decode()
+                try:
+                    self._index(group_id, await self.store.get(group_id))
+                except GroupsUnavailable:
+                    log.warning("could not reload group %s: the next full reload will", group_id)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.reload()
+            except GroupsUnavailable as exc:
+                log.warning("could not reload the route groups: %s", exc)
+                await asyncio.sleep(REFRESH_RETRY_S)
+
+    async def reload(self) -> None:
+        """Read every group from the store into the index."""
+        groups = await self.store.all()
+        by_flow: dict[str, set[str]] = {}
+        for group in groups:
+            for route in group.routes:
+                by_flow.setdefault(route.flow_key, set()).add(group.group_id)
+        self._groups = {g.group_id: g for g in groups}
+        self._by_flow = by_flow
+
+    def _index(self, group_id: str, group: Group | None) -> None:
+        """Put ``group`` in the index under ``group_id`` (None: take it out)."""
+        old = self._groups.pop(group_id, None)
+        for route in old.routes if old is not None else ():
+            ids = self._by_flow.get(route.flow_key)
+            if ids is not None:
+                ids.discard(group_id)
+                if not ids:
+                    del self._by_flow[route.flow_key]
+        if group is not None:
+            self._groups[group_id] = group
+            for route in group.routes:
+                self._by_flow.setdefault(route.flow_key, set()).add(group_id)
+
+    # -- definitions ----------------------------------------------------------------------------
+    async def put(self, group: Group) -> bool:
+        """Create or replace a group (raises ``GroupsFull``, ``GroupsUnavailable``); True when new."""
+        new = await self.store.put(group)
+        self._index(group.group_id, group)
+        await self.bus.publish(self.groups_channel, group.group_id.encode())
+        return new
+
+    async def delete(self, group_id: str) -> bool:
+        """Forget a group; False when there was none."""
+        deleted = await self.store.delete(group_id)
+        self._index(group_id, None)
+        await self.bus.publish(self.groups_channel, group_id.encode())
+        return deleted
+
+    def groups_of(self, flow_key: str) -> Sequence[str]:
+        """The groups ``flow_key`` is a route of (for the subscribers of /v1/stream/predictions by group)."""
+        ids = self._by_flow.get(flow_key)
+        return sorted(ids) if ids else ()
+
+    @property
+    def count(self) -> int:
+        return len(self._groups)
+
+    # -- the hook on continuous prediction ---------------------------------------------------------
+    async def on_forecasts(
+        self,
+        keys: Sequence[str],
+        windows: Sequence[ForecastWindow],
+        forecasts: Sequence[WindowForecast],
+    ) -> None:
+        """A round of continuous prediction made ``forecasts`` for the flows ``keys`` from ``windows``."""
+        by_flow = self._by_flow
+        routes = [i for i, key in enumerate(keys) if key in by_flow]
+        if not routes:
+            return
+        fresh = dict(zip([keys[i] for i in routes], self._outlooks(windows, forecasts, routes), strict=True))
+        group_ids = sorted({g for key in fresh for g in by_flow.get(key, ())})
+        async with self._lock:
+            try:
+                await self._rerank(fresh, group_ids)
+            except GroupsUnavailable as exc:
+                self.metrics.failed.inc(len(group_ids))
+                log.warning("%d route groups not re-ranked: %s", len(group_ids), exc)
+
+    def _outlooks(
+        self, windows: Sequence[ForecastWindow], forecasts: Sequence[WindowForecast], chosen: list[int]
+    ) -> list[FlowOutlook]:
+        """The outlooks of the ``chosen`` flows of a round, computed together."""
+        medians = window_medians([windows[i].features for i in chosen])
+        routes = [
+            route_forecast("", 1.0, windows[i].features, forecasts[i], median)
+            for i, median in zip(chosen, medians, strict=True)
+        ]
+        return [
+            FlowOutlook(
+                expected_latency_ms=figures.expected_latency_ms,
+                expected_throughput=figures.expected_throughput,
+                reliability_score=figures.reliability_score,
+                failure_probability=figures.failure_probability,
+                predicted_load=figures.predicted_load,
+                confidence=figures.confidence,
+                predicted_context=figures.predicted_context,
+                time_to_recovery_ms=figures.time_to_recovery_ms,
+                time_horizon_ms=round(self.horizon * route.dt_s * 1000.0),
+                model_version=forecasts[i].predictor.version,
+                base_ts=int(windows[i].timestamps[-1]),
+            )
+            for i, route, figures in zip(
+                chosen, routes, outlooks(routes, self.horizon, self.policy), strict=True
+            )
+        ]
+
+    async def _rerank(self, fresh: dict[str, FlowOutlook], group_ids: list[str]) -> None:
+        await self.store.put_outlooks(fresh)
+        groups = [g for g in (self._groups.get(i) for i in group_ids) if g is not None]
+        others = sorted({r.flow_key for g in groups for r in g.routes} - fresh.keys())
+        known = dict(fresh)
+        known.update(
+            (key, found)
+            for key, found in zip(others, await self.store.outlooks(others), strict=True)
+            if found is not None
+        )
+        states = await self.store.states([g.group_id for g in groups])
+        now_ms = int(time.time() * 1000)
+        kept: dict[str, GroupState] = {}
+        messages: list[bytes] = []
+        for group, state in zip(groups, states, strict=True):
+            decision = decide(
+                group,
+                [known.get(r.flow_key) for r in group.routes],
+                state,
+                self.rules,
+                self.policy,
+                temperature=self.temperature,
+                now_ms=now_ms,
+            )
+            if decision is None:
+                continue
+            kept[group.group_id] = decision.state
+            messages += self._count(decision).messages(group, self.policy, self.flow_key_format, now_ms)
+        self.metrics.rankings.inc(len(kept))
+        await self.store.put_states(kept)
+        for message in messages:
+            await self.bus.publish(self.routing_channel, message)  # never raises: an outage is counted
+        self.published += len(messages)
+
+    def _count(self, decision: Decision) -> Decision:
+        if decision.best_changed:
+            self.metrics.changes.labels(change="best").inc()
+        if decision.weights_changed:
+            self.metrics.changes.labels(change="weights").inc()
+        if decision.breakers_changed:
+            self.metrics.changes.labels(change="breaker").inc(len(decision.breakers_changed))
+        return decision

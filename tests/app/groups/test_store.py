@@ -1,0 +1,148 @@
+"""The group stores, memory and a real Redis, held to the same rules; and the replicas' index of groups,
+which a restarted replica reads back and which follows another replica's changes over a real Redis bus."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from app.bus import Bus
+from app.groups import (
+    FlowOutlook,
+    Group,
+    GroupRoute,
+    GroupsFull,
+    GroupState,
+    GroupStore,
+    GroupsUnavailable,
+    MemoryGroups,
+    create_group_store,
+)
+from app.groups.ranking import Hysteresis
+from app.groups.service import RouteGroups
+from app.routing import FailurePolicy
+from tests.redis_server import redis_url
+from tools.process import free_port
+
+REDIS_URL = redis_url(15)
+
+
+def key(i: int) -> str:
+    return f"{i:064x}"
+
+
+def group(group_id: str, *flows: int, objective: Any = "latency") -> Group:
+    routes = tuple(GroupRoute(f"r{i}", key(i), 1.0 + i) for i in flows)
+    return Group(group_id, key(999), objective, routes, 1_700_000_000_000)
+
+
+def figures(latency: float, base_ts: int = 0) -> FlowOutlook:
+    return FlowOutlook(latency, 500.0, 0.99, 0.01, 0.4, 0.8, [latency] * 8, 1000, 1000, "lstm-v1", base_ts)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    prefix = f"cpe-test-{secrets.token_hex(6)}:"
+    yield prefix
+    with redis.Redis.from_url(REDIS_URL) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[GroupStore]:
+    url = "memory://" if request.param == "memory" else REDIS_URL
+    async with create_group_store(url, prefix=prefix, max_groups=5, ttl_ms=300) as made:
+        yield made
+
+
+async def test_groups_are_put_read_replaced_and_deleted(store: GroupStore) -> None:
+    assert await store.put(group("g1", 1, 2)) is True
+    assert await store.get("g1") == group("g1", 1, 2)
+    await store.put_states({"g1": GroupState(best="r1", weights={"r1": 0.6, "r2": 0.4}, rankings=3)})
+    [state] = await store.states(["g1"])
+    assert state is not None and state.best == "r1" and state.weights == {"r1": 0.6, "r2": 0.4}
+    # a new definition starts over: the old state would rank it against routes it may not have
+    assert await store.put(group("g1", 2, 3, objective="balanced")) is False
+    assert (await store.get("g1")) == group("g1", 2, 3, objective="balanced")
+    assert await store.states(["g1"]) == [None]
+    assert await store.get_many(["g1", "nope"]) == [group("g1", 2, 3, objective="balanced"), None]
+    assert await store.delete("g1") is True and await store.delete("g1") is False
+    assert await store.get("g1") is None and await store.count() == 0
+    await store.put_states({"g1": GroupState(best="r2")})  # the group is gone: no state outlives it
+    assert await store.states(["g1"]) == [None]
+
+
+async def test_groups_page_in_id_order_and_are_bounded(store: GroupStore) -> None:
+    for group_id in ("c", "a", "e", "b", "d"):
+        await store.put(group(group_id, 1))
+    assert await store.ids(None, 2) == ["a", "b"]
+    assert await store.ids("b", 2) == ["c", "d"]
+    assert await store.ids("d", 2) == ["e"]
+    assert [g.group_id for g in await store.all(page=2)] == ["a", "b", "c", "d", "e"]
+    assert await store.count() == 5
+    with pytest.raises(GroupsFull, match="at most 5"):
+        await store.put(group("f", 1))
+    await store.put(group("a", 2))  # replacing one is no new group
+    assert await store.count() == 5
+
+
+async def test_route_outlooks_are_shared_and_expire_with_their_flows(store: GroupStore) -> None:
+    await store.put_outlooks({key(1): figures(10.0, 5), key(2): figures(20.0, 6)})
+    assert await store.outlooks([key(2), key(3), key(1)]) == [figures(20.0, 6), None, figures(10.0, 5)]
+    await asyncio.sleep(0.4)  # ttl_ms=300
+    assert await store.outlooks([key(1), key(2)]) == [None, None]
+
+
+def test_an_unknown_scheme_is_a_value_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="'postgres'"):
+        create_group_store("postgres://user:secret@db/0")
+    assert isinstance(create_group_store("memory://"), MemoryGroups)
+
+
+async def test_an_unreachable_redis_is_unavailable_not_a_crash() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    async with create_group_store(url, timeout_ms=200) as store:
+        with pytest.raises(GroupsUnavailable):
+            await store.ids(None, 10)
+        assert store.problem is not None and "unreachable" in store.problem
+
+
+def _replica(store: GroupStore, bus: Bus, channel: str) -> RouteGroups:
+    return RouteGroups(
+        store,
+        bus,
+        routing_channel=f"{channel}:routing",
+        groups_channel=channel,
+        policy=FailurePolicy(),
+        rules=Hysteresis(),
+        refresh_s=3600.0,  # nothing but the announcements and the start-up read keep it current here
+    )
+
+
+@pytest.mark.redis
+async def test_a_restarted_replica_reads_the_groups_back_and_follows_the_others(
+    redis_server: Any, prefix: str
+) -> None:
+    channel = f"{prefix}groups"
+    async with Bus(REDIS_URL) as bus_a, Bus(REDIS_URL) as bus_b:
+        async with _replica(create_group_store(REDIS_URL, prefix=prefix), bus_a, channel) as a:
+            await a.put(group("edge-1", 1, 2))
+        # a replica started afterwards (a restart) finds the group in Redis
+        async with (
+            _replica(create_group_store(REDIS_URL, prefix=prefix), bus_a, channel) as a,
+            _replica(create_group_store(REDIS_URL, prefix=prefix), bus_b, channel) as b,
+        ):
+            assert b.count == 1 and b.groups_of(key(1)) == ["edge-1"]
+            await a.put(group("edge-2", 2, 3))  # announced on the bus: b reloads it at once
+            await a.delete("edge-1")
+            async with asyncio.timeout(5):
+                while b.groups_of(key(2)) != ["edge-2"] or b.groups_of(key(1)):
+                    await asyncio.sleep(0.01)
+            assert b.groups_of(key(3)) == ["edge-2"] and b.count == 1
