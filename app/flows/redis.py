@@ -35,7 +35,15 @@ from redis import exceptions as rex
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from app.flows.base import FEATURE_DEFAULTS, Appended, FlowContext, FlowStore, FlowsUnavailable, FlowWindow
+from app.flows.base import (
+    FEATURE_DEFAULTS,
+    BatchApplied,
+    ContextBatch,
+    FlowContext,
+    FlowStore,
+    FlowsUnavailable,
+    FlowWindow,
+)
 from app.schemas import D
 
 log = logging.getLogger("cpe.flows")
@@ -51,7 +59,8 @@ _UNAVAILABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.Bus
 
 # KEYS: each flow's window zset and meta hash. ARGV: window, ttl_ms, then per flow: route_id or "", the
 # count n of its contexts, their packed forms end to end (n x _FIXED.size bytes), "1" when n pattern ids
-# follow (else "0"). Answers, per context in order: 1 late, 2 duplicate, or the member stored.
+# follow (else "0"). Answers, per context in order: 1 late, 2 duplicate, 0 applied as sent, or the member
+# stored when it differs from what was sent (features filled in, a pattern attached).
 APPEND = f"""
 local size = {_FIXED.size}
 local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -96,7 +105,7 @@ for k = 1, #KEYS, 2 do
       redis.call('ZADD', wkey, ts, member)
       newest, newest_ts = member, ts
       applied = applied + 1
-      out[#out + 1] = member
+      if missing ~= 0 or pattern ~= '' then out[#out + 1] = member else out[#out + 1] = 0 end
     end
   end
   if has_patterns == '1' then arg = arg + n end
@@ -117,12 +126,35 @@ def _keys(prefix: str, flow_key: str) -> tuple[str, str]:
     return f"{prefix}{{{flow_key}}}:w", f"{prefix}{{{flow_key}}}:m"
 
 
-def _pack(context: FlowContext) -> bytes:
-    features = context.features
-    missing = np.isnan(features)
-    mask = int(np.packbits(missing, bitorder="little")[0]) if missing.any() else 0
-    values = np.where(missing, np.asarray(FEATURE_DEFAULTS, dtype=np.float32), features)
-    return _FIXED.pack(context.timestamp, *values.tolist(), mask)
+def _pack_rows(batch: ContextBatch) -> bytes:
+    """The fixed part of every context of ``batch``, packed end to end (missing features as the defaults,
+    marked in the mask): context i is bytes [i * _FIXED.size, (i + 1) * _FIXED.size)."""
+    rows = np.empty(len(batch), dtype=_ROW)
+    rows["t"] = batch.timestamps
+    missing = np.isnan(batch.features)
+    rows["f"] = np.where(missing, np.asarray(FEATURE_DEFAULTS, dtype=np.float32), batch.features)
+    rows["m"] = np.packbits(missing, axis=1, bitorder="little")[:, 0]
+    return rows.tobytes()
+
+
+def _flow_args(batch: ContextBatch, packed: bytes, positions: list[int]) -> list[Any]:
+    """One flow's ARGV part of the script: route, count, packed contexts, pattern ids if any."""
+    size = _FIXED.size
+    first, last = positions[0], positions[-1]
+    if last - first + 1 == len(positions):  # the flow's contexts side by side: one slice
+        blob = packed[first * size : (last + 1) * size]
+    else:
+        blob = b"".join(packed[i * size : (i + 1) * size] for i in positions)
+    route = None
+    if batch.route_ids is not None:
+        route = next(
+            (batch.route_ids[i] for i in reversed(positions) if batch.route_ids[i] is not None), None
+        )
+    if batch.pattern_ids is not None:
+        patterns = [batch.pattern_ids[i] or "" for i in positions]
+        if any(patterns):
+            return [route or "", len(positions), blob, "1", *patterns]
+    return [route or "", len(positions), blob, "0"]
 
 
 def _unpack(flow_key: str, member: bytes, route_id: str | None) -> FlowContext:
@@ -199,48 +231,42 @@ class RedisFlows(FlowStore):
         log.warning("flows: %s", self._problem)
         return FlowsUnavailable(self._problem, self.retry_after_s)
 
-    async def append(self, contexts: Sequence[FlowContext]) -> Appended:
-        by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in ``contexts``
-        for i, context in enumerate(contexts):
-            by_flow.setdefault(context.flow_key, []).append(i)
-        flows = [(flow_key, self._flow_args(contexts, positions)) for flow_key, positions in by_flow.items()]
+    async def append_batch(self, batch: ContextBatch) -> BatchApplied:
+        by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in the batch
+        for i, flow_key in enumerate(batch.flow_keys):
+            by_flow.setdefault(flow_key, []).append(i)
+        packed = _pack_rows(batch)
+        flows = [(flow_key, _flow_args(batch, packed, positions)) for flow_key, positions in by_flow.items()]
         try:
             answers = await self._run_script(self._calls(flows))
             await self.client.zadd(self.index, dict.fromkeys(by_flow, 0))
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
-        result = Appended(statuses=[0] * len(contexts))
+        n = len(batch)
+        statuses = np.zeros(n, dtype=np.uint8)
+        imputed = np.zeros(n, dtype=np.uint8)
         flat = iter([status for answer in answers for status in answer])
+        applied: list[str] = []
         for flow_key, positions in by_flow.items():
-            route_id = next(
-                (contexts[i].route_id for i in positions if contexts[i].route_id is not None), None
-            )
+            first = True
             for i in positions:
                 status = next(flat)
                 if status == 1 or status == 2:
-                    result.statuses[i] = status
-                    if status == 1:
-                        result.late += 1
-                    else:
-                        result.duplicates += 1
+                    statuses[i] = status
                     continue
-                applied = _unpack(flow_key, status, route_id)
-                result.accepted += 1
-                result.imputed += applied.imputed != 0
-                result.applied.setdefault(flow_key, []).append(applied)
-        return result
-
-    @staticmethod
-    def _flow_args(contexts: Sequence[FlowContext], positions: list[int]) -> list[Any]:
-        """One flow's ARGV part of the script: route, count, packed contexts, pattern ids if any."""
-        mine = [contexts[i] for i in positions]
-        route = next((c.route_id for c in reversed(mine) if c.route_id is not None), None)
-        patterns = [c.pattern_id or "" for c in mine]
-        blob = b"".join(_pack(c) for c in mine)
-        if any(patterns):
-            return [route or "", len(mine), blob, "1", *patterns]
-        return [route or "", len(mine), blob, "0"]
+                if first:
+                    applied.append(flow_key)
+                    first = False
+                if status != 0:  # the member as stored: features filled in, or a pending pattern attached
+                    context = _unpack(flow_key, status, None)
+                    batch.features[i] = context.features
+                    imputed[i] = context.imputed
+                    if context.pattern_id is not None:
+                        if batch.pattern_ids is None:
+                            batch.pattern_ids = [None] * n
+                        batch.pattern_ids[i] = context.pattern_id
+        return BatchApplied(statuses, imputed, applied)
 
     def _calls(self, flows: list[tuple[str, list[Any]]]) -> list[tuple[list[str], list[Any]]]:
         """The script calls for ``flows``: up to FLOWS_PER_CALL flows each on one Redis; on a Cluster one call
