@@ -246,6 +246,20 @@ class WindowBlock:
             observations=int(self.observations[i]),
         )
 
+    def take(self, rows: np.ndarray) -> WindowBlock:
+        """The block of flows ``rows`` (indices), in that order."""
+        picked = rows.tolist()
+        return WindowBlock(
+            [self.flow_keys[i] for i in picked],
+            self.lengths[rows],
+            self.timestamps[rows],
+            self.features[rows],
+            self.imputed[rows],
+            self.observations[rows],
+            None if self.route_ids is None else [self.route_ids[i] for i in picked],
+            None if self.pattern_ids is None else [self.pattern_ids[i] for i in picked],
+        )
+
     @classmethod
     def of(cls, flow_keys: Sequence[str], windows: Sequence[FlowWindow | None], length: int) -> WindowBlock:
         """The block of ``windows`` (each at most ``length`` contexts), None for a flow that has none."""
@@ -270,7 +284,8 @@ class WindowBlock:
             block.imputed[i, length - n :] = w.imputed[-n:]
             routes[i] = w.route_id
             if any(p is not None for p in w.pattern_ids):
-                patterns[i] = [None] * (length - n) + list(w.pattern_ids[-n:])
+                pad: list[str | None] = [None] * (length - n)
+                patterns[i] = pad + list(w.pattern_ids[-n:])
         if any(r is not None for r in routes):
             block.route_ids = routes
         if any(p is not None for p in patterns):
