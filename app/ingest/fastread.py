@@ -83,6 +83,7 @@ class _Body(msgspec.Struct, gc=False):
 
 
 _BODY = msgspec.json.Decoder(_Body)
+_BODY_MSGPACK = msgspec.msgpack.Decoder(_Body)
 _FRAME = msgspec.json.Decoder(list[_Observation])
 _NAN = float("nan")
 
@@ -91,6 +92,15 @@ def read_body(body: bytes | str, max_batch: int) -> Adapted | None:
     """The items of a POST /v1/observe body of the common shape; None for any other body."""
     try:
         observations = _BODY.decode(body).observations
+    except msgspec.DecodeError:
+        return None
+    return _adapted(observations, max_batch)
+
+
+def read_msgpack_body(body: bytes, max_batch: int) -> Adapted | None:
+    """``read_body`` of a MessagePack body (the same map, in MessagePack): None for any other body."""
+    try:
+        observations = _BODY_MSGPACK.decode(body).observations
     except msgspec.DecodeError:
         return None
     return _adapted(observations, max_batch)
