@@ -304,6 +304,10 @@ class FlowStore(abc.ABC):
         """Why the store does not work right now (for /readyz), or None."""
         return None
 
+    async def check(self) -> str | None:
+        """``problem`` as of now: a store that can be out of reach asks it (/readyz calls this)."""
+        return self.problem
+
     async def append(self, contexts: Sequence[FlowContext]) -> Appended:
         """Apply ``contexts`` (any flows, any order: each flow's are applied in the order given).
 

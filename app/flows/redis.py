@@ -226,10 +226,24 @@ class RedisFlows(FlowStore):
                 "set appendonly yes"
             )
 
+    async def check(self) -> str | None:
+        """A PING (and the script, if Redis was out of reach at start): the problem now, or None."""
+        try:
+            await self.client.ping()
+            if self._sha is None:
+                await self._load_script()
+        except _UNAVAILABLE as exc:
+            self._failed(exc)
+        else:
+            self._problem = None
+        return self._problem
+
     def _failed(self, exc: BaseException) -> FlowsUnavailable:
-        self._problem = f"flow store (Redis) unreachable: {type(exc).__name__}: {exc}"
-        log.warning("flows: %s", self._problem)
-        return FlowsUnavailable(self._problem, self.retry_after_s)
+        problem = f"flow store (Redis) unreachable: {type(exc).__name__}: {exc}"
+        if problem != self._problem:  # once per outage, not once per call or probe
+            log.warning("flows: %s", problem)
+        self._problem = problem
+        return FlowsUnavailable(problem, self.retry_after_s)
 
     async def append_batch(self, batch: ContextBatch) -> BatchApplied:
         by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in the batch

@@ -3,7 +3,8 @@
 ``touch(flow_keys)`` marks flows as due (ingest calls it once observations are applied). A flow touched
 again before its forecast runs stays due once: it is forecast on its newest window (coalescing). A fixed
 number of ``rounds`` take up to ``batch`` due flows each, oldest first, read their windows from the flow
-store, and hand them to the engine in one ``predict_many`` (the engine cuts them into forward passes).
+store as one block of arrays (``window_block``), and hand them to the engine in one ``predict_block`` (the
+engine cuts it into forward passes of up to its max_batch windows, and encodes them as arrays).
 The work is bounded by construction: at most one due entry per flow, at most ``rounds x batch`` windows
 in the engine at once. A full engine (its queue is shared with the HTTP requests) puts the round's flows
 back to wait, rather than queueing more; under a load the engine cannot follow, flows are forecast less
@@ -231,12 +232,8 @@ class ContinuousPrediction:
             block = block.take(live)
             keys, touched = block.flow_keys, [touched[i] for i in live.tolist()]
         kind = self.kind
-        ts, features, lengths = block.timestamps, block.features, block.lengths
-        L = ts.shape[1]
-        forecasts = await self.engine.predict_many(
-            [(kind, ts[i, L - n :], features[i, L - n :]) for i, n in enumerate(lengths.tolist())],
-            self.horizon,
-        )
+        ts, lengths = block.timestamps, block.lengths
+        forecasts = await self.engine.predict_block(kind, ts, block.features, lengths, self.horizon)
         try:
             previous = await self.store.get_many(keys)
         except ForecastsUnavailable:

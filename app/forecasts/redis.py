@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_errors
 
@@ -64,6 +64,17 @@ class RedisForecasts(ForecastStore):
 
     @property
     def problem(self) -> str | None:
+        return self._problem
+
+    async def check(self) -> str | None:
+        """A PING: the problem now, or None."""
+        client: Any = self.client  # its stubs type ping's answer as a bool or an awaitable
+        try:
+            await client.ping()
+        except _FAILURES as exc:
+            self._failed(exc)
+        else:
+            self._recovered()
         return self._problem
 
     def _failed(self, exc: BaseException) -> ForecastsUnavailable:
