@@ -18,7 +18,8 @@ context (or the schema default) and marks it imputed. The mappings:
 - ``SimilarityResult`` (Layer 2): no feature; ``pattern_id`` becomes the pattern of the flow's next
   context.
 - ``AdaptationFeedback`` (Layer 2): no feature; ``suggested_learning_rate`` is a hint to the learner's
-  tuner, which bounds it (``Tuner.hint``).
+  tuner, which bounds it (``Tuner.hint``), published on the bus to the replica that holds the learner's
+  lease, wherever it is (``app/learning/hints.py``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from app.ingest.observations import Observation, ObserveLimits, ObserveRequest, 
 log = logging.getLogger("cpe.ingest")
 
 OnApplied = Callable[[Sequence[str]], Awaitable[None]]  # the flows with observations applied, each once
-OnLearningRate = Callable[[float], None]
+OnLearningRate = Callable[[float], Awaitable[None]]  # an AdaptationFeedback's hint, to the learner
 
 DOORS = ("http", "websocket", "stream", "otlp")
 
@@ -141,7 +141,7 @@ class IngestService:
                 for item in adapted.items[start:end]:
                     assert isinstance(item, LearningRateHint)
                     if self.on_learning_rate is not None:
-                        self.on_learning_rate(item.learning_rate)
+                        await self.on_learning_rate(item.learning_rate)
                 result.accepted += sum(weights)
         counter = self.metrics.observations
         for outcome, n in (
