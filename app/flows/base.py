@@ -330,9 +330,11 @@ class FlowStore(abc.ABC):
     async def windows(self, flow_keys: Sequence[str]) -> list[FlowWindow | None]:
         """The windows of ``flow_keys``, in order; None for a flow with no context (unknown or expired)."""
 
-    async def window_block(self, flow_keys: Sequence[str]) -> WindowBlock:
-        """The windows of ``flow_keys`` as one block (``windows`` as arrays; a store may read them so)."""
-        return WindowBlock.of(flow_keys, await self.windows(flow_keys), self.window_size)
+    async def window_block(self, flow_keys: Sequence[str], length: int | None = None) -> WindowBlock:
+        """The windows of ``flow_keys`` as one block (``windows`` as arrays; a store may read them so),
+        each cut to its newest ``length`` contexts (None: the whole window)."""
+        width = self.window_size if length is None else min(length, self.window_size)
+        return WindowBlock.of(flow_keys, await self.windows(flow_keys), width)
 
     async def window(self, flow_key: str) -> FlowWindow | None:
         """One flow's window, or None."""

@@ -227,15 +227,16 @@ class MemoryFlows(FlowStore):
         block = await self.window_block(flow_keys)
         return [block.window(i) for i in range(len(flow_keys))]
 
-    async def window_block(self, flow_keys: Sequence[str]) -> WindowBlock:
+    async def window_block(self, flow_keys: Sequence[str], length: int | None = None) -> WindowBlock:
         self._expire()
         slots = self._slots_of(flow_keys)
         live = slots >= 0
         safe = np.where(live, slots, 0)
-        lengths = np.where(live, self._n[safe], 0)
         w = self.window_size
-        # right-aligned: column w-1 holds each flow's newest context (ring row head-1)
-        rows = (self._head[safe][:, None] + np.arange(w)) % w
+        length = w if length is None else min(length, w)
+        lengths = np.minimum(np.where(live, self._n[safe], 0), length)
+        # right-aligned: the last column holds each flow's newest context (ring row head-1)
+        rows = (self._head[safe][:, None] + np.arange(w - length, w)) % w
         pick = (safe[:, None], rows)
         routes = [self._routes.get(s) for s in slots.tolist()] if self._routes else None
         patterns = None

@@ -97,6 +97,9 @@ class ContinuousPrediction:
         # with a shared bus other replicas' clients may be listening: publish even with none here
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
+        # the newest contexts a round reads of each window: what the model reads, what the EWMA reads, and
+        # the one before (the previous forecast's newest, for its score); the older ones are not copied
+        self.span = max(engine.predictors[kind].seq_len, EWMA_SPAN) + 1
         self.stats = RoundStats()
         self._due: dict[str, float] = {}  # flow_key -> perf_counter() of its oldest unforecast observation
         self._wake = asyncio.Event()
@@ -286,11 +289,10 @@ class ContinuousPrediction:
         """The round's windows as one block: read so by a flow store that can, else built from objects."""
         read = getattr(self.source, "window_block", None)
         if read is not None:
-            block: WindowBlock = await read(keys)
+            block: WindowBlock = await read(keys, self.span)
             return block
         windows = await self.source.windows(keys)
-        length = max((len(w.timestamps) for w in windows if w is not None), default=1)
-        return WindowBlock.of(keys, windows, length)  # type: ignore[arg-type]  # the store's windows
+        return WindowBlock.of(keys, windows, self.span)  # type: ignore[arg-type]  # the store's windows
 
     def _score(
         self, keys: Sequence[str], block: WindowBlock, previous: Sequence[FlowForecast | None]
