@@ -43,6 +43,7 @@ from app.flows.base import (
     FlowStore,
     FlowsUnavailable,
     FlowWindow,
+    WindowBlock,
 )
 from app.schemas import D
 
@@ -122,6 +123,31 @@ return out
 """
 
 
+# KEYS: each flow's window zset and meta hash. ARGV[1]: how many of the newest contexts to read. Answers,
+# per flow: the fixed parts of its contexts end to end (oldest first), its route id or "", the count of its
+# contexts ever applied, and its contexts' pattern ids (an empty list when none has one).
+WINDOWS = f"""
+local size = {_FIXED.size}
+local span = tonumber(ARGV[1])
+local out = {{}}
+for k = 1, #KEYS, 2 do
+  local members = redis.call('ZRANGE', KEYS[k], -span, -1)
+  local meta = redis.call('HMGET', KEYS[k + 1], 'r', 'n')
+  local fixed, patterns, named = {{}}, {{}}, false
+  for i, m in ipairs(members) do
+    fixed[i] = string.sub(m, 1, size)
+    patterns[i] = string.sub(m, size + 1)
+    if #m > size then named = true end
+  end
+  out[#out + 1] = table.concat(fixed)
+  out[#out + 1] = meta[1] or ''
+  out[#out + 1] = meta[2] or '0'
+  if named then out[#out + 1] = patterns else out[#out + 1] = {{}} end
+end
+return out
+"""
+
+
 def _keys(prefix: str, flow_key: str) -> tuple[str, str]:
     return f"{prefix}{{{flow_key}}}:w", f"{prefix}{{{flow_key}}}:m"
 
@@ -192,6 +218,7 @@ class RedisFlows(FlowStore):
                 client = Redis.from_url(url, **options)
         self.client: Any = client  # Redis and RedisCluster share the commands used here
         self._sha: str | None = None
+        self._shas: dict[str, str] = {}  # script -> its SHA1, once loaded
         self._problem: str | None = None
 
     @property
@@ -210,9 +237,12 @@ class RedisFlows(FlowStore):
         if self._own:
             await self.client.aclose()
 
-    async def _load_script(self) -> str:
-        self._sha = str(await self.client.script_load(APPEND))
-        return self._sha
+    async def _load_script(self, script: str = APPEND) -> str:
+        sha = str(await self.client.script_load(script))
+        self._shas[script] = sha
+        if script == APPEND:
+            self._sha = sha
+        return sha
 
     async def _check_durability(self) -> None:
         try:
@@ -282,7 +312,9 @@ class RedisFlows(FlowStore):
                         batch.pattern_ids[i] = context.pattern_id
         return BatchApplied(statuses, imputed, applied)
 
-    def _calls(self, flows: list[tuple[str, list[Any]]]) -> list[tuple[list[str], list[Any]]]:
+    def _calls(
+        self, flows: list[tuple[str, list[Any]]], head: list[Any] | None = None
+    ) -> list[tuple[list[str], list[Any]]]:
         """The script calls for ``flows``: up to FLOWS_PER_CALL flows each on one Redis; on a Cluster one call
         per hash slot, since a script may only touch the keys of one slot."""
         groups: dict[int, list[tuple[str, list[Any]]]] = {}
@@ -295,18 +327,18 @@ class RedisFlows(FlowStore):
         calls = []
         for group in groups.values():
             keys: list[str] = []
-            args: list[Any] = [self.window_size, self.ttl_ms]
+            args: list[Any] = [self.window_size, self.ttl_ms] if head is None else list(head)
             for flow_key, flow_args in group:
                 keys += _keys(self.prefix, flow_key)
                 args += flow_args
             calls.append((keys, args))
         return calls
 
-    async def _run_script(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _run_script(self, calls: list[tuple[list[str], list[Any]]], script: str = APPEND) -> list[Any]:
         """EVALSHA for each call: in one pipeline on one Redis; side by side on a Cluster (whose client
         pipelines no scripts). A node that lost its scripts (restarted) gets them again and only its calls
         are run again, so that nothing is applied twice."""
-        sha = self._sha or await self._load_script()
+        sha = self._shas.get(script) or await self._load_script(script)
         answers: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
@@ -321,7 +353,7 @@ class RedisFlows(FlowStore):
                     answers[i] = value
             if not retry:
                 break
-            sha = await self._load_script()
+            sha = await self._load_script(script)
             todo = retry
         return answers
 
@@ -356,21 +388,40 @@ class RedisFlows(FlowStore):
         self._problem = None
 
     async def windows(self, flow_keys: Sequence[str]) -> list[FlowWindow | None]:
+        block = await self.window_block(flow_keys)
+        return [block.window(i) for i in range(len(flow_keys))]
+
+    async def window_block(self, flow_keys: Sequence[str], length: int | None = None) -> WindowBlock:
+        """The windows in one script call per FLOWS_PER_CALL flows (per hash slot on a Cluster): each flow's
+        newest contexts come back as one string, read into the block's arrays in a few numpy calls."""
+        width = self.window_size if length is None else min(length, self.window_size)
+        keys = list(flow_keys)
+        calls = self._calls([(k, []) for k in keys], [width])
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for flow_key in flow_keys:
-                wkey, mkey = _keys(self.prefix, flow_key)
-                pipe.zrange(wkey, 0, -1)
-                pipe.hmget(mkey, "r", "n")
-            results = await pipe.execute()
+            answers = await self._run_script(calls, WINDOWS)
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
-        found: list[FlowWindow | None] = []
-        for j, flow_key in enumerate(flow_keys):
-            members, (route, count) = results[2 * j], results[2 * j + 1]
-            found.append(_window(flow_key, members, route, count) if members else None)
-        return found
+        order = [wkey for call_keys, _ in calls for wkey in call_keys[::2]]  # as the calls took the flows
+        position: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            position.setdefault(key, []).append(i)
+        b = len(keys)
+        blobs: list[bytes] = [b""] * b
+        routes: list[str | None] = [None] * b
+        counts = np.zeros(b, dtype=np.int64)
+        patterns: list[list[str | None] | None] = [None] * b
+        flat = [value for answer in answers for value in answer]
+        prefix_len = len(self.prefix) + 1  # "<prefix>{"
+        for j, wkey in enumerate(order):
+            i = position[wkey[prefix_len:-3]].pop(0)  # "<prefix>{<flow_key>}:w"
+            blob, route, count, named = flat[4 * j : 4 * j + 4]
+            blobs[i] = blob
+            routes[i] = route.decode() if route else None
+            counts[i] = int(count)
+            if named:
+                patterns[i] = [p.decode() or None for p in named]
+        return _block(keys, blobs, routes, counts, patterns, width)
 
     async def flows(self, after: str | None, limit: int) -> list[str]:
         start = "-" if after is None else f"({after}"
@@ -410,21 +461,42 @@ class RedisFlows(FlowStore):
         return deleted > 0
 
 
-def _window(flow_key: str, members: list[bytes], route: bytes | None, count: bytes | None) -> FlowWindow:
-    """A window from its sorted-set members (oldest first): the fixed part read in one numpy call."""
-    size = _FIXED.size
-    if all(len(m) == size for m in members):
-        patterns: list[str | None] = [None] * len(members)
-        rows = np.frombuffer(b"".join(members), dtype=_ROW)
-    else:
-        patterns = [m[size:].decode() or None for m in members]
-        rows = np.frombuffer(b"".join(m[:size] for m in members), dtype=_ROW)
-    return FlowWindow(
-        flow_key=flow_key,
-        timestamps=rows["t"].astype(np.int64),
-        features=rows["f"].astype(np.float32),
-        imputed=rows["m"].astype(np.uint8),
-        pattern_ids=patterns,
-        route_id=route.decode() if route else None,
-        observations=int(count) if count else len(members),
+def _block(
+    keys: list[str],
+    blobs: list[bytes],
+    routes: list[str | None],
+    counts: np.ndarray,
+    patterns: list[list[str | None] | None],
+    width: int,
+) -> WindowBlock:
+    """A right-aligned block of ``width`` columns from each flow's packed contexts (oldest first)."""
+    b, size = len(keys), _FIXED.size
+    lengths = np.fromiter((len(blob) // size for blob in blobs), np.int64, b)
+    rows = np.frombuffer(b"".join(blobs), dtype=_ROW)
+    flow = np.repeat(np.arange(b), lengths)
+    starts = np.cumsum(lengths) - lengths
+    column = width - np.repeat(lengths, lengths) + (np.arange(len(rows)) - np.repeat(starts, lengths))
+    timestamps = np.zeros((b, width), dtype=np.int64)
+    features = np.zeros((b, width, D), dtype=np.float32)
+    imputed = np.zeros((b, width), dtype=np.uint8)
+    timestamps[flow, column] = rows["t"]
+    features[flow, column] = rows["f"]
+    imputed[flow, column] = rows["m"]
+    named: list[list[str | None] | None] | None = None
+    if any(p is not None for p in patterns):
+        named = [None if p is None else _padded(p, width) for p in patterns]
+    return WindowBlock(
+        flow_keys=keys,
+        lengths=lengths,
+        timestamps=timestamps,
+        features=features,
+        imputed=imputed,
+        observations=np.where(lengths > 0, counts, 0),
+        route_ids=routes if any(r is not None for r in routes) else None,
+        pattern_ids=named,
     )
+
+
+def _padded(patterns: list[str | None], width: int) -> list[str | None]:
+    pad: list[str | None] = [None] * (width - len(patterns))
+    return pad + patterns
