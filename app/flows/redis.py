@@ -58,30 +58,40 @@ _CLUSTER_CONCURRENCY = 256  # scripts in flight at once on a Cluster
 FLOWS_PER_CALL = 256
 _UNAVAILABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.BusyLoadingError, OSError)
 
-# KEYS: each flow's window zset and meta hash. ARGV: window, ttl_ms, then per flow: route_id or "", the
-# count n of its contexts, their packed forms end to end (n x _FIXED.size bytes), "1" when n pattern ids
-# follow (else "0"). Answers, per context in order: 1 late, 2 duplicate, 0 applied as sent, or the member
-# stored when it differs from what was sent (features filled in, a pattern attached).
+# KEYS: each flow's window zset and meta hash. ARGV: window, ttl_ms, the packed forms of the call's contexts
+# end to end (flow by flow, each flow's in order; _FIXED.size bytes each), each flow's count of contexts
+# (little-endian uint32s), "1" when a route id per flow follows (else "0"), "1" when a pattern id per
+# context follows (else "0"), then those. A few arguments per call rather than four per flow: the client
+# encodes every argument on its own. Answers, per context in order: 1 late, 2 duplicate, 0 applied as
+# sent, or the member stored when it differs from what was sent (features filled in, a pattern attached);
+# then one string of a character per flow, "1" where the flow had no window before (a new flow).
 APPEND = f"""
 local size = {_FIXED.size}
 local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = {{}}
-local arg = 3
-for k = 1, #KEYS, 2 do
-  local wkey, mkey = KEYS[k], KEYS[k + 1]
-  local route, n, blob, has_patterns = ARGV[arg], tonumber(ARGV[arg + 1]), ARGV[arg + 2], ARGV[arg + 3]
-  arg = arg + 4
+local blob, counts = ARGV[3], ARGV[4]
+local has_routes, has_patterns = ARGV[5] == '1', ARGV[6] == '1'
+local nflows = #KEYS / 2
+local patterns_at = 7
+if has_routes then patterns_at = 7 + nflows end
+local out, fresh = {{}}, {{}}
+local c = 0
+for f = 1, nflows do
+  local wkey, mkey = KEYS[2 * f - 1], KEYS[2 * f]
+  local n = struct.unpack('<I4', counts, 4 * (f - 1) + 1)
+  local route = ''
+  if has_routes then route = ARGV[6 + f] end
   local newest_ts, newest
   local last = redis.call('ZRANGE', wkey, -1, -1, 'WITHSCORES')
   if #last > 0 then newest, newest_ts = last[1], tonumber(last[2]) end
+  if newest_ts == nil then fresh[f] = '1' else fresh[f] = '0' end
   local pending = redis.call('HGET', mkey, 'p')
   local used_pending = false
   local applied = 0
   for i = 0, n - 1 do
-    local at = i * size
+    local at = (c + i) * size
     local ts = struct.unpack('<i8', blob, at + 1)
     local pattern = ''
-    if has_patterns == '1' then pattern = ARGV[arg + i] end
+    if has_patterns then pattern = ARGV[patterns_at + c + i] end
     if newest_ts ~= nil and ts < newest_ts then
       out[#out + 1] = 1
     elseif newest_ts ~= nil and ts == newest_ts then
@@ -89,9 +99,9 @@ for k = 1, #KEYS, 2 do
     else
       local missing = string.byte(blob, at + size)
       local parts = {{string.sub(blob, at + 1, at + 8)}}
-      for f = 0, {D - 1} do
-        local a = 9 + 4 * f
-        if newest ~= nil and bit.band(missing, bit.lshift(1, f)) ~= 0 then
+      for x = 0, {D - 1} do
+        local a = 9 + 4 * x
+        if newest ~= nil and bit.band(missing, bit.lshift(1, x)) ~= 0 then
           parts[#parts + 1] = string.sub(newest, a, a + 3)
         else
           parts[#parts + 1] = string.sub(blob, at + a, at + a + 3)
@@ -109,7 +119,7 @@ for k = 1, #KEYS, 2 do
       if missing ~= 0 or pattern ~= '' then out[#out + 1] = member else out[#out + 1] = 0 end
     end
   end
-  if has_patterns == '1' then arg = arg + n end
+  c = c + n
   if applied > 0 then
     redis.call('ZREMRANGEBYRANK', wkey, 0, -(window + 1))
     redis.call('HINCRBY', mkey, 'n', applied)
@@ -119,6 +129,7 @@ for k = 1, #KEYS, 2 do
     redis.call('PEXPIRE', mkey, ttl)
   end
 end
+out[#out + 1] = table.concat(fresh)
 return out
 """
 
@@ -152,35 +163,15 @@ def _keys(prefix: str, flow_key: str) -> tuple[str, str]:
     return f"{prefix}{{{flow_key}}}:w", f"{prefix}{{{flow_key}}}:m"
 
 
-def _pack_rows(batch: ContextBatch) -> bytes:
-    """The fixed part of every context of ``batch``, packed end to end (missing features as the defaults,
-    marked in the mask): context i is bytes [i * _FIXED.size, (i + 1) * _FIXED.size)."""
+def _pack_rows(batch: ContextBatch) -> np.ndarray:
+    """The fixed part of every context of ``batch`` as packed rows (missing features as the defaults,
+    marked in the mask)."""
     rows = np.empty(len(batch), dtype=_ROW)
     rows["t"] = batch.timestamps
     missing = np.isnan(batch.features)
     rows["f"] = np.where(missing, np.asarray(FEATURE_DEFAULTS, dtype=np.float32), batch.features)
     rows["m"] = np.packbits(missing, axis=1, bitorder="little")[:, 0]
-    return rows.tobytes()
-
-
-def _flow_args(batch: ContextBatch, packed: bytes, positions: list[int]) -> list[Any]:
-    """One flow's ARGV part of the script: route, count, packed contexts, pattern ids if any."""
-    size = _FIXED.size
-    first, last = positions[0], positions[-1]
-    if last - first + 1 == len(positions):  # the flow's contexts side by side: one slice
-        blob = packed[first * size : (last + 1) * size]
-    else:
-        blob = b"".join(packed[i * size : (i + 1) * size] for i in positions)
-    route = None
-    if batch.route_ids is not None:
-        route = next(
-            (batch.route_ids[i] for i in reversed(positions) if batch.route_ids[i] is not None), None
-        )
-    if batch.pattern_ids is not None:
-        patterns = [batch.pattern_ids[i] or "" for i in positions]
-        if any(patterns):
-            return [route or "", len(positions), blob, "1", *patterns]
-    return [route or "", len(positions), blob, "0"]
+    return rows
 
 
 def _unpack(flow_key: str, member: bytes, route_id: str | None) -> FlowContext:
@@ -279,55 +270,92 @@ class RedisFlows(FlowStore):
         by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in the batch
         for i, flow_key in enumerate(batch.flow_keys):
             by_flow.setdefault(flow_key, []).append(i)
-        packed = _pack_rows(batch)
-        flows = [(flow_key, _flow_args(batch, packed, positions)) for flow_key, positions in by_flow.items()]
+        rows = _pack_rows(batch)
+        groups = self._group(list(by_flow.items()))
+        calls = [self._append_call(batch, rows, group) for group in groups]
         try:
-            answers = await self._run_script(self._calls(flows))
-            await self.client.zadd(self.index, dict.fromkeys(by_flow, 0))
+            answers = await self._run_script(calls)
+            fresh = [
+                flow_key
+                for group, answer in zip(groups, answers, strict=True)
+                for (flow_key, _), new in zip(group, answer[-1], strict=True)
+                if new == ord("1")
+            ]
+            if fresh:  # the index lists flows for paging: only new ones need adding
+                await self.client.zadd(self.index, dict.fromkeys(fresh, 0))
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
         n = len(batch)
         statuses = np.zeros(n, dtype=np.uint8)
         imputed = np.zeros(n, dtype=np.uint8)
-        flat = iter([status for answer in answers for status in answer])
         applied: list[str] = []
-        for flow_key, positions in by_flow.items():
-            first = True
-            for i in positions:
-                status = next(flat)
-                if status == 1 or status == 2:
-                    statuses[i] = status
-                    continue
-                if first:
-                    applied.append(flow_key)
-                    first = False
-                if status != 0:  # the member as stored: features filled in, or a pending pattern attached
-                    context = _unpack(flow_key, status, None)
-                    batch.features[i] = context.features
-                    imputed[i] = context.imputed
-                    if context.pattern_id is not None:
-                        if batch.pattern_ids is None:
-                            batch.pattern_ids = [None] * n
-                        batch.pattern_ids[i] = context.pattern_id
+        for group, answer in zip(groups, answers, strict=True):
+            flat = iter(answer)
+            for flow_key, positions in group:
+                first = True
+                for i in positions:
+                    status = next(flat)
+                    if status == 1 or status == 2:
+                        statuses[i] = status
+                        continue
+                    if first:
+                        applied.append(flow_key)
+                        first = False
+                    if status != 0:  # the member as stored: features filled in, or a pattern attached
+                        context = _unpack(flow_key, status, None)
+                        batch.features[i] = context.features
+                        imputed[i] = context.imputed
+                        if context.pattern_id is not None:
+                            if batch.pattern_ids is None:
+                                batch.pattern_ids = [None] * n
+                            batch.pattern_ids[i] = context.pattern_id
         return BatchApplied(statuses, imputed, applied)
 
-    def _calls(
-        self, flows: list[tuple[str, list[Any]]], head: list[Any] | None = None
-    ) -> list[tuple[list[str], list[Any]]]:
-        """The script calls for ``flows``: up to FLOWS_PER_CALL flows each on one Redis; on a Cluster one call
-        per hash slot, since a script may only touch the keys of one slot."""
-        groups: dict[int, list[tuple[str, list[Any]]]] = {}
+    def _append_call(
+        self, batch: ContextBatch, rows: np.ndarray, group: list[tuple[str, list[int]]]
+    ) -> tuple[list[str], list[Any]]:
+        """One APPEND call's keys and arguments: the group's contexts packed in one string."""
+        keys: list[str] = []
+        order: list[int] = []
+        for flow_key, positions in group:
+            keys += _keys(self.prefix, flow_key)
+            order += positions
+        counts = np.fromiter((len(positions) for _, positions in group), "<u4", len(group))
+        args: list[Any] = [self.window_size, self.ttl_ms, rows[order].tobytes(), counts.tobytes()]
+        routes: list[str] = []
+        if batch.route_ids is not None:
+            given = batch.route_ids
+            for _, positions in group:
+                routes.append(
+                    next((given[i] for i in reversed(positions) if given[i] is not None), None) or ""
+                )
+        patterns: list[str] = []
+        if batch.pattern_ids is not None:
+            patterns = [batch.pattern_ids[i] or "" for i in order]
+        routes = routes if any(routes) else []
+        patterns = patterns if any(patterns) else []
+        return keys, [*args, "1" if routes else "0", "1" if patterns else "0", *routes, *patterns]
+
+    def _group(self, flows: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
+        """``flows`` (flow_key first) in groups of one script call each: up to FLOWS_PER_CALL on one Redis;
+        on a Cluster one group per hash slot, since a script may only touch the keys of one slot."""
         if isinstance(self.client, RedisCluster):
+            slots: dict[int, list[tuple[str, Any]]] = {}
             for flow in flows:
-                groups.setdefault(self.client.keyslot(_keys(self.prefix, flow[0])[0]), []).append(flow)
-        else:
-            for start in range(0, len(flows), FLOWS_PER_CALL):
-                groups[start] = flows[start : start + FLOWS_PER_CALL]
+                slots.setdefault(self.client.keyslot(_keys(self.prefix, flow[0])[0]), []).append(flow)
+            return list(slots.values())
+        return [flows[start : start + FLOWS_PER_CALL] for start in range(0, len(flows), FLOWS_PER_CALL)]
+
+    def _calls(
+        self, flows: list[tuple[str, list[Any]]], head: list[Any]
+    ) -> list[tuple[list[str], list[Any]]]:
+        """Script calls for ``flows`` (flow_key, its arguments), grouped as ``_group`` says, each
+        call's arguments ``head`` then the flows' own."""
         calls = []
-        for group in groups.values():
+        for group in self._group(flows):
             keys: list[str] = []
-            args: list[Any] = [self.window_size, self.ttl_ms] if head is None else list(head)
+            args: list[Any] = list(head)
             for flow_key, flow_args in group:
                 keys += _keys(self.prefix, flow_key)
                 args += flow_args
