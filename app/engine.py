@@ -156,11 +156,17 @@ def read_numbers(
 @dataclass(slots=True)
 class _Job:
     kind: str
-    timestamps: np.ndarray  # (n,) int64 ms
-    features: np.ndarray  # (n, D) float64
-    future: asyncio.Future[WindowForecast]
+    timestamps: np.ndarray  # (n,) int64 ms; a block: (B, L), right-aligned
+    features: np.ndarray  # (n, D) float64; a block: (B, L, D)
+    future: asyncio.Future[WindowForecast] | asyncio.Future[list[WindowForecast]]
     enqueued: float  # time.perf_counter() when queued: where its queue wait and latency start
     steps: int | None  # the steps ahead its client reads; None: the model's whole horizon
+    lengths: np.ndarray | None = None  # a block of windows: (B,) contexts in each; None: one window
+
+    @property
+    def size(self) -> int:
+        """Windows the job holds."""
+        return 1 if self.lengths is None else len(self.lengths)
 
 
 @dataclass
@@ -224,6 +230,7 @@ class Engine:
         self._pass_size = 0
         self.stats = EngineStats()
         self._queue: deque[_Job] = deque()
+        self._queued = 0  # windows in the queue (a block job holds several)
         self._thread: InferenceThread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatch_due: asyncio.Handle | None = None  # a dispatch is scheduled
@@ -247,6 +254,7 @@ class Engine:
             self._dispatch_due = None
         self._fail(self._queue)
         self._queue.clear()
+        self._queued = 0
         if self._idle is not None:
             await self._idle.wait()  # the pass in flight answers its windows
         if self._thread is not None:
@@ -293,7 +301,8 @@ class Engine:
     # -- requests ---------------------------------------------------------------------------
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Windows waiting."""
+        return self._queued
 
     def submit(
         self, kind: str, timestamps: np.ndarray, features: np.ndarray, steps: int | None = None
@@ -309,26 +318,8 @@ class Engine:
         ``steps``: how many steps ahead the caller reads, at most (its forecasts' arrays may hold more);
         None for the model's whole horizon. A pass decodes the most that any of its windows asks for.
         """
-        if self._closed or self._loop is None:
-            raise EngineStopped(self.retry_after_s)
-        if len(self._queue) + len(windows) > self.queue_size:
-            self.stats.rejected += len(windows)
-            self.metrics.observe_shed(len(windows))
-            reason = f"inference queue full ({len(self._queue)} of {self.queue_size} windows waiting)"
-            raise Overloaded(reason, self.retry_after_s)
-        if self.latency_budget_s:
-            wait_s = self.expected_wait_s(len(windows))
-            if wait_s > self.latency_budget_s:
-                self.stats.rejected += len(windows)
-                self.metrics.observe_shed(len(windows))
-                reason = (
-                    f"expected wait {wait_s * 1e3:.0f} ms exceeds the latency budget of "
-                    f"{self.latency_budget_s * 1e3:.0f} ms ({len(self._queue)} windows waiting)"
-                )
-                raise Overloaded(reason, self.retry_after_s)
-        unknown = {kind for kind, _, _ in windows} - self._predictors.keys()
-        if unknown:
-            raise KeyError(f"no model of kind {sorted(unknown)} is served")
+        self._admit(len(windows), {kind for kind, _, _ in windows})
+        assert self._loop is not None
         loop = self._loop
         futures = []
         now = time.perf_counter()
@@ -336,9 +327,69 @@ class Engine:
             future: asyncio.Future[WindowForecast] = loop.create_future()
             self._queue.append(_Job(kind, timestamps, features, future, now, steps))
             futures.append(future)
+        self._queued += len(windows)
         if self._passing is None and self._dispatch_due is None:
             self._schedule()
         return futures
+
+    def _admit(self, n: int, kinds: set[str]) -> None:
+        """Raise unless ``n`` more windows of ``kinds`` may queue: stopped, full, over the budget, unknown."""
+        if self._closed or self._loop is None:
+            raise EngineStopped(self.retry_after_s)
+        if self._queued + n > self.queue_size:
+            self.stats.rejected += n
+            self.metrics.observe_shed(n)
+            reason = f"inference queue full ({self._queued} of {self.queue_size} windows waiting)"
+            raise Overloaded(reason, self.retry_after_s)
+        if self.latency_budget_s:
+            wait_s = self.expected_wait_s(n)
+            if wait_s > self.latency_budget_s:
+                self.stats.rejected += n
+                self.metrics.observe_shed(n)
+                reason = (
+                    f"expected wait {wait_s * 1e3:.0f} ms exceeds the latency budget of "
+                    f"{self.latency_budget_s * 1e3:.0f} ms ({self._queued} windows waiting)"
+                )
+                raise Overloaded(reason, self.retry_after_s)
+        unknown = kinds - self._predictors.keys()
+        if unknown:
+            raise KeyError(f"no model of kind {sorted(unknown)} is served")
+
+    async def predict_block(
+        self,
+        kind: str,
+        timestamps: np.ndarray,
+        features: np.ndarray,
+        lengths: np.ndarray,
+        steps: int | None = None,
+    ) -> list[WindowForecast]:
+        """Forecast B windows given as one right-aligned block (timestamps (B, L) int64 ms, features
+        (B, L, D), window i in its last ``lengths[i]`` columns), in order; all queued or none.
+
+        The block travels through the queue as a few jobs of at most ``max_batch`` windows rather than a
+        job each, and the forward pass encodes it as arrays (``Predictor.predict_block``): no Python step
+        per window on either side. It shares passes with the single windows queued beside it."""
+        b = len(lengths)
+        self._admit(b, {kind})
+        assert self._loop is not None
+        now = time.perf_counter()
+        futures: list[asyncio.Future[list[WindowForecast]]] = []
+        for start in range(0, b, self.max_batch):
+            end = min(b, start + self.max_batch)
+            future: asyncio.Future[list[WindowForecast]] = self._loop.create_future()
+            part = slice(start, end)
+            job = _Job(kind, timestamps[part], features[part], future, now, steps, lengths[part])
+            self._queue.append(job)
+            futures.append(future)
+        self._queued += b
+        if self._passing is None and self._dispatch_due is None:
+            self._schedule()
+        try:
+            return [forecast for future in futures for forecast in await future]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
     def expected_wait_s(self, n: int = 1) -> float:
         """Seconds until ``n`` windows queued now would be answered: the rest of the pass in flight, then
@@ -349,7 +400,7 @@ class Engine:
         wait = 0.0
         if self._pass_started:
             wait = max(0.0, self._pass_started + passes.estimate(self._pass_size) - time.perf_counter())
-        full, rest = divmod(len(self._queue) + n, self.max_batch)
+        full, rest = divmod(self._queued + n, self.max_batch)
         if full:
             wait += full * passes.estimate(self.max_batch)
         if rest:
@@ -382,7 +433,7 @@ class Engine:
         """Dispatch later, to let the batch grow, when max_wait_us says so and the batch is not full yet;
         else now (``at_once``), or at the end of this turn of the loop, with whatever else arrives in it."""
         assert self._loop is not None
-        if self.max_wait_s and len(self._queue) < self.max_batch:
+        if self.max_wait_s and self._queued < self.max_batch:
             self._dispatch_due = self._loop.call_later(self.max_wait_s, self._dispatch)
         elif at_once:
             self._dispatch()
@@ -400,7 +451,7 @@ class Engine:
         assert self._thread is not None and self._idle is not None
         self._passing = groups
         self._idle.clear()
-        self._pass_size = sum(len(jobs) for _, jobs in groups)
+        self._pass_size = sum(job.size for _, jobs in groups for job in jobs)
         self._pass_started = time.perf_counter()
         self._thread.forward(groups, self._passed)
 
@@ -422,6 +473,7 @@ class Engine:
             self._fail(job for _, jobs in groups for job in jobs)
             self._fail(self._queue)
             self._queue.clear()
+            self._queued = 0
             return
         if self._queue and not self._closed:
             self._schedule(at_once=True)
@@ -430,12 +482,16 @@ class Engine:
         """Up to max_batch live jobs off the queue, grouped by model; the model versions are fixed here."""
         by_kind: dict[str, list[_Job]] = {}
         taken = 0
-        while self._queue and taken < self.max_batch:
-            job = self._queue.popleft()
+        queue = self._queue
+        while queue and taken < self.max_batch:
+            if taken and taken + queue[0].size > self.max_batch:  # a block that does not fit: the next pass
+                break
+            job = queue.popleft()
+            self._queued -= job.size
             if job.future.done():  # cancelled: its client went away
                 continue
             by_kind.setdefault(job.kind, []).append(job)
-            taken += 1
+            taken += job.size
         return [(self._predictors[kind], jobs) for kind, jobs in by_kind.items()]
 
     def _resolve(
@@ -450,12 +506,19 @@ class Engine:
                     if not job.future.done():
                         job.future.set_exception(outcome)
                 continue
+            size = sum(job.size for job in jobs)
             self.stats.forward_passes += 1
-            self.stats.windows += len(jobs)
-            self.stats.batch_sizes[len(jobs)] += 1
-            for i, job in enumerate(jobs):
-                if not job.future.done():
-                    job.future.set_result(WindowForecast(outcome, i, predictor))
+            self.stats.windows += size
+            self.stats.batch_sizes[size] += 1
+            row = 0
+            for job in jobs:
+                if job.lengths is not None:
+                    if not job.future.done():
+                        rows = range(row, row + job.size)
+                        job.future.set_result([WindowForecast(outcome, i, predictor) for i in rows])  # type: ignore[arg-type]
+                elif not job.future.done():
+                    job.future.set_result(WindowForecast(outcome, row, predictor))  # type: ignore[arg-type]
+                row += job.size
 
     def _record(
         self,
@@ -467,9 +530,10 @@ class Engine:
         """The batch's figures, once per model present (after the futures: the clients come first)."""
         for (predictor, jobs), outcome in zip(groups, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                self.metrics.observe_failure(predictor.kind, len(jobs))
+                self.metrics.observe_failure(predictor.kind, sum(job.size for job in jobs))
             else:
-                self.metrics.observe_batch(predictor.kind, [job.enqueued for job in jobs], taken, done)
+                enqueued = [job.enqueued for job in jobs for _ in range(job.size)]
+                self.metrics.observe_batch(predictor.kind, enqueued, taken, done)
 
     def _fail(self, jobs: Iterable[_Job]) -> None:
         for job in jobs:
@@ -581,11 +645,41 @@ def _forward(groups: list[tuple[Predictor, list[_Job]]]) -> list[Forecast | Base
     outcomes: list[Forecast | BaseException] = []
     for predictor, jobs in groups:
         try:
-            timestamps, features = [j.timestamps for j in jobs], [j.features for j in jobs]
-            outcomes.append(predictor.predict(timestamps, features, _most_steps(jobs)))
+            if all(j.lengths is None for j in jobs):
+                timestamps, features = [j.timestamps for j in jobs], [j.features for j in jobs]
+                outcomes.append(predictor.predict(timestamps, features, _most_steps(jobs)))
+            else:
+                outcomes.append(predictor.predict_block(*_block(jobs, predictor.seq_len), _most_steps(jobs)))
         except Exception as exc:
             outcomes.append(exc)
     return outcomes
+
+
+def _block(jobs: list[_Job], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The jobs' windows as one right-aligned block of the model's T columns: block jobs as they are
+    (their last T columns), single windows placed in rows of their own."""
+    if len(jobs) == 1 and jobs[0].lengths is not None:
+        job = jobs[0]
+        assert job.lengths is not None
+        return job.timestamps[:, -seq_len:], job.features[:, -seq_len:], job.lengths
+    ts_parts, feature_parts, length_parts = [], [], []
+    for job in jobs:
+        if job.lengths is not None:
+            ts, features, lengths = job.timestamps[:, -seq_len:], job.features[:, -seq_len:], job.lengths
+        else:
+            n = min(len(job.timestamps), seq_len)
+            ts = np.zeros((1, seq_len), dtype=np.int64)
+            features = np.zeros((1, seq_len, job.features.shape[1]), dtype=np.float64)
+            ts[0, seq_len - n :], features[0, seq_len - n :] = job.timestamps[-n:], job.features[-n:]
+            lengths = np.array([n])
+        width = ts.shape[1]
+        if width < seq_len:  # a narrow block: widened on the left, all padding
+            ts = np.pad(ts, ((0, 0), (seq_len - width, 0)))
+            features = np.pad(features, ((0, 0), (seq_len - width, 0), (0, 0)))
+        ts_parts.append(ts)
+        feature_parts.append(features)
+        length_parts.append(np.minimum(lengths, seq_len))
+    return np.concatenate(ts_parts), np.concatenate(feature_parts), np.concatenate(length_parts)
 
 
 def _most_steps(jobs: list[_Job]) -> int | None:

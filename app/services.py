@@ -11,6 +11,7 @@ Its metrics go on ``registry``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -34,6 +35,7 @@ from app.groups.ranking import Hysteresis
 from app.groups.service import RouteGroups
 from app.ingest.observing import Observing
 from app.ingest.service import IngestService
+from app.learning.hints import publish_hint
 from app.learning.learner import replica_id
 from app.learning.metrics import LearningMetrics
 from app.learning.online import OnlineLearning
@@ -126,7 +128,8 @@ async def run_services(
     observing = Observing(
         settings,
         registry,
-        on_learning_rate=None if learning is None else learning.learner.hint_learning_rate,
+        # published whether this replica learns or not: the learner may be another replica
+        on_learning_rate=functools.partial(publish_hint, bus, settings.learning_hints_channel),
         consumer=replica_id(),
     )
     failure_policy = FailurePolicy(

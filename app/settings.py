@@ -272,6 +272,12 @@ class Settings(BaseSettings):
         min_length=1,
         description="Bus channel announcing new model versions; every replica on it hot-loads them.",
     )
+    learning_hints_channel: str = Field(
+        default="cpe:learn:hints",
+        min_length=1,
+        description="Bus channel of AdaptationFeedback's learning-rate hints: every replica publishes the "
+        "hints it ingests there, and the replica holding the learner's lease hands them to its tuner.",
+    )
     feedback_buffer: int = Field(
         default=10_000,
         ge=1,

@@ -18,7 +18,7 @@ from torch import nn
 
 from models import checkpoint
 from models.calibration import Calibration, band_probability
-from models.scaling import Scaler, ScalerConfig
+from models.scaling import Scaler, ScalerConfig, WindowStats
 
 log = logging.getLogger("cpe.models")
 
@@ -119,6 +119,18 @@ class Predictor:
         confidence of the ones nobody asked for: most requests ask for one step of eight.
         """
         x, stats = self.scaler.encode(timestamps, features, self.seq_len)
+        return self._forecast(x, stats, steps)
+
+    def predict_block(
+        self, timestamps: np.ndarray, features: np.ndarray, lengths: np.ndarray, steps: int | None = None
+    ) -> Forecast:
+        """``predict`` of windows given as one right-aligned block (``Scaler.encode_block``): timestamps
+        (B, L), features (B, L, D), window i in its last ``lengths[i]`` columns."""
+        x, stats = self.scaler.encode_block(timestamps, features, lengths, self.seq_len)
+        return self._forecast(x, stats, steps)
+
+    def _forecast(self, x: np.ndarray, stats: WindowStats, steps: int | None) -> Forecast:
+        """The forward pass on encoded windows, decoded into a Forecast ``steps`` ahead."""
         mean_s, std_s = self.forward_scaled(x)
         if steps is not None and steps < self.horizon:
             assert steps >= 1, f"steps must be 1..{self.horizon}, got {steps}"

@@ -128,6 +128,42 @@ class Scaler:
             raw[i, pad:], ts[i, pad:] = f_i, t_i
             if pad:
                 raw[i, :pad], ts[i, :pad], valid[i, :pad] = f_i[0], t_i[0], False
+        return self._encode_masked(raw, ts, valid)
+
+    def encode_block(
+        self, timestamps: np.ndarray, features: np.ndarray, lengths: np.ndarray, seq_len: int
+    ) -> tuple[np.ndarray, WindowStats]:
+        """``encode`` of windows given as one right-aligned block: timestamps (B, L), features (B, L, D),
+        window i in its last ``lengths[i]`` columns (1..L). The same numbers as ``encode`` of the windows
+        one by one, with no Python step per window: the path of continuous prediction's bulk rounds."""
+        B, L = timestamps.shape
+        T = seq_len
+        assert features.shape[:2] == (B, L) and features.shape[2] == self.n_features, (
+            f"expected features (B={B}, L={L}, {self.n_features}), got {features.shape}"
+        )
+        n = np.minimum(np.asarray(lengths, dtype=np.int64), T)
+        assert B == 0 or n.min() >= 1, "every window holds at least one context"
+        if L >= T:
+            ts, raw = timestamps[:, L - T :], features[:, L - T :]
+        else:  # a block narrower than the model's T: widened on the left (all of it padding)
+            ts = np.concatenate((np.zeros((B, T - L), dtype=timestamps.dtype), timestamps), axis=1)
+            raw = np.concatenate((np.zeros((B, T - L, features.shape[2]), features.dtype), features), axis=1)
+        if B and n.min() == T:
+            return self._encode_stacked(raw.astype(np.float64), ts)
+        pad = T - n  # (B,) columns of padding before each window
+        valid = np.arange(T) >= pad[:, None]  # (B, T)
+        rows = np.arange(B)
+        # padding repeats the window's first context, as ``encode`` pads
+        raw = np.where(valid[..., None], raw, raw[rows, pad][:, None]).astype(np.float64)
+        ts = np.where(valid, ts, ts[rows, pad][:, None])
+        return self._encode_masked(raw, ts, valid)
+
+    def _encode_masked(
+        self, raw: np.ndarray, ts: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, WindowStats]:
+        """Padded windows raw (B, T, D) float64, ts (B, T), ``valid`` (B, T) -> x and stats: the padding
+        is masked out of every statistic."""
+        B, T, D = raw.shape
         n = valid.sum(axis=1, keepdims=True)  # (B, 1)
         y = self.transform(raw)  # (B, T, D); padded rows repeat the first row
         w = valid[..., None]
@@ -163,13 +199,18 @@ class Scaler:
         statistics are spelled out (a sort for the median, one shared deviation) rather than taken from
         ``np.median``/``np.std``, whose Python wrappers cost more than the arithmetic.
         """
-        D = self.n_features
         if len(features) == 1:
             raw = np.asarray(features[0][-T:], dtype=np.float64)[None]  # (1, T, D)
             ts = timestamps[0][-T:][None]  # (1, T)
         else:
             raw = np.stack([f[-T:] for f in features]).astype(np.float64, copy=False)  # (B, T, D)
             ts = np.stack([t[-T:] for t in timestamps])  # (B, T)
+        return self._encode_stacked(raw, ts)
+
+    def _encode_stacked(self, raw: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, WindowStats]:
+        """Full windows raw (B, T, D) float64, ts (B, T) -> x and stats."""
+        D = self.n_features
+        T = raw.shape[1]
         assert raw.shape[2] == D, f"expected {D} features, got {raw.shape[2]}"
         y = self._transform(raw)
         center = np.add.reduce(y, axis=1) / T  # (B, D)

@@ -16,6 +16,8 @@ and drives it from this process (the load generator), for each ``--flows`` count
    be forecast), with a WebSocket client of /v1/stream/predictions subscribed to ``--sampled`` of the
    flows: from the POST that carried an observation to the FlowPrediction made from it, p50 and p99; and
    the server's own observe -> published percentiles (``/v1/stats``);
+   The server's CPU time over the run, per observation accepted (forecasts included) and as cores busy:
+   on a shared machine the rates follow the load of others, the CPU per observation far less;
 4. memory per flow: the server's resident memory once every flow has a window and a forecast, minus its
    resident memory before the first observation, over the flows.
 
@@ -299,12 +301,16 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
             step = await fill(client, bodies, 1, args.senders)
             await _drained(url)
             rss_full = httpx.get(f"{url}/v1/stats").json()["memory"]["rss_bytes"]
-            rates, predictions = [], []
+            rates, predictions, cpu_per_obs, cores = [], [], [], []
             for _ in range(args.repeat):
                 made = metric(url, "cpe_forecasts_total")
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), cpu_seconds(server.pid)
                 rate, step = await sustained(client, bodies, step, args.duration, args.senders)
-                predictions.append((metric(url, "cpe_forecasts_total") - made) / (time.perf_counter() - t))
+                elapsed = time.perf_counter() - t
+                predictions.append((metric(url, "cpe_forecasts_total") - made) / elapsed)
+                used = cpu_seconds(server.pid) - cpu
+                cpu_per_obs.append(used / max(1.0, rate * elapsed) * 1e6)
+                cores.append(used / elapsed)
                 rates.append(rate)
                 await _drained(url)
             obs_rate, pred_rate = statistics.median(rates), statistics.median(predictions)
@@ -332,6 +338,8 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
             "predictions_per_s": round(pred_rate),
             "predictions_per_s_runs": [round(p) for p in predictions],
             "fraction_of_raw": round(pred_rate / raw, 3),
+            "server_cpu_us_per_observation": round(statistics.median(cpu_per_obs), 1),
+            "server_cores_busy": round(statistics.median(cores), 2),
             "paced_observations_per_s": round(half),
             "observe_to_push_p50_ms": round(statistics.median(p50s), 2),
             "observe_to_push_p99_ms": round(statistics.median(p99s), 2),
@@ -360,6 +368,12 @@ async def _drained(url: str, timeout_s: float = 300.0) -> None:
         await asyncio.sleep(0.2)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _clean_redis(tag: str) -> None:
     import redis
 
@@ -380,15 +394,17 @@ def _free_port() -> int:
 
 def table(results: list[dict[str, Any]]) -> str:
     rows = [
-        "| flows | store | observations/s accepted | predictions/s | raw forward/s | fraction | paced at | "
-        "observe -> push p50 / p99 | server's p50 / p99 | memory per flow |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| flows | store | observations/s accepted | predictions/s | raw forward/s | fraction | "
+        "server CPU per "
+        "observation | paced at | observe -> push p50 / p99 | server's p50 / p99 | memory per flow |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         server = r["server_observe_to_published_ms"] or {"p50": "-", "p99": "-"}
         rows.append(
             f"| {r['flows']:,} | {r['store']} | {r['observations_per_s']:,} | {r['predictions_per_s']:,} | "
             f"{r['raw_forward_per_s']:,} | {r['fraction_of_raw']:.2f} | "
+            f"{r['server_cpu_us_per_observation']} µs ({r['server_cores_busy']} cores) | "
             f"{r['paced_observations_per_s']:,}/s | "
             f"{r['observe_to_push_p50_ms']:.1f} / {r['observe_to_push_p99_ms']:.1f} ms | "
             f"{server['p50']} / {server['p99']} ms | {r['memory_per_flow_bytes']:,} B |"

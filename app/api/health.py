@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import BusDep, CacheDep, EngineDep, LearningDep
+from app.api.flow_predictions import ForecastsDep
 from app.api.flows import FlowsDep
 from app.api.groups import GroupsDep
 from app.api.responses import OrjsonResponse
@@ -27,11 +28,13 @@ async def readyz(
     learning: LearningDep,
     flows: FlowsDep,
     groups: GroupsDep,
+    forecasts: ForecastsDep,
 ) -> OrjsonResponse:
     """Readiness: 200 when the models are loaded and the engine runs; 503 with the reason otherwise.
 
     A 200 says `degraded` and names the parts that do not work when some part that serving can do
-    without (the Redis cache, the Redis bus, the Redis feedback stream) does not."""
+    without (the Redis cache, the Redis bus, the Redis feedback stream, the Redis flow and forecast
+    stores, each asked now with a PING) does not."""
     if not engine.running:
         readiness = Readiness(status="unavailable", reason="the inference engine is not running")
     else:
@@ -39,7 +42,8 @@ async def readyz(
             "cache": cache.problem,
             "bus": bus.problem,
             "feedback": learning.store.problem if learning is not None else None,
-            "flows": flows.problem,
+            "flows": await flows.check(),
+            "forecasts": await forecasts.store.check() if forecasts is not None else None,
             "groups": groups.store.problem,
         }
         degraded = {part: problem for part, problem in problems.items() if problem}

@@ -54,18 +54,31 @@ def refusal(exc: FlowsFull | FlowsUnavailable) -> tuple[int, dict[str, Any]]:
     return status, {"detail": str(exc), "retry_after_s": exc.retry_after_s}
 
 
+MSGPACK = "application/msgpack"
+
+
+def _observe_body() -> dict[str, Any]:
+    """The body in JSON, or the same map in MessagePack."""
+    extra = json_body(ObserveRequest)
+    content = extra["requestBody"]["content"]
+    content[MSGPACK] = content["application/json"]
+    return extra
+
+
 @router.post(
     "",
     status_code=202,
     response_model=ObserveResult,
     responses=REFUSALS,
-    openapi_extra=json_body(ObserveRequest),
+    openapi_extra=_observe_body(),
 )
 async def observe(request: Request, ingest: IngestDep) -> OrjsonResponse:
-    """Apply observations of any flows (native contexts, transport, STOQ, Layer 1 and Layer 2 messages)."""
+    """Apply observations of any flows (native contexts, transport, STOQ, Layer 1 and Layer 2 messages),
+    in JSON or (``Content-Type: application/msgpack``) MessagePack."""
     body = await request.body()
+    msgpack = request.headers.get("content-type", "").split(";", 1)[0].strip().lower() == MSGPACK
     try:
-        adapted = ingest.read(body)
+        adapted = ingest.read_msgpack(body) if msgpack else ingest.read(body)
     except ValidationError as exc:
         ingest.refused("http", "invalid")
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]

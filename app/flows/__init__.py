@@ -11,11 +11,14 @@ from urllib.parse import urlsplit
 from app.flows.base import (
     FEATURE_DEFAULTS,
     Appended,
+    BatchApplied,
+    ContextBatch,
     FlowContext,
     FlowsFull,
     FlowStore,
     FlowsUnavailable,
     FlowWindow,
+    WindowBlock,
 )
 from app.flows.memory import MemoryFlows
 
@@ -25,12 +28,15 @@ if TYPE_CHECKING:
 __all__ = [
     "FEATURE_DEFAULTS",
     "Appended",
+    "BatchApplied",
+    "ContextBatch",
     "FlowContext",
     "FlowStore",
     "FlowWindow",
     "FlowsFull",
     "FlowsUnavailable",
     "MemoryFlows",
+    "WindowBlock",
     "create_flow_store",
     "flow_store_from_settings",
 ]

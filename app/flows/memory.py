@@ -1,98 +1,38 @@
-"""The in-process flow store: each flow's window in three small numpy arrays, idle flows expiring.
+"""The in-process flow store: each flow's window a row of preallocated ring arrays, idle flows expiring.
 
 Bounded: at most ``max_flows`` flows (a batch that would start more is refused whole, ``FlowsFull``),
-each holding ``window`` contexts. Flows are kept in the order of their last update, so that expiry pops
-only the flows that are due, never walks them all.
+each holding ``window`` contexts. A flow owns a slot: row ``slot`` of ``timestamps`` (flows, window),
+``features`` (flows, window, D) and ``imputed``, used as a ring (``head`` is where its next context
+goes). A batch is applied with a few numpy operations per pass rather than per context: the contexts
+are ranked within their flow (a flow's first in the batch, its second, ...), and each rank, at most one
+context per flow, is checked against the flows' newest timestamps, imputed and written at once. The
+arrays grow by doubling up to ``max_flows``; slots of expired or deleted flows are reused.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from app.flows.base import FEATURE_DEFAULTS, Appended, FlowContext, FlowsFull, FlowStore, FlowWindow
+from app.flows.base import (
+    APPLIED,
+    DUPLICATE,
+    FEATURE_DEFAULTS,
+    LATE,
+    BatchApplied,
+    ContextBatch,
+    FlowsFull,
+    FlowStore,
+    FlowWindow,
+    WindowBlock,
+)
 from app.schemas import D
 
 _DEFAULTS = np.asarray(FEATURE_DEFAULTS, dtype=np.float32)
-
-
-class _Flow:
-    """One flow's window, oldest first in rows ``[0, n)``."""
-
-    __slots__ = (
-        "features",
-        "imputed",
-        "n",
-        "observations",
-        "pattern_ids",
-        "pending",
-        "route_id",
-        "timestamps",
-    )
-
-    def __init__(self, window: int) -> None:
-        self.timestamps = np.zeros(window, dtype=np.int64)
-        self.features = np.zeros((window, D), dtype=np.float32)
-        self.imputed = np.zeros(window, dtype=np.uint8)
-        self.pattern_ids: list[str | None] | None = None  # made with the first pattern: most flows have none
-        self.n = 0
-        self.observations = 0
-        self.route_id: str | None = None
-        self.pending: str | None = None  # a SimilarityResult's pattern, for the next context
-
-    def apply(self, context: FlowContext) -> int:
-        """Apply one context: 0 applied, 1 late, 2 duplicate. Fills in ``context``'s missing features."""
-        n = self.n
-        if n:
-            newest = int(self.timestamps[n - 1])
-            if context.timestamp < newest:
-                return 1
-            if context.timestamp == newest:
-                return 2
-        features = context.features
-        missing = np.isnan(features)
-        if missing.any():
-            features[missing] = (self.features[n - 1] if n else _DEFAULTS)[missing]
-            context.imputed = int(np.packbits(missing, bitorder="little")[0])
-        if context.pattern_id is None and self.pending is not None:
-            context.pattern_id, self.pending = self.pending, None
-        window = len(self.timestamps)
-        if n == window:  # full: the oldest goes
-            self.timestamps[:-1] = self.timestamps[1:]
-            self.features[:-1] = self.features[1:]
-            self.imputed[:-1] = self.imputed[1:]
-            if self.pattern_ids is not None:
-                del self.pattern_ids[0]
-                self.pattern_ids.append(None)
-            n -= 1
-        self.timestamps[n] = context.timestamp
-        self.features[n] = features
-        self.imputed[n] = context.imputed
-        if context.pattern_id is not None and self.pattern_ids is None:
-            self.pattern_ids = [None] * window
-        if self.pattern_ids is not None:
-            self.pattern_ids[n] = context.pattern_id
-        if context.route_id is not None:
-            self.route_id = context.route_id
-        self.n = n + 1
-        self.observations += 1
-        return 0
-
-    def snapshot(self, flow_key: str) -> FlowWindow:
-        n = self.n
-        return FlowWindow(
-            flow_key=flow_key,
-            timestamps=self.timestamps[:n].copy(),
-            features=self.features[:n].copy(),
-            imputed=self.imputed[:n].copy(),
-            pattern_ids=[None] * n if self.pattern_ids is None else self.pattern_ids[:n],
-            route_id=self.route_id,
-            observations=self.observations,
-        )
+_MIN_SLOTS = 1024
 
 
 class MemoryFlows(FlowStore):
@@ -110,82 +50,241 @@ class MemoryFlows(FlowStore):
         self.window_size, self.ttl_ms, self.max_flows = window, ttl_ms, max_flows
         self.retry_after_s = retry_after_s
         self._clock = clock
-        self._flows: OrderedDict[str, _Flow] = OrderedDict()
-        self._seen: dict[str, float] = {}  # flow_key -> clock of its last update
+        self._slots: dict[str, int] = {}  # flow_key -> its slot
+        self._keys: list[str | None] = []  # slot -> flow_key (None: free)
+        self._free: list[int] = []
+        w = window
+        self._ts = np.zeros((0, w), dtype=np.int64)
+        self._features = np.zeros((0, w, D), dtype=np.float32)
+        self._imputed = np.zeros((0, w), dtype=np.uint8)
+        self._n = np.zeros(0, dtype=np.int64)  # contexts in the window
+        self._head = np.zeros(0, dtype=np.int64)  # ring row of the next context
+        self._newest = np.zeros(0, dtype=np.int64)  # newest timestamp (valid where n > 0)
+        self._observations = np.zeros(0, dtype=np.int64)  # contexts ever applied
+        self._seen = np.zeros(0, dtype=np.float64)  # clock of the last update; +inf on a free slot
+        self._routes: dict[int, str] = {}
+        self._pending: dict[int, str] = {}  # a SimilarityResult's pattern, for the flow's next context
+        self._patterns: dict[int, list[str | None]] = {}  # ring-aligned; made with a flow's first pattern
+        self._grow(1)
 
-    def _expire(self) -> None:
-        deadline = self._clock() - self.ttl_ms / 1000.0
-        flows, seen = self._flows, self._seen
-        while flows:
-            oldest = next(iter(flows))
-            if seen[oldest] > deadline:
-                break
-            del flows[oldest], seen[oldest]
+    # -- slots --------------------------------------------------------------------------------------
+    def _grow(self, need: int) -> None:
+        old = len(self._keys)
+        size = max(_MIN_SLOTS, old)
+        while size < need:
+            size *= 2
+        size = min(size, max(self.max_flows, need))
+        if size <= old:
+            return
+        extra = size - old
 
-    async def append(self, contexts: Sequence[FlowContext]) -> Appended:
-        self._expire()
-        flows = self._flows
-        new = {c.flow_key for c in contexts if c.flow_key not in flows}
-        if len(flows) + len(new) > self.max_flows:
-            raise FlowsFull(
-                f"the flow store holds {len(flows)} flows of at most {self.max_flows} (CPE_MAX_FLOWS); "
-                f"this batch would start {len(new)} more",
-                self.retry_after_s,
-            )
-        result = Appended()
+        def grown(a: np.ndarray, fill: float = 0) -> np.ndarray:
+            more = np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)
+            return np.concatenate((a, more))
+
+        self._ts, self._features, self._imputed = grown(self._ts), grown(self._features), grown(self._imputed)
+        self._n, self._head, self._newest = grown(self._n), grown(self._head), grown(self._newest)
+        self._observations, self._seen = grown(self._observations), grown(self._seen, np.inf)
+        self._keys += [None] * extra
+        self._free.extend(range(size - 1, old - 1, -1))  # lowest slots first
+
+    def _allocate(self, flow_keys: Sequence[str], now: float) -> None:
+        if len(self._free) < len(flow_keys):
+            self._grow(len(self._slots) + len(flow_keys))
+        for key in flow_keys:
+            slot = self._free.pop()
+            self._slots[key] = slot
+            self._keys[slot] = key
+            self._n[slot] = self._head[slot] = self._observations[slot] = 0
+            self._seen[slot] = now
+
+    def _release(self, slot: int) -> None:
+        key = self._keys[slot]
+        assert key is not None, f"slot {slot} is free already"
+        del self._slots[key]
+        self._keys[slot] = None
+        self._seen[slot] = np.inf
+        self._n[slot] = 0
+        self._routes.pop(slot, None)
+        self._pending.pop(slot, None)
+        self._patterns.pop(slot, None)
+        self._free.append(slot)
+
+    def _expire(self) -> float:
+        """Forget the flows idle past the TTL; returns the clock."""
         now = self._clock()
-        for context in contexts:
-            flow = flows.get(context.flow_key)
-            if flow is None:
-                flow = flows[context.flow_key] = _Flow(self.window_size)
-            status = flow.apply(context)
-            result.statuses.append(status)
-            if status == 0:
-                result.accepted += 1
-                result.imputed += context.imputed != 0
-                result.applied.setdefault(context.flow_key, []).append(context)
-            elif status == 1:
-                result.late += 1
-            else:
-                result.duplicates += 1
-        for flow_key in {c.flow_key for c in contexts}:
-            flows.move_to_end(flow_key)
-            self._seen[flow_key] = now
-        return result
+        if self._slots:
+            for slot in np.flatnonzero(self._seen <= now - self.ttl_ms / 1000.0).tolist():
+                self._release(slot)
+        return now
+
+    def _slots_of(self, flow_keys: Sequence[str]) -> np.ndarray:
+        """(N,) slot of each flow, -1 where the store has none."""
+        get = self._slots.get
+        return np.fromiter((get(k, -1) for k in flow_keys), np.int64, len(flow_keys))
+
+    # -- the interface ------------------------------------------------------------------------------
+    async def append_batch(self, batch: ContextBatch) -> BatchApplied:
+        now = self._expire()
+        keys = batch.flow_keys
+        slots = self._slots_of(keys)
+        unknown = slots < 0
+        if unknown.any():
+            new = list(dict.fromkeys(keys[i] for i in np.flatnonzero(unknown).tolist()))
+            if len(self._slots) + len(new) > self.max_flows:
+                raise FlowsFull(
+                    f"the flow store holds {len(self._slots)} flows of at most {self.max_flows} "
+                    f"(CPE_MAX_FLOWS); this batch would start {len(new)} more",
+                    self.retry_after_s,
+                )
+            self._allocate(new, now)
+            slots = self._slots_of(keys)
+        n = len(keys)
+        statuses = np.zeros(n, dtype=np.uint8)
+        imputed = np.zeros(n, dtype=np.uint8)
+        for rank in _ranks(slots):
+            self._apply(batch, rank, slots[rank], statuses, imputed)
+        touched = np.unique(slots)
+        self._seen[touched] = now
+        applied = np.flatnonzero(statuses == APPLIED)
+        flows = [keys[i] for i in applied.tolist()]
+        if len(flows) > len(touched):
+            flows = list(dict.fromkeys(flows))
+        return BatchApplied(statuses, imputed, flows)
+
+    def _apply(
+        self, batch: ContextBatch, idx: np.ndarray, slots: np.ndarray, statuses: np.ndarray, out: np.ndarray
+    ) -> None:
+        """Apply contexts ``idx`` of ``batch``, of distinct flows (``slots``), in one pass."""
+        ts = batch.timestamps[idx]
+        n, newest = self._n[slots], self._newest[slots]
+        had = n > 0
+        late = had & (ts < newest)
+        duplicate = had & (ts == newest)
+        statuses[idx[late]] = LATE
+        statuses[idx[duplicate]] = DUPLICATE
+        ok = ~(late | duplicate)
+        if not ok.all():
+            idx, slots, ts, n, had = idx[ok], slots[ok], ts[ok], n[ok], had[ok]
+        if not len(idx):
+            return
+        w = self.window_size
+        head = self._head[slots]
+        features = batch.features[idx]
+        missing = np.isnan(features)
+        masks = np.zeros(len(idx), dtype=np.uint8)
+        if missing.any():
+            previous = np.where(had[:, None], self._features[slots, (head - 1) % w], _DEFAULTS)
+            features = np.where(missing, previous, features)
+            masks = np.packbits(missing, axis=1, bitorder="little")[:, 0]
+            batch.features[idx] = features
+            out[idx] = masks
+        self._ts[slots, head] = ts
+        self._features[slots, head] = features
+        self._imputed[slots, head] = masks
+        self._head[slots] = (head + 1) % w
+        self._n[slots] = np.minimum(n + 1, w)
+        self._newest[slots] = ts
+        self._observations[slots] += 1
+        if batch.route_ids is not None:
+            routes = batch.route_ids
+            for i, slot in zip(idx.tolist(), slots.tolist(), strict=True):
+                if routes[i] is not None:
+                    self._routes[slot] = routes[i]
+        if batch.pattern_ids is not None or self._pending:
+            self._attach(batch, idx, slots, head)
+
+    def _attach(self, batch: ContextBatch, idx: np.ndarray, slots: np.ndarray, head: np.ndarray) -> None:
+        """The pattern ids of applied contexts: their own, else the flow's pending one."""
+        if batch.pattern_ids is None:
+            batch.pattern_ids = [None] * len(batch)
+        patterns, pending = batch.pattern_ids, self._pending
+        for i, slot, row in zip(idx.tolist(), slots.tolist(), head.tolist(), strict=True):
+            pattern = patterns[i]
+            if pattern is None and slot in pending:
+                pattern = patterns[i] = pending.pop(slot)
+            ring = self._patterns.get(slot)
+            if ring is None and pattern is not None:
+                ring = self._patterns[slot] = [None] * self.window_size
+            if ring is not None:
+                ring[row] = pattern
 
     async def attach_patterns(self, patterns: Sequence[tuple[str, str]]) -> None:
-        self._expire()
-        now = self._clock()
+        now = self._expire()
         for flow_key, pattern_id in patterns:
-            flow = self._flows.get(flow_key)
-            if flow is None:
-                if len(self._flows) >= self.max_flows:
+            slot = self._slots.get(flow_key)
+            if slot is None:
+                if len(self._slots) >= self.max_flows:
                     raise FlowsFull(
                         f"the flow store holds {self.max_flows} flows (CPE_MAX_FLOWS)", self.retry_after_s
                     )
-                flow = self._flows[flow_key] = _Flow(self.window_size)  # its first context takes the pattern
-            flow.pending = pattern_id
-            self._flows.move_to_end(flow_key)
-            self._seen[flow_key] = now
+                self._allocate([flow_key], now)  # its first context takes the pattern
+                slot = self._slots[flow_key]
+            self._pending[slot] = pattern_id
+            self._seen[slot] = now
 
     async def windows(self, flow_keys: Sequence[str]) -> list[FlowWindow | None]:
+        block = await self.window_block(flow_keys)
+        return [block.window(i) for i in range(len(flow_keys))]
+
+    async def window_block(self, flow_keys: Sequence[str], length: int | None = None) -> WindowBlock:
         self._expire()
-        found = []
-        for flow_key in flow_keys:
-            flow = self._flows.get(flow_key)
-            found.append(None if flow is None or flow.n == 0 else flow.snapshot(flow_key))
-        return found
+        slots = self._slots_of(flow_keys)
+        live = slots >= 0
+        safe = np.where(live, slots, 0)
+        w = self.window_size
+        length = w if length is None else min(length, w)
+        lengths = np.minimum(np.where(live, self._n[safe], 0), length)
+        # right-aligned: the last column holds each flow's newest context (ring row head-1)
+        rows = (self._head[safe][:, None] + np.arange(w - length, w)) % w
+        pick = (safe[:, None], rows)
+        routes = [self._routes.get(s) for s in slots.tolist()] if self._routes else None
+        patterns = None
+        if self._patterns:
+            patterns = []
+            for s, r in zip(slots.tolist(), rows.tolist(), strict=True):
+                ring = self._patterns.get(s)
+                patterns.append(None if ring is None else [ring[j] for j in r])
+        return WindowBlock(
+            flow_keys=list(flow_keys),
+            lengths=lengths,
+            timestamps=self._ts[pick],
+            features=self._features[pick],
+            imputed=self._imputed[pick],
+            observations=np.where(live, self._observations[safe], 0),
+            route_ids=routes,
+            pattern_ids=patterns,
+        )
 
     async def flows(self, after: str | None, limit: int) -> list[str]:
         self._expire()
-        flows = self._flows
-        keys = (k for k, flow in flows.items() if flow.n and (after is None or k > after))
+        n = self._n
+        keys = (k for k, s in self._slots.items() if n[s] and (after is None or k > after))
         return heapq.nsmallest(limit, keys)
 
     async def count(self) -> int:
         self._expire()
-        return len(self._flows)
+        return len(self._slots)
 
     async def delete(self, flow_key: str) -> bool:
-        self._seen.pop(flow_key, None)
-        return self._flows.pop(flow_key, None) is not None
+        slot = self._slots.get(flow_key)
+        if slot is None:
+            return False
+        self._release(slot)
+        return True
+
+
+def _ranks(slots: np.ndarray) -> list[np.ndarray]:
+    """Positions of the batch's contexts by rank within their flow: the positions of each flow's first
+    context, then of each flow's second, ...; in batch order within a rank."""
+    n = len(slots)
+    order = np.argsort(slots, kind="stable")
+    ordered = slots[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    if starts.all():  # the usual case: one context per flow
+        return [np.arange(n)]
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - first
+    return [np.flatnonzero(rank == r) for r in range(int(rank.max()) + 1)]

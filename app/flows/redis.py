@@ -35,7 +35,16 @@ from redis import exceptions as rex
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from app.flows.base import FEATURE_DEFAULTS, Appended, FlowContext, FlowStore, FlowsUnavailable, FlowWindow
+from app.flows.base import (
+    FEATURE_DEFAULTS,
+    BatchApplied,
+    ContextBatch,
+    FlowContext,
+    FlowStore,
+    FlowsUnavailable,
+    FlowWindow,
+    WindowBlock,
+)
 from app.schemas import D
 
 log = logging.getLogger("cpe.flows")
@@ -49,29 +58,40 @@ _CLUSTER_CONCURRENCY = 256  # scripts in flight at once on a Cluster
 FLOWS_PER_CALL = 256
 _UNAVAILABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.BusyLoadingError, OSError)
 
-# KEYS: each flow's window zset and meta hash. ARGV: window, ttl_ms, then per flow: route_id or "", the
-# count n of its contexts, their packed forms end to end (n x _FIXED.size bytes), "1" when n pattern ids
-# follow (else "0"). Answers, per context in order: 1 late, 2 duplicate, or the member stored.
+# KEYS: each flow's window zset and meta hash. ARGV: window, ttl_ms, the packed forms of the call's contexts
+# end to end (flow by flow, each flow's in order; _FIXED.size bytes each), each flow's count of contexts
+# (little-endian uint32s), "1" when a route id per flow follows (else "0"), "1" when a pattern id per
+# context follows (else "0"), then those. A few arguments per call rather than four per flow: the client
+# encodes every argument on its own. Answers, per context in order: 1 late, 2 duplicate, 0 applied as
+# sent, or the member stored when it differs from what was sent (features filled in, a pattern attached);
+# then one string of a character per flow, "1" where the flow had no window before (a new flow).
 APPEND = f"""
 local size = {_FIXED.size}
 local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = {{}}
-local arg = 3
-for k = 1, #KEYS, 2 do
-  local wkey, mkey = KEYS[k], KEYS[k + 1]
-  local route, n, blob, has_patterns = ARGV[arg], tonumber(ARGV[arg + 1]), ARGV[arg + 2], ARGV[arg + 3]
-  arg = arg + 4
+local blob, counts = ARGV[3], ARGV[4]
+local has_routes, has_patterns = ARGV[5] == '1', ARGV[6] == '1'
+local nflows = #KEYS / 2
+local patterns_at = 7
+if has_routes then patterns_at = 7 + nflows end
+local out, fresh = {{}}, {{}}
+local c = 0
+for f = 1, nflows do
+  local wkey, mkey = KEYS[2 * f - 1], KEYS[2 * f]
+  local n = struct.unpack('<I4', counts, 4 * (f - 1) + 1)
+  local route = ''
+  if has_routes then route = ARGV[6 + f] end
   local newest_ts, newest
   local last = redis.call('ZRANGE', wkey, -1, -1, 'WITHSCORES')
   if #last > 0 then newest, newest_ts = last[1], tonumber(last[2]) end
+  if newest_ts == nil then fresh[f] = '1' else fresh[f] = '0' end
   local pending = redis.call('HGET', mkey, 'p')
   local used_pending = false
   local applied = 0
   for i = 0, n - 1 do
-    local at = i * size
+    local at = (c + i) * size
     local ts = struct.unpack('<i8', blob, at + 1)
     local pattern = ''
-    if has_patterns == '1' then pattern = ARGV[arg + i] end
+    if has_patterns then pattern = ARGV[patterns_at + c + i] end
     if newest_ts ~= nil and ts < newest_ts then
       out[#out + 1] = 1
     elseif newest_ts ~= nil and ts == newest_ts then
@@ -79,9 +99,9 @@ for k = 1, #KEYS, 2 do
     else
       local missing = string.byte(blob, at + size)
       local parts = {{string.sub(blob, at + 1, at + 8)}}
-      for f = 0, {D - 1} do
-        local a = 9 + 4 * f
-        if newest ~= nil and bit.band(missing, bit.lshift(1, f)) ~= 0 then
+      for x = 0, {D - 1} do
+        local a = 9 + 4 * x
+        if newest ~= nil and bit.band(missing, bit.lshift(1, x)) ~= 0 then
           parts[#parts + 1] = string.sub(newest, a, a + 3)
         else
           parts[#parts + 1] = string.sub(blob, at + a, at + a + 3)
@@ -96,10 +116,10 @@ for k = 1, #KEYS, 2 do
       redis.call('ZADD', wkey, ts, member)
       newest, newest_ts = member, ts
       applied = applied + 1
-      out[#out + 1] = member
+      if missing ~= 0 or pattern ~= '' then out[#out + 1] = member else out[#out + 1] = 0 end
     end
   end
-  if has_patterns == '1' then arg = arg + n end
+  c = c + n
   if applied > 0 then
     redis.call('ZREMRANGEBYRANK', wkey, 0, -(window + 1))
     redis.call('HINCRBY', mkey, 'n', applied)
@@ -109,6 +129,32 @@ for k = 1, #KEYS, 2 do
     redis.call('PEXPIRE', mkey, ttl)
   end
 end
+out[#out + 1] = table.concat(fresh)
+return out
+"""
+
+
+# KEYS: each flow's window zset and meta hash. ARGV[1]: how many of the newest contexts to read. Answers,
+# per flow: the fixed parts of its contexts end to end (oldest first), its route id or "", the count of its
+# contexts ever applied, and its contexts' pattern ids (an empty list when none has one).
+WINDOWS = f"""
+local size = {_FIXED.size}
+local span = tonumber(ARGV[1])
+local out = {{}}
+for k = 1, #KEYS, 2 do
+  local members = redis.call('ZRANGE', KEYS[k], -span, -1)
+  local meta = redis.call('HMGET', KEYS[k + 1], 'r', 'n')
+  local fixed, patterns, named = {{}}, {{}}, false
+  for i, m in ipairs(members) do
+    fixed[i] = string.sub(m, 1, size)
+    patterns[i] = string.sub(m, size + 1)
+    if #m > size then named = true end
+  end
+  out[#out + 1] = table.concat(fixed)
+  out[#out + 1] = meta[1] or ''
+  out[#out + 1] = meta[2] or '0'
+  if named then out[#out + 1] = patterns else out[#out + 1] = {{}} end
+end
 return out
 """
 
@@ -117,12 +163,15 @@ def _keys(prefix: str, flow_key: str) -> tuple[str, str]:
     return f"{prefix}{{{flow_key}}}:w", f"{prefix}{{{flow_key}}}:m"
 
 
-def _pack(context: FlowContext) -> bytes:
-    features = context.features
-    missing = np.isnan(features)
-    mask = int(np.packbits(missing, bitorder="little")[0]) if missing.any() else 0
-    values = np.where(missing, np.asarray(FEATURE_DEFAULTS, dtype=np.float32), features)
-    return _FIXED.pack(context.timestamp, *values.tolist(), mask)
+def _pack_rows(batch: ContextBatch) -> np.ndarray:
+    """The fixed part of every context of ``batch`` as packed rows (missing features as the defaults,
+    marked in the mask)."""
+    rows = np.empty(len(batch), dtype=_ROW)
+    rows["t"] = batch.timestamps
+    missing = np.isnan(batch.features)
+    rows["f"] = np.where(missing, np.asarray(FEATURE_DEFAULTS, dtype=np.float32), batch.features)
+    rows["m"] = np.packbits(missing, axis=1, bitorder="little")[:, 0]
+    return rows
 
 
 def _unpack(flow_key: str, member: bytes, route_id: str | None) -> FlowContext:
@@ -160,6 +209,7 @@ class RedisFlows(FlowStore):
                 client = Redis.from_url(url, **options)
         self.client: Any = client  # Redis and RedisCluster share the commands used here
         self._sha: str | None = None
+        self._shas: dict[str, str] = {}  # script -> its SHA1, once loaded
         self._problem: str | None = None
 
     @property
@@ -178,9 +228,12 @@ class RedisFlows(FlowStore):
         if self._own:
             await self.client.aclose()
 
-    async def _load_script(self) -> str:
-        self._sha = str(await self.client.script_load(APPEND))
-        return self._sha
+    async def _load_script(self, script: str = APPEND) -> str:
+        sha = str(await self.client.script_load(script))
+        self._shas[script] = sha
+        if script == APPEND:
+            self._sha = sha
+        return sha
 
     async def _check_durability(self) -> None:
         try:
@@ -194,79 +247,126 @@ class RedisFlows(FlowStore):
                 "set appendonly yes"
             )
 
-    def _failed(self, exc: BaseException) -> FlowsUnavailable:
-        self._problem = f"flow store (Redis) unreachable: {type(exc).__name__}: {exc}"
-        log.warning("flows: %s", self._problem)
-        return FlowsUnavailable(self._problem, self.retry_after_s)
-
-    async def append(self, contexts: Sequence[FlowContext]) -> Appended:
-        by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in ``contexts``
-        for i, context in enumerate(contexts):
-            by_flow.setdefault(context.flow_key, []).append(i)
-        flows = [(flow_key, self._flow_args(contexts, positions)) for flow_key, positions in by_flow.items()]
+    async def check(self) -> str | None:
+        """A PING (and the script, if Redis was out of reach at start): the problem now, or None."""
         try:
-            answers = await self._run_script(self._calls(flows))
-            await self.client.zadd(self.index, dict.fromkeys(by_flow, 0))
+            await self.client.ping()
+            if self._sha is None:
+                await self._load_script()
+        except _UNAVAILABLE as exc:
+            self._failed(exc)
+        else:
+            self._problem = None
+        return self._problem
+
+    def _failed(self, exc: BaseException) -> FlowsUnavailable:
+        problem = f"flow store (Redis) unreachable: {type(exc).__name__}: {exc}"
+        if problem != self._problem:  # once per outage, not once per call or probe
+            log.warning("flows: %s", problem)
+        self._problem = problem
+        return FlowsUnavailable(problem, self.retry_after_s)
+
+    async def append_batch(self, batch: ContextBatch) -> BatchApplied:
+        by_flow: dict[str, list[int]] = {}  # flow -> positions of its contexts in the batch
+        for i, flow_key in enumerate(batch.flow_keys):
+            by_flow.setdefault(flow_key, []).append(i)
+        rows = _pack_rows(batch)
+        groups = self._group(list(by_flow.items()))
+        calls = [self._append_call(batch, rows, group) for group in groups]
+        try:
+            answers = await self._run_script(calls)
+            fresh = [
+                flow_key
+                for group, answer in zip(groups, answers, strict=True)
+                for (flow_key, _), new in zip(group, answer[-1], strict=True)
+                if new == ord("1")
+            ]
+            if fresh:  # the index lists flows for paging: only new ones need adding
+                await self.client.zadd(self.index, dict.fromkeys(fresh, 0))
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
-        result = Appended(statuses=[0] * len(contexts))
-        flat = iter([status for answer in answers for status in answer])
-        for flow_key, positions in by_flow.items():
-            route_id = next(
-                (contexts[i].route_id for i in positions if contexts[i].route_id is not None), None
-            )
-            for i in positions:
-                status = next(flat)
-                if status == 1 or status == 2:
-                    result.statuses[i] = status
-                    if status == 1:
-                        result.late += 1
-                    else:
-                        result.duplicates += 1
-                    continue
-                applied = _unpack(flow_key, status, route_id)
-                result.accepted += 1
-                result.imputed += applied.imputed != 0
-                result.applied.setdefault(flow_key, []).append(applied)
-        return result
+        n = len(batch)
+        statuses = np.zeros(n, dtype=np.uint8)
+        imputed = np.zeros(n, dtype=np.uint8)
+        applied: list[str] = []
+        for group, answer in zip(groups, answers, strict=True):
+            flat = iter(answer)
+            for flow_key, positions in group:
+                first = True
+                for i in positions:
+                    status = next(flat)
+                    if status == 1 or status == 2:
+                        statuses[i] = status
+                        continue
+                    if first:
+                        applied.append(flow_key)
+                        first = False
+                    if status != 0:  # the member as stored: features filled in, or a pattern attached
+                        context = _unpack(flow_key, status, None)
+                        batch.features[i] = context.features
+                        imputed[i] = context.imputed
+                        if context.pattern_id is not None:
+                            if batch.pattern_ids is None:
+                                batch.pattern_ids = [None] * n
+                            batch.pattern_ids[i] = context.pattern_id
+        return BatchApplied(statuses, imputed, applied)
 
-    @staticmethod
-    def _flow_args(contexts: Sequence[FlowContext], positions: list[int]) -> list[Any]:
-        """One flow's ARGV part of the script: route, count, packed contexts, pattern ids if any."""
-        mine = [contexts[i] for i in positions]
-        route = next((c.route_id for c in reversed(mine) if c.route_id is not None), None)
-        patterns = [c.pattern_id or "" for c in mine]
-        blob = b"".join(_pack(c) for c in mine)
-        if any(patterns):
-            return [route or "", len(mine), blob, "1", *patterns]
-        return [route or "", len(mine), blob, "0"]
+    def _append_call(
+        self, batch: ContextBatch, rows: np.ndarray, group: list[tuple[str, list[int]]]
+    ) -> tuple[list[str], list[Any]]:
+        """One APPEND call's keys and arguments: the group's contexts packed in one string."""
+        keys: list[str] = []
+        order: list[int] = []
+        for flow_key, positions in group:
+            keys += _keys(self.prefix, flow_key)
+            order += positions
+        counts = np.fromiter((len(positions) for _, positions in group), "<u4", len(group))
+        args: list[Any] = [self.window_size, self.ttl_ms, rows[order].tobytes(), counts.tobytes()]
+        routes: list[str] = []
+        if batch.route_ids is not None:
+            given = batch.route_ids
+            for _, positions in group:
+                routes.append(
+                    next((given[i] for i in reversed(positions) if given[i] is not None), None) or ""
+                )
+        patterns: list[str] = []
+        if batch.pattern_ids is not None:
+            patterns = [batch.pattern_ids[i] or "" for i in order]
+        routes = routes if any(routes) else []
+        patterns = patterns if any(patterns) else []
+        return keys, [*args, "1" if routes else "0", "1" if patterns else "0", *routes, *patterns]
 
-    def _calls(self, flows: list[tuple[str, list[Any]]]) -> list[tuple[list[str], list[Any]]]:
-        """The script calls for ``flows``: up to FLOWS_PER_CALL flows each on one Redis; on a Cluster one call
-        per hash slot, since a script may only touch the keys of one slot."""
-        groups: dict[int, list[tuple[str, list[Any]]]] = {}
+    def _group(self, flows: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
+        """``flows`` (flow_key first) in groups of one script call each: up to FLOWS_PER_CALL on one Redis;
+        on a Cluster one group per hash slot, since a script may only touch the keys of one slot."""
         if isinstance(self.client, RedisCluster):
+            slots: dict[int, list[tuple[str, Any]]] = {}
             for flow in flows:
-                groups.setdefault(self.client.keyslot(_keys(self.prefix, flow[0])[0]), []).append(flow)
-        else:
-            for start in range(0, len(flows), FLOWS_PER_CALL):
-                groups[start] = flows[start : start + FLOWS_PER_CALL]
+                slots.setdefault(self.client.keyslot(_keys(self.prefix, flow[0])[0]), []).append(flow)
+            return list(slots.values())
+        return [flows[start : start + FLOWS_PER_CALL] for start in range(0, len(flows), FLOWS_PER_CALL)]
+
+    def _calls(
+        self, flows: list[tuple[str, list[Any]]], head: list[Any]
+    ) -> list[tuple[list[str], list[Any]]]:
+        """Script calls for ``flows`` (flow_key, its arguments), grouped as ``_group`` says, each
+        call's arguments ``head`` then the flows' own."""
         calls = []
-        for group in groups.values():
+        for group in self._group(flows):
             keys: list[str] = []
-            args: list[Any] = [self.window_size, self.ttl_ms]
+            args: list[Any] = list(head)
             for flow_key, flow_args in group:
                 keys += _keys(self.prefix, flow_key)
                 args += flow_args
             calls.append((keys, args))
         return calls
 
-    async def _run_script(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _run_script(self, calls: list[tuple[list[str], list[Any]]], script: str = APPEND) -> list[Any]:
         """EVALSHA for each call: in one pipeline on one Redis; side by side on a Cluster (whose client
         pipelines no scripts). A node that lost its scripts (restarted) gets them again and only its calls
         are run again, so that nothing is applied twice."""
-        sha = self._sha or await self._load_script()
+        sha = self._shas.get(script) or await self._load_script(script)
         answers: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
@@ -281,7 +381,7 @@ class RedisFlows(FlowStore):
                     answers[i] = value
             if not retry:
                 break
-            sha = await self._load_script()
+            sha = await self._load_script(script)
             todo = retry
         return answers
 
@@ -316,21 +416,40 @@ class RedisFlows(FlowStore):
         self._problem = None
 
     async def windows(self, flow_keys: Sequence[str]) -> list[FlowWindow | None]:
+        block = await self.window_block(flow_keys)
+        return [block.window(i) for i in range(len(flow_keys))]
+
+    async def window_block(self, flow_keys: Sequence[str], length: int | None = None) -> WindowBlock:
+        """The windows in one script call per FLOWS_PER_CALL flows (per hash slot on a Cluster): each flow's
+        newest contexts come back as one string, read into the block's arrays in a few numpy calls."""
+        width = self.window_size if length is None else min(length, self.window_size)
+        keys = list(flow_keys)
+        calls = self._calls([(k, []) for k in keys], [width])
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for flow_key in flow_keys:
-                wkey, mkey = _keys(self.prefix, flow_key)
-                pipe.zrange(wkey, 0, -1)
-                pipe.hmget(mkey, "r", "n")
-            results = await pipe.execute()
+            answers = await self._run_script(calls, WINDOWS)
         except _UNAVAILABLE as exc:
             raise self._failed(exc) from None
         self._problem = None
-        found: list[FlowWindow | None] = []
-        for j, flow_key in enumerate(flow_keys):
-            members, (route, count) = results[2 * j], results[2 * j + 1]
-            found.append(_window(flow_key, members, route, count) if members else None)
-        return found
+        order = [wkey for call_keys, _ in calls for wkey in call_keys[::2]]  # as the calls took the flows
+        position: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            position.setdefault(key, []).append(i)
+        b = len(keys)
+        blobs: list[bytes] = [b""] * b
+        routes: list[str | None] = [None] * b
+        counts = np.zeros(b, dtype=np.int64)
+        patterns: list[list[str | None] | None] = [None] * b
+        flat = [value for answer in answers for value in answer]
+        prefix_len = len(self.prefix) + 1  # "<prefix>{"
+        for j, wkey in enumerate(order):
+            i = position[wkey[prefix_len:-3]].pop(0)  # "<prefix>{<flow_key>}:w"
+            blob, route, count, named = flat[4 * j : 4 * j + 4]
+            blobs[i] = blob
+            routes[i] = route.decode() if route else None
+            counts[i] = int(count)
+            if named:
+                patterns[i] = [p.decode() or None for p in named]
+        return _block(keys, blobs, routes, counts, patterns, width)
 
     async def flows(self, after: str | None, limit: int) -> list[str]:
         start = "-" if after is None else f"({after}"
@@ -370,21 +489,42 @@ class RedisFlows(FlowStore):
         return deleted > 0
 
 
-def _window(flow_key: str, members: list[bytes], route: bytes | None, count: bytes | None) -> FlowWindow:
-    """A window from its sorted-set members (oldest first): the fixed part read in one numpy call."""
-    size = _FIXED.size
-    if all(len(m) == size for m in members):
-        patterns: list[str | None] = [None] * len(members)
-        rows = np.frombuffer(b"".join(members), dtype=_ROW)
-    else:
-        patterns = [m[size:].decode() or None for m in members]
-        rows = np.frombuffer(b"".join(m[:size] for m in members), dtype=_ROW)
-    return FlowWindow(
-        flow_key=flow_key,
-        timestamps=rows["t"].astype(np.int64),
-        features=rows["f"].astype(np.float32),
-        imputed=rows["m"].astype(np.uint8),
-        pattern_ids=patterns,
-        route_id=route.decode() if route else None,
-        observations=int(count) if count else len(members),
+def _block(
+    keys: list[str],
+    blobs: list[bytes],
+    routes: list[str | None],
+    counts: np.ndarray,
+    patterns: list[list[str | None] | None],
+    width: int,
+) -> WindowBlock:
+    """A right-aligned block of ``width`` columns from each flow's packed contexts (oldest first)."""
+    b, size = len(keys), _FIXED.size
+    lengths = np.fromiter((len(blob) // size for blob in blobs), np.int64, b)
+    rows = np.frombuffer(b"".join(blobs), dtype=_ROW)
+    flow = np.repeat(np.arange(b), lengths)
+    starts = np.cumsum(lengths) - lengths
+    column = width - np.repeat(lengths, lengths) + (np.arange(len(rows)) - np.repeat(starts, lengths))
+    timestamps = np.zeros((b, width), dtype=np.int64)
+    features = np.zeros((b, width, D), dtype=np.float32)
+    imputed = np.zeros((b, width), dtype=np.uint8)
+    timestamps[flow, column] = rows["t"]
+    features[flow, column] = rows["f"]
+    imputed[flow, column] = rows["m"]
+    named: list[list[str | None] | None] | None = None
+    if any(p is not None for p in patterns):
+        named = [None if p is None else _padded(p, width) for p in patterns]
+    return WindowBlock(
+        flow_keys=keys,
+        lengths=lengths,
+        timestamps=timestamps,
+        features=features,
+        imputed=imputed,
+        observations=np.where(lengths > 0, counts, 0),
+        route_ids=routes if any(r is not None for r in routes) else None,
+        pattern_ids=named,
     )
+
+
+def _padded(patterns: list[str | None], width: int) -> list[str | None]:
+    pad: list[str | None] = [None] * (width - len(patterns))
+    return pad + patterns

@@ -3,7 +3,8 @@
 ``touch(flow_keys)`` marks flows as due (ingest calls it once observations are applied). A flow touched
 again before its forecast runs stays due once: it is forecast on its newest window (coalescing). A fixed
 number of ``rounds`` take up to ``batch`` due flows each, oldest first, read their windows from the flow
-store, and hand them to the engine in one ``predict_many`` (the engine cuts them into forward passes).
+store as one block of arrays (``window_block``), and hand them to the engine in one ``predict_block`` (the
+engine cuts it into forward passes of up to its max_batch windows, and encodes them as arrays).
 The work is bounded by construction: at most one due entry per flow, at most ``rounds x batch`` windows
 in the engine at once. A full engine (its queue is shared with the HTTP requests) puts the round's flows
 back to wait, rather than queueing more; under a load the engine cannot follow, flows are forecast less
@@ -32,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from app.bus import Bus
 from app.engine import Engine, EngineStopped, Overloaded, WindowForecast
 from app.engine_metrics import LATENCY_BUCKETS, LatencyRing
-from app.flows import FlowsUnavailable
+from app.flows import FlowsUnavailable, FlowWindow, WindowBlock
 from app.forecasts.labels import FreeLabels
 from app.forecasts.redis import ForecastsUnavailable
 from app.forecasts.result import Draft, serialize_many
@@ -50,22 +51,28 @@ RETRY_S = 0.01  # how long a round waits after the engine refused its windows
 UNAVAILABLE_RETRY_S = 0.5  # ... after the flow store could not be reached
 
 
-class FlowWindow(Protocol):
-    """A flow's window as the flow store answers it, oldest first."""
-
-    @property
-    def timestamps(self) -> np.ndarray: ...  # (n,) int64 ms, increasing
-
-    @property
-    def features(self) -> np.ndarray: ...  # (n, D)
-
-
-# the round's flows, their windows and forecasts, in the same order
+# the round's flows, their windows (the newest contexts the round read) and forecasts, in the same order
 OnForecasts = Callable[[Sequence[str], Sequence[FlowWindow], Sequence[WindowForecast]], Awaitable[None]]
 
 
+class _BlockWindows(Sequence[FlowWindow]):
+    """A round's block seen as its windows, each made only when the hook asks for it: the route groups
+    read the few flows that are routes, not the round's every flow."""
+
+    def __init__(self, block: WindowBlock) -> None:
+        self.block = block
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+    def __getitem__(self, i: int) -> FlowWindow:  # type: ignore[override]
+        window = self.block.window(i)
+        assert window is not None, "a round forecasts only the flows it holds a window of"
+        return window
+
+
 class WindowSource(Protocol):
-    """Where the windows come from: the flow store."""
+    """Where the windows come from: the flow store (whose ``window_block`` reads a round's at once)."""
 
     async def windows(self, flow_keys: Sequence[str]) -> Sequence[FlowWindow | None]: ...
 
@@ -113,6 +120,9 @@ class ContinuousPrediction:
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
         self.on_forecasts = on_forecasts  # told of each round's forecasts once they are published
+        # the newest contexts a round reads of each window: what the model reads, what the EWMA reads, and
+        # the one before (the previous forecast's newest, for its score); the older ones are not copied
+        self.span = max(engine.predictors[kind].seq_len, EWMA_SPAN) + 1
         self.stats = RoundStats()
         self._due: dict[str, float] = {}  # flow_key -> perf_counter() of its oldest unforecast observation
         self._wake = asyncio.Event()
@@ -235,44 +245,46 @@ class ContinuousPrediction:
                 self._running -= 1
 
     async def _round(self, keys: list[str], touched: list[float]) -> None:
-        found = await self.source.windows(keys)
-        live = [i for i, window in enumerate(found) if window is not None]
-        if len(live) < len(keys):
+        block = await self._block(keys)
+        lengths = block.lengths
+        if not lengths.all():
+            live = np.flatnonzero(lengths)
             self.stats.gone += len(keys) - len(live)
-            for i, window in enumerate(found):
-                if window is None:
-                    with contextlib.suppress(ForecastsUnavailable):
-                        await self.store.delete(keys[i])
-            keys, touched = [keys[i] for i in live], [touched[i] for i in live]
-        windows: list[FlowWindow] = [w for w in found if w is not None]
-        if not windows:
-            return
+            for i in np.flatnonzero(lengths == 0).tolist():
+                with contextlib.suppress(ForecastsUnavailable):
+                    await self.store.delete(keys[i])
+            if not len(live):
+                return
+            block = block.take(live)
+            keys, touched = block.flow_keys, [touched[i] for i in live.tolist()]
         kind = self.kind
-        forecasts = await self.engine.predict_many(
-            [(kind, w.timestamps, w.features) for w in windows], self.horizon
-        )
+        ts, lengths = block.timestamps, block.lengths
+        forecasts = await self.engine.predict_block(kind, ts, block.features, lengths, self.horizon)
         try:
             previous = await self.store.get_many(keys)
         except ForecastsUnavailable:
             previous = [None] * len(keys)
-        persistence, ewma = _baselines(windows)
-        scores = self._score(keys, windows, previous)
+        persistence, ewma = _baselines(block)
+        scores = self._score(keys, block, previous)
         latency = _step_latency(forecasts)
         now, h = time.perf_counter(), self.horizon
+        bases = ts[:, -1].tolist()
         records, drafts = [], []
-        for key, window, forecast, t, lat, p, e, score in zip(
-            keys,
-            windows,
-            forecasts,
-            touched,
-            latency,
-            persistence.tolist(),
-            ewma.tolist(),
-            scores,
-            strict=True,
+        for i, (key, forecast, t, lat, p, e, score, base, n) in enumerate(
+            zip(
+                keys,
+                forecasts,
+                touched,
+                latency,
+                persistence.tolist(),
+                ewma.tolist(),
+                scores,
+                bases,
+                lengths.tolist(),
+                strict=True,
+            )
         ):
-            base, n = int(window.timestamps[-1]), len(window.timestamps)
-            patterns = _similar_patterns(window, forecast, h)
+            patterns = _similar_patterns(block, i, forecast, h) if block.pattern_ids is not None else []
             draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), patterns)
             drafts.append(draft)
             records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score)))
@@ -297,56 +309,66 @@ class ContinuousPrediction:
         self._forecasts.labels(model=kind).inc(len(keys))
         if self.on_forecasts is not None:
             try:
-                await self.on_forecasts(keys, windows, forecasts)
+                await self.on_forecasts(keys, _BlockWindows(block), forecasts)
             except Exception:  # the forecasts stand: only what the hook does with them is lost
                 log.exception("the forecasts' hook failed on %d flows", len(keys))
 
+    async def _block(self, keys: list[str]) -> WindowBlock:
+        """The round's windows as one block: read so by a flow store that can, else built from objects."""
+        read = getattr(self.source, "window_block", None)
+        if read is not None:
+            block: WindowBlock = await read(keys, self.span)
+            return block
+        windows = await self.source.windows(keys)
+        return WindowBlock.of(keys, windows, self.span)  # type: ignore[arg-type]  # the store's windows
+
     def _score(
-        self, keys: Sequence[str], windows: Sequence[FlowWindow], previous: Sequence[FlowForecast | None]
+        self, keys: Sequence[str], block: WindowBlock, previous: Sequence[FlowForecast | None]
     ) -> list[FlowScore]:
         """Each flow's running score, with its previous forecast scored if its window now holds the
         observation that followed that forecast's window; the scored pairs go to the learner too."""
-        out: list[FlowScore] = []
-        picked: list[tuple[int, int, FlowForecast]] = []  # (flow, row of the actual, its forecast)
-        for i, (window, prev) in enumerate(zip(windows, previous, strict=True)):
-            if prev is None:
-                out.append(FlowScore())
-                continue
-            out.append(prev.score)
-            ts = window.timestamps
-            n = len(ts)
-            if n < 2 or prev.base_ts >= ts[-1]:
-                continue
-            if ts[-2] == prev.base_ts:  # the usual case: one observation since the forecast
-                picked.append((i, n - 1, prev))
-                continue
-            j = int(np.searchsorted(ts, prev.base_ts))
-            if j < n - 1 and ts[j] == prev.base_ts:
-                picked.append((i, j + 1, prev))
-        if not picked:
+        out = [FlowScore() if prev is None else prev.score for prev in previous]
+        had = [(i, prev) for i, prev in enumerate(previous) if prev is not None]
+        if not had:
             return out
-        actual = np.fromiter(
-            (float(windows[i].features[j, 0]) for i, j, _ in picked), np.float64, len(picked)
-        )
-        model = np.abs(np.fromiter((p.latency for _, _, p in picked), np.float64, len(picked)) - actual)
-        persistence = np.abs(
-            np.fromiter((p.persistence for _, _, p in picked), np.float64, len(picked)) - actual
-        )
-        ewma = np.abs(np.fromiter((p.ewma for _, _, p in picked), np.float64, len(picked)) - actual)
-        for (i, _, _prev), m, p, e in zip(
-            picked, model.tolist(), persistence.tolist(), ewma.tolist(), strict=True
+        rows = np.fromiter((i for i, _ in had), np.int64, len(had))
+        prev_base = np.fromiter((prev.base_ts for _, prev in had), np.int64, len(had))
+        ts = block.timestamps[rows]  # (P, L)
+        L = ts.shape[1]
+        valid = np.arange(L) >= (L - block.lengths[rows])[:, None]
+        # the actual: the context right after the forecast's newest, if the window still holds both
+        match = (ts[:, :-1] == prev_base[:, None]) & valid[:, :-1]
+        found = match.any(axis=1) & (prev_base < ts[:, -1])
+        if not found.any():
+            return out
+        hit = np.flatnonzero(found)
+        flows = rows[hit]
+        cols = match[hit].argmax(axis=1) + 1
+        actual = block.features[flows, cols, 0].astype(np.float64)
+        picked = [had[k][1] for k in hit.tolist()]
+        k = len(picked)
+        model = np.abs(np.fromiter((p.latency for p in picked), np.float64, k) - actual)
+        persistence = np.abs(np.fromiter((p.persistence for p in picked), np.float64, k) - actual)
+        ewma = np.abs(np.fromiter((p.ewma for p in picked), np.float64, k) - actual)
+        for i, m, p, e in zip(
+            flows.tolist(), model.tolist(), persistence.tolist(), ewma.tolist(), strict=True
         ):
             out[i].add(m, p, e)
         by_model: dict[str, list[int]] = {}
-        for k, (_, _, prev) in enumerate(picked):
+        for k, prev in enumerate(picked):
             by_model.setdefault(prev.model, []).append(k)
-        for name, rows in by_model.items():
-            self.scores.add(name, model[rows], persistence[rows], ewma[rows])
+        for name, members in by_model.items():
+            self.scores.add(name, model[members], persistence[members], ewma[members])
         if self.labels is not None:
-            for i, j, _ in picked[: self.labels.admit(len(picked))]:
-                w = windows[i]
+            admitted = self.labels.admit(len(flows))
+            for i, j in zip(flows[:admitted].tolist(), cols[:admitted].tolist(), strict=True):
+                first = L - int(block.lengths[i])
                 self.labels.offer(
-                    keys[i], w.timestamps[:j], w.features[:j], int(w.timestamps[j]), w.features[j]
+                    keys[i],
+                    block.timestamps[i, first:j],
+                    block.features[i, first:j],
+                    int(block.timestamps[i, j]),
+                    block.features[i, j],
                 )
         return out
 
@@ -367,16 +389,16 @@ class ContinuousPrediction:
             self.hub.counters.published.inc(len(items))
 
 
-def _baselines(windows: Sequence[FlowWindow]) -> tuple[np.ndarray, np.ndarray]:
+def _baselines(block: WindowBlock) -> tuple[np.ndarray, np.ndarray]:
     """Persistence's and EWMA's forecasts of the next latency of each window: (B,), (B,)."""
-    span = EWMA_SPAN
-    rows = []
-    for w in windows:
-        latency = w.features[-span:, 0]
-        if len(latency) < span:  # repeating the first sample leaves an EWMA started on it unchanged
-            latency = np.concatenate((np.full(span - len(latency), latency[0]), latency))
-        rows.append(latency)
-    lat = np.asarray(rows, dtype=np.float64)  # (B, span)
+    span = min(EWMA_SPAN, block.timestamps.shape[1])
+    lat = block.features[:, -span:, 0].astype(np.float64)  # (B, span)
+    # a window shorter than the span: its first sample repeated, which leaves an EWMA started on it unchanged
+    short = block.lengths < span
+    if short.any():
+        first_col = span - block.lengths[short]  # (S,) column of each short window's first sample
+        firsts = lat[short, first_col]
+        lat[short] = np.where(np.arange(span) < first_col[:, None], firsts[:, None], lat[short])
     s = lat[:, 0].copy()
     for t in range(1, span):
         s += EWMA_ALPHA * (lat[:, t] - s)
@@ -388,12 +410,12 @@ def _step_latency(forecasts: Sequence[WindowForecast]) -> list[float]:
     return [float(f.batch.mean[f.index, 0, 0]) for f in forecasts]
 
 
-def _similar_patterns(window: FlowWindow, forecast: WindowForecast, h: int) -> list[str]:
-    """pattern_ids of the window's contexts nearest to the forecast, as POST /v1/predict answers them."""
-    pattern_ids: list[str | None] | None = getattr(window, "pattern_ids", None)
-    if not pattern_ids or pattern_ids.count(None) == len(pattern_ids):  # the usual case
+def _similar_patterns(block: WindowBlock, i: int, forecast: WindowForecast, h: int) -> list[str]:
+    """pattern_ids of window i's contexts nearest to the forecast, as POST /v1/predict answers them."""
+    window = block.window(i)
+    if window is None or window.pattern_ids.count(None) == len(window.pattern_ids):  # the usual case
         return []
     from app.api.predict import _similar_patterns as nearest  # the one rule, shared with /v1/predict
 
     features = np.asarray(window.features, dtype=np.float64)
-    return nearest(Window("", None, h, window.timestamps, features, list(pattern_ids)), forecast)
+    return nearest(Window("", None, h, window.timestamps, features, list(window.pattern_ids)), forecast)

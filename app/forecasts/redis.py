@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_errors
 
@@ -58,12 +58,24 @@ class RedisForecasts(ForecastStore):
         self.prefix = prefix
         self.ttl_ms = ttl_ms
         self._problem: str | None = None
+        self._put = client.register_script(PUT)  # EVALSHA, loading the script again if Redis lost it
 
     def key(self, flow_key: str) -> str:
         return f"{self.prefix}{{{flow_key}}}"
 
     @property
     def problem(self) -> str | None:
+        return self._problem
+
+    async def check(self) -> str | None:
+        """A PING: the problem now, or None."""
+        client: Any = self.client  # its stubs type ping's answer as a bool or an awaitable
+        try:
+            await client.ping()
+        except _FAILURES as exc:
+            self._failed(exc)
+        else:
+            self._recovered()
         return self._problem
 
     def _failed(self, exc: BaseException) -> ForecastsUnavailable:
@@ -78,26 +90,23 @@ class RedisForecasts(ForecastStore):
             self._problem = None
 
     async def get_many(self, flow_keys: Sequence[str]) -> list[FlowForecast | None]:
+        """One MGET: a round's forecasts in one command rather than a GET each."""
         if not flow_keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for flow_key in flow_keys:
-            pipe.get(self.key(flow_key))
         try:
-            values = await pipe.execute()
+            values = await self.client.mget([self.key(flow_key) for flow_key in flow_keys])
         except _FAILURES as exc:
             raise self._failed(exc) from None
         self._recovered()
         return [None if value is None else unpack(value) for value in values]
 
     async def put_many(self, forecasts: Sequence[tuple[str, FlowForecast]]) -> None:
+        """One script call (``PUT``: a SET with the TTL per key) rather than a SET command each."""
         if not forecasts:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for flow_key, forecast in forecasts:
-            pipe.set(self.key(flow_key), pack(forecast), px=self.ttl_ms)
+        keys = [self.key(flow_key) for flow_key, _ in forecasts]
         try:
-            await pipe.execute()
+            await self._put(keys=keys, args=[self.ttl_ms, *(pack(forecast) for _, forecast in forecasts)])
         except _FAILURES as exc:
             raise self._failed(exc) from None
         self._recovered()
@@ -111,6 +120,16 @@ class RedisForecasts(ForecastStore):
     async def __aexit__(self, *exc: object) -> None:
         if self._owns_client:
             await self.client.aclose()
+
+
+# KEYS: the flows' keys; ARGV[1]: the TTL in ms, then each key's value
+PUT = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ttl)
+end
+return #KEYS
+"""
 
 
 def pack(forecast: FlowForecast) -> bytes:

@@ -106,6 +106,10 @@ class ForecastStore(abc.ABC):
         """Why the store does not work now, or None."""
         return None
 
+    async def check(self) -> str | None:
+        """``problem`` as of now: a store that can be out of reach asks it (/readyz calls this)."""
+        return self.problem
+
     async def __aenter__(self) -> Self:
         return self
 

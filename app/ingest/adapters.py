@@ -18,7 +18,8 @@ context (or the schema default) and marks it imputed. The mappings:
 - ``SimilarityResult`` (Layer 2): no feature; ``pattern_id`` becomes the pattern of the flow's next
   context.
 - ``AdaptationFeedback`` (Layer 2): no feature; ``suggested_learning_rate`` is a hint to the learner's
-  tuner, which bounds it (``Tuner.hint``).
+  tuner, which bounds it (``Tuner.hint``), published on the bus to the replica that holds the learner's
+  lease, wherever it is (``app/learning/hints.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.flows import FlowContext
+from app.flows import ContextBatch, FlowContext
 from app.ingest.observations import (
     NS_PER_MS,
     AdaptationFeedbackIn,
@@ -79,10 +80,38 @@ Item = FlowContext | PatternHint | LearningRateHint
 @dataclass(slots=True)
 class Adapted:
     """A batch of observations as the ingest service applies them, in order; ``weights[i]`` is how many
-    observations ``items[i]`` stands for (a FlowRecord interval sums several)."""
+    observations ``items[i]`` stands for (a FlowRecord interval sums several).
+
+    A batch of contexts alone, one observation each (the common shape, read by ``fastread``), comes as
+    ``columns`` instead, with ``items`` and ``weights`` empty: no object per observation.
+    """
 
     items: list[Item]
     weights: list[int]
+    columns: ContextBatch | None = None
+
+    def __len__(self) -> int:
+        return len(self.items) + (0 if self.columns is None else len(self.columns))
+
+    def as_items(self) -> Adapted:
+        """The same batch with ``items`` for every observation."""
+        if self.columns is None:
+            return self
+        contexts: list[Item] = [self.columns.context(i) for i in range(len(self.columns))]
+        return Adapted(self.items + contexts, self.weights + [1] * len(contexts))
+
+    @staticmethod
+    def join(parts: Sequence[Adapted]) -> Adapted:
+        """The batches end to end, in order; as columns when every one is."""
+        if parts and all(p.columns is not None and not p.items for p in parts):
+            return Adapted([], [], ContextBatch.join([p.columns for p in parts if p.columns is not None]))
+        items: list[Item] = []
+        weights: list[int] = []
+        for part in parts:
+            whole = part.as_items()
+            items += whole.items
+            weights += whole.weights
+        return Adapted(items, weights)
 
 
 def _features(**values: float | None) -> np.ndarray:

@@ -17,12 +17,14 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
-from app.flows import FlowContext
+from app.flows import ContextBatch, FlowContext
 from app.ingest.adapters import Adapted, Item, from_network_conditions_values, from_transport_metrics_values
 from app.ingest.observations import SECONDS_BEFORE_MS
 from app.wire.rules import MAX_FEATURE, MAX_TIMESTAMP_MS
 
 _HEX_KEY = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]*")
+KEY_LENGTH = 64
 _NonNegative = Annotated[float, Meta(ge=0.0, le=MAX_FEATURE)]
 _Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 _Ms = Annotated[int, Meta(ge=SECONDS_BEFORE_MS, le=MAX_TIMESTAMP_MS)]
@@ -81,6 +83,7 @@ class _Body(msgspec.Struct, gc=False):
 
 
 _BODY = msgspec.json.Decoder(_Body)
+_BODY_MSGPACK = msgspec.msgpack.Decoder(_Body)
 _FRAME = msgspec.json.Decoder(list[_Observation])
 _NAN = float("nan")
 
@@ -89,6 +92,15 @@ def read_body(body: bytes | str, max_batch: int) -> Adapted | None:
     """The items of a POST /v1/observe body of the common shape; None for any other body."""
     try:
         observations = _BODY.decode(body).observations
+    except msgspec.DecodeError:
+        return None
+    return _adapted(observations, max_batch)
+
+
+def read_msgpack_body(body: bytes, max_batch: int) -> Adapted | None:
+    """``read_body`` of a MessagePack body (the same map, in MessagePack): None for any other body."""
+    try:
+        observations = _BODY_MSGPACK.decode(body).observations
     except msgspec.DecodeError:
         return None
     return _adapted(observations, max_batch)
@@ -106,6 +118,11 @@ def read_frame(frame: bytes | str, max_batch: int) -> Adapted | None:
 def _adapted(observations: list[_Observation], max_batch: int) -> Adapted | None:
     if not observations or len(observations) > max_batch:
         return None
+    contexts = [o.Context for o in observations]
+    if None not in contexts and all(
+        o.TransportMetrics is None and o.NetworkConditions is None for o in observations
+    ):
+        return _columns(contexts)  # type: ignore[arg-type]  # no None in it
     items: list[Item] = []
     for o in observations:
         c, t, n = o.Context, o.TransportMetrics, o.NetworkConditions
@@ -149,3 +166,21 @@ def _adapted(observations: list[_Observation], max_batch: int) -> Adapted | None
         else:
             return None
     return Adapted(items, [1] * len(items))
+
+
+def _columns(contexts: list[_Context]) -> Adapted | None:
+    """Contexts alone: as columns, every flow key checked in one regular-expression match."""
+    keys = [c.flow_key for c in contexts]
+    if any(len(k) != KEY_LENGTH for k in keys) or not _HEX.fullmatch("".join(keys)):
+        return None
+    n = len(contexts)
+    routes = [c.route_id for c in contexts]
+    patterns = [c.pattern_id for c in contexts]
+    batch = ContextBatch(
+        keys,
+        np.fromiter((c.timestamp for c in contexts), np.int64, n),
+        np.array([c.features for c in contexts], dtype=np.float32),  # None -> NaN: missing
+        routes if routes.count(None) != n else None,
+        patterns if patterns.count(None) != n else None,
+    )
+    return Adapted([], [], batch)

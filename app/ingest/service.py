@@ -3,27 +3,32 @@
 POST /v1/observe, WS /v1/stream/observe, the Redis Stream door and POST /v1/otlp/v1/metrics all end in
 ``IngestService.apply``. An observation counts as accepted once the store applied it: durable in Redis
 (``redis://``), or in the bounded in-process store (``memory://``, refused whole with ``FlowsFull`` when
-it would take more than CPE_MAX_FLOWS flows). Then ``on_applied`` is awaited with the contexts applied,
-per flow in timestamp order: the hook of continuous prediction.
+it would take more than CPE_MAX_FLOWS flows). Then ``on_applied`` is awaited with the flows that had
+observations applied: the hook of continuous prediction. The common shape (contexts alone) goes from the
+body to the store as columns (``ContextBatch``), without an object per observation.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+import msgspec
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
-from app.flows import Appended, FlowContext, FlowStore
+from app.flows import BatchApplied, ContextBatch, FlowContext, FlowStore
 from app.flows.base import APPLIED, DUPLICATE, LATE
 from app.ingest.adapters import Adapted, LearningRateHint, PatternHint, adapt
-from app.ingest.fastread import read_body
+from app.ingest.fastread import read_body, read_msgpack_body
 from app.ingest.observations import Observation, ObserveLimits, ObserveRequest, ObserveResult
 
 log = logging.getLogger("cpe.ingest")
 
-OnApplied = Callable[[Mapping[str, list[FlowContext]]], Awaitable[None]]
-OnLearningRate = Callable[[float], None]
+OnApplied = Callable[[Sequence[str]], Awaitable[None]]  # the flows with observations applied, each once
+OnLearningRate = Callable[[float], Awaitable[None]]  # an AdaptationFeedback's hint, to the learner
 
 DOORS = ("http", "websocket", "stream", "otlp")
 
@@ -75,6 +80,31 @@ class IngestService:
             return fast
         return adapt(self.parse(body), self.flow_record_interval_ms)
 
+    def read_msgpack(self, body: bytes) -> Adapted:
+        """``read`` of an ``application/msgpack`` body: the same map in MessagePack. The common shape in one
+        pass in C, any other by pydantic from the decoded values; raises pydantic's ``ValidationError``
+        naming each bad field (``msgpack_invalid`` at the body for bytes that are no MessagePack)."""
+        fast = read_msgpack_body(body, self.limits.max_batch)
+        if fast is not None:
+            return fast
+        try:
+            values = msgspec.msgpack.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ValidationError.from_exception_data(
+                "ObserveRequest",
+                [
+                    {
+                        "type": PydanticCustomError(
+                            "msgpack_invalid", "Invalid MessagePack: {error}", {"error": str(exc)}
+                        ),
+                        "loc": (),
+                        "input": None,
+                    }
+                ],
+            ) from None
+        request = ObserveRequest.model_validate(values, context=self.limits)
+        return adapt(request.observations, self.flow_record_interval_ms)
+
     def parse(self, body: bytes | str) -> list[Observation]:
         """The observations of an observe body; else pydantic's ``ValidationError`` naming each bad field."""
         return ObserveRequest.model_validate_json(body, context=self.limits).observations
@@ -84,18 +114,23 @@ class IngestService:
         return await self.apply(adapt(observations, self.flow_record_interval_ms), door)
 
     async def apply(self, adapted: Adapted, door: str) -> ObserveResult:
-        """Apply adapted items in order: runs of contexts in one store call each."""
+        """Apply adapted items in order: runs of contexts in one store call each (columns: one call)."""
         result = ObserveResult(accepted=0, late=0, duplicates=0, imputed=0)
-        applied: dict[str, list[FlowContext]] = {}
+        touched: list[str] = []
+        if adapted.columns is not None and adapted.items:
+            adapted = adapted.as_items()
+        if adapted.columns is not None:
+            done = await self.store.append_batch(adapted.columns)
+            _count(result, done, None)
+            touched = done.flows
         for start, end in _runs(adapted.items):
             first = adapted.items[start]
             weights = adapted.weights[start:end]
             if isinstance(first, FlowContext):
                 contexts = [item for item in adapted.items[start:end] if isinstance(item, FlowContext)]
-                done = await self.store.append(contexts)
-                _count(result, contexts, done, weights)
-                for flow_key, flow_contexts in done.applied.items():
-                    applied.setdefault(flow_key, []).extend(flow_contexts)
+                done = await self.store.append_batch(ContextBatch.of(contexts))
+                _count(result, done, weights)
+                touched += done.flows
             elif isinstance(first, PatternHint):
                 pairs = [
                     (i.flow_key, i.pattern_id) for i in adapted.items[start:end] if isinstance(i, PatternHint)
@@ -106,7 +141,7 @@ class IngestService:
                 for item in adapted.items[start:end]:
                     assert isinstance(item, LearningRateHint)
                     if self.on_learning_rate is not None:
-                        self.on_learning_rate(item.learning_rate)
+                        await self.on_learning_rate(item.learning_rate)
                 result.accepted += sum(weights)
         counter = self.metrics.observations
         for outcome, n in (
@@ -117,8 +152,8 @@ class IngestService:
         ):
             if n:
                 counter.labels(door=door, outcome=outcome).inc(n)
-        if applied and self.on_applied is not None:
-            await self.on_applied(applied)
+        if touched and self.on_applied is not None:
+            await self.on_applied(touched)
         return result
 
     def refused(self, door: str, reason: str) -> None:
@@ -134,17 +169,19 @@ def _runs(items: Sequence[object]) -> Iterator[tuple[int, int]]:
             start = i
 
 
-def _count(
-    result: ObserveResult, contexts: Sequence[FlowContext], done: Appended, weights: Sequence[int]
-) -> None:
-    """Add one store call's outcome to ``result``, each context counted as the observations it stands for."""
-    applied = {flow_key: iter(flow_contexts) for flow_key, flow_contexts in done.applied.items()}
-    for context, status, weight in zip(contexts, done.statuses, weights, strict=True):
-        if status == APPLIED:
-            result.accepted += weight
-            if next(applied[context.flow_key]).imputed:
-                result.imputed += weight
-        elif status == LATE:
-            result.late += weight
-        elif status == DUPLICATE:
-            result.duplicates += weight
+def _count(result: ObserveResult, done: BatchApplied, weights: Sequence[int] | None) -> None:
+    """Add one store call's outcome to ``result``, each context counted as the observations it stands for
+    (``weights``; None: one each)."""
+    statuses = done.statuses
+    applied = statuses == APPLIED
+    if weights is None:
+        result.accepted += int(np.count_nonzero(applied))
+        result.late += int(np.count_nonzero(statuses == LATE))
+        result.duplicates += int(np.count_nonzero(statuses == DUPLICATE))
+        result.imputed += int(np.count_nonzero(applied & (done.imputed != 0)))
+        return
+    w = np.asarray(weights, dtype=np.int64)
+    result.accepted += int(w[applied].sum())
+    result.late += int(w[statuses == LATE].sum())
+    result.duplicates += int(w[statuses == DUPLICATE].sum())
+    result.imputed += int(w[applied & (done.imputed != 0)].sum())

@@ -114,18 +114,16 @@ class StreamDoor:
         return [entry for entry in answer[1] if entry[1]]  # deleted entries come back empty
 
     async def _apply(self, entries: list[Any]) -> None:
-        items, weights = [], []
+        parts: list[Adapted] = []
         for entry_id, fields in entries:
             text = fields.get(FIELD)
             try:
                 if text is None:
                     raise ValueError(f"no field {FIELD.decode()!r}")
-                adapted = self.parse(text, self.ingest)
-                items += adapted.items
-                weights += adapted.weights
+                parts.append(self.parse(text, self.ingest))
             except (ValidationError, ValueError) as exc:
                 self.ingest.refused("stream", "invalid")
                 log.warning("ingest stream: entry %s is not valid and is dropped: %s", entry_id, exc)
-        if items:
-            await self.ingest.apply(Adapted(items, weights), "stream")
+        if parts:
+            await self.ingest.apply(Adapted.join(parts), "stream")
         await self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])

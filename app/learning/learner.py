@@ -105,6 +105,10 @@ class Learner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._hinted_lr: float | None = None  # the newest learning-rate hint, for the training thread
 
+    def holds_lease(self) -> bool:
+        """Whether this replica is the learner now."""
+        return bool(self.lease.held)
+
     def hint_learning_rate(self, learning_rate: float) -> None:
         """A learning rate suggested from outside: the tuner takes a bounded step to it (``Tuner.hint``)."""
         self._hinted_lr = learning_rate

@@ -18,6 +18,7 @@ import numpy as np
 from app.bus import Bus
 from app.engine import Engine
 from app.learning.feedback import Feedback, FeedbackStore, MemoryFeedback, RedisFeedback
+from app.learning.hints import HintListener
 from app.learning.learner import Learner, LearnerConfig, replica_id
 from app.learning.lease import LocalLease, RedisLease
 from app.learning.metrics import LearningMetrics
@@ -43,11 +44,13 @@ class OnlineLearning:
         learner: Learner,
         seq_len: int,
         closing: list[object] | None = None,
+        hints: HintListener | None = None,
     ) -> None:
         self.store = store
         self.recent = recent
         self.rollout = rollout
         self.learner = learner
+        self.hints = hints  # AdaptationFeedback's learning-rate hints from any replica, on the bus
         self.seq_len = seq_len  # feedback windows are kept to the contexts the model reads
         self._closing = closing or []  # clients to close after the parts
 
@@ -112,7 +115,8 @@ class OnlineLearning:
         )
         learner = Learner(config, engine, store, rollout, lease, metrics)
         recent = RecentWindows(settings.recent_predictions)
-        return cls(store, recent, rollout, learner, engine.predictors[kind].seq_len, closing)
+        hints = HintListener(bus, settings.learning_hints_channel, learner)
+        return cls(store, recent, rollout, learner, engine.predictors[kind].seq_len, closing, hints)
 
     @property
     def metrics(self) -> LearningMetrics:
@@ -133,11 +137,15 @@ class OnlineLearning:
         await self.store.connect()
         await self.rollout.start()
         await self.learner.start()
+        if self.hints is not None:
+            await self.hints.__aenter__()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.hints is not None:
+            await self.hints.__aexit__(exc_type, exc, tb)
         await self.learner.stop()
         await self.rollout.stop()
         await self.store.disconnect()

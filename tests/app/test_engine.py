@@ -244,3 +244,32 @@ def test_over_the_latency_budget_requests_get_503_and_the_engine_recovers_at_onc
     assert all(r.headers["retry-after"] == "2" for r in shed)
     assert "exceeds the latency budget of 1 ms" in shed[0].json()["detail"]
     assert after.status_code == 200  # idle again: admitted whatever the last passes took
+
+
+async def test_a_block_shares_passes_with_single_windows_and_answers_what_predict_does(
+    lstm: Predictor,
+) -> None:
+    rng = np.random.default_rng(3)
+    b, width = 10, 16
+    lengths = rng.integers(1, width + 1, b)
+    ts = np.cumsum(rng.integers(800, 1200, (b, width)), axis=1) + 1_700_000_000_000
+    features = np.abs(rng.normal(20, 4, (b, width, 8))).astype(np.float32)
+    features[..., [2, 4, 5]] = features[..., [2, 4, 5]].clip(0, 1)
+    single = _window(7, seed=1)
+    async with Engine({"lstm": lstm}, max_batch=4, queue_size=8) as engine:
+        with pytest.raises(Overloaded):  # all or none: 10 windows do not fit a queue of 8
+            await engine.predict_block("lstm", ts, features, lengths)
+        assert engine.queued == 0
+        engine.queue_size = 11
+        alone = engine.submit("lstm", *single)
+        block = await engine.predict_block("lstm", ts, features, lengths, 1)
+        assert (await alone).mean.shape[1] == lstm.horizon
+        assert engine.queued == 0
+        assert engine.stats.windows == 11 and max(engine.stats.batch_sizes) <= 4  # cut at max_batch
+    expected = lstm.predict(
+        [ts[i, width - n :] for i, n in enumerate(lengths.tolist())],
+        [features[i, width - n :] for i, n in enumerate(lengths.tolist())],
+        1,
+    )
+    got = np.stack([f.mean[:1] for f in block])
+    np.testing.assert_allclose(got, expected.mean, rtol=1e-5)

@@ -283,3 +283,34 @@ async def _racing(url: str, prefix: str) -> None:
 
 def test_two_replicas_racing_on_one_flow(url: str, prefix: str) -> None:
     run(_racing(url, prefix))
+
+
+async def _interleaved(url: str, prefix: str) -> None:
+    """Two flows' contexts interleaved in one batch, with routes and pattern ids on some: each flow gets its
+    own, in order (Redis packs a call's contexts flow by flow, its route and pattern arguments apart)."""
+    a, b = secrets.token_hex(32), secrets.token_hex(32)
+    async with _store(url, prefix, window=4) as store:
+        done = await store.append(
+            [
+                _context(a, 1, 1, *[0.0] * 7, pattern_id="pa1"),
+                _context(b, 1, 10, *[0.0] * 7, route_id="rb"),
+                _context(a, 2, 2, *[0.0] * 7),
+                _context(b, 1, 11, *[0.0] * 7),  # duplicate
+                _context(a, 3, 3, *[0.0] * 7, pattern_id="pa3", route_id="ra"),
+                _context(b, 2, np.nan, *[0.0] * 7, pattern_id="pb2"),  # latency imputed: 10
+            ]
+        )
+        assert done.statuses == [0, 0, 0, 2, 0, 0]
+        assert done.applied[b][1].features[0] == pytest.approx(10.0) and done.applied[b][1].imputed == 1
+        wa, wb = await store.windows([a, b])
+        assert wa is not None and wb is not None
+        assert wa.features[:, 0].tolist() == [1, 2, 3] and wa.pattern_ids == ["pa1", None, "pa3"]
+        assert wa.route_id == "ra" and wb.route_id == "rb"
+        assert wb.features[:, 0].tolist() == [10, 10] and wb.pattern_ids == [None, "pb2"]
+        block = await store.window_block([b, secrets.token_hex(32), a], 2)
+        assert block.lengths.tolist() == [2, 0, 2]
+        assert (block.timestamps[2] - T0).tolist() == [2, 3]
+
+
+def test_interleaved_flows_with_routes_and_patterns_in_one_batch(url: str, prefix: str) -> None:
+    run(_interleaved(url, prefix))

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 
@@ -291,6 +292,46 @@ def test_bad_input_is_a_422_naming_the_item_and_field(client: TestClient, body: 
     assert answer.status_code == 422, answer.text
     assert loc in [error["loc"] for error in answer.json()["detail"]], answer.json()
     assert client.get(f"/v1/flows/{KEY}").status_code == 404  # nothing of the batch applied
+
+
+def post_msgpack(client: TestClient, body: Any) -> Any:
+    packed = body if isinstance(body, bytes) else msgspec.msgpack.encode(body)
+    return client.post("/v1/observe", content=packed, headers={"content-type": "application/msgpack"})
+
+
+def test_a_msgpack_body_counts_as_its_json_twin(client: TestClient) -> None:
+    observations = [context(1000), context(2000, key=OTHER), context(3000, [None, *FEATURES[1:]])]
+    answer = post_msgpack(client, {"observations": observations})
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"accepted": 3, "late": 0, "duplicates": 0, "imputed": 1}
+    again = post_msgpack(client, {"observations": [context(3000), context(500)]})
+    assert again.json() == {"accepted": 0, "late": 1, "duplicates": 1, "imputed": 0}
+    assert newest(client)["features"][0] == pytest.approx(12.0)  # imputed from the flow's last value
+    # a shape the fast reader leaves to pydantic (a SimilarityResult) takes the same rules
+    similar = {
+        "SimilarityResult": {"flow_key": KEY, "similarity_score": 0.9, "pattern_id": "p", "confidence": 1}
+    }
+    assert post_msgpack(client, {"observations": [similar, context(4000)]}).json()["accepted"] == 2
+    assert newest(client)["pattern_id"] == "p"
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        (b"\xc1not msgpack", ["body"]),
+        ({"observations": [context(0, [-1.0, *FEATURES[1:]], key=OTHER)]}, ["body", "observations", 0]),
+        ({"observations": [{"Context": {"flow_key": "x", "timestamp": T0, "features": FEATURES}}]}, None),
+    ],
+    ids=["not msgpack", "negative latency", "bad flow key"],
+)
+def test_bad_msgpack_is_a_422_naming_the_field(client: TestClient, body: Any, loc: list[Any] | None) -> None:
+    answer = post_msgpack(client, body)
+    assert answer.status_code == 422, answer.text
+    locs = [error["loc"] for error in answer.json()["detail"]]
+    if loc is not None:
+        assert any(found[: len(loc)] == loc for found in locs), locs
+    assert all(found[0] == "body" for found in locs), locs
+    assert client.get(f"/v1/flows/{OTHER}").status_code == 404  # nothing applied
 
 
 def test_an_oversized_body_is_a_413(client: TestClient) -> None:

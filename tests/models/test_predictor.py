@@ -63,3 +63,20 @@ def test_predictors_of_the_same_weights_share_one_trace_and_other_weights_get_th
     assert other._forward is not first._forward
     x = np.zeros((1, first.seq_len, first.scaler.n_inputs), dtype=np.float32)
     assert not np.allclose(other.forward_scaled(x)[0], first.forward_scaled(x)[0])
+
+
+@pytest.mark.parametrize("width", [64, 5])
+def test_a_right_aligned_block_predicts_what_its_windows_one_by_one_do(width: int) -> None:
+    predictor = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    rng = np.random.default_rng(width)
+    b = 40
+    lengths = rng.integers(1, width + 1, b)
+    lengths[0] = width
+    ts = np.cumsum(rng.integers(500, 1500, (b, width)), axis=1) + 1_700_000_000_000
+    features = np.abs(rng.normal(10, 3, (b, width, 8))).astype(np.float32)
+    features[..., [2, 4, 5]] = features[..., [2, 4, 5]].clip(0, 1)
+    windows = [(ts[i, width - n :], features[i, width - n :]) for i, n in enumerate(lengths.tolist())]
+    one_by_one = predictor.predict([t for t, _ in windows], [f for _, f in windows], 2)
+    block = predictor.predict_block(ts, features, lengths, 2)
+    for name in ("mean", "lower", "upper", "confidence", "dt_s"):
+        np.testing.assert_array_equal(getattr(block, name), getattr(one_by_one, name), err_msg=name)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from app.main import create_app
 from app.schemas import ModelList
+from tests.app.payloads import make_settings
+from tools.process import RedisServer
 
 
 def test_models_lists_the_three_loaded_models(client: TestClient) -> None:
@@ -72,3 +76,24 @@ def test_docs_page(client: TestClient) -> None:
 
 def test_unknown_path_is_a_404(client: TestClient) -> None:
     assert client.get("/v1/nothing").status_code == 404
+
+
+def test_readyz_names_the_redis_flow_and_forecast_stores_while_redis_is_down(
+    private_redis_server: RedisServer,
+) -> None:
+    url = private_redis_server.url
+    settings = make_settings(models=("lstm",), flow_url=url, forecast_url=url)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        private_redis_server.stop()
+        answer = client.get("/readyz")  # asked now: no observation needed to notice
+        assert answer.status_code == 200, answer.text
+        degraded = answer.json()["degraded"]
+        assert answer.json()["status"] == "degraded"
+        assert degraded["flows"].startswith("flow store (Redis) unreachable"), degraded
+        assert degraded["forecasts"].startswith("redis unreachable"), degraded
+        private_redis_server.start()
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/readyz").json())["status"] != "ready":
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.1)

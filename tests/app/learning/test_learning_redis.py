@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from app.learning.feedback import FeedbackUnavailable, MemoryFeedback, RedisFeedback
 from app.learning.lease import RedisLease
 from app.main import create_app
+from app.services import Services
 from app.settings import Settings
 from tests.app.cache.test_cache_redis import PrivateRedis
 from tests.app.learning.test_learning import biased_feedback, sample
@@ -337,3 +338,28 @@ def test_readyz_is_degraded_from_the_start_when_the_stream_is_unreachable() -> N
         assert response.status_code == 200
         assert response.json()["status"] == "degraded"
         assert response.json()["degraded"]["feedback"].startswith("redis unreachable: ")
+
+
+def test_an_adaptation_feedback_hint_reaches_the_learner_of_another_replica(prefix: str) -> None:
+    """Replica A holds the lease; B ingests the AdaptationFeedback: A's tuner gets the hint, B drops it."""
+    settings = _learning_on(REDIS_URL, prefix, learning_hints_channel=f"{prefix}hints")
+    hint = {
+        "AdaptationFeedback": {"network_id": "n1", "performance_delta": -0.2, "suggested_learning_rate": 0.05}
+    }
+    with TestClient(create_app(settings)) as a:
+        learning_a = Services.of(a.app).learning
+        assert learning_a is not None and learning_a.hints is not None
+        deadline = time.monotonic() + 10
+        while not learning_a.learner.holds_lease():
+            assert time.monotonic() < deadline, "A never took the lease"
+            time.sleep(0.05)
+        with TestClient(create_app(settings)) as b:
+            learning_b = Services.of(b.app).learning
+            assert learning_b is not None and learning_b.hints is not None
+            assert not learning_b.learner.holds_lease()
+            answer = b.post("/v1/observe", json={"observations": [hint]})
+            assert answer.status_code == 202 and answer.json()["accepted"] == 1
+            while learning_a.hints.taken < 1 or learning_b.hints.ignored < 1:
+                assert time.monotonic() < deadline + 10, (learning_a.hints.taken, learning_b.hints.ignored)
+                time.sleep(0.05)
+            assert learning_b.hints.taken == 0
