@@ -38,6 +38,8 @@ from app.forecasts.result import Draft, serialize_many
 from app.forecasts.scores import Scores
 from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
 from app.forecasts.stream import FlowPredictionHub, encode
+from app.learning.conformal import ConformalIntervals, interval_rows
+from app.learning.residual import FlowResiduals
 from app.metrics import BatchHistogram
 from app.window import Window
 
@@ -98,9 +100,13 @@ class ContinuousPrediction:
         rounds: int = 2,
         publish_always: bool = False,
         groups_of: Callable[[str], Sequence[str]] | None = None,
+        intervals: ConformalIntervals | None = None,
+        residuals: FlowResiduals | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.engine, self.source, self.store, self.scores = engine, source, store, scores
+        self.intervals = intervals  # scores the served intervals and keeps them calibrated
+        self.residuals = residuals  # per-flow latency corrections, learnt from the scored forecasts
         self.bus, self.channel, self.hub, self.labels = bus, channel, hub, labels
         self.kind, self.horizon, self.batch, self.rounds = kind, horizon, batch, rounds
         # with a shared bus other replicas' clients may be listening: publish even with none here
@@ -250,10 +256,22 @@ class ContinuousPrediction:
             previous = [None] * len(keys)
         persistence, ewma = _baselines(windows)
         scores = self._score(keys, windows, previous)
+        if self.residuals is not None:  # after scoring: the previous forecasts teach before these are made
+            self.residuals.correct(
+                self.engine.predictors[kind],
+                keys,
+                [w.features for w in windows],
+                [f.batch for f in forecasts],
+                [f.index for f in forecasts],
+                [int(w.timestamps[-1]) for w in windows],
+            )
         latency = _step_latency(forecasts)
+        intervals: Sequence[np.ndarray | None] = [None] * len(forecasts)
+        if self.intervals is not None:
+            intervals = interval_rows([f.batch for f in forecasts], [f.index for f in forecasts])
         now, h = time.perf_counter(), self.horizon
         records, drafts = [], []
-        for key, window, forecast, t, lat, p, e, score in zip(
+        for key, window, forecast, t, lat, p, e, score, interval in zip(
             keys,
             windows,
             forecasts,
@@ -262,13 +280,14 @@ class ContinuousPrediction:
             persistence.tolist(),
             ewma.tolist(),
             scores,
+            intervals,
             strict=True,
         ):
             base, n = int(window.timestamps[-1]), len(window.timestamps)
             patterns = _similar_patterns(window, forecast, h)
             draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), patterns)
             drafts.append(draft)
-            records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score)))
+            records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score, interval)))
         # serialized now only what is published or kept serialized; the rest when someone reads it
         published = self._published(keys)
         serialized = range(len(keys)) if not self.store.keeps_drafts else published
@@ -330,6 +349,22 @@ class ContinuousPrediction:
             by_model.setdefault(prev.model, []).append(k)
         for name, rows in by_model.items():
             self.scores.add(name, model[rows], persistence[rows], ewma[rows])
+            predictor = self.engine.predictors.get(name)
+            if predictor is not None and self.residuals is not None:
+                self.residuals.learn(
+                    predictor,
+                    [keys[picked[k][0]] for k in rows],
+                    [picked[k][2].base_ts for k in rows],
+                    np.stack([windows[picked[k][0]].features[picked[k][1]] for k in rows]),
+                )
+            if self.intervals is not None and predictor is not None:
+                kept = [picked[k] for k in rows if picked[k][2].interval is not None]
+                if kept:
+                    self.intervals.add(
+                        predictor,
+                        np.stack([windows[i].features[j] for i, j, _ in kept]),
+                        np.stack([p.interval for _, _, p in kept]),  # type: ignore[misc]
+                    )
         if self.labels is not None:
             for i, j, _ in picked[: self.labels.admit(len(picked))]:
                 w = windows[i]
