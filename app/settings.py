@@ -440,7 +440,7 @@ class Settings(BaseSettings):
         "(app/learning/residual.py).",
     )
     residual_forget: float = Field(
-        default=0.995,
+        default=0.99,
         gt=0.9,
         le=1.0,
         description="The per-flow correction's forgetting factor per label (recursive least squares): "

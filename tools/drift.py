@@ -217,7 +217,7 @@ def run(cfg: DriftConfig) -> dict[str, Any]:
             figures["learner"] = served.stats.get("learner")
             figures["seconds"] = round(served.seconds, 1)
             results[name][approach] = figures
-            print(_row(name, approach, figures), flush=True)
+            print(_row(name, approach, figures), "worst at", figures["worst_at_label"], flush=True)
     out = {"config": {"pre": cfg.pre, "post": cfg.post, "window": cfg.window, "seed": cfg.seed,
                       "model": cfg.kind}, "results": results}
     if cfg.out:

@@ -6,8 +6,7 @@ slow for a change of one route's dynamics (a queue whose depth now leads its lat
 utilization, a periodic job). Each observed flow here also gets a small linear model of the shipped
 model's error, in the space the model forecasts in:
 
-    r = (T(actual latency) - loc) / s      (T: the scaler's log; loc: the model's forecast there;
-                                            s: the spread of T(latency) over the window)
+    r = T(actual latency) - loc      (T: the scaler's log; loc: the model's forecast there)
 
 regressed on ``FEATURES`` of the window the forecast was made from (the latency at a few lags relative to
 the forecast, queue depth, utilization and jitter at the last lags, utilization's convex terms), by
@@ -16,7 +15,9 @@ count), errors clipped at ``CLIP`` spreads so that one outlier does not throw th
 ``s * w.x`` is computed for every forecast, but served (step 1's latency point and interval shifted by it
 in T's space) only while it measures better: over the flow's recent labels (an exponential average of
 about ``GATE_LABELS``), its corrected error must be below the model's own by ``margin``, after at least
-``min_labels`` labels. Otherwise the flow is served the model's forecast untouched, so a correction that
+``min_labels`` labels. The error is in log units rather than in units of the window's spread: an
+exogenous effect (utilization's, queue depth's) adds to log latency whatever the window's spread is.
+Otherwise the flow is served the model's forecast untouched, so a correction that
 does not help costs nothing but its arithmetic.
 
 The state is this replica's, in process, for at most ``max_flows`` flows (the least recently scored are
@@ -46,8 +47,7 @@ FEATURES = (
     + ("utilization", "utilization_sq", "utilization_load")
 )
 P = len(FEATURES)
-CLIP = 3.0  # largest error (in spreads) a label may teach
-MIN_SPREAD = 0.02  # floor of s: a flat window's spread in log latency (2 %)
+CLIP = 0.7  # largest error (in log latency: a factor of 2) a label may teach
 GATE_LABELS = 100  # labels the served/not-served comparison averages over (exponentially)
 RIDGE = 1.0  # prior precision of the weights: w starts at 0, pulled there until labels say otherwise
 
@@ -59,9 +59,8 @@ class _Flow:
     labels: int = 0
     model_error: float = 0.0  # exponential averages of |error| ms over recent labels: the model alone
     corrected_error: float = 0.0  # ... and corrected
-    pending_ts: int = -1  # base timestamp of the newest forecast, its features, spread and loc
+    pending_ts: int = -1  # base timestamp of the newest forecast, its features, loc and correction
     pending_x: np.ndarray | None = None
-    pending_s: float = 1.0
     pending_loc: float = 0.0
     pending_delta: float = 0.0
     served: bool = False
@@ -73,7 +72,7 @@ class FlowResiduals(Collector):
     def __init__(
         self,
         *,
-        forget: float = 0.995,
+        forget: float = 0.99,
         margin: float = 0.03,
         min_labels: int = 100,
         max_flows: int = 10_000,
@@ -103,15 +102,15 @@ class FlowResiduals(Collector):
         loc = np.fromiter(
             (f.loc[j, 0, LATENCY] for f, j in zip(rows, indices, strict=True)), np.float64, len(keys)
         )
-        x, s = features(windows, loc, predictor.scaler.transform)
+        x = features(windows, loc, predictor.scaler.transform)
         for i, key in enumerate(keys):
             flow = self._flows.get(key)
             if flow is None:
                 flow = self._flows[key] = _Flow(np.zeros(P), np.eye(P) / RIDGE)
                 if len(self._flows) > self.max_flows:
                     self._flows.popitem(last=False)
-            delta = float(s[i] * (flow.weights @ x[i]))
-            flow.pending_ts, flow.pending_x, flow.pending_s = int(base_ts[i]), x[i], float(s[i])
+            delta = float(flow.weights @ x[i])
+            flow.pending_ts, flow.pending_x = int(base_ts[i]), x[i]
             flow.pending_loc, flow.pending_delta = float(loc[i]), delta
             if flow.served:
                 _shift(predictor, rows[i], indices[i], delta)
@@ -133,14 +132,14 @@ class FlowResiduals(Collector):
             if flow is None or flow.pending_ts != ts or flow.pending_x is None:
                 continue  # not the forecast we corrected (another replica's, or forgotten)
             self._flows.move_to_end(key)
-            x, s = flow.pending_x, flow.pending_s
+            x = flow.pending_x
             # shadow scores: the model alone and corrected, whichever was served
             base = _inverse(flow.pending_loc, floor)
             corrected = _inverse(flow.pending_loc + flow.pending_delta, floor)
             flow.model_error += g * (abs(y - base) - flow.model_error)
             flow.corrected_error += g * (abs(y - corrected) - flow.corrected_error)
             # the RLS step
-            r = (ty - flow.pending_loc) / s
+            r = ty - flow.pending_loc
             cx = flow.cov @ x
             k = cx / (lam + x @ cx)
             e = float(np.clip(r - flow.weights @ x, -CLIP, CLIP))
@@ -195,17 +194,16 @@ class FlowResiduals(Collector):
 
 def features(
     windows: Sequence[np.ndarray], loc: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(B, P) features and (B,) spreads s of windows (each (n, D) raw) whose model forecast is ``loc``;
+) -> np.ndarray:
+    """(B, P) features of windows (each (n, D) raw) whose model forecast is ``loc`` (in T's space);
     ``transform``: the scaler's raw -> transformed map."""
     padded = np.stack([_last(w, SPAN) for w in windows])  # (B, SPAN, D) raw
     z = transform(padded)
     lat = z[:, :, LATENCY]
-    s = np.maximum(lat.std(axis=1), MIN_SPREAD)
     x = np.empty((len(windows), P))
     x[:, 0] = 1.0
     for c, k in enumerate(LAGS, start=1):
-        x[:, c] = (lat[:, -k] - loc) / s
+        x[:, c] = lat[:, -k] - loc
     c = 1 + len(LAGS)
     for feature in (QUEUE_DEPTH, JITTER):
         col = z[:, :, feature]
@@ -221,7 +219,7 @@ def features(
     x[:, c + 1] = last
     x[:, c + 2] = last * last
     x[:, c + 3] = last * last / (1.0 - last)
-    return x, s
+    return x
 
 
 def _last(window: np.ndarray, n: int) -> np.ndarray:
