@@ -430,7 +430,8 @@ class Settings(BaseSettings):
         default=1000,
         ge=1,
         le=1_000_000,
-        description="Scored forecasts the live coverage of /v1/stats and cpe_interval_coverage is taken over.",
+        description="Scored forecasts the live coverage of /v1/stats and cpe_interval_coverage is taken "
+        "over.",
     )
 
     residual_adapt: bool = Field(

@@ -111,13 +111,15 @@ def stream_through_observe(ts: np.ndarray, fs: np.ndarray, settings: dict[str, A
     with TestClient(create_app(config)) as client:
         forecasts = Services.of(client.app).forecasts
         assert forecasts is not None, "the drift run needs CPE_PREDICT_ON_OBSERVE"
+        portal = client.portal
+        assert portal is not None, "the test client runs the app's event loop in its portal"
         for i in range(n):
             context = {"flow_key": FLOW_KEY, "timestamp": int(ts[i]), "features": fs[i].tolist()}
             answer = client.post("/v1/observe", json={"observations": [{"Context": context}]})
             assert answer.status_code == 202, answer.text
-            client.portal.call(forecasts.continuous.idle)
+            portal.call(forecasts.continuous.idle)
             if i + 1 < n:
-                result, _ = client.portal.call(forecasts.flow, FLOW_KEY)
+                result, _ = portal.call(forecasts.flow, FLOW_KEY)
                 if result is not None:
                     latency[i + 1] = result["predicted_context"][0]
                     lower[i + 1], upper[i + 1] = result["lower"][0], result["upper"][0]
@@ -218,8 +220,16 @@ def run(cfg: DriftConfig) -> dict[str, Any]:
             figures["seconds"] = round(served.seconds, 1)
             results[name][approach] = figures
             print(_row(name, approach, figures), "worst at", figures["worst_at_label"], flush=True)
-    out = {"config": {"pre": cfg.pre, "post": cfg.post, "window": cfg.window, "seed": cfg.seed,
-                      "model": cfg.kind}, "results": results}
+    out = {
+        "config": {
+            "pre": cfg.pre,
+            "post": cfg.post,
+            "window": cfg.window,
+            "seed": cfg.seed,
+            "model": cfg.kind,
+        },
+        "results": results,
+    }
     if cfg.out:
         _plot(cfg, curves)
     if cfg.json_out:

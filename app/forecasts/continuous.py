@@ -268,7 +268,7 @@ class ContinuousPrediction:
         latency = _step_latency(forecasts)
         intervals: Sequence[np.ndarray | None] = [None] * len(forecasts)
         if self.intervals is not None:
-            intervals = interval_rows([f.batch for f in forecasts], [f.index for f in forecasts])
+            intervals = list(interval_rows([f.batch for f in forecasts], [f.index for f in forecasts]))
         now, h = time.perf_counter(), self.horizon
         records, drafts = [], []
         for key, window, forecast, t, lat, p, e, score, interval in zip(

@@ -11,14 +11,18 @@ model's error, in the space the model forecasts in:
 regressed on ``FEATURES`` of the window the forecast was made from (the latency at a few lags relative to
 the forecast, queue depth, utilization and jitter at the last lags, utilization's convex terms), by
 recursive least squares with forgetting (``forget``: the labels of about the last ``1 / (1 - forget)``
-count), errors clipped at ``CLIP`` spreads so that one outlier does not throw the weights. A correction
-``s * w.x`` is computed for every forecast, but served (step 1's latency point and interval shifted by it
-in T's space) only while it measures better: over the flow's recent labels (an exponential average of
-about ``GATE_LABELS``), its corrected error must be below the model's own by ``margin``, after at least
-``min_labels`` labels. The error is in log units rather than in units of the window's spread: an
-exogenous effect (utilization's, queue depth's) adds to log latency whatever the window's spread is.
-Otherwise the flow is served the model's forecast untouched, so a correction that
-does not help costs nothing but its arithmetic.
+count), errors clipped at ``CLIP`` so that one outlier does not throw the weights. The error is in log
+units rather than in units of the window's spread: an exogenous effect (utilization's, queue depth's)
+adds to log latency whatever the window's spread is.
+
+A correction ``w.x`` is computed for every forecast, at most ``CAP_ERRORS`` of the model's recent errors
+(linear weights extrapolate on a window unlike the ones they learnt from), but served (step 1's latency
+point and interval shifted by it in T's space) only while it measures better: over the flow's recent
+labels (an exponential average of about ``GATE_LABELS``) its error must be below the model's own by
+``margin``, after at least ``min_labels`` labels, and over the last few (``GATE_SHORT``) not above it:
+when the flow changes again, the correction learnt before is taken off within a few labels, not a
+hundred. Otherwise the flow is served the model's forecast untouched, so a correction that does not help
+costs nothing but its arithmetic.
 
 The state is this replica's, in process, for at most ``max_flows`` flows (the least recently scored are
 forgotten): a flow scored on another replica starts learning there afresh.
@@ -41,15 +45,21 @@ LATENCY, JITTER, UTILIZATION, QUEUE_DEPTH = 0, 1, 4, 7
 LAGS = (1, 2, 3, 4, 8, 12, 16, 24)  # latency lags read (24: a rhythm of up to a day of hourly samples)
 SPAN = max(LAGS)  # contexts of the window read; a shorter window repeats its first
 FEATURES = (
-    ("bias",)
-    + tuple(f"latency_lag{k}" for k in LAGS)
-    + ("queue_depth_lag1", "queue_depth_lag2", "jitter_lag1", "utilization_lag1")
-    + ("utilization", "utilization_sq", "utilization_load")
+    "bias",
+    *(f"latency_lag{k}" for k in LAGS),
+    *("queue_depth_lag1", "queue_depth_lag2", "jitter_lag1", "utilization_lag1"),
+    *("utilization", "utilization_sq", "utilization_load"),
 )
 P = len(FEATURES)
-CLIP = 0.7  # largest error (in log latency: a factor of 2) a label may teach
+CLIP = 0.7  # largest error (in log latency: a factor of 2) a label may teach, and largest correction
 GATE_LABELS = 100  # labels the served/not-served comparison averages over (exponentially)
+CAP_ERRORS = 3.0  # the largest correction served, in the model's recent mean absolute errors
+GATE_SHORT = 10  # ... and its quick check, which takes the correction off soon after the flow changes
 RIDGE = 1.0  # prior precision of the weights: w starts at 0, pulled there until labels say otherwise
+# Forgetting divides the covariance by ``forget`` at every label, also along directions that the labels
+# do not excite (a utilization that stays put): unbounded, it grows until one label throws the weights.
+# Past this trace it is no longer inflated.
+MAX_TRACE = 100.0 * P / RIDGE
 
 
 @dataclass(slots=True)
@@ -59,6 +69,8 @@ class _Flow:
     labels: int = 0
     model_error: float = 0.0  # exponential averages of |error| ms over recent labels: the model alone
     corrected_error: float = 0.0  # ... and corrected
+    model_recent: float = 0.0  # the same over the last few labels
+    corrected_recent: float = 0.0
     pending_ts: int = -1  # base timestamp of the newest forecast, its features, loc and correction
     pending_x: np.ndarray | None = None
     pending_loc: float = 0.0
@@ -103,13 +115,14 @@ class FlowResiduals(Collector):
             (f.loc[j, 0, LATENCY] for f, j in zip(rows, indices, strict=True)), np.float64, len(keys)
         )
         x = features(windows, loc, predictor.scaler.transform)
+        floor = predictor.scaler.floors[LATENCY]
         for i, key in enumerate(keys):
             flow = self._flows.get(key)
             if flow is None:
                 flow = self._flows[key] = _Flow(np.zeros(P), np.eye(P) / RIDGE)
                 if len(self._flows) > self.max_flows:
                     self._flows.popitem(last=False)
-            delta = float(flow.weights @ x[i])
+            delta = _capped(float(np.clip(flow.weights @ x[i], -CLIP, CLIP)), float(loc[i]), floor, flow)
             flow.pending_ts, flow.pending_x = int(base_ts[i]), x[i]
             flow.pending_loc, flow.pending_delta = float(loc[i]), delta
             if flow.served:
@@ -120,13 +133,13 @@ class FlowResiduals(Collector):
     def learn(
         self, predictor: Predictor, keys: Sequence[str], base_ts: Sequence[int], actual: np.ndarray
     ) -> None:
-        """The flows' forecasts made at ``base_ts`` met the contexts ``actual`` (n, D) raw: one RLS step each."""
+        """The flows' forecasts made at ``base_ts`` met the contexts ``actual`` (n, D) raw: RLS steps."""
         if not keys:
             return
         floor = predictor.scaler.floors[LATENCY]
         transformed = predictor.scaler.transform(actual)[:, LATENCY].tolist()
         lam = self.forget
-        g = 1.0 / GATE_LABELS
+        g, h = 1.0 / GATE_LABELS, 1.0 / GATE_SHORT
         for key, ts, y, ty in zip(keys, base_ts, actual[:, LATENCY].tolist(), transformed, strict=True):
             flow = self._flows.get(key)
             if flow is None or flow.pending_ts != ts or flow.pending_x is None:
@@ -138,24 +151,29 @@ class FlowResiduals(Collector):
             corrected = _inverse(flow.pending_loc + flow.pending_delta, floor)
             flow.model_error += g * (abs(y - base) - flow.model_error)
             flow.corrected_error += g * (abs(y - corrected) - flow.corrected_error)
+            flow.model_recent += h * (abs(y - base) - flow.model_recent)
+            flow.corrected_recent += h * (abs(y - corrected) - flow.corrected_recent)
             # the RLS step
             r = ty - flow.pending_loc
             cx = flow.cov @ x
             k = cx / (lam + x @ cx)
             e = float(np.clip(r - flow.weights @ x, -CLIP, CLIP))
             flow.weights += k * e
-            flow.cov = (flow.cov - np.outer(k, cx)) / lam
+            flow.cov -= np.outer(k, cx)
+            if np.trace(flow.cov) < MAX_TRACE:
+                flow.cov /= lam
             flow.labels += 1
             flow.pending_x = None
             flow.served = (
                 flow.labels >= self.min_labels
                 and flow.corrected_error < (1.0 - self.margin) * flow.model_error
+                and flow.corrected_recent <= flow.model_recent
             )
             self.labels += 1
 
     # -- reporting ----------------------------------------------------------------------------
     def summary(self) -> dict[str, int]:
-        """What GET /v1/stats answers: flows with a correction, served now, labels learnt, forecasts corrected."""
+        """What GET /v1/stats answers: flows with a correction, served now, labels, forecasts corrected."""
         served = sum(1 for f in self._flows.values() if f.served)
         return {
             "flows": len(self._flows),
@@ -226,6 +244,21 @@ def _last(window: np.ndarray, n: int) -> np.ndarray:
     if len(window) >= n:
         return window[-n:]
     return np.concatenate((np.repeat(window[:1], n - len(window), axis=0), window))
+
+
+def _capped(delta: float, loc: float, floor: float, flow: _Flow) -> float:
+    """``delta``, shrunk so that it moves the forecast by at most ``CAP_ERRORS`` of the model's recent
+    errors (ms): on a window unlike the ones it learnt from (a link failure doubles latency), linear
+    weights extrapolate, and one such forecast costs more than many good ones gain."""
+    if flow.labels == 0:
+        return delta
+    base = _inverse(loc, floor)
+    cap = CAP_ERRORS * flow.model_recent
+    moved = _inverse(loc + delta, floor) - base
+    if abs(moved) <= cap:
+        return delta
+    target = base + (cap if moved > 0 else -cap)
+    return float(np.log(max(target, 0.0) + floor + 1e-12) - loc)
 
 
 def _inverse(loc: float, floor: float) -> float:

@@ -1,4 +1,4 @@
-"""Per-flow latency corrections: learnt by RLS from scored forecasts, served only while they measure better."""
+"""Per-flow latency corrections: learnt by RLS from scored forecasts, served while they measure better."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.learning.residual import P, FlowResiduals, features
+from app.learning.residual import FlowResiduals, P, features
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 
@@ -46,7 +46,12 @@ def test_a_lead_of_queue_depth_over_latency_is_learnt_and_served(predictor: Pred
     served, own, actual = run(predictor, residuals, 400, lead=0.3)
     end = slice(300, 400)
     assert np.abs(served[end] - actual[end]).mean() < 0.6 * np.abs(own[end] - actual[end]).mean()
-    assert residuals.summary() == {"flows": 1, "served": 1, "labels": 400, "corrected": pytest.approx(300, abs=120)}
+    assert residuals.summary() == {
+        "flows": 1,
+        "served": 1,
+        "labels": 400,
+        "corrected": pytest.approx(300, abs=120),
+    }
 
 
 def test_a_correction_that_does_not_help_is_not_served(predictor: Predictor) -> None:
