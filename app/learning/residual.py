@@ -196,9 +196,9 @@ class FlowResiduals(Collector):
             "cpe_residual_corrected", "Continuous forecasts served with their flow's latency correction."
         )
         flows = GaugeMetricFamily(
-            "cpe_residual_flows",
-            "Flows with a latency correction on this replica: served (it beats the model on the flow's "
-            "recent labels) or learning.",
+            "cpe_residual_corrections",
+            "Latency corrections kept on this replica, one per flow: served (it beats the model on its "
+            "flow's recent labels) or learning.",
             labels=["state"],
         )
         if fill:
@@ -253,7 +253,7 @@ def _capped(delta: float, loc: float, floor: float, flow: _Flow) -> float:
     if flow.labels == 0:
         return delta
     base = _inverse(loc, floor)
-    cap = CAP_ERRORS * flow.model_recent
+    cap = CAP_ERRORS * flow.model_error
     moved = _inverse(loc + delta, floor) - base
     if abs(moved) <= cap:
         return delta

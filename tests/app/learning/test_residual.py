@@ -82,7 +82,7 @@ def test_flows_beyond_the_cap_are_forgotten_oldest_first(predictor: Predictor) -
     forecast = predictor.predict([np.arange(32, dtype=np.int64)] * 5, [window] * 5, 1)
     residuals.correct(predictor, keys, [window] * 5, [forecast] * 5, list(range(5)), [31] * 5)
     assert residuals.summary()["flows"] == 3
-    assert registry.get_sample_value("cpe_residual_flows", {"state": "learning"}) == 3
+    assert registry.get_sample_value("cpe_residual_corrections", {"state": "learning"}) == 3
     residuals.learn(predictor, keys[:1], [31], window[:1])  # forgotten: nothing to learn
     assert registry.get_sample_value("cpe_residual_labels_total") == 0
 
