@@ -6,10 +6,14 @@ Small budgets of the runs that the README reports at full size (``python -m tool
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from models.checkpoint import CHECKPOINT_DIR
+from models.drift_scenarios import generate
+from models.predictor import Predictor
 from tools.coverage import TARGET, CoverageConfig, measure
-from tools.drift import DriftConfig, run
+from tools.drift import DriftConfig, figures_of, frozen_forecasts, run, stream_through_observe
 
 
 @pytest.mark.slow
@@ -31,3 +35,17 @@ def test_a_new_periodic_congestion_is_learnt_from_free_labels_without_ever_being
     assert figures["labels_after_shift"] == 600
     assert figures["end_online_over_frozen"] <= 0.75, figures
     assert figures["worst_rolling_online_over_frozen"] <= 1.02, figures
+
+
+@pytest.mark.slow
+def test_the_service_without_adaptation_serves_exactly_the_frozen_models_forecasts() -> None:
+    """The yardstick of the drift targets: what the service served against the frozen model offline."""
+    predictor = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    scenario = generate("utilcurve", 200, 120, seed=3)
+    ts, fs = scenario.trace.timestamps_ms, scenario.trace.features.astype(np.float64)
+    frozen = frozen_forecasts(predictor, ts, fs, 32)
+    settings = {"models": ("lstm",), "model": "lstm", "learning_enabled": False, "residual_adapt": False}
+    served = stream_through_observe(ts, fs, settings)
+    np.testing.assert_allclose(served.latency[32:], frozen[32:], rtol=1e-4)
+    figures = figures_of(served, frozen, fs[:, 0], 32, 120, 50)
+    assert figures["worst_rolling_online_over_frozen"] == pytest.approx(1.0, abs=1e-4)
