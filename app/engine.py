@@ -119,6 +119,9 @@ class WindowForecast:
         return float(self.batch.dt_s[self.index])
 
 
+# A change to a forward pass's forecast, made in the inference thread before its windows are answered
+Adjust = Callable[[Predictor, Forecast], None]
+
 # One forecast's numbers at horizon h: (steps (h, D), confidence, lower (D), upper (D), step_ms), as lists.
 Numbers = tuple[list[list[float]], float, list[float], list[float], float]
 
@@ -211,9 +214,12 @@ class Engine:
         latency_budget_ms: float = 0.0,
         registry: CollectorRegistry | None = None,
         default_model: str | None = None,
+        adjust: Adjust | None = None,
     ) -> None:
         """``registry``: where the engine's metrics go (a registry of their own when None);
-        ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``."""
+        ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``;
+        ``adjust``: called in the inference thread on every forward pass's forecast before it is answered
+        (the online interval calibration, ``app.learning.conformal``)."""
         assert predictors, "the engine needs at least one model"
         registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics(registry, predictors)
@@ -237,12 +243,13 @@ class Engine:
         self._passing: list[tuple[Predictor, list[_Job]]] | None = None  # the batch in the thread
         self._idle: asyncio.Event | None = None  # set while no pass is in flight
         self._closed = False
+        self._adjust = adjust
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         assert self._loop is None, "the engine was already started"
         self._loop = asyncio.get_running_loop()
-        self._thread = InferenceThread(self._loop, self.torch_threads)
+        self._thread = InferenceThread(self._loop, self.torch_threads, self._adjust)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -581,8 +588,11 @@ class InferenceThread:
     more per batch than handing the batch over and calling back.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, torch_threads: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, torch_threads: int, adjust: Adjust | None = None
+    ) -> None:
         self._loop = loop
+        self._adjust = adjust
         self._torch_threads = torch_threads
         self._inbox: queue.SimpleQueue[tuple[list[tuple[Predictor, list[_Job]]], _Done] | None]
         self._inbox = queue.SimpleQueue()
@@ -604,7 +614,7 @@ class InferenceThread:
         torch.set_num_threads(self._torch_threads)
         while (item := self._inbox.get()) is not None:
             groups, done = item
-            outcomes = _forward(groups)
+            outcomes = _forward(groups, self._adjust)
             try:
                 self._loop.call_soon_threadsafe(done, outcomes)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -640,16 +650,21 @@ class PassTimes:
         return self._seconds[max(self._seconds)] if self._seconds else 0.0
 
 
-def _forward(groups: list[tuple[Predictor, list[_Job]]]) -> list[Forecast | BaseException]:
+def _forward(
+    groups: list[tuple[Predictor, list[_Job]]], adjust: Adjust | None = None
+) -> list[Forecast | BaseException]:
     """Runs in the inference thread: one predict call per model present in the batch."""
     outcomes: list[Forecast | BaseException] = []
     for predictor, jobs in groups:
         try:
             if all(j.lengths is None for j in jobs):
                 timestamps, features = [j.timestamps for j in jobs], [j.features for j in jobs]
-                outcomes.append(predictor.predict(timestamps, features, _most_steps(jobs)))
+                forecast = predictor.predict(timestamps, features, _most_steps(jobs))
             else:
-                outcomes.append(predictor.predict_block(*_block(jobs, predictor.seq_len), _most_steps(jobs)))
+                forecast = predictor.predict_block(*_block(jobs, predictor.seq_len), _most_steps(jobs))
+            if adjust is not None:
+                adjust(predictor, forecast)
+            outcomes.append(forecast)
         except Exception as exc:
             outcomes.append(exc)
     return outcomes

@@ -651,7 +651,8 @@ class Stats(BaseModel):
     forecasts: dict[str, Any] | None = Field(
         default=None,
         description="Continuous prediction of the observed flows: forecasts made, flows due, observe -> "
-        "forecast latency, the rolling latency MAE per model beside persistence's and EWMA's, free labels; "
+        "forecast latency, the rolling latency MAE per model beside persistence's and EWMA's, free labels, "
+        "the live coverage of the served intervals (``intervals``); "
         "null when CPE_PREDICT_ON_OBSERVE is off.",
     )
 

@@ -35,6 +35,7 @@ from app.groups.ranking import Hysteresis
 from app.groups.service import RouteGroups
 from app.ingest.observing import Observing
 from app.ingest.service import IngestService
+from app.learning.conformal import ConformalIntervals
 from app.learning.hints import publish_hint
 from app.learning.learner import replica_id
 from app.learning.metrics import LearningMetrics
@@ -107,6 +108,16 @@ async def run_services(
     checkpoints = {kind: settings.checkpoint_dir / f"{kind}.safetensors" for kind in settings.models}
     predictors = {kind: Predictor.load(path, device) for kind, path in checkpoints.items()}
     log.info("loaded %s on %s", ", ".join(p.version for p in predictors.values()), device)
+    intervals = None  # scored on the free labels: only where observed flows are forecast continuously
+    if settings.interval_adapt and settings.predict_on_observe:
+        intervals = ConformalIntervals(
+            predictors[settings.model].feature_names,
+            gamma=settings.interval_gamma,
+            window=settings.interval_window,
+            coverage_window=settings.interval_coverage_window,
+            min_scores=settings.interval_min_scores,
+            registry=registry,
+        )
     engine = Engine(
         predictors,
         max_batch=settings.engine_max_batch,
@@ -117,6 +128,7 @@ async def run_services(
         latency_budget_ms=settings.engine_latency_budget_ms,
         registry=registry,
         default_model=settings.model,
+        adjust=None if intervals is None else intervals.widen,
     )
     learning_metrics = LearningMetrics(registry)  # registered even when off: dashboards expect the series
     learning = (
@@ -173,6 +185,7 @@ async def run_services(
             registry,
             ttl_ms=settings.flow_ttl_ms,
             max_flows=settings.max_flows,
+            intervals=intervals,
         )
         observing.ingest.on_applied = forecasts.on_applied
         forecasts.continuous.groups_of = groups.groups_of

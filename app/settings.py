@@ -485,6 +485,72 @@ class Settings(BaseSettings):
         "below CPE_BREAKER_THRESHOLD minus this; each change is a CircuitBreakerPrediction.",
     )
 
+    interval_adapt: bool = Field(
+        default=True,
+        description="Keep the served 90 % intervals calibrated online: adaptive conformal inference on the "
+        "free labels (scored continuous forecasts), per model and feature (app/learning/conformal.py).",
+    )
+    interval_gamma: float = Field(
+        default=0.005,
+        gt=0.0,
+        le=1.0,
+        description="Adaptive conformal inference's step: how far each scored forecast moves the working "
+        "miss rate. Larger follows shifts faster and holds the live coverage tighter, with a noisier width.",
+    )
+    interval_window: int = Field(
+        default=1000,
+        ge=10,
+        le=1_000_000,
+        description="Recent conformity scores per model whose quantile sets the interval's width.",
+    )
+    interval_min_scores: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Scored forecasts before the adaptive width is served (until then: the model's own).",
+    )
+    interval_coverage_window: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Scored forecasts the live coverage of /v1/stats and cpe_interval_coverage is taken "
+        "over.",
+    )
+
+    residual_adapt: bool = Field(
+        default=True,
+        description="Learn a small linear correction of the model's next-step latency per observed flow "
+        "from its free labels, and serve it while it beats the model alone on the flow's recent labels "
+        "(app/learning/residual.py).",
+    )
+    residual_forget: float = Field(
+        default=0.99,
+        gt=0.9,
+        le=1.0,
+        description="The per-flow correction's forgetting factor per label (recursive least squares): "
+        "labels older than about 1 / (1 - forget) weigh little.",
+    )
+    residual_margin: float = Field(
+        default=0.03,
+        ge=0.0,
+        lt=1.0,
+        description="How much better than the model alone (relative MAE over the flow's recent labels) the "
+        "correction must be before it is served.",
+    )
+    residual_min_labels: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Labels of a flow before its correction may be served.",
+    )
+    residual_max_flows: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Flows with a correction kept on this replica (the least recently scored go first; "
+        "each is a few kB).",
+    )
+
     # -- observing the network ------------------------------------------------------------------
     flow_url: str = Field(
         default="memory://",

@@ -40,6 +40,8 @@ from app.forecasts.result import Draft, serialize_many
 from app.forecasts.scores import Scores
 from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
 from app.forecasts.stream import FlowPredictionHub, encode
+from app.learning.conformal import ConformalIntervals, interval_rows
+from app.learning.residual import FlowResiduals
 from app.metrics import BatchHistogram
 from app.window import Window
 
@@ -111,9 +113,13 @@ class ContinuousPrediction:
         publish_always: bool = False,
         groups_of: Callable[[str], Sequence[str]] | None = None,
         on_forecasts: OnForecasts | None = None,
+        intervals: ConformalIntervals | None = None,
+        residuals: FlowResiduals | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.engine, self.source, self.store, self.scores = engine, source, store, scores
+        self.intervals = intervals  # scores the served intervals and keeps them calibrated
+        self.residuals = residuals  # per-flow latency corrections, learnt from the scored forecasts
         self.bus, self.channel, self.hub, self.labels = bus, channel, hub, labels
         self.kind, self.horizon, self.batch, self.rounds = kind, horizon, batch, rounds
         # with a shared bus other replicas' clients may be listening: publish even with none here
@@ -266,11 +272,24 @@ class ContinuousPrediction:
             previous = [None] * len(keys)
         persistence, ewma = _baselines(block)
         scores = self._score(keys, block, previous)
+        if self.residuals is not None:  # after scoring: the previous forecasts teach before these are made
+            L = block.timestamps.shape[1]
+            self.residuals.correct(
+                self.engine.predictors[kind],
+                keys,
+                [block.features[i, L - n :] for i, n in enumerate(lengths.tolist())],
+                [f.batch for f in forecasts],
+                [f.index for f in forecasts],
+                ts[:, -1].tolist(),
+            )
         latency = _step_latency(forecasts)
+        intervals: Sequence[np.ndarray | None] = [None] * len(forecasts)
+        if self.intervals is not None:
+            intervals = list(interval_rows([f.batch for f in forecasts], [f.index for f in forecasts]))
         now, h = time.perf_counter(), self.horizon
         bases = ts[:, -1].tolist()
         records, drafts = [], []
-        for i, (key, forecast, t, lat, p, e, score, base, n) in enumerate(
+        for i, (key, forecast, t, lat, p, e, score, base, n, interval) in enumerate(
             zip(
                 keys,
                 forecasts,
@@ -281,13 +300,14 @@ class ContinuousPrediction:
                 scores,
                 bases,
                 lengths.tolist(),
+                intervals,
                 strict=True,
             )
         ):
             patterns = _similar_patterns(block, i, forecast, h) if block.pattern_ids is not None else []
             draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), patterns)
             drafts.append(draft)
-            records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score)))
+            records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score, interval)))
         # serialized now only what is published or kept serialized; the rest when someone reads it
         published = self._published(keys)
         serialized = range(len(keys)) if not self.store.keeps_drafts else published
@@ -359,6 +379,25 @@ class ContinuousPrediction:
             by_model.setdefault(prev.model, []).append(k)
         for name, members in by_model.items():
             self.scores.add(name, model[members], persistence[members], ewma[members])
+            predictor = self.engine.predictors.get(name)
+            if predictor is None:
+                continue
+            observed = block.features[flows[members], cols[members]]  # (M, D) what followed each
+            if self.residuals is not None:
+                self.residuals.learn(
+                    predictor,
+                    [keys[i] for i in flows[members].tolist()],
+                    [picked[k].base_ts for k in members],
+                    observed,
+                )
+            if self.intervals is not None:
+                kept = [m for m, k in enumerate(members) if picked[k].interval is not None]
+                if kept:
+                    self.intervals.add(
+                        predictor,
+                        observed[kept],
+                        np.stack([picked[members[m]].interval for m in kept]),  # type: ignore[misc]
+                    )
         if self.labels is not None:
             admitted = self.labels.admit(len(flows))
             for i, j in zip(flows[:admitted].tolist(), cols[:admitted].tolist(), strict=True):

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from redis import exceptions as redis_errors
 
 from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("cpe.forecasts")
 
 _FAILURES = (redis_errors.RedisError, OSError)
-# base_ts, predicted latency, persistence, EWMA; scored, the three error sums; the model kind's length
-_HEADER = struct.Struct("<q3dQ3dB")
+# base_ts, predicted latency, persistence, EWMA; scored, the three error sums; the model kind's length;
+# the interval's numbers (4 x D doubles, after the kind; 0: none kept)
+_HEADER = struct.Struct("<q3dQ3dBH")
 
 
 class ForecastsUnavailable(Exception):
@@ -135,6 +137,7 @@ return #KEYS
 def pack(forecast: FlowForecast) -> bytes:
     """A forecast as the value Redis keeps: header, model kind, serialized result."""
     score, model = forecast.score, forecast.model.encode()
+    interval = b"" if forecast.interval is None else forecast.interval.astype("<f8").tobytes()
     header = _HEADER.pack(
         forecast.base_ts,
         forecast.latency,
@@ -145,13 +148,19 @@ def pack(forecast: FlowForecast) -> bytes:
         score.persistence,
         score.ewma,
         len(model),
+        len(interval) // 8,
     )
-    return header + model + forecast.result()
+    return header + model + interval + forecast.result()
 
 
 def unpack(value: bytes) -> FlowForecast:
-    base_ts, latency, persistence, ewma, scored, sm, sp, se, n = _HEADER.unpack_from(value)
+    base_ts, latency, persistence, ewma, scored, sm, sp, se, n, k = _HEADER.unpack_from(value)
     start = _HEADER.size
     model = value[start : start + n].decode()
+    start += n
+    interval = None
+    if k:
+        interval = np.frombuffer(value, "<f8", k, start).reshape(4, k // 4).astype(np.float64)
+        start += 8 * k
     score = FlowScore(scored, sm, sp, se)
-    return FlowForecast(value[start + n :], None, base_ts, latency, persistence, ewma, model, score)
+    return FlowForecast(value[start:], None, base_ts, latency, persistence, ewma, model, score, interval)

@@ -19,7 +19,9 @@ from app.forecasts.redis import ForecastsUnavailable
 from app.forecasts.scores import Scores
 from app.forecasts.store import ForecastStore, create_forecast_store
 from app.forecasts.stream import FlowPredictionHub, FlowPredictionMetrics
+from app.learning.conformal import ConformalIntervals
 from app.learning.feedback import FeedbackStore
+from app.learning.residual import FlowResiduals
 from app.settings import Settings
 
 
@@ -55,9 +57,11 @@ class Forecasts:
         *,
         ttl_ms: int,
         max_flows: int,
+        intervals: ConformalIntervals | None = None,
     ) -> Forecasts:
         """``source``: the flow store; ``feedback``: the learner's (None: no free labels); ``ttl_ms``,
-        ``max_flows``: the flow store's, so that forecasts go with windows."""
+        ``max_flows``: the flow store's, so that forecasts go with windows; ``intervals``: the online
+        interval calibration the scored forecasts feed (None: the models' own intervals)."""
         horizon = engine.predictors[settings.model].horizon
         if settings.forecast_horizon > horizon:
             raise ValueError(
@@ -92,6 +96,16 @@ class Forecasts:
             batch=settings.forecast_batch,
             rounds=settings.forecast_rounds,
             publish_always=urlsplit(settings.bus_url).scheme != "memory",
+            intervals=intervals,
+            residuals=FlowResiduals(
+                forget=settings.residual_forget,
+                margin=settings.residual_margin,
+                min_labels=settings.residual_min_labels,
+                max_flows=settings.residual_max_flows,
+                registry=registry,
+            )
+            if settings.residual_adapt
+            else None,
             registry=registry,
         )
         return cls(continuous, store, hub, scores, labels)
@@ -130,6 +144,8 @@ class Forecasts:
             "observe_to_forecast_ms": {"p50": p50, "p99": p99},
             "scores": self.scores.summary(),
             "free_labels": labels,
+            "intervals": None if self.continuous.intervals is None else self.continuous.intervals.summary(),
+            "residuals": None if self.continuous.residuals is None else self.continuous.residuals.summary(),
             "store_problem": self.store.problem,
         }
 

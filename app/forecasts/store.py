@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from app.forecasts.result import Draft, serialize
 
 if TYPE_CHECKING:
@@ -71,6 +73,9 @@ class FlowForecast:
     ewma: float  # EWMA's forecast for it
     model: str  # kind of the model that made it
     score: FlowScore
+    # (4, D) its step 1's served lower and upper, loc and std (``app.learning.conformal``): what scoring
+    # its interval needs; None where it was not kept
+    interval: np.ndarray | None = None
 
     def result(self) -> bytes:
         """The serialized PredictionResult (made now, once, if it was not yet)."""

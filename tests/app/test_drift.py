@@ -1,4 +1,5 @@
-"""`cpe evaluate --drift` at toy sizes: it replays through the real service, reports and plots."""
+"""`cpe evaluate --drift` at toy sizes: every scenario and approach streamed through /v1/observe, a
+report and a plot."""
 
 from __future__ import annotations
 
@@ -9,21 +10,28 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from tools.drift import METHODS
+from models.drift_scenarios import SCENARIOS
+from tools.drift import APPROACHES
 
 
 @pytest.mark.slow
 def test_drift_evaluation_runs_end_to_end(tmp_path: Path) -> None:
     plot, figures_path = tmp_path / "drift.png", tmp_path / "drift.json"
-    argv = ["evaluate", "--drift", "--model", "lstm", "--pre", "40", "--post", "40", "--window", "10"]
+    argv = ["evaluate", "--drift", "--model", "lstm", "--pre", "40", "--post", "40", "--window", "20"]
     assert main([*argv, "--plot", str(plot), "--json", str(figures_path)]) == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    figures = json.loads(figures_path.read_text())
-    for part in ("pre_shift", "end"):
-        assert set(figures[part]) == set(METHODS)
-        assert all(np.isfinite(v["mae_ms"]) and v["mae_ms"] > 0 for v in figures[part].values())
-    # every step went through the service: predicted, then fed back
-    assert figures["learner"]["samples"] == 80
-    assert set(figures["targets"]) == {"ms", "relative"}
-    # the shift doubled latency: every forecaster's error in ms grows with it
-    assert figures["end"]["persistence"]["mae_ms"] > figures["pre_shift"]["persistence"]["mae_ms"]
+    results = json.loads(figures_path.read_text())["results"]
+    assert set(results) == set(SCENARIOS)
+    for by_approach in results.values():
+        assert set(by_approach) == set(APPROACHES)
+        for approach, figures in by_approach.items():
+            assert figures["labels"] == 80 and figures["labels_after_shift"] == 40
+            assert all(np.isfinite(v) and v > 0 for v in figures["mae_ms"].values())
+            assert 0.0 <= figures["coverage_whole"] <= 1.0
+            assert set(figures["targets"]) == {"end_met", "safe_met", "coverage_met"}
+            # only observations went in: the learner's samples are the free labels
+            learner = figures["learner"]
+            if approach == "residual":
+                assert learner is None
+            else:
+                assert learner["samples"] > 0

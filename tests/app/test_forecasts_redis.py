@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from app.forecasts.redis import ForecastsUnavailable, RedisForecasts
+from app.forecasts.redis import ForecastsUnavailable, RedisForecasts, pack, unpack
 from app.forecasts.store import FlowForecast, FlowScore, MemoryForecasts, create_forecast_store
 from tests.redis_server import redis_url
 
@@ -78,3 +79,14 @@ async def test_memory_forgets_the_oldest_beyond_its_bound_and_after_the_ttl() ->
     now[0] = 20.0
     await store.put_many([("d", forecast(4))])
     assert await store.get_many(["b", "c", "d"]) == [None, None, forecast(4)]
+
+
+def test_a_forecasts_interval_numbers_survive_the_round_trip_through_its_redis_value() -> None:
+    """What scoring its interval needs (app/learning/conformal.py) is kept beside the result."""
+    kept = forecast(3000, scored=2)
+    kept.interval = np.arange(32, dtype=np.float64).reshape(4, 8) / 7.0
+    back = unpack(pack(kept))
+    assert back.interval is not None
+    np.testing.assert_array_equal(back.interval, kept.interval)
+    assert (back.base_ts, back.model, back.score.scored, back.result()) == (3000, "lstm", 2, kept.result())
+    assert unpack(pack(forecast(4000))).interval is None

@@ -1,0 +1,93 @@
+"""Per-flow latency corrections: learnt by RLS from scored forecasts, served while they measure better."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app.learning.residual import FlowResiduals, P, features
+from models.checkpoint import CHECKPOINT_DIR
+from models.predictor import Predictor
+
+D = 8
+KEY = "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+
+
+def run(
+    predictor: Predictor, residuals: FlowResiduals, n: int, *, lead: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A flow whose next latency is ``exp(lead * e)`` times its level, e the queue depth's fluctuation one
+    sample earlier; each step forecast by the model, corrected, then scored. Returns the served and the
+    model's own next-step latency, and the actual."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal(n + 40)
+    rows = np.tile([40.0, 4.0, 0.001, 800.0, 0.5, 0.0001, 100.0, 20.0], (n + 40, 1))
+    rows[:, 7] = np.round(20.0 * np.exp(0.8 * e))
+    rows[1:, 0] *= np.exp(lead * e[:-1] + 0.03 * rng.standard_normal(n + 39))
+    ts = np.arange(n + 40, dtype=np.int64) * 10_000
+    windows = [rows[end - 32 : end] for end in range(32, 32 + n)]
+    forecast = predictor.predict([ts[end - 32 : end] for end in range(32, 32 + n)], windows, 1)  # one pass
+    own = forecast.mean[:, 0, 0].copy()
+    for i in range(n):  # in order: each forecast is corrected by what the labels before it taught
+        base_ts = int(ts[31 + i])
+        residuals.correct(predictor, [KEY], [windows[i]], [forecast], [i], [base_ts])
+        residuals.learn(predictor, [KEY], [base_ts], rows[32 + i : 33 + i])
+    return forecast.mean[:, 0, 0], own, rows[32 : 32 + n, 0]
+
+
+def test_a_lead_of_queue_depth_over_latency_is_learnt_and_served(predictor: Predictor) -> None:
+    residuals = FlowResiduals(min_labels=50)
+    served, own, actual = run(predictor, residuals, 400, lead=0.3)
+    end = slice(300, 400)
+    assert np.abs(served[end] - actual[end]).mean() < 0.6 * np.abs(own[end] - actual[end]).mean()
+    assert residuals.summary() == {
+        "flows": 1,
+        "served": 1,
+        "labels": 400,
+        "corrected": pytest.approx(300, abs=120),
+    }
+
+
+def test_a_correction_that_does_not_help_is_not_served(predictor: Predictor) -> None:
+    residuals = FlowResiduals(min_labels=50)
+    served, own, _ = run(predictor, residuals, 300, lead=0.0)
+    # no relation to learn: whatever the weights say, the gate keeps the model's forecast (nearly always)
+    assert (served != own).mean() < 0.2
+    assert residuals.corrected == int((served != own).sum())
+
+
+def test_labels_of_another_forecast_teach_nothing(predictor: Predictor) -> None:
+    residuals = FlowResiduals()
+    window = np.tile([40.0, 4.0, 0.001, 800.0, 0.5, 0.0001, 100.0, 20.0], (32, 1))
+    forecast = predictor.predict([np.arange(32, dtype=np.int64)], [window], 1)
+    residuals.correct(predictor, [KEY], [window], [forecast], [0], [31])
+    residuals.learn(predictor, [KEY], [30], window[:1])  # not the forecast made at 31
+    residuals.learn(predictor, ["cd" * 32], [31], window[:1])  # a flow never forecast
+    assert residuals.labels == 0
+    residuals.learn(predictor, [KEY], [31], window[:1])
+    assert residuals.labels == 1
+
+
+def test_flows_beyond_the_cap_are_forgotten_oldest_first(predictor: Predictor) -> None:
+    registry = CollectorRegistry()
+    residuals = FlowResiduals(max_flows=3, registry=registry)
+    window = np.tile([40.0, 4.0, 0.001, 800.0, 0.5, 0.0001, 100.0, 20.0], (32, 1))
+    keys = [f"{i:064x}" for i in range(5)]
+    forecast = predictor.predict([np.arange(32, dtype=np.int64)] * 5, [window] * 5, 1)
+    residuals.correct(predictor, keys, [window] * 5, [forecast] * 5, list(range(5)), [31] * 5)
+    assert residuals.summary()["flows"] == 3
+    assert registry.get_sample_value("cpe_residual_corrections", {"state": "learning"}) == 3
+    residuals.learn(predictor, keys[:1], [31], window[:1])  # forgotten: nothing to learn
+    assert registry.get_sample_value("cpe_residual_labels_total") == 0
+
+
+def test_features_of_short_windows_repeat_their_first_context(predictor: Predictor) -> None:
+    window = np.tile([40.0, 4.0, 0.001, 800.0, 0.5, 0.0001, 100.0, 20.0], (3, 1))
+    x = features([window], np.array([np.log(40.0)]), predictor.scaler.transform)
+    assert x.shape == (1, P) and np.all(np.isfinite(x))
