@@ -118,6 +118,12 @@ class WindowForecast:
         """Spacing assumed between future steps, seconds (0 for a one-context window)."""
         return float(self.batch.dt_s[self.index])
 
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """(E,) float32 unit vector of the window (``models/embedding.py``); None unless the engine embeds."""
+        emb = self.batch.embedding
+        return None if emb is None else emb[self.index]
+
 
 # One forecast's numbers at horizon h: (steps (h, D), confidence, lower (D), upper (D), step_ms), as lists.
 Numbers = tuple[list[list[float]], float, list[float], list[float], float]
@@ -205,9 +211,11 @@ class Engine:
         latency_budget_ms: float = 0.0,
         registry: CollectorRegistry | None = None,
         default_model: str | None = None,
+        embed: bool = False,
     ) -> None:
         """``registry``: where the engine's metrics go (a registry of their own when None);
-        ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``."""
+        ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``;
+        ``embed``: every forecast carries its window's embedding too (pattern memory, ``app/patterns``)."""
         assert predictors, "the engine needs at least one model"
         registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics(registry, predictors)
@@ -218,6 +226,7 @@ class Engine:
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
         self.torch_threads = torch_threads
+        self.embed = embed
         self.latency_budget_s = latency_budget_ms / 1e3  # 0: admission by queue length alone
         self.pass_times = PassTimes()
         self._pass_started = 0.0  # perf_counter() when the pass in flight began; 0 when none runs
@@ -235,7 +244,7 @@ class Engine:
     async def start(self) -> None:
         assert self._loop is None, "the engine was already started"
         self._loop = asyncio.get_running_loop()
-        self._thread = InferenceThread(self._loop, self.torch_threads)
+        self._thread = InferenceThread(self._loop, self.torch_threads, self.embed)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -517,9 +526,10 @@ class InferenceThread:
     more per batch than handing the batch over and calling back.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, torch_threads: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, torch_threads: int, embed: bool = False) -> None:
         self._loop = loop
         self._torch_threads = torch_threads
+        self._embed = embed
         self._inbox: queue.SimpleQueue[tuple[list[tuple[Predictor, list[_Job]]], _Done] | None]
         self._inbox = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="cpe-inference", daemon=True)
@@ -540,7 +550,7 @@ class InferenceThread:
         torch.set_num_threads(self._torch_threads)
         while (item := self._inbox.get()) is not None:
             groups, done = item
-            outcomes = _forward(groups)
+            outcomes = _forward(groups, self._embed)
             try:
                 self._loop.call_soon_threadsafe(done, outcomes)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -576,13 +586,13 @@ class PassTimes:
         return self._seconds[max(self._seconds)] if self._seconds else 0.0
 
 
-def _forward(groups: list[tuple[Predictor, list[_Job]]]) -> list[Forecast | BaseException]:
+def _forward(groups: list[tuple[Predictor, list[_Job]]], embed: bool) -> list[Forecast | BaseException]:
     """Runs in the inference thread: one predict call per model present in the batch."""
     outcomes: list[Forecast | BaseException] = []
     for predictor, jobs in groups:
         try:
             timestamps, features = [j.timestamps for j in jobs], [j.features for j in jobs]
-            outcomes.append(predictor.predict(timestamps, features, _most_steps(jobs)))
+            outcomes.append(predictor.predict(timestamps, features, _most_steps(jobs), embed=embed))
         except Exception as exc:
             outcomes.append(exc)
     return outcomes

@@ -36,6 +36,7 @@ from app.learning.metrics import LearningMetrics
 from app.learning.online import OnlineLearning
 from app.learning.recent import RecentWindows
 from app.metrics import GpuMemory
+from app.patterns.service import Patterns
 from app.routing import FailurePolicy
 from app.schemas import Limits
 from app.settings import Settings
@@ -64,6 +65,7 @@ class Services:
     ingest: IngestService  # the one path behind every ingest door (app/ingest)
     otlp_metric_table: Mapping[str, int]  # OTLP metric name -> feature index (CPE_OTLP_METRIC_NAMES)
     forecasts: Forecasts | None  # continuous prediction of observed flows; None unless CPE_PREDICT_ON_OBSERVE
+    patterns: Patterns | None  # pattern memory (app/patterns); None unless CPE_PATTERNS_ENABLED
     started: float  # time.time() when the parts began to start: the replica's uptime counts from it
 
     @property
@@ -111,6 +113,7 @@ async def run_services(
         latency_budget_ms=settings.engine_latency_budget_ms,
         registry=registry,
         default_model=settings.model,
+        embed=settings.patterns_enabled,
     )
     learning_metrics = LearningMetrics(registry)  # registered even when off: dashboards expect the series
     learning = (
@@ -139,8 +142,15 @@ async def run_services(
             max_flows=settings.max_flows,
         )
         observing.ingest.on_applied = forecasts.on_applied
+    # pattern memory: the observed windows by embedding, with what followed them (app/patterns)
+    patterns = None
+    if settings.patterns_enabled:
+        patterns = Patterns.from_settings(settings, predictors[settings.model], registry)
+        observing.ingest.on_patterns = patterns.hear
+        if forecasts is not None:
+            forecasts.continuous.patterns = patterns
     async with AsyncExitStack() as stack:
-        for part in (engine, cache, bus, fanout, learning, observing, forecasts):
+        for part in (engine, cache, bus, fanout, learning, patterns, observing, forecasts):
             if part is not None:
                 await stack.enter_async_context(part)
         yield Services(
@@ -168,5 +178,6 @@ async def run_services(
             ingest=observing.ingest,
             otlp_metric_table=observing.otlp_metric_table,
             forecasts=forecasts,
+            patterns=patterns,
             started=started,
         )

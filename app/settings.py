@@ -483,6 +483,46 @@ class Settings(BaseSettings):
         "another replica takes it over.",
     )
 
+    # -- pattern memory -------------------------------------------------------------------------
+    patterns_enabled: bool = Field(
+        default=True,
+        description="Keep pattern memory: every forecast carries its window's embedding (the default model's "
+        "trunk runs a second time per forward pass), observed windows go into an approximate "
+        "nearest-neighbour index with what followed them, and similar_patterns names the nearest.",
+    )
+    patterns_capacity: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=100_000_000,
+        description="Most windows pattern memory holds; the oldest is evicted by the newest. About 330 "
+        "bytes a window at 32 dimensions (the LSTM's), 460 at 64 (README).",
+    )
+    patterns_snapshot_path: str = Field(
+        default="",
+        description="Where pattern memory is written now and then and at shutdown, and read back at start "
+        "(`<path>.npz` and `<path>.<n>.hnsw`); one path per replica. Empty: not kept across restarts.",
+    )
+    patterns_snapshot_interval_s: float = Field(
+        default=300.0, ge=1.0, le=86_400.0, description="Seconds between snapshots of pattern memory."
+    )
+    patterns_max_k: int = Field(
+        default=100, ge=1, le=10_000, description="Most matches one POST /v1/patterns/search may ask for (k)."
+    )
+    patterns_analog_k: int = Field(
+        default=10,
+        ge=1,
+        le=1_000,
+        description="Stored windows an analog forecast (and similar_patterns) is drawn from.",
+    )
+    patterns_analog_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the analog forecast in the latency_ms forecast published as "
+        "`metadata.blended_latency_ms` (0: not published). `python -m tools.analogy` measures which weight "
+        "helps on held-out traces (README).",
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:

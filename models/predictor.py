@@ -18,6 +18,7 @@ from torch import nn
 
 from models import checkpoint
 from models.calibration import Calibration, band_probability
+from models.embedding import embedding_dim
 from models.scaling import Scaler, ScalerConfig
 
 log = logging.getLogger("cpe.models")
@@ -35,6 +36,10 @@ class Forecast:
     loc: np.ndarray  # (B, S, D) mean in the transformed (log/identity) space
     std: np.ndarray  # (B, S, D) calibrated deviation in the transformed space
     dt_s: np.ndarray  # (B,) spacing assumed between future steps, seconds
+    embedding: np.ndarray | None = None  # (B, E) float32 unit vectors of the windows, when asked for
+    scaled_last: np.ndarray | None = None  # (B, D) float32 each window's last context, scaled, with them
+    center: np.ndarray | None = None  # (B, D) the windows' standardisation constants, with them
+    scale: np.ndarray | None = None  # (B, D)
 
 
 class Predictor:
@@ -68,6 +73,9 @@ class Predictor:
         self._knots = self.calibration.knots()  # the calibration is fixed for the predictor's life
         example = torch.zeros(2, self.seq_len, self.scaler.n_inputs, device=self.device)
         self._forward = compile_forward(self.model, example) if compiled else self.model
+        self.embedding_dim: int = embedding_dim(self.model)
+        self._compiled = compiled
+        self._forward_embedded: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 
     @classmethod
     def load(
@@ -83,16 +91,43 @@ class Predictor:
         log_var = log_var.float().cpu().numpy()
         return mean.float().cpu().numpy(), np.exp(0.5 * log_var, out=log_var)  # numpy: cheaper per call
 
+    @torch.inference_mode()
+    def forward_embedded(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``forward_scaled`` and the windows' embeddings (B, E) float32 (``model.embed``), in one call."""
+        if self._forward_embedded is None:  # traced on first use: most replicas never embed
+            module = _ForwardEmbedded(self.model)
+            example = torch.zeros(2, self.seq_len, self.scaler.n_inputs, device=self.device)
+            self._forward_embedded = compile_forward(module, example) if self._compiled else module  # type: ignore[assignment]
+        assert self._forward_embedded is not None
+        mean, log_var, emb = self._forward_embedded(torch.from_numpy(x).to(self.device))
+        log_var_np = log_var.float().cpu().numpy()
+        return mean.float().cpu().numpy(), np.exp(0.5 * log_var_np), emb.float().cpu().numpy()
+
+    def embed(self, timestamps: list[np.ndarray], features: list[np.ndarray]) -> np.ndarray:
+        """(B, E) float32 embeddings of raw windows (any lengths >= 1), as ``predict(embed=True)`` makes."""
+        x, _ = self.scaler.encode(timestamps, features, self.seq_len)
+        return self.forward_embedded(x)[2]
+
     def predict(
-        self, timestamps: list[np.ndarray], features: list[np.ndarray], steps: int | None = None
+        self,
+        timestamps: list[np.ndarray],
+        features: list[np.ndarray],
+        steps: int | None = None,
+        *,
+        embed: bool = False,
     ) -> Forecast:
         """Forecast every window (any lengths >= 1, mixed) ``steps`` ahead (the full horizon H when None).
 
         The model always predicts all H steps; ``steps`` only spares decoding, the intervals and the
-        confidence of the ones nobody asked for: most requests ask for one step of eight.
+        confidence of the ones nobody asked for: most requests ask for one step of eight. ``embed``: the
+        forecast carries the windows' embeddings and scaling too (pattern memory, ``app/patterns``).
         """
         x, stats = self.scaler.encode(timestamps, features, self.seq_len)
-        mean_s, std_s = self.forward_scaled(x)
+        embedding = None
+        if embed:
+            mean_s, std_s, embedding = self.forward_embedded(x)
+        else:
+            mean_s, std_s = self.forward_scaled(x)
         if steps is not None and steps < self.horizon:
             assert steps >= 1, f"steps must be 1..{self.horizon}, got {steps}"
             mean_s, std_s = mean_s[:, :steps], std_s[:, :steps]
@@ -108,6 +143,10 @@ class Predictor:
             loc=loc,
             std=std,
             dt_s=stats.dt_s,
+            embedding=embedding,
+            scaled_last=None if embedding is None else x[:, -1, : self.scaler.n_features].copy(),
+            center=None if embedding is None else stats.center,
+            scale=None if embedding is None else stats.scale,
         )
 
     def _confidence(self, loc: np.ndarray, std: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -123,6 +162,22 @@ class Predictor:
             lo, hi = (1 - tol) * pred, (1 + tol) * pred
         raw = band_probability(loc[..., p], std[..., p], lo, hi)
         return np.interp(raw, *self._knots)
+
+
+class _ForwardEmbedded(nn.Module):
+    """A model's forward pass and its ``embed``, as one module to trace: one call from the thread.
+
+    ``embed`` runs the model's trunk a second time: sharing it would mean changing every architecture's
+    ``forward``, which the checkpoints' trainers own; ``make bench`` measures what the second pass costs.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_var = self.model(x)
+        return mean, log_var, self.model.embed(x)  # type: ignore[operator]
 
 
 def compile_forward(

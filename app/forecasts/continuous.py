@@ -39,6 +39,7 @@ from app.forecasts.scores import Scores
 from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
 from app.forecasts.stream import FlowPredictionHub, encode
 from app.metrics import BatchHistogram
+from app.patterns.service import Patterns
 from app.window import Window
 
 log = logging.getLogger("cpe.forecasts")
@@ -106,6 +107,7 @@ class ContinuousPrediction:
         # with a shared bus other replicas' clients may be listening: publish even with none here
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
+        self.patterns: Patterns | None = None  # pattern memory, fed by every round (app/patterns)
         self.stats = RoundStats()
         self._due: dict[str, float] = {}  # flow_key -> perf_counter() of its oldest unforecast observation
         self._wake = asyncio.Event()
@@ -250,23 +252,31 @@ class ContinuousPrediction:
             previous = [None] * len(keys)
         persistence, ewma = _baselines(windows)
         scores = self._score(keys, windows, previous)
+        patterns = self.patterns
+        nearest = patterns.on_forecasts(keys, windows, forecasts) if patterns is not None else None
         latency = _step_latency(forecasts)
         now, h = time.perf_counter(), self.horizon
         records, drafts = [], []
-        for key, window, forecast, t, lat, p, e, score in zip(
-            keys,
-            windows,
-            forecasts,
-            touched,
-            latency,
-            persistence.tolist(),
-            ewma.tolist(),
-            scores,
-            strict=True,
+        for i, (key, window, forecast, t, lat, p, e, score) in enumerate(
+            zip(
+                keys,
+                windows,
+                forecasts,
+                touched,
+                latency,
+                persistence.tolist(),
+                ewma.tolist(),
+                scores,
+                strict=True,
+            )
         ):
             base, n = int(window.timestamps[-1]), len(window.timestamps)
-            patterns = _similar_patterns(window, forecast, h)
-            draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), patterns)
+            similar = _similar_patterns(window, forecast, h)
+            extra: dict[str, float] = {}
+            if patterns is not None and nearest is not None:
+                similar = patterns.names(nearest[i], similar)
+                extra = patterns.metadata(nearest[i], forecast, h)
+            draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), similar, extra)
             drafts.append(draft)
             records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score)))
         # serialized now only what is published or kept serialized; the rest when someone reads it

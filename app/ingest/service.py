@@ -48,7 +48,8 @@ class IngestMetrics:
 
 
 class IngestService:
-    """Applies observations to ``store``; ``on_applied`` and ``on_learning_rate`` hear what was applied."""
+    """Applies observations to ``store``; ``on_applied``, ``on_learning_rate`` and ``on_patterns`` (Layer 2's
+    SimilarityResults, for pattern memory) hear what was applied."""
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class IngestService:
         on_learning_rate: OnLearningRate | None = None,
         metrics: IngestMetrics | None = None,
     ) -> None:
+        self.on_patterns: Callable[[Sequence[PatternHint]], None] | None = None
         self.store = store
         self.limits = ObserveLimits(max_batch)
         self.flow_record_interval_ms = flow_record_interval_ms
@@ -97,10 +99,10 @@ class IngestService:
                 for flow_key, flow_contexts in done.applied.items():
                     applied.setdefault(flow_key, []).extend(flow_contexts)
             elif isinstance(first, PatternHint):
-                pairs = [
-                    (i.flow_key, i.pattern_id) for i in adapted.items[start:end] if isinstance(i, PatternHint)
-                ]
-                await self.store.attach_patterns(pairs)
+                hints = [i for i in adapted.items[start:end] if isinstance(i, PatternHint)]
+                await self.store.attach_patterns([(i.flow_key, i.pattern_id) for i in hints])
+                if self.on_patterns is not None:
+                    self.on_patterns(hints)
                 result.accepted += sum(weights)
             else:
                 for item in adapted.items[start:end]:
