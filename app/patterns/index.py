@@ -46,18 +46,31 @@ class VectorIndex:
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest slots of each query (q, dim): slots (q, k') int64, squared L2 distances
-        (q, k') float32, nearest first; k' = min(k, stored)."""
+        (q, k') float32, nearest first; k' = min(k, stored), or fewer while a full answer cannot be had."""
         k = min(k, len(self))
-        if k == 0:
-            return np.empty((len(vectors), 0), np.int64), np.empty((len(vectors), 0), np.float32)
-        if k > self.ef_search:
-            self._index.set_ef(k)
+        queries = np.asarray(vectors, dtype=np.float32)
+        # hnswlib refuses a query that finds fewer than k (a graph young or in the middle of an insert):
+        # ask again with a wider search, then for fewer
+        for ef, want in (
+            (self.ef_search, k),
+            (4 * max(k, self.ef_search), k),
+            (4 * max(k, self.ef_search), k // 2),
+        ):
+            if want == 0:
+                break
+            try:
+                return self._query(queries, want, max(ef, want))
+            except RuntimeError:
+                continue
+        return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32)
+
+    def _query(self, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        if ef != self.ef_search:
+            self._index.set_ef(ef)
         try:
-            slots, distances = self._index.knn_query(
-                np.asarray(vectors, dtype=np.float32), k=k, num_threads=1
-            )
+            slots, distances = self._index.knn_query(queries, k=k, num_threads=1)
         finally:
-            if k > self.ef_search:
+            if ef != self.ef_search:
                 self._index.set_ef(self.ef_search)
         return slots.astype(np.int64), distances
 
@@ -77,6 +90,10 @@ class VectorIndex:
         if len(slots) == 0:
             return np.empty((0, self.dim), np.float32)
         return np.asarray(self._index.get_items(slots, return_type="numpy"), dtype=np.float32)
+
+    def bytes(self) -> int:
+        """What the index holds in memory: its graph and vectors, as hnswlib would write them."""
+        return int(self._index.index_file_size())
 
     def save(self, path: Path) -> None:
         self._index.save_index(str(path))
