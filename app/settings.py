@@ -522,6 +522,13 @@ class Settings(BaseSettings):
         "`metadata.blended_latency_ms` (0: not published). `python -m tools.analogy` measures which weight "
         "helps on held-out traces (README).",
     )
+    patterns_analog_max_distance: float = Field(
+        default=4.0,
+        ge=0.0,
+        le=4.0,
+        description="Blend only when the matches' mean distance (squared L2 of unit embeddings, 0..4) is at "
+        "most this: close analogies only. `python -m tools.analogy` chooses it with the weight.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod

@@ -3,8 +3,9 @@
 Pattern memory is filled with windows of seeded training-distribution traces (``models/traces.py``) and
 what followed each. Then, on held-out traces, each window's analog forecast (``app/patterns/analogy.py``:
 its 10 nearest stored windows' next contexts, on its own scale) is blended with the model's forecast of
-the next latency, ``(1 - w) model + w analog`` in the scaler's transformed space. ``w`` is chosen on a
-validation set (other seeds) from a grid, 0 included; then the model alone, the analog alone, the blend
+the next latency, ``(1 - w) model + w analog`` in the scaler's transformed space. ``w``, and how alike
+the matches must be for the blend to apply (their mean distance, a quantile of the validation set's, or
+any), are chosen on a validation set (other seeds) from a grid, ``w = 0`` included; then the model alone, the analog alone, the blend
 at that ``w`` and persistence are scored (next-step latency MAE) on the held-out sets: other seeds,
 unseen scales, level shifts (base latency x3 half-way), and the windows that meet a link failure
 (loss > 5 % in the next context). ``CPE_PATTERNS_ANALOG_WEIGHT`` takes the chosen ``w``.
@@ -30,6 +31,7 @@ from models.traces import Trace, generate_routes, generate_trace, sample_profile
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 K = 10
+GATE_QUANTILES = (0.05, 0.1, 0.25, 0.5)  # blend only the windows whose matches are this close, or all
 FAILURE_LOSS = 0.05  # a next context with more loss than this is "during a failure"
 
 
@@ -104,16 +106,25 @@ def embed_traces(
     )
 
 
-def analog_locs(memory: PatternMemory, w: Windows, predictor: Predictor) -> np.ndarray:
-    """(n, D) each window's analog forecast in the transformed space (the model's where none is found)."""
-    out = w.model_loc.copy()
+def analog_locs(memory: PatternMemory, w: Windows, predictor: Predictor) -> tuple[np.ndarray, np.ndarray]:
+    """(n, D) each window's analog forecast in the transformed space (the model's where none is found),
+    and (n,) the mean distance of its matches (inf for none): how alike the analogies are."""
+    out, distance = w.model_loc.copy(), np.full(len(w), np.inf)
     found = memory.search(w.embedding, K + predictor.seq_len)
     names = w.batch(predictor).flow_keys
     for i, matches in enumerate(found):
-        z = analog_scaled(overlapping(matches, names[i], int(w.first[i]))[:K])
+        chosen = overlapping(matches, names[i], int(w.first[i]))[:K]
+        z = analog_scaled(chosen)
         if z is not None:
             out[i] = w.center[i] + w.scale[i] * z
-    return out
+            distance[i] = float(np.mean([m.distance for m in chosen]))
+    return out, distance
+
+
+def gated(w: Windows, analog: np.ndarray, distance: np.ndarray, weight: float, gate: float) -> np.ndarray:
+    """The blend where the matches lie within ``gate`` on average, the model's forecast elsewhere."""
+    mixed = blend(w.model_loc, analog, weight)
+    return np.where((distance <= gate)[:, None], mixed, w.model_loc)
 
 
 def latency_mae(predictor: Predictor, loc: np.ndarray, actual: np.ndarray) -> float:
@@ -121,7 +132,7 @@ def latency_mae(predictor: Predictor, loc: np.ndarray, actual: np.ndarray) -> fl
 
 
 def score(
-    predictor: Predictor, w: Windows, analog: np.ndarray, weight: float, rows: np.ndarray | None = None
+    predictor: Predictor, w: Windows, analog: np.ndarray, mixed: np.ndarray, rows: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Next-step latency MAE of the model, the analog, the blend and persistence (over ``rows``)."""
     sel = np.arange(len(w)) if rows is None else rows
@@ -131,7 +142,7 @@ def score(
         "windows": len(sel),
         "model": model,
         "analog": latency_mae(predictor, analog[sel], w.next[sel]),
-        "blend": latency_mae(predictor, blend(w.model_loc[sel], analog[sel], weight), w.next[sel]),
+        "blend": latency_mae(predictor, mixed[sel], w.next[sel]),
         "persistence": persistence,
     }
 
@@ -174,31 +185,45 @@ def main(argv: list[str] | None = None) -> None:
     windows = {name: embed_traces(predictor, traces, name, stride=2) for name, traces in sets.items()}
     analogs = {name: analog_locs(memory, w, predictor) for name, w in windows.items()}
     val_name = "validation (other seeds)"
-    val = windows[val_name]
-    by_weight = {wt: score(predictor, val, analogs[val_name], wt)["blend"] for wt in WEIGHTS}
-    best = min(by_weight, key=lambda wt: by_weight[wt])
+    val, (val_analog, val_distance) = windows[val_name], analogs[val_name]
+    finite = val_distance[np.isfinite(val_distance)]
+    gates = (
+        sorted({float(np.quantile(finite, q)) for q in GATE_QUANTILES} | {np.inf})
+        if len(finite)
+        else [np.inf]
+    )
+    grid = {
+        (wt, gate): latency_mae(predictor, gated(val, val_analog, val_distance, wt, gate), val.next)
+        for wt in WEIGHTS
+        for gate in gates
+    }
+    best_w, best_gate = min(grid, key=lambda wg: (grid[wg], wg[0]))  # ties: the smaller weight
     print(f"{args.model}: {len(stored)} windows in memory ({routes} routes x {steps} steps), k = {K}")
+    model_only = grid[0.0, gates[-1]]
     print(
-        "validation latency MAE (ms) by weight: "
-        + ", ".join(f"w={wt}: {m:.3f}" for wt, m in by_weight.items())
+        f"validation: model alone {model_only:.3f} ms; best blend w = {best_w} where the mean match distance "
+        f"<= {best_gate:.4f}: {grid[best_w, best_gate]:.3f} ms"
     )
-    print(f"chosen weight: {best}")
-    print(
-        f"{'set':32s} {'windows':>8s} {'model':>8s} {'analog':>8s} {'blend':>8s} {'persist':>8s}  blend/model  blend/persistence"
-    )
+    for wt in WEIGHTS[1:]:
+        row = ", ".join(f"<= {g:.3g}: {grid[wt, g]:.3f}" for g in gates)
+        print(f"  w = {wt}: {row}")
+    header = f"{'set':34s} {'windows':>7s} {'model':>8s} {'analog':>8s} {'blend':>8s} {'persist':>8s}"
+    print(header + "  blend/model  blend/persistence")
     rows: list[tuple[str, dict[str, Any]]] = []
     for name, w in windows.items():
         if name == val_name:
             continue
-        rows.append((name, score(predictor, w, analogs[name], best)))
+        analog, distance = analogs[name]
+        mixed = gated(w, analog, distance, best_w, best_gate)
+        rows.append((name, score(predictor, w, analog, mixed)))
         failing = np.flatnonzero(w.next[:, 2] > FAILURE_LOSS)
         if len(failing):
             rows.append(
-                (f"  {name.split(': ')[1]}, in failures", score(predictor, w, analogs[name], best, failing))
+                (f"  {name.split(': ')[1]}, in failures", score(predictor, w, analog, mixed, failing))
             )
     for name, r in rows:
         print(
-            f"{name:32s} {r['windows']:8d} {r['model']:8.3f} {r['analog']:8.3f} {r['blend']:8.3f} "
+            f"{name:34s} {r['windows']:7d} {r['model']:8.3f} {r['analog']:8.3f} {r['blend']:8.3f} "
             f"{r['persistence']:8.3f}  {r['blend'] / r['model']:11.3f}  {r['blend'] / r['persistence']:17.3f}"
         )
     print(f"({time.perf_counter() - t0:.0f} s)")

@@ -61,11 +61,13 @@ class Patterns:
         *,
         analog_k: int = 10,
         analog_weight: float = 0.0,
+        analog_max_distance: float = 4.0,
         snapshot_path: Path | None = None,
         snapshot_interval_s: float = 300.0,
     ) -> None:
         self.memory, self.kind = memory, kind
         self.analog_k, self.analog_weight = analog_k, analog_weight
+        self.analog_max_distance = analog_max_distance
         self.snapshot_path, self.snapshot_interval_s = snapshot_path, snapshot_interval_s
         self._saver: asyncio.Task[None] | None = None
 
@@ -86,6 +88,7 @@ class Patterns:
             predictor.kind,
             analog_k=settings.patterns_analog_k,
             analog_weight=settings.patterns_analog_weight,
+            analog_max_distance=settings.patterns_analog_max_distance,
             snapshot_path=Path(settings.patterns_snapshot_path) if settings.patterns_snapshot_path else None,
             snapshot_interval_s=settings.patterns_snapshot_interval_s,
         )
@@ -203,8 +206,13 @@ class Patterns:
             return {}
         scaler, i = forecast.predictor.scaler, forecast.index
         loc = batch.center[i] + batch.scale[i] * z  # (D,) transformed space
-        out = {"analog_latency_ms": float(scaler.inverse(loc)[0]), "analog_matches": float(len(matches))}
-        if self.analog_weight > 0 and horizon == 1:
+        distance = float(np.mean([m.distance for m in matches]))
+        out = {
+            "analog_latency_ms": float(scaler.inverse(loc)[0]),
+            "analog_matches": float(len(matches)),
+            "analog_distance": distance,
+        }
+        if self.analog_weight > 0 and horizon == 1 and distance <= self.analog_max_distance:
             mixed = blend(forecast.loc[0], loc, self.analog_weight)
             out["blended_latency_ms"] = float(scaler.inverse(mixed)[0])
         return out
