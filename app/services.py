@@ -25,6 +25,7 @@ from app.api.admission import InflightLimit
 from app.auth import ApiKeys
 from app.bus import Bus
 from app.cache import TieredCache, create_cache
+from app.cache.ttl import AdaptiveTtl
 from app.engine import Engine, pick_device
 from app.fanout import RoutingFanout
 from app.flows import FlowStore
@@ -66,6 +67,7 @@ class Services:
     otlp_metric_table: Mapping[str, int]  # OTLP metric name -> feature index (CPE_OTLP_METRIC_NAMES)
     forecasts: Forecasts | None  # continuous prediction of observed flows; None unless CPE_PREDICT_ON_OBSERVE
     patterns: Patterns | None  # pattern memory (app/patterns); None unless CPE_PATTERNS_ENABLED
+    ttl: AdaptiveTtl | None  # each cached forecast's own TTL; None: CPE_CACHE_TTL_MS for all
     started: float  # time.time() when the parts began to start: the replica's uptime counts from it
 
     @property
@@ -179,5 +181,8 @@ async def run_services(
             otlp_metric_table=observing.otlp_metric_table,
             forecasts=forecasts,
             patterns=patterns,
+            ttl=AdaptiveTtl(settings.cache_ttl_min_ms, settings.cache_ttl_max_ms)
+            if settings.cache_ttl_adaptive
+            else None,
             started=started,
         )

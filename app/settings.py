@@ -158,6 +158,24 @@ class Settings(BaseSettings):
     cache_ttl_ms: int = Field(
         default=60_000, ge=1, le=7 * 24 * 3_600_000, description="How long a prediction stays cached, in ms."
     )
+    cache_ttl_adaptive: bool = Field(
+        default=False,
+        description="Each cached forecast lives as long as its flow is predictable rather than "
+        "CPE_CACHE_TTL_MS: its horizon in time, stretched for a narrow forecast, shortened for a wide one, "
+        "within CPE_CACHE_TTL_MIN_MS..CPE_CACHE_TTL_MAX_MS (app/cache/ttl.py; the README has hit rates).",
+    )
+    cache_ttl_min_ms: int = Field(
+        default=500,
+        ge=1,
+        le=7 * 24 * 3_600_000,
+        description="Shortest adaptive TTL of a cached forecast, ms.",
+    )
+    cache_ttl_max_ms: int = Field(
+        default=600_000,
+        ge=1,
+        le=7 * 24 * 3_600_000,
+        description="Longest adaptive TTL of a cached forecast, ms.",
+    )
     cache_timeout_ms: int = Field(
         default=50,
         ge=1,
@@ -568,6 +586,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "learning_url is shared (Redis) but bus_url is memory://: the other replicas would never "
                 "hear of new model versions; set CPE_BUS_URL to the Redis URL too"
+            )
+        if self.cache_ttl_min_ms > self.cache_ttl_max_ms:
+            raise ValueError(
+                f"cache_ttl_min_ms ({self.cache_ttl_min_ms}) must be at most "
+                f"cache_ttl_max_ms ({self.cache_ttl_max_ms})"
             )
         if self.queue_size < self.max_batch:
             raise ValueError(

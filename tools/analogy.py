@@ -5,10 +5,11 @@ what followed each. Then, on held-out traces, each window's analog forecast (``a
 its 10 nearest stored windows' next contexts, on its own scale) is blended with the model's forecast of
 the next latency, ``(1 - w) model + w analog`` in the scaler's transformed space. ``w``, and how alike
 the matches must be for the blend to apply (their mean distance, a quantile of the validation set's, or
-any), are chosen on a validation set (other seeds) from a grid, ``w = 0`` included; then the model alone, the analog alone, the blend
-at that ``w`` and persistence are scored (next-step latency MAE) on the held-out sets: other seeds,
-unseen scales, level shifts (base latency x3 half-way), and the windows that meet a link failure
-(loss > 5 % in the next context). ``CPE_PATTERNS_ANALOG_WEIGHT`` takes the chosen ``w``.
+any), are chosen on a validation set (other seeds) from a grid, ``w = 0`` included; then the model
+alone, the analog alone, the blend at that ``w`` and persistence are scored (next-step latency MAE) on
+the held-out sets: other seeds, unseen scales, level shifts (base latency x3 half-way), and the windows
+that meet a link failure (loss > 5 % in the next context). ``CPE_PATTERNS_ANALOG_WEIGHT`` (and
+``CPE_PATTERNS_ANALOG_MAX_DISTANCE``) take the chosen ``w`` (and gate).
 
     python -m tools.analogy [--routes 48] [--steps 1500] [--quick]
 """

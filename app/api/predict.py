@@ -18,6 +18,7 @@ from app.api.request_only_route import RequestOnlyRoute
 from app.api.responses import OrjsonResponse, dumps
 from app.auth import require_scope
 from app.cache import Cache, prediction_id, prediction_key
+from app.cache.ttl import AdaptiveTtl, forecast_ttl
 from app.engine import Engine, WindowForecast, read_numbers
 from app.flows import FlowStore, FlowsUnavailable
 from app.flows.serving import (
@@ -83,7 +84,7 @@ async def predict(request: Request) -> Response:
                 return OrjsonResponse({"detail": unknown_flow(window.flow_key)["detail"]}, status_code=404)
         except FlowsUnavailable as exc:
             return OrjsonResponse({"detail": str(exc)}, 503, {"retry-after": str(exc.retry_after_s)})
-    body = await predict_window(window, engine, cache, limits, start, recent, services.patterns)
+    body = await predict_window(window, engine, cache, limits, start, recent, services.patterns, services.ttl)
     return Response(body, media_type="application/json")
 
 
@@ -96,6 +97,7 @@ async def predict_one(
     recent: RecentWindows | None = None,
     flows: FlowStore | None = None,
     patterns: Patterns | None = None,
+    ttl: AdaptiveTtl | None = None,
 ) -> bytes:
     """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's); one without
     contexts from the flow's window in ``flows`` (``UnknownFlow`` when there is none)."""
@@ -104,7 +106,7 @@ async def predict_one(
         flows is None or await fill_from_flows([window], flows, limits.max_window)
     ):
         raise UnknownFlow(unknown_flow(window.flow_key)["detail"])
-    return await predict_window(window, engine, cache, limits, start, recent, patterns)
+    return await predict_window(window, engine, cache, limits, start, recent, patterns, ttl)
 
 
 async def predict_window(
@@ -115,12 +117,14 @@ async def predict_window(
     start: float,
     recent: RecentWindows | None = None,
     patterns: Patterns | None = None,
+    ttl: AdaptiveTtl | None = None,
 ) -> bytes:
     """The serialized PredictionResult of ``window``: from the cache, else from the engine (then stored).
 
     Shared by POST /v1/predict and the WebSocket stream /v1/stream/predict. ``recent`` (None when the
     service does not learn) remembers the window under its prediction_id, for feedback by id;
-    ``patterns`` (None without pattern memory) names the nearest stored windows in similar_patterns.
+    ``patterns`` (None without pattern memory) names the nearest stored windows in similar_patterns;
+    ``ttl`` (None: the fixed TTL) gives the answer a TTL of its own.
     """
     kind = window.model or limits.default_model
     version = engine.predictors[kind].version
@@ -136,7 +140,7 @@ async def predict_window(
     [body] = _answers([window], [forecast], _elapsed_ms(start), [key], patterns)
     if recent is not None:
         recent.remember(prediction_id(key), window)
-    await cache.set(key, body)
+    await cache.set(key, body, _ttl(ttl, forecast, window.horizon))
     return body
 
 
@@ -187,17 +191,32 @@ async def predict_batch(request: Request) -> Response:
     for i, answer in zip(misses, answers, strict=True):
         results[i] = answer
         fresh.append((keys[i], answer))
+    ttl = services.ttl
+    ttls = (
+        None
+        if ttl is None
+        else [_ttl(ttl, f, windows[i].horizon) or 0 for i, f in zip(misses, forecasts, strict=True)]
+    )
     recent = services.recent
     if recent is not None:
         recent.remember_many(zip(map(prediction_id, keys), windows, strict=True))
     if fresh:
-        await cache.set_many(fresh)  # one round-trip too
+        await cache.set_many(fresh, ttls)  # one round-trip too
     for i, value in enumerate(stored):
         if value is not None:
             results[i] = dumps(_from_cache(value, start))
     for i in unknown:  # a per-item error in place of the result, the others in order
         results.insert(i, unknown_flow_item(asked[i].flow_key))
     return Response(b'{"results":[%s]}' % b",".join(results), media_type="application/json")
+
+
+def _ttl(policy: AdaptiveTtl | None, forecast: WindowForecast, horizon: int) -> int | None:
+    """The forecast's own TTL under ``policy`` (``app/cache/ttl.py``); None for the fixed one."""
+    if policy is None:
+        return None
+    h = horizon - 1
+    mean, lower, upper = forecast.mean[h, 0], forecast.lower[h, 0], forecast.upper[h, 0]
+    return forecast_ttl(policy, forecast.dt_s * 1000.0, horizon, float(mean), float(lower), float(upper))
 
 
 def _key(version: str, window: Window) -> str:

@@ -28,6 +28,7 @@ from app.api.responses import dumps
 from app.auth import accept_websocket
 from app.bus.queue import QueueClosed
 from app.cache import Cache
+from app.cache.ttl import AdaptiveTtl
 from app.engine import Engine, EngineStopped, Overloaded
 from app.fanout import PUSH_EXTENSION, FanoutMetrics, RoutingFanout, StreamClient
 from app.flows import FlowStore, FlowsUnavailable
@@ -256,7 +257,7 @@ async def stream_predict(websocket: WebSocket, services: ServicesDep) -> None:
                 answers.put_nowait(dumps({"id": _id_of(text), "error": rate.refusal()}))
                 continue
             task = asyncio.create_task(
-                _predict(text, engine, cache, limits, answers, recent, flows, services.patterns)
+                _predict(text, engine, cache, limits, answers, recent, flows, services.patterns, services.ttl)
             )
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -278,6 +279,7 @@ async def _predict(
     recent: RecentWindows | None,
     flows: FlowStore | None = None,
     patterns: Patterns | None = None,
+    ttl: AdaptiveTtl | None = None,
 ) -> None:
     """Answer one request frame as POST /v1/predict would (cache included); errors in the same shapes."""
     start = time.perf_counter()
@@ -290,7 +292,7 @@ async def _predict(
         )
         return
     try:
-        result = await predict_one(req, engine, cache, limits, start, recent, flows, patterns)
+        result = await predict_one(req, engine, cache, limits, start, recent, flows, patterns, ttl)
     except UnknownFlow as exc:
         answers.put_nowait(dumps({"id": req.id, "error": {"status": 404, "detail": str(exc)}}))
         return

@@ -170,3 +170,21 @@ def test_without_pattern_memory_the_routes_say_so_and_predictions_are_as_before(
         assert client.get("/v1/patterns/wave").status_code == 404
         r = client.post("/v1/predict", json={"flow_key": key(1), "contexts": contexts(8)})
         assert r.json()["similar_patterns"] == [] and "analog_latency_ms" not in r.json()["metadata"]
+
+
+def test_adaptive_ttl_and_forecasting_ahead_on_the_real_app() -> None:
+    with TestClient(create_app(make_settings(cache_ttl_adaptive=True, cache_ttl_min_ms=1))) as client:
+        body = {"flow_key": key(1), "contexts": contexts(8, step_ms=2000)}  # a forecast 2 s ahead: 0.5..2 s
+        first = client.post("/v1/predict", json=body).json()
+        assert client.post("/v1/predict", json=body).json()["cached"] is True
+        time.sleep(2.1)  # past its target: gone from the cache
+        again = client.post("/v1/predict", json=body).json()
+        assert again["cached"] is False and again["predicted_context"] == first["predicted_context"]
+        services = fill(client, steps=6)
+        assert services.forecasts is not None
+        made = services.forecasts.continuous.stats.forecasts
+        services.forecasts.prefetch([key(f) for f in range(FLOWS)])
+        deadline = time.monotonic() + 10
+        while services.forecasts.continuous.stats.forecasts < made + FLOWS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert services.forecasts.continuous.stats.forecasts == made + FLOWS
