@@ -33,6 +33,7 @@ from app.api.admission_metrics import AdmissionCollector
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
 from app.api.http_metrics import HttpMetrics
+from app.api.patterns import PatternSearchRequest
 from app.api.request_id import RequestId
 from app.auth import ApiKeys, mask_query_keys, require_scope
 from app.ingest.observations import ObserveRequest
@@ -110,7 +111,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     openapi.document(
         app,
-        [PredictRequest, BatchPredictRequest, RouteRequest, FeedbackRequest, RollbackRequest, ObserveRequest],
+        [
+            PredictRequest,
+            BatchPredictRequest,
+            RouteRequest,
+            FeedbackRequest,
+            RollbackRequest,
+            ObserveRequest,
+            PatternSearchRequest,
+        ],
     )
     return app
 

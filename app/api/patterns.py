@@ -194,7 +194,7 @@ async def search(request: Request) -> Any:
 @router.get(
     "/{pattern_id}",
     response_model=PatternSummaryOut,
-    responses={404: {"model": Message}, 422: {"model": Message}},
+    responses={404: {"model": Message}},
 )
 async def pattern(
     patterns: PatternsDep,
