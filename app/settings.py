@@ -504,9 +504,9 @@ class Settings(BaseSettings):
     # -- pattern memory -------------------------------------------------------------------------
     patterns_enabled: bool = Field(
         default=True,
-        description="Keep pattern memory: every forecast carries its window's embedding (the default model's "
-        "trunk runs a second time per forward pass), observed windows go into an approximate "
-        "nearest-neighbour index with what followed them, and similar_patterns names the nearest.",
+        description="Keep pattern memory: every forecast carries its window's embedding (taken in the same "
+        "forward pass), observed windows go into an approximate nearest-neighbour index with what followed "
+        "them, and similar_patterns names the nearest.",
     )
     patterns_capacity: int = Field(
         default=1_000_000,

@@ -18,7 +18,7 @@ from torch import nn
 
 from models import checkpoint
 from models.calibration import Calibration, band_probability
-from models.embedding import embedding_dim
+from models.embedding import embedding_dim, unit
 from models.scaling import Scaler, ScalerConfig
 
 log = logging.getLogger("cpe.models")
@@ -165,10 +165,12 @@ class Predictor:
 
 
 class _ForwardEmbedded(nn.Module):
-    """A model's forward pass and its ``embed``, as one module to trace: one call from the thread.
+    """A model's forward pass that also returns its window embedding, as one module to trace.
 
-    ``embed`` runs the model's trunk a second time: sharing it would mean changing every architecture's
-    ``forward``, which the checkpoints' trainers own; ``make bench`` measures what the second pass costs.
+    The embedding is what ``model.embed`` answers, the unit vector of the summary that the Gaussian head
+    reads (``models/embedding.py``); taken here from the head's input as the forward pass runs, so the
+    trunk runs once, and each architecture's ``forward`` stays as its trainers wrote it. tests/models check
+    that both give the same vectors.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -176,8 +178,14 @@ class _ForwardEmbedded(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, log_var = self.model(x)
-        return mean, log_var, self.model.embed(x)  # type: ignore[operator]
+        seen: list[torch.Tensor] = []
+        head: nn.Module = self.model.head  # type: ignore[assignment]
+        hook = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+        try:
+            mean, log_var = self.model(x)
+        finally:
+            hook.remove()
+        return mean, log_var, unit(seen[0])
 
 
 def compile_forward(

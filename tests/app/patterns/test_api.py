@@ -60,6 +60,7 @@ def client() -> Iterator[TestClient]:
         yield client
 
 
+@pytest.mark.slow  # observes flows for seconds
 def test_observed_windows_are_stored_with_what_followed_and_found_again(client: TestClient) -> None:
     services = fill(client)
     assert services.patterns is not None
@@ -79,12 +80,14 @@ def test_observed_windows_are_stored_with_what_followed_and_found_again(client: 
     assert len(r.json()["analog"]) == 8
 
 
+@pytest.mark.slow  # observes flows for seconds
 def test_a_window_given_by_its_contexts_is_searched_too(client: TestClient) -> None:
     fill(client, steps=20)
     r = client.post("/v1/patterns/search", json={"contexts": contexts(20), "k": 3})
     assert r.status_code == 200 and len(r.json()["matches"]) == 3
 
 
+@pytest.mark.slow  # observes flows for seconds
 def test_searches_filter_by_layer_2s_labels(client: TestClient) -> None:
     fill(client)
     r = client.post(
@@ -103,6 +106,7 @@ def test_searches_filter_by_layer_2s_labels(client: TestClient) -> None:
     assert {m["flow_key"] for m in r.json()["matches"]} == {key(5)}
 
 
+@pytest.mark.slow  # observes flows for seconds
 def test_a_pattern_summary_says_what_followed_it(client: TestClient) -> None:
     fill(client)
     r = client.get("/v1/patterns/wave")
@@ -113,6 +117,7 @@ def test_a_pattern_summary_says_what_followed_it(client: TestClient) -> None:
     assert client.get("/v1/patterns/never-seen").status_code == 404
 
 
+@pytest.mark.slow  # observes flows for seconds
 def test_similar_patterns_name_the_nearest_stored_windows(client: TestClient) -> None:
     fill(client)
     r = client.post("/v1/predict", json={"flow_key": key(2)})
@@ -151,6 +156,7 @@ def test_a_search_for_an_unknown_flow_is_a_404(client: TestClient) -> None:
     assert client.post("/v1/patterns/search", json={"flow_key": key(999)}).status_code == 404
 
 
+@pytest.mark.slow  # observes flows for seconds
 def test_pattern_memory_survives_a_restart_through_its_snapshot(tmp_path: Path) -> None:
     settings = make_settings(patterns_capacity=10_000, patterns_snapshot_path=str(tmp_path / "mem"))
     with TestClient(create_app(settings)) as client:
@@ -172,6 +178,7 @@ def test_without_pattern_memory_the_routes_say_so_and_predictions_are_as_before(
         assert r.json()["similar_patterns"] == [] and "analog_latency_ms" not in r.json()["metadata"]
 
 
+@pytest.mark.slow  # observes flows for seconds
 def test_adaptive_ttl_and_forecasting_ahead_on_the_real_app() -> None:
     with TestClient(create_app(make_settings(cache_ttl_adaptive=True, cache_ttl_min_ms=1))) as client:
         body = {"flow_key": key(1), "contexts": contexts(8, step_ms=2000)}  # a forecast 2 s ahead: 0.5..2 s
