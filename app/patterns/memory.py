@@ -10,8 +10,8 @@ latency change it saw, and Layer 2's label (pattern id and confidence) when one 
 Bounded: ``capacity`` slots in a ring, the oldest window evicted by the newest (its slot reused in the
 index, ``index.py``). Inserts queue (bounded, the oldest batch dropped and counted when the writer is
 behind) and one writer task puts them in the index from a worker thread, so neither a round of
-forecasts nor a search waits for the graph. The flow and label names live in small tables that are
-compacted whenever a snapshot is written (``snapshot.py``).
+forecasts nor a search waits for the graph. The flow and label names live in tables that are
+compacted when evicted flows' names pile up, and written compacted in snapshots (``snapshot.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ log = logging.getLogger("cpe.patterns")
 WINDOW_NAME = re.compile(r"([0-9a-f]{64})@(\d{1,19})")  # Match.name of an unlabelled window
 EXACT_BELOW = 20_000  # a filter that leaves fewer windows is answered by exact search over them
 QUEUE_BATCHES = 64  # insert batches that may wait for the writer
+MIN_NAMES = 4096  # the name tables are compacted past 2 x capacity + this many flows
 
 
 class UnknownPattern(KeyError):
@@ -262,7 +263,19 @@ class PatternMemory:
             self.confidence[slots] = [math.nan if b is None else b[1] for b in labels]
             self.index.add(batch.vectors, slots, threads)
             self.written += n
+            if len(self.flow_names) > 2 * self.capacity + MIN_NAMES:  # evicted flows' names pile up
+                self._compact()
         self.stored.inc(n)
+
+    def _compact(self) -> None:
+        """Drop the names no stored window uses (under the lock). A search running meanwhile may read a
+        renumbered id against the old table for that moment: ``_matches`` skips ids out of range."""
+        names, column = compacted(self.flow_names, self.flow)
+        self.flow[...] = column
+        self.flow_names, self.flow_ids = names, {name: i for i, name in enumerate(names)}
+        names, column = compacted(self.label_names, self.label)
+        self.label[...] = column
+        self.label_names, self.label_ids = names, {name: i for i, name in enumerate(names)}
 
     @staticmethod
     def _id(ids: dict[str, int], names: list[str], name: str) -> int:
@@ -339,19 +352,20 @@ class PatternMemory:
 
     def _matches(self, slots: np.ndarray, distances: np.ndarray) -> list[Match]:
         out = []
+        flow_names, label_names = self.flow_names, self.label_names
         for slot, distance in zip(slots.tolist(), distances.tolist(), strict=True):
             flow = int(self.flow[slot])
-            if flow < 0:
-                continue
             label = int(self.label[slot])
+            if not 0 <= flow < len(flow_names) or label >= len(label_names):
+                continue  # an empty slot, or one renumbered by a compaction this moment
             confidence = float(self.confidence[slot])
             out.append(
                 Match(
                     slot=slot,
-                    flow_key=self.flow_names[flow],
+                    flow_key=flow_names[flow],
                     timestamp=int(self.timestamp[slot]),
                     distance=float(distance),
-                    pattern_id=None if label < 0 else self.label_names[label],
+                    pattern_id=None if label < 0 else label_names[label],
                     confidence=None if math.isnan(confidence) else confidence,
                     next=self.next[slot].tolist(),
                     next_scaled=self.next_scaled[slot],
@@ -407,3 +421,13 @@ def _tail(batch: Batch, keep: slice) -> Batch:
         batch.change[keep],
         batch.labels[keep] if batch.labels else [],
     )
+
+
+def compacted(names: list[str], column: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """``names`` less those that no entry of ``column`` (ids, -1 for none) uses, and ``column`` renumbered."""
+    used = np.unique(column[column >= 0])
+    if len(used) == len(names):
+        return names, column
+    remap = np.full(len(names) + 1, -1, np.int32)  # the last entry maps -1 to -1
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    return [names[i] for i in used.tolist()], remap[column]

@@ -8,8 +8,8 @@ metadata file and the index it names. A snapshot that cannot
 be read, or was made for another embedding width or capacity (another model, other settings), is
 logged and skipped: the memory starts empty and fills again from the forecasts.
 
-The name tables are compacted as the snapshot is written: flows and labels that no stored window names
-any more (evicted) are dropped, so that the tables stay as small as what is stored.
+The name tables are written compacted: flows and labels that no stored window names any more (evicted)
+are left out, so that a restart begins with tables as small as what is stored.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from app.patterns.index import VectorIndex
-from app.patterns.memory import PatternMemory
+from app.patterns.memory import PatternMemory, compacted
 
 log = logging.getLogger("cpe.patterns")
 
@@ -40,7 +40,9 @@ def save(memory: PatternMemory, path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with memory._lock:
         meta_path, index_path = files(path, memory.written)
-        _compact(memory)
+        # the file gets compacted copies: the live tables are renumbered only by the writer (memory.py)
+        flows, flow = compacted(memory.flow_names, memory.flow)
+        labels, label = compacted(memory.label_names, memory.label)
         memory.index.save(index_path)
         header = {
             "format": FORMAT,
@@ -48,11 +50,11 @@ def save(memory: PatternMemory, path: Path) -> int:
             "capacity": memory.capacity,
             "n_features": memory.n_features,
             "written": memory.written,
-            "flows": memory.flow_names,
-            "labels": memory.label_names,
+            "flows": flows,
+            "labels": labels,
             "index": index_path.name,
         }
-        arrays = {name: getattr(memory, name) for name in _ARRAYS}
+        arrays = {name: getattr(memory, name) for name in _ARRAYS} | {"flow": flow, "label": label}
         tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
         with open(tmp_meta, "wb") as f:
             np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
@@ -98,21 +100,3 @@ def load(memory: PatternMemory, path: Path) -> int:
         memory.label_ids = {name: i for i, name in enumerate(memory.label_names)}
     log.info("pattern memory: %d windows read from %s", len(memory), path)
     return len(memory)
-
-
-def _compact(memory: PatternMemory) -> None:
-    """Drop the names no stored window uses and renumber the rest (under the memory's lock)."""
-    for ids_attr, names_attr, column in (
-        ("flow_ids", "flow_names", memory.flow),
-        ("label_ids", "label_names", memory.label),
-    ):
-        names: list[str] = getattr(memory, names_attr)
-        used = np.unique(column[column >= 0])
-        if len(used) == len(names):
-            continue
-        remap = np.full(len(names) + 1, -1, np.int32)  # the last entry maps -1 to -1
-        remap[used] = np.arange(len(used), dtype=np.int32)
-        column[...] = remap[column]
-        kept = [names[i] for i in used.tolist()]
-        setattr(memory, names_attr, kept)
-        setattr(memory, ids_attr, {name: i for i, name in enumerate(kept)})

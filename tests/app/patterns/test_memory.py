@@ -142,9 +142,9 @@ def test_a_snapshot_reloads_the_same_memory_and_compacts_the_names(tmp_path: Pat
     assert len(memory.flow_names) == 60
     path = tmp_path / "mem"
     assert snapshot.save(memory, path) == 40
-    assert len(memory.flow_names) == 40  # the 20 evicted flows' names are gone
     again = PatternMemory(DIM, D, capacity=40)
     assert snapshot.load(again, path) == 40
+    assert len(again.flow_names) == 40  # the 20 evicted flows' names were left out
     [a] = memory.search(x[55][None], 5)
     [b] = again.search(x[55][None], 5)
     assert [(m.flow_key, m.timestamp, m.pattern_id) for m in a] == [
@@ -170,3 +170,13 @@ def test_a_snapshot_of_another_shape_or_a_broken_one_is_skipped(
     same = PatternMemory(DIM, D, capacity=40)
     assert snapshot.load(same, path) == 0 and len(same) == 0
     assert snapshot.load(same, tmp_path / "none") == 0
+
+
+def test_the_names_of_evicted_flows_do_not_pile_up() -> None:
+    memory = PatternMemory(8, D, capacity=10)
+    x = unit(np.random.default_rng(7).standard_normal((5000, 8)))
+    for lo in range(0, 5000, 100):
+        memory.insert(batch(x[lo : lo + 100], start=lo, flows=10**6))  # every window a new flow
+    assert len(memory.flow_names) <= 2 * 10 + 4096 + 100
+    [found] = memory.search(x[4999][None], 3)
+    assert found[0].flow_key == f"{4999:064x}" and found[0].timestamp == 4_999_000
