@@ -513,7 +513,7 @@ class Settings(BaseSettings):
         ge=1,
         le=100_000_000,
         description="Most windows pattern memory holds; the oldest is evicted by the newest. About 330 "
-        "bytes a window at 32 dimensions (the LSTM's), 460 at 64 (README).",
+        "bytes a window at 32 dimensions (the LSTM's; measured, README), some 460 at 64 (estimated).",
     )
     patterns_snapshot_path: str = Field(
         default="",
