@@ -1,11 +1,11 @@
 """The approximate nearest-neighbour index of window embeddings: hnswlib's HNSW graph, by slot.
 
-Why hnswlib: measured on this project's machine against usearch and faiss-cpu (the README's "Pattern
-memory" has the figures and ``scripts/bench_patterns.py`` measures them), it had the lowest search tail
-and a recall at 10 of 0.998 or better, and it replaces an element in place: a bounded memory keeps its
-windows in a ring of ``capacity`` slots, and a new window takes the oldest one's slot (its label) with one
-``add_items``, graph links repaired, no tombstones. faiss' HNSW cannot remove, its IVF needs training and
-removes by scanning; usearch removes by tombstone and its search tail was ten times longer here.
+Why hnswlib: measured on this project's machine against usearch and faiss-cpu on the same embeddings
+(the README's "Pattern memory" has the figures; ``python -m scripts.bench_patterns --compare``), it
+inserted the most per CPU second with the shortest search tail, and it replaces an element in place: a
+bounded memory keeps its windows in a ring of ``capacity`` slots, and a new window takes the oldest one's
+slot (its label) with one ``add_items``, graph links repaired, no tombstones. faiss' HNSW cannot remove,
+its IVF needs training and removes by scanning; usearch removes by tombstone.
 
 Thread use: hnswlib releases the GIL and allows searches while another thread inserts, so inserts run
 in a worker thread and searches on the event loop (they take a fraction of a millisecond). Only one
@@ -19,9 +19,12 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-M = 12  # graph degree: 16 gains no recall here at 32..64 dimensions and costs inserts and memory
-EF_CONSTRUCTION = 48  # candidates per insert: recall at 10 stays >= 0.95 at 1M (bench_patterns)
-EF_SEARCH = 128  # candidates per search: 64 kept recall at 10 at 0.93 at 1M (bench_patterns --ef)
+# The graph's settings, with which recall at 10 stays above the 0.95 asked of it at 1M windows
+# (bench_patterns reports recall by search width): a degree and an insert width at the low end of the
+# usual range, since the insert rate is the tight target; the search width is what buys the recall back.
+M = 12  # graph degree
+EF_CONSTRUCTION = 48  # candidates per insert
+EF_SEARCH = 128  # candidates per search, at least k
 
 
 class VectorIndex:
