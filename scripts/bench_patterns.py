@@ -165,7 +165,8 @@ def bench_memory(x: np.ndarray, queries: np.ndarray, threads: int) -> dict[str, 
         "rss_mib": round(rss, 1),
         "held_mib": round(held / 2**20, 1),
         "insert_per_s": round(n / fill_s),
-        "insert_per_cpu_s": round(n / fill_cpu_s),
+        # the calling thread's CPU: with more insert threads, hnswlib's own threads do the work
+        "insert_per_cpu_s": round(n / fill_cpu_s) if threads == 1 else None,
         "p50_ms": round(p50, 3),
         "p99_ms": round(p99, 3),
         "p50_cpu_ms": round(p50_cpu, 3),
@@ -262,7 +263,8 @@ def verdict(r: dict[str, Any]) -> str:
     mib = max(r["rss_mib"], r.get("held_mib", 0.0))
     checks = [
         f"memory at 1M ~{mib * scale:.0f} MiB <= {TARGETS['rss_mib']}: {mib * scale <= TARGETS['rss_mib']}",
-        f"insert {r['insert_per_s']}/s wall ({r['insert_per_cpu_s']}/CPU-s) >= {TARGETS['insert_per_s']}: "
+        f"insert {r['insert_per_s']}/s wall ({r['insert_per_cpu_s'] or '-'}/CPU-s) "
+        f">= {TARGETS['insert_per_s']}: "
         f"{r['insert_per_s'] >= TARGETS['insert_per_s']}",
         f"p50 {r['p50_ms']} ms <= {TARGETS['p50_ms']}: {r['p50_ms'] <= TARGETS['p50_ms']}",
         f"p99 {r['p99_ms']} ms <= {TARGETS['p99_ms']}: {r['p99_ms'] <= TARGETS['p99_ms']}",
