@@ -2,7 +2,8 @@
 
 Why hnswlib: measured on this project's machine against usearch and faiss-cpu on the same embeddings
 (the README's "Pattern memory" has the figures; ``python -m scripts.bench_patterns --compare``), it
-inserted the most per CPU second with the shortest search tail, and it replaces an element in place: a
+inserted the most per CPU second and searched about as fast as the fastest, and it replaces an element in
+place: a
 bounded memory keeps its windows in a ring of ``capacity`` slots, and a new window takes the oldest one's
 slot (its label) with one ``add_items``, graph links repaired, no tombstones. faiss' HNSW cannot remove,
 its IVF needs training and removes by scanning; usearch removes by tombstone.
