@@ -49,8 +49,14 @@ def fill(client: TestClient, steps: int = STEPS) -> Services:
         while services.forecasts.continuous.due and time.monotonic() < deadline:
             time.sleep(0.005)
     deadline = time.monotonic() + 10
-    while len(services.patterns.memory) < FLOWS * (steps - 5) and time.monotonic() < deadline:
+    memory = services.patterns.memory
+    while len(memory) < FLOWS * (steps - 5) and time.monotonic() < deadline:
         time.sleep(0.01)
+    # and until the last rounds' windows are in: the count holds still with nothing queued
+    seen = -1
+    while (seen != len(memory) or memory._queue) and time.monotonic() < deadline:
+        seen = len(memory)
+        time.sleep(0.2)
     return services
 
 
