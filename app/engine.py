@@ -118,6 +118,12 @@ class WindowForecast:
         """Spacing assumed between future steps, seconds (0 for a one-context window)."""
         return float(self.batch.dt_s[self.index])
 
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """(E,) float32 unit vector of the window (``models/embedding.py``); None unless the engine embeds."""
+        emb = self.batch.embedding
+        return None if emb is None else emb[self.index]
+
 
 # A change to a forward pass's forecast, made in the inference thread before its windows are answered
 Adjust = Callable[[Predictor, Forecast], None]
@@ -215,11 +221,13 @@ class Engine:
         registry: CollectorRegistry | None = None,
         default_model: str | None = None,
         adjust: Adjust | None = None,
+        embed: bool = False,
     ) -> None:
         """``registry``: where the engine's metrics go (a registry of their own when None);
         ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``;
         ``adjust``: called in the inference thread on every forward pass's forecast before it is answered
-        (the online interval calibration, ``app.learning.conformal``)."""
+        (the online interval calibration, ``app.learning.conformal``); ``embed``: every forecast carries its
+        window's embedding too (pattern memory, ``app/patterns``)."""
         assert predictors, "the engine needs at least one model"
         registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics(registry, predictors)
@@ -230,6 +238,7 @@ class Engine:
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
         self.torch_threads = torch_threads
+        self.embed = embed
         self.latency_budget_s = latency_budget_ms / 1e3  # 0: admission by queue length alone
         self.pass_times = PassTimes()
         self._pass_started = 0.0  # perf_counter() when the pass in flight began; 0 when none runs
@@ -249,7 +258,7 @@ class Engine:
     async def start(self) -> None:
         assert self._loop is None, "the engine was already started"
         self._loop = asyncio.get_running_loop()
-        self._thread = InferenceThread(self._loop, self.torch_threads, self._adjust)
+        self._thread = InferenceThread(self._loop, self.torch_threads, self._adjust, self.embed)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -589,11 +598,16 @@ class InferenceThread:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, torch_threads: int, adjust: Adjust | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        torch_threads: int,
+        adjust: Adjust | None = None,
+        embed: bool = False,
     ) -> None:
         self._loop = loop
         self._adjust = adjust
         self._torch_threads = torch_threads
+        self._embed = embed
         self._inbox: queue.SimpleQueue[tuple[list[tuple[Predictor, list[_Job]]], _Done] | None]
         self._inbox = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="cpe-inference", daemon=True)
@@ -614,7 +628,7 @@ class InferenceThread:
         torch.set_num_threads(self._torch_threads)
         while (item := self._inbox.get()) is not None:
             groups, done = item
-            outcomes = _forward(groups, self._adjust)
+            outcomes = _forward(groups, self._adjust, self._embed)
             try:
                 self._loop.call_soon_threadsafe(done, outcomes)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -651,7 +665,7 @@ class PassTimes:
 
 
 def _forward(
-    groups: list[tuple[Predictor, list[_Job]]], adjust: Adjust | None = None
+    groups: list[tuple[Predictor, list[_Job]]], adjust: Adjust | None = None, embed: bool = False
 ) -> list[Forecast | BaseException]:
     """Runs in the inference thread: one predict call per model present in the batch."""
     outcomes: list[Forecast | BaseException] = []
@@ -659,9 +673,10 @@ def _forward(
         try:
             if all(j.lengths is None for j in jobs):
                 timestamps, features = [j.timestamps for j in jobs], [j.features for j in jobs]
-                forecast = predictor.predict(timestamps, features, _most_steps(jobs))
+                forecast = predictor.predict(timestamps, features, _most_steps(jobs), embed=embed)
             else:
-                forecast = predictor.predict_block(*_block(jobs, predictor.seq_len), _most_steps(jobs))
+                block = _block(jobs, predictor.seq_len)
+                forecast = predictor.predict_block(*block, _most_steps(jobs), embed=embed)
             if adjust is not None:
                 adjust(predictor, forecast)
             outcomes.append(forecast)

@@ -24,6 +24,7 @@ from app.api import (
     observe,
     openapi,
     otlp,
+    patterns,
     predict,
     prometheus,
     recommend,
@@ -35,6 +36,7 @@ from app.api.admission_metrics import AdmissionCollector
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import AUTH_RESPONSES
 from app.api.http_metrics import HttpMetrics
+from app.api.patterns import PatternSearchRequest
 from app.api.request_id import RequestId
 from app.auth import ApiKeys, mask_query_keys, require_scope
 from app.groups.schemas import GroupRequest
@@ -104,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (groups.router, read),
         (groups.writer, write),
         (groups.admin, admin),
+        (patterns.router, read),
         (model_versions.router, read),
         (model_versions.admin, admin),
         (stats.router, read),
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             RollbackRequest,
             ObserveRequest,
             GroupRequest,
+            PatternSearchRequest,
         ],
     )
     return app

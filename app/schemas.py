@@ -261,7 +261,7 @@ class ContextVector(TypedDict):
     ]
 
 
-def _checked_window(contexts: list[ContextVector], info: ValidationInfo) -> list[ContextVector]:
+def checked_window(contexts: list[ContextVector], info: ValidationInfo) -> list[ContextVector]:
     """A window within the deployment's length limit, its timestamps not decreasing."""
     limits = _limits(info)
     if limits is not None and len(contexts) > limits.max_window:
@@ -311,7 +311,7 @@ class PredictRequest(BaseModel):
     @field_validator("contexts")
     @classmethod
     def _window(cls, contexts: Any, info: ValidationInfo) -> Any:  # a list or None; a route's: a list
-        return None if contexts is None else _checked_window(contexts, info)
+        return None if contexts is None else checked_window(contexts, info)
 
     @field_validator("model")
     @classmethod
@@ -513,7 +513,7 @@ class FeedbackRequest(BaseModel):
     def _window(
         cls, contexts: list[ContextVector] | None, info: ValidationInfo
     ) -> list[ContextVector] | None:
-        return None if contexts is None else _checked_window(contexts, info)
+        return None if contexts is None else checked_window(contexts, info)
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:

@@ -26,6 +26,7 @@ from app.api.admission import InflightLimit
 from app.auth import ApiKeys
 from app.bus import Bus
 from app.cache import TieredCache, create_cache
+from app.cache.ttl import AdaptiveTtl
 from app.engine import Engine, pick_device
 from app.fanout import RoutingFanout
 from app.flows import FlowStore
@@ -42,6 +43,7 @@ from app.learning.metrics import LearningMetrics
 from app.learning.online import OnlineLearning
 from app.learning.recent import RecentWindows
 from app.metrics import GpuMemory
+from app.patterns.service import Patterns
 from app.routing import FailurePolicy
 from app.schemas import Limits
 from app.settings import Settings
@@ -71,6 +73,8 @@ class Services:
     otlp_metric_table: Mapping[str, int]  # OTLP metric name -> feature index (CPE_OTLP_METRIC_NAMES)
     forecasts: Forecasts | None  # continuous prediction of observed flows; None unless CPE_PREDICT_ON_OBSERVE
     groups: RouteGroups  # route groups, re-ranked on their routes' forecasts (app/groups)
+    patterns: Patterns | None  # pattern memory (app/patterns); None unless CPE_PATTERNS_ENABLED
+    ttl: AdaptiveTtl | None  # each cached forecast's own TTL; None: CPE_CACHE_TTL_MS for all
     started: float  # time.time() when the parts began to start: the replica's uptime counts from it
 
     @property
@@ -129,6 +133,7 @@ async def run_services(
         registry=registry,
         default_model=settings.model,
         adjust=None if intervals is None else intervals.widen,
+        embed=settings.patterns_enabled,
     )
     learning_metrics = LearningMetrics(registry)  # registered even when off: dashboards expect the series
     learning = (
@@ -190,8 +195,15 @@ async def run_services(
         observing.ingest.on_applied = forecasts.on_applied
         forecasts.continuous.groups_of = groups.groups_of
         forecasts.continuous.on_forecasts = groups.on_forecasts
+    # pattern memory: the observed windows by embedding, with what followed them (app/patterns)
+    patterns = None
+    if settings.patterns_enabled:
+        patterns = Patterns.from_settings(settings, predictors[settings.model], registry)
+        observing.ingest.on_patterns = patterns.hear
+        if forecasts is not None:
+            forecasts.continuous.patterns = patterns
     async with AsyncExitStack() as stack:
-        for part in (engine, cache, bus, fanout, learning, observing, groups, forecasts):
+        for part in (engine, cache, bus, fanout, learning, patterns, observing, groups, forecasts):
             if part is not None:
                 await stack.enter_async_context(part)
         yield Services(
@@ -218,5 +230,9 @@ async def run_services(
             otlp_metric_table=observing.otlp_metric_table,
             forecasts=forecasts,
             groups=groups,
+            patterns=patterns,
+            ttl=AdaptiveTtl(settings.cache_ttl_min_ms, settings.cache_ttl_max_ms)
+            if settings.cache_ttl_adaptive
+            else None,
             started=started,
         )

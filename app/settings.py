@@ -158,6 +158,24 @@ class Settings(BaseSettings):
     cache_ttl_ms: int = Field(
         default=60_000, ge=1, le=7 * 24 * 3_600_000, description="How long a prediction stays cached, in ms."
     )
+    cache_ttl_adaptive: bool = Field(
+        default=False,
+        description="Each cached forecast lives as long as its flow is predictable rather than "
+        "CPE_CACHE_TTL_MS: its horizon in time, stretched for a narrow forecast, shortened for a wide one, "
+        "within CPE_CACHE_TTL_MIN_MS..CPE_CACHE_TTL_MAX_MS (app/cache/ttl.py; the README has hit rates).",
+    )
+    cache_ttl_min_ms: int = Field(
+        default=500,
+        ge=1,
+        le=7 * 24 * 3_600_000,
+        description="Shortest adaptive TTL of a cached forecast, ms.",
+    )
+    cache_ttl_max_ms: int = Field(
+        default=600_000,
+        ge=1,
+        le=7 * 24 * 3_600_000,
+        description="Longest adaptive TTL of a cached forecast, ms.",
+    )
     cache_timeout_ms: int = Field(
         default=50,
         ge=1,
@@ -632,6 +650,53 @@ class Settings(BaseSettings):
         "another replica takes it over.",
     )
 
+    # -- pattern memory -------------------------------------------------------------------------
+    patterns_enabled: bool = Field(
+        default=True,
+        description="Keep pattern memory: every forecast carries its window's embedding (taken in the same "
+        "forward pass), observed windows go into an approximate nearest-neighbour index with what followed "
+        "them, and similar_patterns names the nearest.",
+    )
+    patterns_capacity: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=100_000_000,
+        description="Most windows pattern memory holds; the oldest is evicted by the newest. About 330 "
+        "bytes a window at 32 dimensions (the LSTM's; measured, README), some 460 at 64 (estimated).",
+    )
+    patterns_snapshot_path: str = Field(
+        default="",
+        description="Where pattern memory is written now and then and at shutdown, and read back at start "
+        "(`<path>.npz` and `<path>.<n>.hnsw`); one path per replica. Empty: not kept across restarts.",
+    )
+    patterns_snapshot_interval_s: float = Field(
+        default=300.0, ge=1.0, le=86_400.0, description="Seconds between snapshots of pattern memory."
+    )
+    patterns_max_k: int = Field(
+        default=100, ge=1, le=10_000, description="Most matches one POST /v1/patterns/search may ask for (k)."
+    )
+    patterns_analog_k: int = Field(
+        default=10,
+        ge=1,
+        le=1_000,
+        description="Stored windows an analog forecast (and similar_patterns) is drawn from.",
+    )
+    patterns_analog_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the analog forecast in the latency_ms forecast published as "
+        "`metadata.blended_latency_ms` (0: not published). `python -m tools.analogy` measures which weight "
+        "helps on held-out traces (README).",
+    )
+    patterns_analog_max_distance: float = Field(
+        default=4.0,
+        ge=0.0,
+        le=4.0,
+        description="Blend only when the matches' mean distance (squared L2 of unit embeddings, 0..4) is at "
+        "most this: close analogies only. `python -m tools.analogy` chooses it with the weight.",
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
@@ -670,6 +735,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "learning_url is shared (Redis) but bus_url is memory://: the other replicas would never "
                 "hear of new model versions; set CPE_BUS_URL to the Redis URL too"
+            )
+        if self.cache_ttl_min_ms > self.cache_ttl_max_ms:
+            raise ValueError(
+                f"cache_ttl_min_ms ({self.cache_ttl_min_ms}) must be at most "
+                f"cache_ttl_max_ms ({self.cache_ttl_max_ms})"
             )
         if self.queue_size < self.max_batch:
             raise ValueError(

@@ -2,7 +2,8 @@
 
 One file (or one bytes blob, for publishing over Redis) holds everything a predictor needs: the
 architecture and its hyper-parameters, the feature names, the scaler, the calibration, the sequence
-length and horizon, a training summary, and the sha256 of the weights. Loading never unpickles:
+length and horizon, a training summary, the width of the model's window embedding (``embedding_dim``,
+``models/embedding.py``) and the sha256 of the weights. Loading never unpickles:
 anything that is not a safetensors file is refused, and so is a file whose weights do not match
 their recorded sha256.
 """
@@ -21,6 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from models.embedding import check_embedding_dim, embedding_dim
 from models.registry import build_model, hyperparameters
 
 FORMAT = "cpe-checkpoint/1"
@@ -48,13 +50,14 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def to_bytes(model: nn.Module, meta: dict[str, Any]) -> bytes:
-    """Serialize a model and its metadata; fills in kind, hparams, format and weights_sha256."""
+    """Serialize a model and its metadata; adds kind, hparams, format, embedding_dim, weights_sha256."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     full = dict(meta)
     full.update(
         format=FORMAT,
         kind=model.kind,  # type: ignore[attr-defined]
         hparams=hyperparameters(model),
+        embedding_dim=embedding_dim(model),
         weights_sha256=weights_sha256(state),
     )
     return st_save(state, metadata={"cpe": json.dumps(full, sort_keys=True)})
@@ -101,6 +104,8 @@ def load(source: str | Path | bytes, device: str | torch.device = "cpu") -> Chec
     try:
         model = build_model(meta["kind"], **meta["hparams"])
         model.load_state_dict(state, strict=True)
+        # checkpoints written before pattern memory lack the key: derived from the model, as it would be
+        meta["embedding_dim"] = check_embedding_dim(meta, model)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint does not match its architecture: {exc}") from None
     return Checkpoint(model=model.to(device).eval(), meta=meta)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.embedding import unit
 from models.head import GaussianHead
 from models.transformer import sinusoidal_positions
 
@@ -65,3 +66,12 @@ class HybridForecaster(nn.Module):
         g = torch.sigmoid(self.gate(torch.cat([h_lstm, h_attn], dim=-1)))  # (B, hidden), 1 = trust LSTM
         summary = self.norm(g * h_lstm + (1 - g) * h_attn)
         return self.head(summary, x[:, -1, : self.config.n_features])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) scaled window -> (B, hidden) unit vector of its summary (``models/embedding.py``)."""
+        T = x.shape[1]
+        e = self.inp(x)  # (B, T, hidden)
+        h_lstm = self.lstm(torch.relu(e))[0][:, -1]
+        h_attn = self.encoder(e + self.positions[-T:])[:, -1]
+        g = torch.sigmoid(self.gate(torch.cat([h_lstm, h_attn], dim=-1)))
+        return unit(self.norm(g * h_lstm + (1 - g) * h_attn))

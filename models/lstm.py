@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.embedding import unit
 from models.head import GaussianHead
 
 
@@ -50,3 +51,8 @@ class LSTMForecaster(nn.Module):
         h, _ = self.lstm(torch.relu(self.inp(x)))  # (B, T, hidden)
         summary = self.norm(h[:, -1])  # (B, hidden)
         return self.head(summary, x[:, -1, : self.config.n_features])  # (B, H, D) twice
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) scaled window -> (B, hidden) unit vector of its summary (``models/embedding.py``)."""
+        h, _ = self.lstm(torch.relu(self.inp(x)))  # (B, T, hidden)
+        return unit(self.norm(h[:, -1]))

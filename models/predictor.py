@@ -18,14 +18,13 @@ from torch import nn
 
 from models import checkpoint
 from models.calibration import Calibration, band_probability
+from models.embedding import embedding_dim, unit
 from models.scaling import Scaler, ScalerConfig, WindowStats
 
 log = logging.getLogger("cpe.models")
 
-_MAX_TRACES = 16  # traced forwards kept for reuse (Predictor._compiled): a few versions of three models
-_TRACES: dict[
-    tuple[str, str, int, int, str], Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-] = {}
+_MAX_TRACES = 16  # traced forwards kept for reuse (Predictor._traced): a few versions of three models
+_TRACES: dict[tuple[str, bool, str, int, int, str], Callable[[torch.Tensor], Any]] = {}
 
 
 @dataclass
@@ -40,6 +39,10 @@ class Forecast:
     loc: np.ndarray  # (B, S, D) mean in the transformed (log/identity) space
     std: np.ndarray  # (B, S, D) calibrated deviation in the transformed space
     dt_s: np.ndarray  # (B,) spacing assumed between future steps, seconds
+    embedding: np.ndarray | None = None  # (B, E) float32 unit vectors of the windows, when asked for
+    scaled_last: np.ndarray | None = None  # (B, D) float32 each window's last context, scaled, with them
+    center: np.ndarray | None = None  # (B, D) the windows' standardisation constants, with them
+    scale: np.ndarray | None = None  # (B, D)
 
 
 class Predictor:
@@ -71,9 +74,12 @@ class Predictor:
         self._temperature = self.calibration.temperatures(self.horizon, self.scaler.n_features)
         self._z = self.calibration.z()
         self._knots = self.calibration.knots()  # the calibration is fixed for the predictor's life
-        self._forward = self._compiled() if compiled else self.model
+        self._forward = self._traced(self.model, embedded=False) if compiled else self.model
+        self.embedding_dim: int = embedding_dim(self.model)
+        self._compiled = compiled
+        self._forward_embedded: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 
-    def _compiled(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    def _traced(self, module: nn.Module, *, embedded: bool) -> Callable[[torch.Tensor], Any]:
         """The traced forward of these weights: traced once per process for each distinct set of weights.
 
         A frozen trace holds no state between calls, so every predictor of the same weights can share it:
@@ -82,6 +88,7 @@ class Predictor:
         """
         key = (
             type(self.model).__name__,
+            embedded,  # the forward pass alone, or with the window embedding (_ForwardEmbedded)
             checkpoint.weights_sha256(self.model.state_dict()),
             self.seq_len,
             self.scaler.n_inputs,
@@ -89,8 +96,8 @@ class Predictor:
         )
         if (forward := _TRACES.get(key)) is None:
             example = torch.zeros(2, self.seq_len, self.scaler.n_inputs, device=self.device)
-            forward = compile_forward(self.model, example)
-            if forward is not self.model:  # a failed trace is not remembered: the eager model is this one's
+            forward = compile_forward(module, example)
+            if forward is not module:  # a failed trace is not remembered: the eager model is this one's
                 _TRACES[key] = forward
                 while len(_TRACES) > _MAX_TRACES:
                     _TRACES.pop(next(iter(_TRACES)))  # the oldest
@@ -110,28 +117,62 @@ class Predictor:
         log_var = log_var.float().cpu().numpy()
         return mean.float().cpu().numpy(), np.exp(0.5 * log_var, out=log_var)  # numpy: cheaper per call
 
+    @torch.inference_mode()
+    def forward_embedded(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``forward_scaled`` and the windows' embeddings (B, E) float32 (``model.embed``), in one call."""
+        if self._forward_embedded is None:  # traced on first use: most replicas never embed
+            module = _ForwardEmbedded(self.model)
+            self._forward_embedded = self._traced(module, embedded=True) if self._compiled else module
+        assert self._forward_embedded is not None
+        mean, log_var, emb = self._forward_embedded(torch.from_numpy(x).to(self.device))
+        log_var_np = log_var.float().cpu().numpy()
+        return mean.float().cpu().numpy(), np.exp(0.5 * log_var_np), emb.float().cpu().numpy()
+
+    def embed(self, timestamps: list[np.ndarray], features: list[np.ndarray]) -> np.ndarray:
+        """(B, E) float32 embeddings of raw windows (any lengths >= 1), as ``predict(embed=True)`` makes."""
+        x, _ = self.scaler.encode(timestamps, features, self.seq_len)
+        return self.forward_embedded(x)[2]
+
     def predict(
-        self, timestamps: list[np.ndarray], features: list[np.ndarray], steps: int | None = None
+        self,
+        timestamps: list[np.ndarray],
+        features: list[np.ndarray],
+        steps: int | None = None,
+        *,
+        embed: bool = False,
     ) -> Forecast:
         """Forecast every window (any lengths >= 1, mixed) ``steps`` ahead (the full horizon H when None).
 
         The model always predicts all H steps; ``steps`` only spares decoding, the intervals and the
-        confidence of the ones nobody asked for: most requests ask for one step of eight.
+        confidence of the ones nobody asked for: most requests ask for one step of eight. ``embed``: the
+        forecast carries the windows' embeddings and scaling too (pattern memory, ``app/patterns``).
         """
         x, stats = self.scaler.encode(timestamps, features, self.seq_len)
-        return self._forecast(x, stats, steps)
+        return self._forecast(x, stats, steps, embed)
 
     def predict_block(
-        self, timestamps: np.ndarray, features: np.ndarray, lengths: np.ndarray, steps: int | None = None
+        self,
+        timestamps: np.ndarray,
+        features: np.ndarray,
+        lengths: np.ndarray,
+        steps: int | None = None,
+        *,
+        embed: bool = False,
     ) -> Forecast:
         """``predict`` of windows given as one right-aligned block (``Scaler.encode_block``): timestamps
         (B, L), features (B, L, D), window i in its last ``lengths[i]`` columns."""
         x, stats = self.scaler.encode_block(timestamps, features, lengths, self.seq_len)
-        return self._forecast(x, stats, steps)
+        return self._forecast(x, stats, steps, embed)
 
-    def _forecast(self, x: np.ndarray, stats: WindowStats, steps: int | None) -> Forecast:
+    def _forecast(
+        self, x: np.ndarray, stats: WindowStats, steps: int | None, embed: bool = False
+    ) -> Forecast:
         """The forward pass on encoded windows, decoded into a Forecast ``steps`` ahead."""
-        mean_s, std_s = self.forward_scaled(x)
+        embedding = None
+        if embed:
+            mean_s, std_s, embedding = self.forward_embedded(x)
+        else:
+            mean_s, std_s = self.forward_scaled(x)
         if steps is not None and steps < self.horizon:
             assert steps >= 1, f"steps must be 1..{self.horizon}, got {steps}"
             mean_s, std_s = mean_s[:, :steps], std_s[:, :steps]
@@ -147,6 +188,10 @@ class Predictor:
             loc=loc,
             std=std,
             dt_s=stats.dt_s,
+            embedding=embedding,
+            scaled_last=None if embedding is None else x[:, -1, : self.scaler.n_features].copy(),
+            center=None if embedding is None else stats.center,
+            scale=None if embedding is None else stats.scale,
         )
 
     def _confidence(self, loc: np.ndarray, std: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -162,6 +207,30 @@ class Predictor:
             lo, hi = (1 - tol) * pred, (1 + tol) * pred
         raw = band_probability(loc[..., p], std[..., p], lo, hi)
         return np.interp(raw, *self._knots)
+
+
+class _ForwardEmbedded(nn.Module):
+    """A model's forward pass that also returns its window embedding, as one module to trace.
+
+    The embedding is what ``model.embed`` answers, the unit vector of the summary that the Gaussian head
+    reads (``models/embedding.py``); taken here from the head's input as the forward pass runs, so the
+    trunk runs once, and each architecture's ``forward`` stays as its trainers wrote it. tests/models check
+    that both give the same vectors.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        head: nn.Module = self.model.head  # type: ignore[assignment]
+        hook = head.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+        try:
+            mean, log_var = self.model(x)
+        finally:
+            hook.remove()
+        return mean, log_var, unit(seen[0])
 
 
 def compile_forward(

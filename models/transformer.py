@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.embedding import unit
 from models.head import GaussianHead
 
 
@@ -76,3 +77,9 @@ class TransformerForecaster(nn.Module):
         h = self.inp(x) + self.positions[-T:]  # (B, T, d_model)
         h = self.encoder(h)  # (B, T, d_model)
         return self.head(self.norm(h[:, -1]), x[:, -1, : self.config.n_features])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) scaled window -> (B, d_model) unit vector of its summary (``models/embedding.py``)."""
+        T = x.shape[1]
+        h = self.encoder(self.inp(x) + self.positions[-T:])  # (B, T, d_model)
+        return unit(self.norm(h[:, -1]))

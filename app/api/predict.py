@@ -18,6 +18,7 @@ from app.api.request_only_route import RequestOnlyRoute
 from app.api.responses import OrjsonResponse, dumps
 from app.auth import require_scope
 from app.cache import Cache, prediction_id, prediction_key
+from app.cache.ttl import AdaptiveTtl, forecast_ttl
 from app.engine import Engine, WindowForecast, read_numbers
 from app.flows import FlowStore, FlowsUnavailable
 from app.flows.serving import (
@@ -28,6 +29,7 @@ from app.flows.serving import (
     unknown_flow_item,
 )
 from app.learning.recent import RecentWindows
+from app.patterns.service import Patterns
 from app.schemas import (
     BatchPredictRequest,
     Limits,
@@ -82,7 +84,7 @@ async def predict(request: Request) -> Response:
                 return OrjsonResponse({"detail": unknown_flow(window.flow_key)["detail"]}, status_code=404)
         except FlowsUnavailable as exc:
             return OrjsonResponse({"detail": str(exc)}, 503, {"retry-after": str(exc.retry_after_s)})
-    body = await predict_window(window, engine, cache, limits, start, recent)
+    body = await predict_window(window, engine, cache, limits, start, recent, services.patterns, services.ttl)
     return Response(body, media_type="application/json")
 
 
@@ -94,6 +96,8 @@ async def predict_one(
     start: float,
     recent: RecentWindows | None = None,
     flows: FlowStore | None = None,
+    patterns: Patterns | None = None,
+    ttl: AdaptiveTtl | None = None,
 ) -> bytes:
     """``predict_window`` for a PredictRequest that pydantic validated (the WebSocket stream's); one without
     contexts from the flow's window in ``flows`` (``UnknownFlow`` when there is none)."""
@@ -102,7 +106,7 @@ async def predict_one(
         flows is None or await fill_from_flows([window], flows, limits.max_window)
     ):
         raise UnknownFlow(unknown_flow(window.flow_key)["detail"])
-    return await predict_window(window, engine, cache, limits, start, recent)
+    return await predict_window(window, engine, cache, limits, start, recent, patterns, ttl)
 
 
 async def predict_window(
@@ -112,11 +116,15 @@ async def predict_window(
     limits: Limits,
     start: float,
     recent: RecentWindows | None = None,
+    patterns: Patterns | None = None,
+    ttl: AdaptiveTtl | None = None,
 ) -> bytes:
     """The serialized PredictionResult of ``window``: from the cache, else from the engine (then stored).
 
     Shared by POST /v1/predict and the WebSocket stream /v1/stream/predict. ``recent`` (None when the
-    service does not learn) remembers the window under its prediction_id, for feedback by id.
+    service does not learn) remembers the window under its prediction_id, for feedback by id;
+    ``patterns`` (None without pattern memory) names the nearest stored windows in similar_patterns;
+    ``ttl`` (None: the fixed TTL) gives the answer a TTL of its own.
     """
     kind = window.model or limits.default_model
     version = engine.predictors[kind].version
@@ -129,10 +137,10 @@ async def predict_window(
     forecast = await engine.predict(kind, window.timestamps, window.features, window.horizon)
     if forecast.predictor.version != version:  # swapped meanwhile: the answer is the new version's
         key = _key(forecast.predictor.version, window)
-    [body] = _answers([window], [forecast], _elapsed_ms(start), [key])
+    [body] = _answers([window], [forecast], _elapsed_ms(start), [key], patterns)
     if recent is not None:
         recent.remember(prediction_id(key), window)
-    await cache.set(key, body)
+    await cache.set(key, body, _ttl(ttl, forecast, window.horizon))
     return body
 
 
@@ -172,22 +180,43 @@ async def predict_batch(request: Request) -> Response:
         if version != versions[kinds[i]]:
             keys[i] = _key(version, windows[i])
     # one request, one processing time for the answers it computed
-    answers = _answers([windows[i] for i in misses], forecasts, _elapsed_ms(start), [keys[i] for i in misses])
+    answers = _answers(
+        [windows[i] for i in misses],
+        forecasts,
+        _elapsed_ms(start),
+        [keys[i] for i in misses],
+        services.patterns,
+    )
     fresh = []
     for i, answer in zip(misses, answers, strict=True):
         results[i] = answer
         fresh.append((keys[i], answer))
+    ttl = services.ttl
+    ttls = (
+        None
+        if ttl is None
+        else [_ttl(ttl, f, windows[i].horizon) or 0 for i, f in zip(misses, forecasts, strict=True)]
+    )
     recent = services.recent
     if recent is not None:
         recent.remember_many(zip(map(prediction_id, keys), windows, strict=True))
     if fresh:
-        await cache.set_many(fresh)  # one round-trip too
+        await cache.set_many(fresh, ttls)  # one round-trip too
     for i, value in enumerate(stored):
         if value is not None:
             results[i] = dumps(_from_cache(value, start))
     for i in unknown:  # a per-item error in place of the result, the others in order
         results.insert(i, unknown_flow_item(asked[i].flow_key))
     return Response(b'{"results":[%s]}' % b",".join(results), media_type="application/json")
+
+
+def _ttl(policy: AdaptiveTtl | None, forecast: WindowForecast, horizon: int) -> int | None:
+    """The forecast's own TTL under ``policy`` (``app/cache/ttl.py``); None for the fixed one."""
+    if policy is None:
+        return None
+    h = horizon - 1
+    mean, lower, upper = forecast.mean[h, 0], forecast.lower[h, 0], forecast.upper[h, 0]
+    return forecast_ttl(policy, forecast.dt_s * 1000.0, horizon, float(mean), float(lower), float(upper))
 
 
 def _key(version: str, window: Window) -> str:
@@ -211,14 +240,27 @@ def _elapsed_ms(start: float) -> float:
 
 
 def _answers(
-    windows: Sequence[Window], forecasts: Sequence[WindowForecast], elapsed_ms: float, keys: Sequence[str]
+    windows: Sequence[Window],
+    forecasts: Sequence[WindowForecast],
+    elapsed_ms: float,
+    keys: Sequence[str],
+    patterns: Patterns | None = None,
 ) -> list[bytes]:
     """The serialized PredictionResult of each window, in order, stored under its cache key; the numbers
     are read per forward pass (``read_numbers``)."""
     answers: list[bytes] = [b""] * len(windows)
     horizons = [window.horizon for window in windows]
+    nearest = None
+    if patterns is not None:
+        since = [int(w.timestamps[0]) for w in windows]
+        nearest = patterns.nearest([w.flow_key for w in windows], since, forecasts)
     for j, (steps_j, confidence, lower, upper, step_ms) in read_numbers(forecasts, horizons):
         window, predictor, h, n = windows[j], forecasts[j].predictor, horizons[j], len(windows[j].timestamps)
+        similar = _similar_patterns(window, forecasts[j])
+        extra: dict[str, float] = {}
+        if patterns is not None and nearest is not None:
+            similar = patterns.names(nearest[j], similar)
+            extra = patterns.metadata(nearest[j], forecasts[j], h)
         answers[j] = dumps(
             {
                 "prediction_id": prediction_id(keys[j]),
@@ -233,12 +275,13 @@ def _answers(
                 "model_version": predictor.version,
                 "cached": False,
                 "processing_time_ms": elapsed_ms,
-                "similar_patterns": _similar_patterns(window, forecasts[j]),
+                "similar_patterns": similar,
                 "metadata": {
                     "step_ms": step_ms,
                     "horizon_ms": step_ms * h,
                     "window_length": float(n),
                     "contexts_used": float(min(n, predictor.seq_len)),
+                    **extra,
                 },
             }
         )

@@ -28,11 +28,13 @@ from app.api.responses import dumps
 from app.auth import accept_websocket
 from app.bus.queue import QueueClosed
 from app.cache import Cache
+from app.cache.ttl import AdaptiveTtl
 from app.engine import Engine, EngineStopped, Overloaded
 from app.fanout import PUSH_EXTENSION, FanoutMetrics, RoutingFanout, StreamClient
 from app.flows import FlowStore, FlowsUnavailable
 from app.flows.serving import UnknownFlow
 from app.learning.recent import RecentWindows
+from app.patterns.service import Patterns
 from app.routing_schemas import StreamPredictRequest, SubscribeFrame
 from app.schemas import Limits
 from app.settings import Settings
@@ -254,7 +256,9 @@ async def stream_predict(websocket: WebSocket, services: ServicesDep) -> None:
             if not rate.admit():
                 answers.put_nowait(dumps({"id": _id_of(text), "error": rate.refusal()}))
                 continue
-            task = asyncio.create_task(_predict(text, engine, cache, limits, answers, recent, flows))
+            task = asyncio.create_task(
+                _predict(text, engine, cache, limits, answers, recent, flows, services.patterns, services.ttl)
+            )
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except PolicyViolation as exc:
@@ -274,6 +278,8 @@ async def _predict(
     answers: asyncio.Queue[bytes],
     recent: RecentWindows | None,
     flows: FlowStore | None = None,
+    patterns: Patterns | None = None,
+    ttl: AdaptiveTtl | None = None,
 ) -> None:
     """Answer one request frame as POST /v1/predict would (cache included); errors in the same shapes."""
     start = time.perf_counter()
@@ -286,7 +292,7 @@ async def _predict(
         )
         return
     try:
-        result = await predict_one(req, engine, cache, limits, start, recent, flows)
+        result = await predict_one(req, engine, cache, limits, start, recent, flows, patterns, ttl)
     except UnknownFlow as exc:
         answers.put_nowait(dumps({"id": req.id, "error": {"status": 404, "detail": str(exc)}}))
         return

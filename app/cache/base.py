@@ -26,14 +26,15 @@ class Cache(ABC):
         """The stored value of each key, ``None`` for a miss, in the order of ``keys``."""
 
     @abstractmethod
-    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Store each ``(key, value)`` for the TTL, replacing what a key held."""
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_ms: Sequence[int] | None = None) -> None:
+        """Store each ``(key, value)`` for the TTL (each its own ``ttl_ms[i]`` when given, an adaptive TTL:
+        ``app/cache/ttl.py``), replacing what a key held."""
 
     async def get(self, key: str) -> bytes | None:
         return (await self.get_many((key,)))[0]
 
-    async def set(self, key: str, value: bytes) -> None:
-        await self.set_many(((key, value),))
+    async def set(self, key: str, value: bytes, ttl_ms: int | None = None) -> None:
+        await self.set_many(((key, value),), None if ttl_ms is None else (ttl_ms,))
 
     @property
     def problem(self) -> str | None:

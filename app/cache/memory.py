@@ -178,12 +178,18 @@ class MemoryCache(Cache):
         now = time.monotonic()
         return [self._lookup(key, now) for key in keys]
 
-    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_ms: Sequence[int] | None = None) -> None:
         now = time.monotonic()
         self._purge(now)
-        expires_at = now + self.ttl_s
-        for key, value in items:
-            self._store(key, value, expires_at)
+        if ttl_ms is None:
+            expires_at = now + self.ttl_s
+            for key, value in items:
+                self._store(key, value, expires_at)
+            return
+        # TTLs of their own: the expiry order is then only nearly the insertion order, so an expired entry
+        # may wait behind a live one until it is looked up or evicted; lookups check every entry's expiry
+        for (key, value), ttl in zip(items, ttl_ms, strict=True):
+            self._store(key, value, now + ttl / 1000.0)
 
     def _lookup(self, key: str, now: float) -> bytes | None:
         entry = self._entries.get(key)

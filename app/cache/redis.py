@@ -142,14 +142,15 @@ class RedisCache(Cache):
         self._misses.inc(len(keys) - hits)
         return values
 
-    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_ms: Sequence[int] | None = None) -> None:
+        ttls = ttl_ms or [self.ttl_ms] * len(items)
         if len(items) == 1:
             key, value = items[0]
-            await self._call(self.client.set, self.prefix + key, value, px=self.ttl_ms)
+            await self._call(self.client.set, self.prefix + key, value, px=ttls[0])
             return
         pipe = self.client.pipeline(transaction=False)
-        for key, value in items:
-            pipe.set(self.prefix + key, value, px=self.ttl_ms)
+        for (key, value), px in zip(items, ttls, strict=True):
+            pipe.set(self.prefix + key, value, px=px)
         await self._call(pipe.execute)
 
     # redis-py types its commands as sync-or-async; on a redis.asyncio client they are coroutines

@@ -54,7 +54,7 @@ class TieredCache(Cache):
             await self.memory.set_many(fill)
         return values
 
-    async def set_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        await self.memory.set_many(items)
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_ms: Sequence[int] | None = None) -> None:
+        await self.memory.set_many(items, ttl_ms)
         if self.shared is not None:
-            await self.shared.set_many(items)
+            await self.shared.set_many(items, ttl_ms)

@@ -43,6 +43,7 @@ from app.forecasts.stream import FlowPredictionHub, encode
 from app.learning.conformal import ConformalIntervals, interval_rows
 from app.learning.residual import FlowResiduals
 from app.metrics import BatchHistogram
+from app.patterns.service import Patterns
 from app.window import Window
 
 log = logging.getLogger("cpe.forecasts")
@@ -129,6 +130,7 @@ class ContinuousPrediction:
         # the newest contexts a round reads of each window: what the model reads, what the EWMA reads, and
         # the one before (the previous forecast's newest, for its score); the older ones are not copied
         self.span = max(engine.predictors[kind].seq_len, EWMA_SPAN) + 1
+        self.patterns: Patterns | None = None  # pattern memory, fed by every round (app/patterns)
         self.stats = RoundStats()
         self._due: dict[str, float] = {}  # flow_key -> perf_counter() of its oldest unforecast observation
         self._wake = asyncio.Event()
@@ -282,6 +284,10 @@ class ContinuousPrediction:
                 [f.index for f in forecasts],
                 ts[:, -1].tolist(),
             )
+        patterns = self.patterns
+        nearest = (
+            patterns.on_forecasts(keys, _BlockWindows(block), forecasts) if patterns is not None else None
+        )
         latency = _step_latency(forecasts)
         intervals: Sequence[np.ndarray | None] = [None] * len(forecasts)
         if self.intervals is not None:
@@ -304,8 +310,12 @@ class ContinuousPrediction:
                 strict=True,
             )
         ):
-            patterns = _similar_patterns(block, i, forecast, h) if block.pattern_ids is not None else []
-            draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), patterns)
+            similar = _similar_patterns(block, i, forecast, h) if block.pattern_ids is not None else []
+            extra: dict[str, float] = {}
+            if patterns is not None and nearest is not None:
+                similar = patterns.names(nearest[i], similar)
+                extra = patterns.metadata(nearest[i], forecast, h)
+            draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), similar, extra)
             drafts.append(draft)
             records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score, interval)))
         # serialized now only what is published or kept serialized; the rest when someone reads it

@@ -9,7 +9,7 @@ forward pass (``serialize_many``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.api.responses import dumps
 from app.engine import WindowForecast, read_numbers
@@ -26,6 +26,7 @@ class Draft:
     window_length: int
     processing_time_ms: float  # from the oldest observation it covers to the forecast
     similar_patterns: list[str]
+    extra: dict[str, float] = field(default_factory=dict)  # more metadata: pattern memory's analog forecast
 
 
 def prediction_id(flow_key: str, base_ts: int) -> str:
@@ -64,6 +65,7 @@ def _result(
                 "contexts_used": float(min(n, predictor.seq_len)),
                 "base_timestamp": float(draft.base_ts),
                 "target_timestamp": draft.base_ts + step_ms * h,
+                **draft.extra,
             },
         }
     )

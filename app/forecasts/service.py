@@ -114,6 +114,12 @@ class Forecasts:
         """Ingest's callback: the flows that newly applied observations touched are due for a forecast."""
         self.continuous.touch(applied)
 
+    def prefetch(self, flow_keys: Iterable[str]) -> None:
+        """Forecast ``flow_keys`` ahead, on their current windows, because they are about to be asked for
+        (a group's routes when one of them is read, say): their forecasts are then ready in the store
+        and on the stream. Flows due already are forecast once."""
+        self.continuous.touch(flow_keys)
+
     async def flow(self, flow_key: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """A flow's newest forecast (a PredictionResult) and running score, for GET /v1/flows/{flow_key}."""
         try:

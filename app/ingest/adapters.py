@@ -16,7 +16,7 @@ context (or the schema default) and marks it imputed. The mappings:
   An interval's records are summed within one batch: a collector sends each interval's records
   together (a later batch's part of an interval already applied is counted a duplicate).
 - ``SimilarityResult`` (Layer 2): no feature; ``pattern_id`` becomes the pattern of the flow's next
-  context.
+  context, and labels the flow's windows in pattern memory (with its ``confidence``, ``app/patterns``).
 - ``AdaptationFeedback`` (Layer 2): no feature; ``suggested_learning_rate`` is a hint to the learner's
   tuner, which bounds it (``Tuner.hint``), published on the bus to the replica that holds the learner's
   lease, wherever it is (``app/learning/hints.py``).
@@ -60,10 +60,11 @@ LATENCY, JITTER, LOSS, THROUGHPUT, UTILIZATION, ERRORS, CONNECTIONS = (
 
 @dataclass(slots=True)
 class PatternHint:
-    """A SimilarityResult: ``pattern_id`` for the flow's next context."""
+    """A SimilarityResult: ``pattern_id`` for the flow's next context, with Layer 2's confidence in it."""
 
     flow_key: str
     pattern_id: str
+    confidence: float = float("nan")
 
 
 @dataclass(slots=True)
@@ -241,7 +242,7 @@ def adapt(observations: Sequence[Observation], interval_ms: int) -> Adapted:
             record_at[at] = len(items)
             items.append(FlowContext(m.key, at[1], np.empty(0, dtype=np.float32)))  # summed below
         elif isinstance(m, SimilarityResultIn):
-            items.append(PatternHint(m.flow_key, m.pattern_id))
+            items.append(PatternHint(m.flow_key, m.pattern_id, m.confidence))
         else:
             assert isinstance(m, AdaptationFeedbackIn)
             items.append(LearningRateHint(m.suggested_learning_rate, m.performance_delta))

@@ -53,7 +53,8 @@ class IngestMetrics:
 
 
 class IngestService:
-    """Applies observations to ``store``; ``on_applied`` and ``on_learning_rate`` hear what was applied."""
+    """Applies observations to ``store``; ``on_applied``, ``on_learning_rate`` and ``on_patterns`` (Layer 2's
+    SimilarityResults, for pattern memory) hear what was applied."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class IngestService:
         on_learning_rate: OnLearningRate | None = None,
         metrics: IngestMetrics | None = None,
     ) -> None:
+        self.on_patterns: Callable[[Sequence[PatternHint]], None] | None = None
         self.store = store
         self.limits = ObserveLimits(max_batch)
         self.flow_record_interval_ms = flow_record_interval_ms
@@ -132,10 +134,10 @@ class IngestService:
                 _count(result, done, weights)
                 touched += done.flows
             elif isinstance(first, PatternHint):
-                pairs = [
-                    (i.flow_key, i.pattern_id) for i in adapted.items[start:end] if isinstance(i, PatternHint)
-                ]
-                await self.store.attach_patterns(pairs)
+                hints = [i for i in adapted.items[start:end] if isinstance(i, PatternHint)]
+                await self.store.attach_patterns([(i.flow_key, i.pattern_id) for i in hints])
+                if self.on_patterns is not None:
+                    self.on_patterns(hints)
                 result.accepted += sum(weights)
             else:
                 for item in adapted.items[start:end]:
