@@ -99,7 +99,8 @@ def load(source: str | Path | bytes, device: str | torch.device = "cpu") -> Chec
             f"{str(meta.get('weights_sha256'))[:16]}…; the checkpoint was modified or truncated"
         )
     try:
-        model = build_model(meta["kind"], **meta["hparams"])
+        # checkpoints from before the head's skip mixture (models/head.py) built on the last value alone
+        model = build_model(meta["kind"], **{"skip": "last", **meta["hparams"]})
         model.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint does not match its architecture: {exc}") from None
