@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--level-changes",
         dest="level_changes",
         type=float,
-        help="how many times as often as a deployment the training traces shift level (default 3)",
+        help="how many times as often as a deployment the training traces shift level (default 2)",
     )
     p.set_defaults(func=cmd_train)
 

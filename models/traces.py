@@ -152,7 +152,7 @@ class RouteProfile:
     level_shift_rate_per_day: float = 0.0  # persistent steps; every 500..2000 samples
     ramp_rate_per_day: float = 0.0  # ramps; every 300..1200 samples
     ramp_min_intervals: float = 6.0  # shortest ramp, in sampling intervals
-    ramp_max_intervals: float = 30.0  # longest ramp
+    ramp_max_intervals: float = 60.0  # longest ramp (longer than a window: a trend through all of it)
     failover_rate_per_day: float = 0.0  # failovers to a slower path; every 1000..4000 samples
     failover_min_intervals: float = 4.0  # shortest failover, in sampling intervals
     failover_max_intervals: float = 400.0  # longest failover (often outlasting the window)
