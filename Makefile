@@ -52,8 +52,8 @@ bench: setup
 # deterministic); `cpe train` without --replace-shipped writes to a new out/checkpoints/<time>/ instead
 train: setup
 	$(BIN)/cpe train --model lstm --epochs 6 --replace-shipped
-	$(BIN)/cpe train --model transformer --epochs 2 --replace-shipped
-	$(BIN)/cpe train --model hybrid --epochs 2 --replace-shipped
+	$(BIN)/cpe train --model transformer --epochs 1 --replace-shipped
+	$(BIN)/cpe train --model hybrid --epochs 1 --replace-shipped
 
 evaluate: setup
 	$(BIN)/cpe evaluate

@@ -44,6 +44,7 @@ class TrainConfig:
     # level changes (steps, ramps, failovers; models/traces.py) this many times as often as a deployment
     # sees them: rare as they are, a model that meets too few reverts to the window's mean after one
     level_changes: float = 2.0
+    scale_channels: bool = True  # the window's deviations as inputs (models/scaling.py)
     val_fraction: float = 0.2  # the last part of every route, in time
     max_windows: int = 60_000  # training windows kept (random subset): a few minutes per model on 2 cores
     short_window_fraction: float = 0.1  # windows cut short, so padding is learned
@@ -54,6 +55,10 @@ class TrainConfig:
     patience: int = 3
     max_minutes: float = 9.0  # a safety cap on wall-clock time; epochs and early stopping decide
     feature_weights: list[float] = field(default_factory=default_feature_weights)
+    # torch threads while training: one, so that the weights do not depend on the machine's core count
+    # (`make train` reproduces the shipped ones anywhere), and because these small models train several
+    # times faster on one thread than on two that compete with other work for two cores
+    threads: int = 1
 
 
 @dataclass
@@ -357,9 +362,20 @@ def train(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train, calibrate and describe one model; returns it with the checkpoint metadata."""
     traces = subsample(traces, cfg.subsample_strides)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, traces, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    cfg: TrainConfig, traces: list[Any], log: Callable[[str], None]
+) -> tuple[nn.Module, dict[str, Any]]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    scaler = Scaler(ScalerConfig())
+    scaler = Scaler(ScalerConfig(scale_channels=cfg.scale_channels))
     split = 1.0 - cfg.val_fraction
     train_set = make_windows(
         traces,
@@ -373,7 +389,7 @@ def train(
     )
     val_set = make_windows(traces, scaler, cfg.seq_len, cfg.horizon, (split, 1.0), rng, cfg.max_windows // 4)
     log(f"{cfg.kind}: {len(train_set)} training windows, {len(val_set)} validation windows")
-    model = build_model(cfg.kind, horizon=cfg.horizon, **cfg.hparams)
+    model = build_model(cfg.kind, horizon=cfg.horizon, **{"n_inputs": scaler.n_inputs, **cfg.hparams})
     summary = fit(model, train_set, val_set, cfg, log)
     calibration = calibrate(model, scaler, val_set)
     validation = validation_figures(model, scaler, calibration, cfg, traces)
