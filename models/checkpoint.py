@@ -115,7 +115,10 @@ def _read(path: Path) -> bytes:
 
 
 def _refuse_non_safetensors(blob: bytes) -> None:
-    if blob[:2] == b"PK" or blob[:1] == b"\x80":
+    # a safetensors header (8 bytes of length, then JSON) may well begin with the byte 0x80 a pickle
+    # begins with: its length's low byte. Only a file without a JSON header is a pickle suspect.
+    looks_safetensors = blob[8:9] == b"{"
+    if not looks_safetensors and (blob[:2] == b"PK" or blob[:1] == b"\x80"):
         raise CheckpointError(
             "refusing to load a pickle / torch.save file: CPE checkpoints are safetensors only, "
             "since unpickling can run arbitrary code"

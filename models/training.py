@@ -36,7 +36,7 @@ class TrainConfig:
     seq_len: int = 32  # contexts the model reads
     horizon: int = 8  # future steps it predicts
     seed: int = 0
-    n_routes: int = 64  # synthetic routes to train on
+    n_routes: int = 96  # synthetic routes to train on
     # each route is also seen thinned out (every 2nd, every 4th sample): the same network sampled
     # less often, so windows span 5 s..4 min intervals and plateaus that outlast a short window
     subsample_strides: tuple[int, ...] = (1, 2, 4)
@@ -46,14 +46,14 @@ class TrainConfig:
     level_changes: float = 2.0
     scale_channels: bool = True  # the window's deviations as inputs (models/scaling.py)
     val_fraction: float = 0.2  # the last part of every route, in time
-    max_windows: int = 60_000  # training windows kept (random subset): a few minutes per model on 2 cores
+    max_windows: int = 120_000  # training windows kept (random subset)
     short_window_fraction: float = 0.1  # windows cut short, so padding is learned
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-5
     max_epochs: int = 12
     patience: int = 3
-    max_minutes: float = 9.0  # a safety cap on wall-clock time; epochs and early stopping decide
+    max_minutes: float = 60.0  # a safety cap on wall-clock time; epochs and early stopping decide
     feature_weights: list[float] = field(default_factory=default_feature_weights)
     # torch threads while training: one, so that the weights do not depend on the machine's core count
     # (`make train` reproduces the shipped ones anywhere), and because these small models train several
