@@ -281,7 +281,7 @@ def routing_groups(
     other, each route with its own load, bursts, failures and level changes (so the best one changes)."""
     from dataclasses import replace
 
-    from models.traces import generate_trace, sample_level_changes, sample_profile
+    from models.traces import generate_trace, sample_profile, with_level_changes
 
     rng = np.random.default_rng([seed, 16])
     groups = []
@@ -289,11 +289,8 @@ def routing_groups(
         profile = sample_profile(rng, split)
         members = []
         for m in range(routes_per_group):
-            member = replace(
-                profile,
-                base_latency_ms=profile.base_latency_ms * float(rng.uniform(0.8, 1.25)),
-                **sample_level_changes(rng, profile.interval_s),
-            )
+            scaled = profile.base_latency_ms * float(rng.uniform(0.8, 1.25))
+            member = with_level_changes(replace(profile, base_latency_ms=scaled), rng)
             members.append(generate_trace(member, n_steps, int(rng.integers(2**63)), route_id=f"g{g}-r{m}"))
         groups.append(members)
     return groups

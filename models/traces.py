@@ -148,7 +148,7 @@ class RouteProfile:
     regime_rate_per_day: float = 0.15  # 0.05..0.3
     regime_latency_sigma: float = 0.15  # log-std of the base latency change; 0.05..0.25
     regime_capacity_sigma: float = 0.2  # log-std of the capacity change; 0.1..0.3
-    # level changes (L(t)); zero in a profile built by hand, drawn by sample_level_changes
+    # level changes (L(t)); zero in a profile built by hand, drawn by with_level_changes
     level_shift_rate_per_day: float = 0.0  # persistent steps; every 500..2000 samples
     ramp_rate_per_day: float = 0.0  # ramps; every 300..1200 samples
     ramp_min_intervals: float = 6.0  # shortest ramp, in sampling intervals
@@ -329,21 +329,22 @@ def sample_profile(rng: np.random.Generator, split: str = "train") -> RouteProfi
     )
 
 
-def sample_level_changes(rng: np.random.Generator, interval_s: float, boost: float = 1.0) -> dict[str, float]:
-    """Rates of the level changes L(t) of one route, as RouteProfile fields (the same for both splits).
+def with_level_changes(profile: RouteProfile, rng: np.random.Generator, boost: float = 1.0) -> RouteProfile:
+    """``profile`` with rates of the level changes L(t) drawn (the same ranges for both splits).
 
     Drawn per sample rather than per day: a step every 500..2000 samples, a ramp (a congestion building
     up or draining, a path slowly degrading) every 300..1200 and a failover every 1000..4000, so that
     every sampling interval puts a few into a trace of a few thousand samples.
     ``boost`` multiplies every rate: training sees them more often than a deployment does (they are rare,
-    and a model that never saw one reverts to the window's mean).
+    and a model that meets too few reverts to the window's mean after one).
     """
-    per_day = boost * _SECONDS_PER_DAY / interval_s  # samples per day, times the boost
-    return {
-        "level_shift_rate_per_day": per_day / _log_uniform(rng, 500.0, 2000.0),
-        "ramp_rate_per_day": per_day / _log_uniform(rng, 300.0, 1200.0),
-        "failover_rate_per_day": per_day / _log_uniform(rng, 1000.0, 4000.0),
-    }
+    per_day = boost * _SECONDS_PER_DAY / profile.interval_s  # samples per day, times the boost
+    return replace(
+        profile,
+        level_shift_rate_per_day=per_day / _log_uniform(rng, 500.0, 2000.0),
+        ramp_rate_per_day=per_day / _log_uniform(rng, 300.0, 1200.0),
+        failover_rate_per_day=per_day / _log_uniform(rng, 1000.0, 4000.0),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,7 +608,7 @@ def generate_routes(
     """n_routes traces "route-0".., each with its own profile and sub-seed; deterministic for a seed.
 
     Route i depends only on (seed, split, i), so asking for more routes keeps the first ones.
-    level_changes multiplies the rates of L(t) (steps, ramps, failovers; ``sample_level_changes``): 0 leaves
+    level_changes multiplies the rates of L(t) (steps, ramps, failovers; ``with_level_changes``): 0 leaves
     them out, giving the traces as they were before they existed.
     """
     if split not in SPLITS:
@@ -619,9 +620,7 @@ def generate_routes(
         profile = sample_profile(rng, split)
         trace_seed = int(rng.integers(2**63))
         if level_changes > 0:  # from a stream of its own, so the other parameters stay as they were
-            level_rng = np.random.default_rng(child.spawn(1)[0])
-            changes = sample_level_changes(level_rng, profile.interval_s, level_changes)
-            profile = replace(profile, **changes)
+            profile = with_level_changes(profile, np.random.default_rng(child.spawn(1)[0]), level_changes)
         traces.append(generate_trace(profile, n_steps, trace_seed, route_id=f"route-{i}"))
     return traces
 
