@@ -56,9 +56,9 @@ bench: setup
 # the shipped checkpoints, reproduced in place: the epochs are those they were trained for (seeded,
 # deterministic); `cpe train` without --replace-shipped writes to a new out/checkpoints/<time>/ instead
 train: setup
-	$(BIN)/cpe train --model lstm --epochs 3 --replace-shipped
-	$(BIN)/cpe train --model transformer --epochs 1 --replace-shipped
-	$(BIN)/cpe train --model hybrid --epochs 1 --replace-shipped
+	$(BIN)/cpe train --model lstm --epochs 10 --replace-shipped
+	$(BIN)/cpe train --model transformer --epochs 4 --replace-shipped
+	$(BIN)/cpe train --model hybrid --epochs 4 --replace-shipped
 
 evaluate: setup
 	$(BIN)/cpe evaluate

@@ -102,7 +102,8 @@ def load(source: str | Path | bytes, device: str | torch.device = "cpu") -> Chec
             f"{str(meta.get('weights_sha256'))[:16]}…; the checkpoint was modified or truncated"
         )
     try:
-        model = build_model(meta["kind"], **meta["hparams"])
+        # checkpoints from before the head's skip mixture (models/head.py) built on the last value alone
+        model = build_model(meta["kind"], **{"skip": "last", **meta["hparams"]})
         model.load_state_dict(state, strict=True)
         # checkpoints written before pattern memory lack the key: derived from the model, as it would be
         meta["embedding_dim"] = check_embedding_dim(meta, model)
@@ -119,7 +120,10 @@ def _read(path: Path) -> bytes:
 
 
 def _refuse_non_safetensors(blob: bytes) -> None:
-    if blob[:2] == b"PK" or blob[:1] == b"\x80":
+    # a safetensors header (8 bytes of length, then JSON) may well begin with the byte 0x80 a pickle
+    # begins with: its length's low byte. Only a file without a JSON header is a pickle suspect.
+    looks_safetensors = blob[8:9] == b"{"
+    if not looks_safetensors and (blob[:2] == b"PK" or blob[:1] == b"\x80"):
         raise CheckpointError(
             "refusing to load a pickle / torch.save file: CPE checkpoints are safetensors only, "
             "since unpickling can run arbitrary code"

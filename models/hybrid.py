@@ -29,6 +29,7 @@ class HybridConfig:
     ff: int = 128
     dropout: float = 0.0
     max_len: int = 512
+    skip: str = "mix"  # the head's base forecast (models/head.py); "last" in older checkpoints
 
     def __post_init__(self) -> None:
         assert 32 <= self.hidden <= 512, f"hidden must be 32..512, got {self.hidden}"
@@ -54,7 +55,7 @@ class HybridForecaster(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, c.transformer_layers, enable_nested_tensor=False)
         self.gate = nn.Linear(2 * c.hidden, c.hidden)
         self.norm = nn.LayerNorm(c.hidden)
-        self.head = GaussianHead(c.hidden, c.n_features, c.horizon)
+        self.head = GaussianHead(c.hidden, c.n_features, c.horizon, c.skip)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (B, T, F) scaled window, oldest first
@@ -65,7 +66,7 @@ class HybridForecaster(nn.Module):
         h_attn = self.encoder(e + self.positions[-T:])[:, -1]  # (B, hidden)
         g = torch.sigmoid(self.gate(torch.cat([h_lstm, h_attn], dim=-1)))  # (B, hidden), 1 = trust LSTM
         summary = self.norm(g * h_lstm + (1 - g) * h_attn)
-        return self.head(summary, x[:, -1, : self.config.n_features])
+        return self.head(summary, x[..., : self.config.n_features])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, F) scaled window -> (B, hidden) unit vector of its summary (``models/embedding.py``)."""

@@ -19,6 +19,7 @@ class LSTMConfig:
     hidden: int = 32  # 32..512; 32 is as accurate as 64 on the evaluation sets, at a third of the cost
     layers: int = 1  # 1..4; one layer keeps a single prediction well under a millisecond on a CPU
     dropout: float = 0.0  # between LSTM layers
+    skip: str = "mix"  # the head's base forecast (models/head.py); "last" in older checkpoints
 
     def __post_init__(self) -> None:
         assert 32 <= self.hidden <= 512, f"LSTM hidden must be 32..512, got {self.hidden}"
@@ -41,7 +42,7 @@ class LSTMForecaster(nn.Module):
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
         self.norm = nn.LayerNorm(config.hidden)
-        self.head = GaussianHead(config.hidden, config.n_features, config.horizon)
+        self.head = GaussianHead(config.hidden, config.n_features, config.horizon, config.skip)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (B, T, F) scaled window, oldest first
@@ -50,7 +51,7 @@ class LSTMForecaster(nn.Module):
         )
         h, _ = self.lstm(torch.relu(self.inp(x)))  # (B, T, hidden)
         summary = self.norm(h[:, -1])  # (B, hidden)
-        return self.head(summary, x[:, -1, : self.config.n_features])  # (B, H, D) twice
+        return self.head(summary, x[..., : self.config.n_features])  # (B, H, D) twice
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, F) scaled window -> (B, hidden) unit vector of its summary (``models/embedding.py``)."""

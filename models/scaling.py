@@ -11,6 +11,10 @@ training never saw, so the scaling removes both scales before the model sees any
    Multiplying every latency by 10 then changes nothing the model sees.
 3. One extra channel carries the time deltas as log(dt / median dt of the window): irregular spacing
    is visible, the absolute sampling interval is not.
+4. With ``scale_channels``, D more channels carry each feature's window deviation, log(scale / its
+   floor), the same at every step. Standardizing hides how much a window varies, and that is what
+   tells a level shift or a ramp (latency x2: a deviation of 0.35 in log units) from the wander of a
+   calm route (a few per cent). It is still scale-free: a deviation of log latency is a ratio.
 
 The model predicts the next contexts in the same standardized space; ``decode`` takes them back.
 Everything the scaler needs is in ``ScalerConfig``, stored in every checkpoint.
@@ -51,6 +55,7 @@ class ScalerConfig:
     min_scale: list[float] = field(
         default_factory=lambda: [0.02, 0.02, 0.005, 0.02, 0.005, 0.005, 0.02, 0.02]
     )
+    scale_channels: bool = False  # see the module's docstring, 4.; False in older checkpoints
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +87,7 @@ class Scaler:
         self._log_offset = self.floors + 1e-12
         self.min_scale = np.asarray(c.min_scale, dtype=np.float64)
         self.n_features = len(c.feature_names)
-        self.n_inputs = self.n_features + TIME_CHANNELS
+        self.n_inputs = self.n_features + TIME_CHANNELS + (self.n_features if c.scale_channels else 0)
 
     # -- per-value transforms -------------------------------------------------------------
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -109,8 +114,13 @@ class Scaler:
         serving path calls this for every micro-batch.
         """
         if all(len(f) >= seq_len for f in features):
-            return self._encode_full(timestamps, features, seq_len)
-        return self._encode_padded(timestamps, features, seq_len)
+            x, stats = self._encode_full(timestamps, features, seq_len)
+        else:
+            x, stats = self._encode_padded(timestamps, features, seq_len)
+        if self.config.scale_channels:
+            first = self.n_features + TIME_CHANNELS
+            x[..., first:] = np.log(stats.scale / self.min_scale)[:, None, :]  # (B, 1, D) over every step
+        return x, stats
 
     def _encode_padded(
         self, timestamps: list[np.ndarray], features: list[np.ndarray], T: int

@@ -32,11 +32,18 @@ Offered load (Mbit/s).
 
 Capacity and path.
     capacity(t) = capacity_mbps * R_c(t) * (1 - failure capacity lost)
-    base(t)     = base_latency_ms * R_l(t) * exp(P(t))
+    base(t)     = base_latency_ms * R_l(t) * exp(L(t) + P(t))
     - R_c, R_l: regime shifts. Poisson events (regime_rate_per_day) multiply capacity by
       exp(N(0, regime_capacity_sigma)) and base latency by exp(N(0, regime_latency_sigma)), for good.
       generate_trace(shift_at=...) adds one deterministic shift: base latency * shift_latency_factor and
-      daily phase + shift_phase_hours from that sample on.
+      daily phase + shift_phase_hours from that sample on (over shift_ramp_steps samples, a ramp).
+    - L(t): level changes of the path, in log base latency, drawn from their own random stream (so a
+      route without them is sampled exactly as before): persistent level shifts (x0.25..x4, up or down;
+      level_shift_rate_per_day), ramps (the same change spread linearly over ramp_min..ramp_max
+      intervals; ramp_rate_per_day), and failovers to a slower path (x1.5..x4) that recover after
+      log-uniform failover_min..failover_max intervals (failover_rate_per_day). The level stays within
+      x0.25..x4 of base_latency_ms. These are what a model must follow rather than revert: a burst
+      decays, a new level holds.
     - P(t): slow OU path wander of log base latency (path_sigma, path_tau_s).
     - Link failures: Poisson events (failure_rate_per_day) lasting log-uniform failure_min_s..failure_max_s;
       during one, capacity loses U(0.5, 1) * failure_severity, loss gains U(0.02, 0.4), error rate gains
@@ -58,6 +65,9 @@ Features (each with its own measurement noise; rates clipped to [0, 1], counts >
     6 connections     = Poisson(connections_per_mbps * offered)
     7 queue_depth     = round(packet rate * W * lognormal(0.3)), Little's law with PACKET_BYTES packets
 
+Trace.clean holds the same features before measurement noise (latency = base + W + detour, and so on):
+the true value an oracle would know, which evaluation uses to score forecasts and route choices.
+
 Every sample is an instantaneous probe: measurement noise is independent between samples whatever
 the interval, which is also what lets a smoothing forecaster beat persistence. Parameter ranges drawn
 by ``sample_profile`` are listed next to each ``RouteProfile`` field ("train" split; "unseen" differs
@@ -69,7 +79,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -138,6 +148,14 @@ class RouteProfile:
     regime_rate_per_day: float = 0.15  # 0.05..0.3
     regime_latency_sigma: float = 0.15  # log-std of the base latency change; 0.05..0.25
     regime_capacity_sigma: float = 0.2  # log-std of the capacity change; 0.1..0.3
+    # level changes (L(t)); zero in a profile built by hand, drawn by with_level_changes
+    level_shift_rate_per_day: float = 0.0  # persistent steps; every 500..2000 samples
+    ramp_rate_per_day: float = 0.0  # ramps; every 300..1200 samples
+    ramp_min_intervals: float = 6.0  # shortest ramp, in sampling intervals
+    ramp_max_intervals: float = 60.0  # longest ramp (longer than a window: a trend through all of it)
+    failover_rate_per_day: float = 0.0  # failovers to a slower path; every 1000..4000 samples
+    failover_min_intervals: float = 4.0  # shortest failover, in sampling intervals
+    failover_max_intervals: float = 400.0  # longest failover (often outlasting the window)
     # loss, errors, connections
     base_loss_rate: float = 1e-4  # 1e-5..1e-3 log-uniform
     base_error_rate: float = 1e-5  # 1e-6..1e-4 log-uniform
@@ -162,6 +180,9 @@ class RouteProfile:
             raise ValueError(f"latency_noise_df must be > 2, got {self.latency_noise_df}")
         if not 0 <= self.daily_amplitude < 1:
             raise ValueError(f"daily_amplitude must be in [0, 1), got {self.daily_amplitude}")
+        for name in ("level_shift_rate_per_day", "ramp_rate_per_day", "failover_rate_per_day"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: array fields make field-wise == ambiguous
@@ -172,9 +193,16 @@ class Trace:
     timestamps_ms: np.ndarray  # (N,) int64, strictly increasing
     features: np.ndarray  # (N, 8) float32
     profile: RouteProfile
+    # (N, 8) float32: the features before measurement noise, the true values; None when read from a file
+    clean: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         ts, x = self.timestamps_ms, self.features
+        if self.clean is not None and (self.clean.dtype != np.float32 or self.clean.shape != x.shape):
+            raise ValueError(
+                f"route {self.route_id!r}: clean must be float32 of shape {x.shape}, "
+                f"got {self.clean.dtype} {self.clean.shape}"
+            )
         if ts.ndim != 1 or ts.dtype != np.int64:
             raise ValueError(
                 f"route {self.route_id!r}: timestamps_ms must be 1-D int64, got {ts.dtype} {ts.shape}"
@@ -189,6 +217,13 @@ class Trace:
 
     def __len__(self) -> int:
         return len(self.timestamps_ms)
+
+    def part(self, index: slice) -> Trace:
+        """The samples at ``index`` (a slice: a time range, or every k-th sample) as a trace of its own."""
+        clean = None if self.clean is None else self.clean[index]
+        return replace(
+            self, timestamps_ms=self.timestamps_ms[index], features=self.features[index], clean=clean
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +329,24 @@ def sample_profile(rng: np.random.Generator, split: str = "train") -> RouteProfi
     )
 
 
+def with_level_changes(profile: RouteProfile, rng: np.random.Generator, boost: float = 1.0) -> RouteProfile:
+    """``profile`` with rates of the level changes L(t) drawn (the same ranges for both splits).
+
+    Drawn per sample rather than per day: a step every 500..2000 samples, a ramp (a congestion building
+    up or draining, a path slowly degrading) every 300..1200 and a failover every 1000..4000, so that
+    every sampling interval puts a few into a trace of a few thousand samples.
+    ``boost`` multiplies every rate: training sees them more often than a deployment does (they are rare,
+    and a model that meets too few reverts to the window's mean after one).
+    """
+    per_day = boost * _SECONDS_PER_DAY / profile.interval_s  # samples per day, times the boost
+    return replace(
+        profile,
+        level_shift_rate_per_day=per_day / _log_uniform(rng, 500.0, 2000.0),
+        ramp_rate_per_day=per_day / _log_uniform(rng, 300.0, 1200.0),
+        failover_rate_per_day=per_day / _log_uniform(rng, 1000.0, 4000.0),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Building blocks of the process
 
@@ -335,6 +388,37 @@ def _episodes(t: np.ndarray, starts: np.ndarray, durations: np.ndarray, values: 
     np.add.at(diff, np.searchsorted(t, starts), values)
     np.add.at(diff, np.searchsorted(t, starts + durations), -values)
     return np.cumsum(diff[:-1])
+
+
+def _level_changes(rng: np.random.Generator, p: RouteProfile, t: np.ndarray, span: float) -> np.ndarray:
+    """L(t), the log factor of the path's level: persistent steps, ramps, and failovers that recover."""
+    lo, hi = math.log(0.25), math.log(4.0)
+    step_t = _poisson_times(rng, p.level_shift_rate_per_day / _SECONDS_PER_DAY, 0.0, span)
+    ramp_t = _poisson_times(rng, p.ramp_rate_per_day / _SECONDS_PER_DAY, 0.0, span)
+    events = sorted([(float(x), 0.0) for x in step_t] + [(float(x), 1.0) for x in ramp_t])
+    # each step or ramp moves the level by x1.25..x4 up or down, turned back when it would leave x0.25..x4
+    level = np.zeros(len(t))
+    current = 0.0
+    for start, is_ramp in events:
+        size = rng.uniform(math.log(1.25), math.log(4.0)) * (1.0 if rng.random() < 0.5 else -1.0)
+        if not lo <= current + size <= hi:
+            size = -size
+        size = float(np.clip(current + size, lo, hi)) - current
+        current += size
+        if is_ramp:
+            duration = rng.uniform(p.ramp_min_intervals, p.ramp_max_intervals) * p.interval_s
+            level += size * np.clip((t - start) / duration, 0.0, 1.0)
+        else:
+            level += size * (t >= start)
+    # failovers: a slower path for a while, then back; they may begin before the trace does
+    longest = p.failover_max_intervals * p.interval_s
+    fo_t = _poisson_times(rng, p.failover_rate_per_day / _SECONDS_PER_DAY, -longest, span)
+    fo_len = p.interval_s * np.exp(
+        rng.uniform(math.log(p.failover_min_intervals), math.log(p.failover_max_intervals), len(fo_t))
+    )
+    fo_size = rng.uniform(math.log(1.5), math.log(4.0), len(fo_t))
+    level += _episodes(t, fo_t, fo_len, fo_size)
+    return np.clip(level, lo, hi)
 
 
 def _daily_factor(profile: RouteProfile, local_h: np.ndarray) -> np.ndarray:
@@ -392,11 +476,13 @@ def generate_trace(
     shift_at: int | None = None,
     shift_latency_factor: float = 2.0,
     shift_phase_hours: float = 6.0,
+    shift_ramp_steps: int = 0,
 ) -> Trace:
     """Sample n_steps contexts of one route; the same (profile, n_steps, seed, ...) gives identical arrays.
 
     shift_at: sample index from which the base latency is multiplied by shift_latency_factor and the
     daily phase moved by shift_phase_hours (a deployment-time drift for evaluation); None for none.
+    shift_ramp_steps: spread the latency factor linearly over that many samples from shift_at (a ramp).
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
@@ -404,6 +490,8 @@ def generate_trace(
         raise ValueError(f"shift_at must be in [0, {n_steps}], got {shift_at}")
     if shift_latency_factor <= 0:
         raise ValueError(f"shift_latency_factor must be > 0, got {shift_latency_factor}")
+    if shift_ramp_steps < 0:
+        raise ValueError(f"shift_ramp_steps must be >= 0, got {shift_ramp_steps}")
     p = profile
     rng = np.random.default_rng(seed)
 
@@ -412,8 +500,10 @@ def generate_trace(
     dt = np.diff(t)  # (N-1,)
     span = float(t[-1]) + p.interval_s
     shifted = np.zeros(n_steps, dtype=bool)
+    shift_weight = np.zeros(n_steps)  # 0 before the shift, rising to 1 over the ramp
     if shift_at is not None:
         shifted[shift_at:] = True
+        shift_weight = np.clip((np.arange(n_steps) - shift_at + 1) / max(shift_ramp_steps, 1), 0.0, 1.0)
 
     # Seasonality, in the route's local time.
     local_h = timestamps_ms / 3_600_000.0 + p.daily_phase_h + shift_phase_hours * shifted
@@ -457,10 +547,12 @@ def generate_trace(
     n_regime = len(regime_t)
     log_latency_regime = _episodes(t, regime_t, forever, rng.normal(0.0, p.regime_latency_sigma, n_regime))
     log_capacity_regime = _episodes(t, regime_t, forever, rng.normal(0.0, p.regime_capacity_sigma, n_regime))
-    log_latency_regime += math.log(shift_latency_factor) * shifted
+    log_latency_regime += math.log(shift_latency_factor) * shift_weight
     path = _ou(rng, dt, p.path_sigma, p.path_tau_s)
+    # their own stream: a profile without level changes gives the very same trace as before they existed
+    level = _level_changes(np.random.default_rng([seed, 1]), p, t, span)
 
-    base = p.base_latency_ms * np.exp(log_latency_regime + path)  # (N,) ms
+    base = p.base_latency_ms * np.exp(log_latency_regime + level + path)  # (N,) ms
     capacity = p.capacity_mbps * np.exp(log_capacity_regime) * (1.0 - fail_capacity)  # (N,) Mbit/s
     demand = season * load_noise * (1.0 + surge) + burst  # (N,) relative to the mean offered load
     offered = p.capacity_mbps * p.mean_utilization * demand  # (N,) Mbit/s
@@ -476,9 +568,10 @@ def generate_trace(
     def lognormal(sigma: float) -> np.ndarray:
         return np.exp(sigma * rng.standard_normal(n_steps) - 0.5 * sigma**2)
 
+    true_latency = base + queue_delay + detour
     df = p.latency_noise_df
     probe_noise = np.clip(rng.standard_t(df, n_steps) / math.sqrt(df / (df - 2.0)), -8.0, 8.0)
-    latency = (base + queue_delay + detour) * np.exp(p.latency_noise_sigma * probe_noise)
+    latency = true_latency * np.exp(p.latency_noise_sigma * probe_noise)
     jitter_level = p.jitter_floor_ratio * base + p.jitter_queue_ratio * queue_delay + 0.3 * detour
     jitter = jitter_level * lognormal(0.25)
     loss_measured = np.clip(loss * lognormal(0.3), 0.0, 1.0)
@@ -493,13 +586,30 @@ def generate_trace(
         [latency, jitter, loss_measured, throughput, utilization, errors, connections, queue_depth], axis=1
     ).astype(np.float32)  # (N, 8)
     assert np.isfinite(features).all(), f"non-finite features for {route_id!r}"
-    return Trace(route_id=route_id, timestamps_ms=timestamps_ms, features=features, profile=profile)
+    clean = np.stack(
+        [
+            true_latency,
+            jitter_level,
+            loss,
+            served,
+            np.clip(served / capacity, 0.0, 1.0),
+            np.clip(p.base_error_rate + p.error_per_loss * loss + fail_errors, 0.0, 1.0),
+            p.connections_per_mbps * offered,
+            packets_per_s * queue_delay / 1000.0,
+        ],
+        axis=1,
+    ).astype(np.float32)  # (N, 8) the same before measurement noise
+    return Trace(route_id, timestamps_ms, features, profile, clean=clean)
 
 
-def generate_routes(seed: int, n_routes: int, n_steps: int, split: str = "train") -> list[Trace]:
+def generate_routes(
+    seed: int, n_routes: int, n_steps: int, split: str = "train", level_changes: float = 1.0
+) -> list[Trace]:
     """n_routes traces "route-0".., each with its own profile and sub-seed; deterministic for a seed.
 
     Route i depends only on (seed, split, i), so asking for more routes keeps the first ones.
+    level_changes multiplies the rates of L(t) (steps, ramps, failovers; ``with_level_changes``): 0 leaves
+    them out, giving the traces as they were before they existed.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -509,6 +619,8 @@ def generate_routes(seed: int, n_routes: int, n_steps: int, split: str = "train"
         rng = np.random.default_rng(child)
         profile = sample_profile(rng, split)
         trace_seed = int(rng.integers(2**63))
+        if level_changes > 0:  # from a stream of its own, so the other parameters stay as they were
+            profile = with_level_changes(profile, np.random.default_rng(child.spawn(1)[0]), level_changes)
         traces.append(generate_trace(profile, n_steps, trace_seed, route_id=f"route-{i}"))
     return traces
 

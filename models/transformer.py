@@ -38,6 +38,7 @@ class TransformerConfig:
     ff: int = 128  # feed-forward width
     dropout: float = 0.0
     max_len: int = 512  # longest window the positions cover
+    skip: str = "mix"  # the head's base forecast (models/head.py); "last" in older checkpoints
 
     def __post_init__(self) -> None:
         assert 4 <= self.heads <= 16, f"Transformer heads must be 4..16, got {self.heads}"
@@ -67,7 +68,7 @@ class TransformerForecaster(nn.Module):
         # the nested-tensor fast path only pays off with padding masks, which we never pass
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.d_model)
-        self.head = GaussianHead(config.d_model, config.n_features, config.horizon)
+        self.head = GaussianHead(config.d_model, config.n_features, config.horizon, config.skip)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x: (B, T, F) scaled window, oldest first
@@ -76,7 +77,7 @@ class TransformerForecaster(nn.Module):
         assert self.config.max_len >= T, f"window of {T} is longer than max_len {self.config.max_len}"
         h = self.inp(x) + self.positions[-T:]  # (B, T, d_model)
         h = self.encoder(h)  # (B, T, d_model)
-        return self.head(self.norm(h[:, -1]), x[:, -1, : self.config.n_features])
+        return self.head(self.norm(h[:, -1]), x[..., : self.config.n_features])
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, F) scaled window -> (B, d_model) unit vector of its summary (``models/embedding.py``)."""

@@ -136,7 +136,7 @@ def test_a_learning_setting_without_a_value_is_refused_naming_it(capfd: pytest.C
 
 
 @pytest.mark.slow
-def test_evaluate_reports_every_model_on_both_test_sets(
+def test_evaluate_reports_every_model_on_every_test_set(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     figures = tmp_path / "figures.json"
@@ -155,13 +155,22 @@ def test_evaluate_reports_every_model_on_both_test_sets(
     assert main(argv) == 0  # not --strict: a miss at this toy size is printed, not an exit status
     printed = capsys.readouterr().out
     results = json.loads(figures.read_text())
-    assert [(r["model"], r["test_set"]) for r in results] == [
-        ("lstm", "other seeds"),
-        ("lstm", "unseen scales"),
-        ("hybrid", "other seeds"),
-        ("hybrid", "unseen scales"),
+    sets = ["other seeds", "unseen scales", "unseen, no level changes", "level changes"]
+    assert [(r.get("model"), r["test_set"]) for r in results] == [
+        *[("lstm", s) for s in sets],
+        *[("hybrid", s) for s in sets],
+        (None, "routing"),
     ]
     for r in results:
+        if "windows" not in r:
+            continue
         assert r["windows"] > 0 and np.isfinite(r["latency_mae"]) and 0.0 <= r["coverage"] <= 1.0
         assert f"== {r['model']} ({r['version']}) on {r['test_set']}: {r['windows']} windows" in printed
-    assert printed.count("PASS: ") + printed.count("FAIL: ") == 4
+    levels = [r for r in results if r["test_set"] == "level changes"]
+    assert all(0.0 <= r["step_up_within"] <= 1.0 and r["ramp_ratio"] > 0 for r in levels)
+    routing = results[-1]["routing"]
+    assert set(routing) == {"lstm", "hybrid", "persistence", "ewma", "noise-free", "oracle"}
+    assert routing["oracle"]["accuracy"] == 1.0
+    assert "== route choice on 2 groups of 3 routes" in printed
+    # a verdict per model and test set, per model on level changes, and one on routing
+    assert printed.count("PASS: ") + printed.count("FAIL: ") == 2 * 3 + 2 + 1

@@ -17,10 +17,33 @@ def test_forward_shapes(kind: str, batch: int, length: int) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_untrained_model_is_persistence(kind: str) -> None:
-    # the head starts at zero, so a fresh model forecasts the last observed context
+    # the head starts at zero, so a fresh model on the last value alone forecasts the last observed context
     x = torch.randn(2, 16, 9)
-    mean, _ = build_model(kind, horizon=3).eval()(x)
+    mean, _ = build_model(kind, horizon=3, skip="last").eval()(x)
     torch.testing.assert_close(mean, x[:, -1:, :8].expand(-1, 3, -1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrained_mixture_leans_on_the_last_value(kind: str) -> None:
+    # a window flat at 1 but for its last value: the fresh mixture forecasts between the window's mean
+    # (0, the scaler's centre) and the last value, closest to the last value
+    x = torch.ones(1, 16, 9)
+    x[:, -1, :8] = 3.0
+    mean, _ = build_model(kind, horizon=2).eval()(x)
+    assert torch.all(mean > 1.5) and torch.all(mean < 3.0)
+
+
+def test_the_mixture_bases_continue_a_line_and_average_the_last_values() -> None:
+    from models.head import _bases
+
+    window = torch.arange(20, dtype=torch.float32).view(1, 20, 1)  # 0, 1, .., 19
+    b = _bases(window, horizon=3)[0, :, 0]  # (H, bases)
+    torch.testing.assert_close(b[:, 0], torch.full((3,), 19.0))  # last
+    torch.testing.assert_close(b[:, 1:4], torch.tensor([18.5, 17.5, 15.5]).expand(3, 3))  # means of 2, 4, 8
+    torch.testing.assert_close(b[:, 4], torch.tensor([20.0, 21.0, 22.0]))  # the trend carried on
+    torch.testing.assert_close(b[:, 5], torch.zeros(3))  # the window's mean, 0 once scaled
+    short = _bases(torch.ones(2, 3, 4), horizon=2)  # shorter than the bases need: padded, still finite
+    torch.testing.assert_close(short[..., :5], torch.ones(2, 2, 4, 5))
 
 
 def test_hyperparameter_ranges() -> None:

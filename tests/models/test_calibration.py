@@ -33,3 +33,35 @@ def test_identity_calibration_defaults() -> None:
     assert cal.temperatures(2, 3).shape == (2, 3)
     assert abs(cal.z() - 1.6449) < 1e-3
     np.testing.assert_allclose(cal.map_confidence(np.array([0.2, 0.7])), [0.2, 0.7])
+
+
+def test_calibrate_makes_the_interval_cover_its_share_of_heavy_tailed_errors() -> None:
+    from models.registry import build_model
+    from models.scaling import Scaler
+    from models.training import calibrate, make_windows
+
+    # an untrained model (persistence, unit deviation) on Student-t noise: a variance match under-covers
+    rng = np.random.default_rng(2)
+    scaler = Scaler()
+
+    class Series:
+        def __init__(self, seed: int) -> None:
+            r = np.random.default_rng(seed)
+            self.timestamps_ms = 1_700_000_000_000 + np.arange(600, dtype=np.int64) * 10_000
+            noise = 0.05 * r.standard_t(3, (600, 8))
+            self.features = (np.array([30.0, 3, 0.01, 100, 0.4, 0.01, 50, 10]) * np.exp(noise)).astype(
+                np.float32
+            )
+            self.features[:, [2, 4, 5]] = np.clip(self.features[:, [2, 4, 5]], 0, 1)
+
+    series = [Series(s) for s in range(4)]
+    val = make_windows(series, scaler, 16, 1, (0.0, 1.0), rng)
+    model = build_model("lstm", horizon=1)
+    cal = calibrate(model, scaler, val)
+    # the fitted scale puts the 90 % quantile of |error| / deviation at the interval's edge
+    from models.training import predict_scaled
+
+    mean_s, std_s = predict_scaled(model, val.x)
+    z = np.abs(scaler.encode_targets(val.targets, val.stats) - mean_s) / (std_s * np.asarray(cal.temperature))
+    inside = (z <= cal.z()).mean(axis=0)[0, 0]
+    assert 0.89 <= inside <= 0.91, inside

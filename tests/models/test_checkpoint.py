@@ -56,6 +56,19 @@ def test_bytes_round_trip() -> None:
     assert checkpoint.load(blob).meta["weights_sha256"] == checkpoint.read_meta(blob)["weights_sha256"]
 
 
+def test_a_header_length_that_begins_like_a_pickle_still_loads() -> None:
+    # the header length's low byte is the file's first byte; 0x80 is also how a pickle begins
+    model = _trained_like("lstm")
+    for pad in range(256):
+        meta = _meta()
+        meta["training"]["note"] = "x" * pad
+        blob = checkpoint.to_bytes(model, meta)
+        if blob[:1] == b"\x80":
+            break
+    assert blob[:1] == b"\x80"
+    assert checkpoint.load(blob).meta["training"]["note"] == "x" * pad
+
+
 def test_pickle_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.safetensors"
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))

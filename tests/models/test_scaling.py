@@ -80,3 +80,24 @@ def test_full_window_fast_path_matches_the_padded_path() -> None:
         np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
         for name in ("center", "scale", "last", "dt_s"):
             np.testing.assert_allclose(getattr(fs_stats, name), getattr(sl_stats, name), rtol=1e-9)
+
+
+def test_scale_channels_show_how_much_a_window_varies_and_stay_scale_free() -> None:
+    from models.scaling import ScalerConfig
+
+    s = Scaler(ScalerConfig(scale_channels=True))
+    assert s.n_inputs == 17
+    ts, feats = _window(32)
+    calm = feats.copy()
+    calm[:, 0] = 20.0 * np.exp(0.02 * np.random.default_rng(1).standard_normal(32))
+    shifted = calm.copy()
+    shifted[-5:, 0] *= 2.0  # a level shift
+    x, _ = s.encode([ts, ts, ts], [calm, shifted, calm * np.array([10.0] + [1.0] * 7)], 32)
+    assert x.shape == (3, 32, 17)
+    channel = x[:, :, 9]  # latency's deviation
+    assert np.all(channel == channel[:, :1])  # the same at every step
+    assert channel[1, 0] > channel[0, 0] + 1.0  # the shifted window varies far more
+    np.testing.assert_allclose(x[2], x[0], atol=2e-3)  # ten times the latency: the same inputs
+    # padded windows get them too
+    short, _ = s.encode([ts[:5]], [shifted[:5]], 32)
+    assert short.shape == (1, 32, 17) and np.isfinite(short).all()

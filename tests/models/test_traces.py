@@ -28,7 +28,8 @@ CALM = RouteProfile(base_latency_ms=20.0, interval_s=30.0, regime_rate_per_day=0
 
 @pytest.fixture(scope="module")
 def train_routes() -> list[Trace]:
-    return generate_routes(seed=7, n_routes=24, n_steps=4000, split="train")
+    # the base process alone: level changes (steps, ramps, failovers) have tests of their own
+    return generate_routes(seed=7, n_routes=24, n_steps=4000, split="train", level_changes=0.0)
 
 
 def _hour_of_day(trace: Trace) -> np.ndarray:
@@ -260,3 +261,49 @@ def test_overload_saturates_utilization_and_drops_the_excess() -> None:
     assert np.median(x[:, UTIL]) > 0.95
     assert np.median(x[:, LOSS]) > 0.2  # about 1 - 1/rho of the offered load is dropped
     assert np.median(x[:, LAT]) > CALM.base_latency_ms + 0.5 * 500 * CALM.service_time_ms  # a full buffer
+
+
+def test_level_changes_hold_stay_in_range_and_leave_the_rest_alone() -> None:
+    without = generate_routes(seed=21, n_routes=6, n_steps=3000, level_changes=0.0)
+    often = generate_routes(seed=21, n_routes=6, n_steps=3000, level_changes=5.0)
+    for a, b in zip(without, often, strict=True):
+        # their own random stream: the timestamps and every other parameter are the same
+        np.testing.assert_array_equal(a.timestamps_ms, b.timestamps_ms)
+        rates = {"level_shift_rate_per_day": 0.0, "ramp_rate_per_day": 0.0, "failover_rate_per_day": 0.0}
+        assert replace(b.profile, **rates) == a.profile
+        assert a.clean is not None and b.clean is not None
+        # the level ratio is the path's only difference: within x0.25..x4 of the base process
+        ratio = b.clean[:, LAT] / a.clean[:, LAT]
+        assert ratio.min() >= 0.25 * 0.99 and ratio.max() <= 4.0 * 1.01
+    ratios = np.concatenate([b.clean[:, LAT] / a.clean[:, LAT] for a, b in zip(without, often, strict=True)])
+    assert ratios.min() < 0.6 and ratios.max() > 1.8  # both directions, and large ones
+    # a new level holds: the ratio changes rarely, and mostly stays put from one sample to the next
+    steps = np.abs(np.diff(np.log(ratios))) > 0.2
+    assert 0 < steps.mean() < 0.03  # at 5x the usual rates, a step every ~100 samples
+
+
+def test_clean_features_are_the_measurements_without_noise() -> None:
+    tr = generate_trace(CALM, 5000, seed=8)
+    assert tr.clean is not None and tr.clean.shape == tr.features.shape
+    log_noise = np.log(tr.features[:, LAT] / tr.clean[:, LAT])
+    assert abs(float(np.median(log_noise))) < 0.01 and 0.02 < float(np.std(log_noise)) < 0.08
+    part = tr.part(slice(100, None, 3))
+    assert part.clean is not None
+    np.testing.assert_array_equal(part.clean, tr.clean[100::3])
+    np.testing.assert_array_equal(part.features, tr.features[100::3])
+
+
+def test_a_ramp_spreads_the_shift_over_its_samples() -> None:
+    quiet = replace(
+        CALM, load_sigma=0.01, burst_rate_per_h=0.0, congestion_rate_per_day=0.0, path_sigma=0.001
+    )
+    step = generate_trace(quiet, 400, 2, shift_at=200, shift_latency_factor=3.0, shift_phase_hours=0.0)
+    ramp = generate_trace(
+        quiet, 400, 2, shift_at=200, shift_latency_factor=3.0, shift_phase_hours=0.0, shift_ramp_steps=20
+    )
+    assert step.clean is not None and ramp.clean is not None
+    r = ramp.clean[:, LAT] / step.clean[:, LAT]
+    np.testing.assert_allclose(r[:200], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(r[219:], 1.0, rtol=1e-5)
+    assert np.all(np.diff(ramp.clean[195:225, LAT]) > -0.05 * ramp.clean[195:225, LAT].mean())
+    assert r[205] < 0.7
