@@ -89,8 +89,8 @@ class Predictor:
             mean, log_var = torch.cat([m for m, _ in outs]), torch.cat([v for _, v in outs])
         else:
             mean, log_var = self._forward(inputs)
-        log_var = log_var.float().cpu().numpy()
-        return mean.float().cpu().numpy(), np.exp(0.5 * log_var, out=log_var)  # numpy: cheaper per call
+        var = log_var.float().cpu().numpy()
+        return mean.float().cpu().numpy(), np.exp(0.5 * var, out=var)  # numpy: cheaper per call
 
     def predict(
         self, timestamps: list[np.ndarray], features: list[np.ndarray], steps: int | None = None

@@ -38,20 +38,22 @@ def encode_newest(encoder: nn.TransformerEncoder, h: torch.Tensor) -> torch.Tens
     forecasters below), so the state_dict and the checkpoints are unchanged. Training goes through the
     module itself (dropout, autograd as before).
     """
-    layers = encoder.layers
+    layers = list(encoder.layers)
     for i, layer in enumerate(layers):
-        newest = i == len(layers) - 1
-        h = _pre_norm_layer(layer, h, newest_only=newest)  # (B, T, d), or (B, 1, d) for the last
+        assert isinstance(layer, nn.TransformerEncoderLayer) and layer.norm_first, "pre-norm layers only"
+        # (B, T, d), or (B, 1, d) after the last layer
+        h = _pre_norm_layer(layer, h, newest_only=i == len(layers) - 1)
     return h[:, -1]
 
 
-def _pre_norm_layer(layer: nn.Module, x: torch.Tensor, *, newest_only: bool) -> torch.Tensor:
+def _pre_norm_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, *, newest_only: bool) -> torch.Tensor:
     """One pre-norm encoder layer (norm_first, ReLU, no dropout); with ``newest_only`` its output at the
     newest position alone, (B, 1, d)."""
     B, T, d = x.shape
     attn = layer.self_attn
-    heads = attn.num_heads
+    heads: int = attn.num_heads
     w, b = attn.in_proj_weight, attn.in_proj_bias  # (3d, d), (3d,): query, key, value stacked
+    assert w is not None and b is not None, "one stacked in-projection, with bias"
     y = layer.norm1(x)
     if newest_only:
         q = F.linear(y[:, -1:], w[:d], b[:d]).view(B, 1, heads, d // heads).transpose(1, 2)  # (B, h, 1, dh)
