@@ -18,6 +18,7 @@ request in JSON gets.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Annotated, Any
 
 import msgspec
@@ -86,24 +87,64 @@ def _fast(body: bytes, limits: Limits, batch: bool) -> list[Window] | None:
     except msgspec.DecodeError:
         return None
     heads: list[tuple[str, str | None, int]] = []
-    counts: list[int] = []
-    stamps: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
-    patterns: list[str | None] = []
     for req in requests:
         flow_key = req.flow_key
         if type(flow_key) is not str or not _HEX_KEY.fullmatch(flow_key):
             return None  # the other forms of a key: pydantic normalizes them
         heads.append((flow_key, req.model, req.horizon))
+    if all(type(r.timestamps) is bytes and type(r.features) is bytes for r in requests):
+        arrays = _all_packed(requests)  # the usual binary batch: every window's arrays in one piece
+    else:
+        arrays = _one_by_one(requests)
+    if arrays is None:
+        return None
+    counts, timestamps, features, patterns = arrays
+    if not _in_range(timestamps, features.reshape(-1, D)):
+        return None
+    return _checked(heads, limits, counts, timestamps, features, patterns)
+
+
+def _all_packed(
+    requests: list[_Request],
+) -> tuple[list[int], np.ndarray, np.ndarray, list[str | None]] | None:
+    """Packed windows (bins of timestamps and features) as the arrays of all their contexts in a row."""
+    if any(r.contexts is not None for r in requests):
+        return None
+    stamps = [r.timestamps for r in requests]
+    rows = [r.features for r in requests]
+    counts = [len(t) >> 3 for t in stamps]  # type: ignore[arg-type]
+    for t, f, n in zip(stamps, rows, counts, strict=True):
+        if not n or len(t) & 7 or len(f) != n * ROW_BYTES:  # type: ignore[arg-type]
+            return None
+    timestamps = np.frombuffer(b"".join(stamps), "<i8").astype(np.int64)  # type: ignore[arg-type]
+    features = np.frombuffer(b"".join(rows), "<f4").astype(np.float64)  # type: ignore[arg-type]
+    return counts, timestamps, features, [None] * len(timestamps)
+
+
+def _one_by_one(
+    requests: list[_Request],
+) -> tuple[list[int], np.ndarray, np.ndarray, list[str | None]] | None:
+    """Windows of either form, request by request."""
+    counts: list[int] = []
+    stamps: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    patterns: list[str | None] = []
+    for req in requests:
         if req.contexts is not None:
             if req.timestamps is not None or req.features is not None:
                 return None
-            counts.append(len(req.contexts))
-            stamps.append(np.fromiter((c.timestamp for c in req.contexts), np.int64, len(req.contexts)))
-            row = [_row(c.features) for c in req.contexts]
-            if any(r is None for r in row):
-                return None
-            rows.append(np.concatenate(row))  # type: ignore[arg-type]
+            n = len(req.contexts)
+            counts.append(n)
+            stamps.append(np.fromiter((c.timestamp for c in req.contexts), np.int64, n))
+            if all(type(c.features) is tuple for c in req.contexts):
+                rows.append(
+                    np.fromiter(chain.from_iterable(c.features for c in req.contexts), np.float64, n * D)
+                )
+            else:
+                row = [_row(c.features) for c in req.contexts]
+                if any(r is None for r in row):
+                    return None
+                rows.append(np.concatenate(row))  # type: ignore[arg-type]
             patterns.extend(c.pattern_id for c in req.contexts)
             continue
         packed = _packed(req.timestamps, req.features)
@@ -114,10 +155,7 @@ def _fast(body: bytes, limits: Limits, batch: bool) -> list[Window] | None:
         rows.append(packed[1])
         patterns.extend([None] * len(packed[0]))
     timestamps = np.concatenate(stamps) if len(stamps) > 1 else stamps[0]
-    features = (np.concatenate(rows) if len(rows) > 1 else rows[0]).reshape(-1, D)
-    if not _in_range(timestamps, features):
-        return None
-    return _checked(heads, limits, counts, timestamps, features.reshape(-1), patterns)
+    return counts, timestamps, np.concatenate(rows) if len(rows) > 1 else rows[0], patterns
 
 
 def _row(features: tuple[float, ...] | bytes) -> np.ndarray | None:
