@@ -141,13 +141,13 @@ class Settings(BaseSettings):
         "the latency the service shows unloaded instead, when that is longer (a slow model).",
     )
     min_inflight: int = Field(
-        default=16,
+        default=32,
         ge=1,
         le=1_000_000,
         description="CPE_ADMISSION=adaptive: the least the limit shrinks to: under overload the latency of "
         "admitted requests is mostly the event loop's work on the refused ones, which a lower limit does not "
-        "shorten, while it would cut the answers/s (16 suits a 2-CPU replica). A batch request counts as "
-        "one.",
+        "shorten, while it would cut the answers/s; 32 keeps a client pool of 32 connections from ever "
+        "being refused. A batch request counts as one.",
     )
     max_inflight: int = Field(
         default=1024,

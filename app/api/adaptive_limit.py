@@ -51,7 +51,7 @@ class AdaptiveLimit(InflightLimit):
         target_ms: float,
         ceiling: int,
         *,
-        floor: int = 16,
+        floor: int = 32,
         initial: int = 64,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
