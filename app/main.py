@@ -31,6 +31,7 @@ from app.api import (
     stats,
     stream,
 )
+from app.api.adaptive_limit import AdaptiveLimit
 from app.api.admission import Admission, InflightLimit
 from app.api.admission_metrics import AdmissionCollector
 from app.api.body_limit import BodySizeLimit
@@ -56,7 +57,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("cpe").setLevel(settings.log_level.upper())
     keys = ApiKeys.parse(settings.api_keys.get_secret_value())
     registry = new_registry()
-    admission = InflightLimit(settings.max_inflight)
+    admission = (
+        AdaptiveLimit(
+            settings.admission_latency_ms,
+            max(settings.max_inflight, settings.min_inflight),
+            floor=settings.min_inflight,
+        )
+        if settings.admission == "adaptive"
+        else InflightLimit(settings.max_inflight)
+    )
     registry.register(AdmissionCollector(admission))
 
     @asynccontextmanager

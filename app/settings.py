@@ -124,14 +124,38 @@ class Settings(BaseSettings):
         "wanted under overload; python -m scripts.bench_overload checks it). 0: shed only when the queue "
         "is full.",
     )
+    admission: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description="How many prediction and routing requests may be in progress at once; one more gets a "
+        "503 before its body is read, which keeps the event loop's backlog short under overload. "
+        "`adaptive`: a limit that follows the latency of the admitted requests (AIMD towards "
+        "CPE_ADMISSION_LATENCY_MS, between CPE_MIN_INFLIGHT and CPE_MAX_INFLIGHT), so that a CPU replica "
+        "sheds early and a GPU forms large batches with no tuning; `fixed`: CPE_MAX_INFLIGHT.",
+    )
+    admission_latency_ms: float = Field(
+        default=25.0,
+        gt=0.0,
+        le=60_000.0,
+        description="CPE_ADMISSION=adaptive: the p90 latency (in the service) wanted of admitted requests; "
+        "the limit shrinks above it, and grows below half of it while requests are held back. Three times "
+        "the latency the service shows unloaded instead, when that is longer (a slow model).",
+    )
+    min_inflight: int = Field(
+        default=32,
+        ge=1,
+        le=1_000_000,
+        description="CPE_ADMISSION=adaptive: the least the limit shrinks to: under overload the latency of "
+        "admitted requests is mostly the event loop's work on the refused ones, which a lower limit does not "
+        "shorten, while it would cut the answers/s; 32 keeps a client pool of 32 connections from ever "
+        "being refused. A batch request counts as one.",
+    )
     max_inflight: int = Field(
-        default=128,
+        default=1024,
         ge=0,
         le=1_000_000,
-        description="Prediction and routing requests in progress at once; one more gets a 503 before its "
-        "body is read, which keeps the event loop's backlog short under overload. It bounds the latency of "
-        "admitted requests under overload (lower is shorter; see the README's figures) and the batches that "
-        "single requests can form (keep it high on a GPU). 0: no cap.",
+        description="CPE_ADMISSION=fixed: prediction and routing requests in progress at once (0: no cap; "
+        "16 keeps a 2-CPU replica's latency short under overload, see the README's figures). "
+        "CPE_ADMISSION=adaptive: the most the limit grows to.",
     )
     retry_after_s: int = Field(
         default=1, ge=0, le=3600, description="Retry-After of a 503 sent under overload."

@@ -14,7 +14,7 @@ from torch import nn
 
 from models.embedding import unit
 from models.head import GaussianHead
-from models.transformer import sinusoidal_positions
+from models.transformer import encode_newest, sinusoidal_positions
 
 
 @dataclass
@@ -63,7 +63,8 @@ class HybridForecaster(nn.Module):
         assert self.config.n_inputs == F, f"expected {self.config.n_inputs} input channels, got {F}"
         e = self.inp(x)  # (B, T, hidden)
         h_lstm = self.lstm(torch.relu(e))[0][:, -1]  # (B, hidden)
-        h_attn = self.encoder(e + self.positions[-T:])[:, -1]  # (B, hidden)
+        h = e + self.positions[-T:]  # (B, T, hidden)
+        h_attn = self.encoder(h)[:, -1] if self.training else encode_newest(self.encoder, h)  # (B, hidden)
         g = torch.sigmoid(self.gate(torch.cat([h_lstm, h_attn], dim=-1)))  # (B, hidden), 1 = trust LSTM
         summary = self.norm(g * h_lstm + (1 - g) * h_attn)
         return self.head(summary, x[..., : self.config.n_features])
@@ -73,6 +74,7 @@ class HybridForecaster(nn.Module):
         T = x.shape[1]
         e = self.inp(x)  # (B, T, hidden)
         h_lstm = self.lstm(torch.relu(e))[0][:, -1]
-        h_attn = self.encoder(e + self.positions[-T:])[:, -1]
+        h = e + self.positions[-T:]
+        h_attn = self.encoder(h)[:, -1] if self.training else encode_newest(self.encoder, h)
         g = torch.sigmoid(self.gate(torch.cat([h_lstm, h_attn], dim=-1)))
         return unit(self.norm(g * h_lstm + (1 - g) * h_attn))

@@ -25,6 +25,7 @@ log = logging.getLogger("cpe.models")
 
 _MAX_TRACES = 16  # traced forwards kept for reuse (Predictor._traced): a few versions of three models
 _TRACES: dict[tuple[str, bool, str, int, int, str], Callable[[torch.Tensor], Any]] = {}
+CPU_CHUNK = 256  # most windows per forward call on a CPU (scripts/bench_models.py --batch 1024 shows why)
 
 
 @dataclass
@@ -113,9 +114,16 @@ class Predictor:
     @torch.inference_mode()
     def forward_scaled(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, T, F) scaled inputs -> scaled mean and deviation (B, H, D) as numpy."""
-        mean, log_var = self._forward(torch.from_numpy(x).to(self.device))
-        log_var = log_var.float().cpu().numpy()
-        return mean.float().cpu().numpy(), np.exp(0.5 * log_var, out=log_var)  # numpy: cheaper per call
+        inputs = torch.from_numpy(x).to(self.device)
+        if self.device.type == "cpu" and len(inputs) > CPU_CHUNK:
+            # a pass's intermediates grow with the batch; past a few hundred windows they leave the CPU's
+            # caches and every window costs more: big batches run as chunks (a GPU takes them whole)
+            outs = [self._forward(part) for part in inputs.split(CPU_CHUNK)]
+            mean, log_var = torch.cat([m for m, _ in outs]), torch.cat([v for _, v in outs])
+        else:
+            mean, log_var = self._forward(inputs)
+        var = log_var.float().cpu().numpy()
+        return mean.float().cpu().numpy(), np.exp(0.5 * var, out=var)  # numpy: cheaper per call
 
     @torch.inference_mode()
     def forward_embedded(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -242,11 +250,11 @@ def compile_forward(
     Why: eager PyTorch pays Python dispatch on every op, and every op releases and takes back the GIL. At
     small batches that is a large part of the forward pass (the README has the figures), and while the
     event loop is busy, each taking back of the GIL waits for the loop to let go of it. The trace runs all
-    ops in C++ under one release. Its outputs are bit-identical to the eager model's at every batch size (the
-    architectures have no data-dependent control flow; the sequence length is always the model's ``T``,
-    and the batch dimension stays symbolic), which tests/models check. TorchScript is deprecated in favour
-    of ``torch.compile``, which needs a C++ tool chain at start-up and compiles for seconds per model and
-    batch shape; a trace takes a fraction of that. Should a later torch drop it, the eager model serves,
+    ops in C++ under one release. Its outputs are the eager model's at every batch size, to float rounding
+    (the architectures have no data-dependent control flow; the sequence length is always the model's
+    ``T``, and the batch dimension stays symbolic), which tests/models check. TorchScript is deprecated in
+    favour of ``torch.compile``, which needs a C++ tool chain at start-up and compiles for seconds per model
+    and batch shape; a trace takes a fraction of that. Should a later torch drop it, the eager model serves,
     as here when tracing fails for any reason.
     """
     try:

@@ -6,13 +6,13 @@ Starts `cpe serve` (lstm, CPU unless CPE_DEVICE says otherwise) with CPE_ENGINE_
 ``--budget-ms``. As in `cpe bench`, the server is pinned to the first CPU and this process, the load
 generator (on uvloop), to the last, so that neither measures the other's use of a core (``--pin none``:
 not pinned). Saturation: the answers/s (200s) of closed-loop load (scripts.loadgen, 64 connections),
-measured once on a server without the in-flight cap (CPE_MAX_INFLIGHT=0), the rest on one with
-``--max-inflight``. Overload: requests sent at a fixed rate, ``--factor`` x saturation, whatever the
-answers (open loop), each on a free connection of a pool (a new one when all are busy), its latency
-counted from the moment it was due, so that a slow server cannot hide its queue by slowing the sender.
-Recovery: 10 % of saturation right after. Prints one JSON line per run and the medians over runs: admitted
-(200) p50/p99, the share of 503 and whether each carried Retry-After, and the recovery phase's p99 and
-503 share.
+measured once on a server without the in-flight cap (CPE_ADMISSION=fixed CPE_MAX_INFLIGHT=0), the rest on
+one with the service's default admission (the adaptive limit), or the fixed ``--max-inflight``. Overload:
+requests sent at a fixed rate, ``--factor`` x saturation, whatever the answers (open loop), each on a free
+connection of a pool (a new one when all are busy), its latency counted from the moment it was due, so that
+a slow server cannot hide its queue by slowing the sender. Recovery: 10 % of saturation right after. Prints
+one JSON line per run and the medians over runs: admitted (200) p50/p99, the share of 503 and whether each
+carried Retry-After, and the recovery phase's p99 and 503 share.
 """
 
 from __future__ import annotations
@@ -167,9 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-ms", type=float, default=0.0, help="CPE_ENGINE_LATENCY_BUDGET_MS")
     parser.add_argument("--connections", type=int, default=512, help="opened before each open-loop phase")
     parser.add_argument(
-        "--max-inflight", type=int, default=16, help="CPE_MAX_INFLIGHT (16: the README's advice for 2 CPUs)"
+        "--max-inflight",
+        type=int,
+        default=None,
+        help="a fixed cap (CPE_ADMISSION=fixed CPE_MAX_INFLIGHT=N); default: the service's defaults "
+        "(the adaptive limit)",
     )
     parser.add_argument("--factor", type=float, default=3.0, help="overload rate / saturation rate")
+    parser.add_argument(
+        "--saturation",
+        type=float,
+        default=None,
+        help="take this saturation rate (answers/s) rather than measure it: to compare settings at one rate",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of overload per run")
     parser.add_argument(
@@ -191,14 +201,18 @@ def main(argv: list[str] | None = None) -> int:
         f.flush()
         # the saturation rate of the service without a cap: with one, a closed loop wider than the cap would
         # retry each refusal at once, a storm that no client pool makes, and measure that storm instead
-        server = serve(server_cpus, engine_latency_budget_ms=budget, max_inflight="0")
-        try:
-            server.wait_ready()
-            rate = uvloop.run(saturation(server.port, f.name))
-        finally:
-            server.stop()
+        if args.saturation is not None:
+            rate = args.saturation
+        else:
+            server = serve(server_cpus, engine_latency_budget_ms=budget, admission="fixed", max_inflight="0")
+            try:
+                server.wait_ready()
+                rate = uvloop.run(saturation(server.port, f.name))
+            finally:
+                server.stop()
     print(json.dumps({"saturation_rps": round(rate)}), flush=True)
-    server = serve(server_cpus, engine_latency_budget_ms=budget, max_inflight=str(args.max_inflight))
+    cap = {} if args.max_inflight is None else {"admission": "fixed", "max_inflight": str(args.max_inflight)}
+    server = serve(server_cpus, engine_latency_budget_ms=budget, **cap)
     runs = []
     try:
         server.wait_ready()
@@ -215,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     median["saturation_rps"] = round(rate)  # type: ignore[assignment]
     head = {
         "budget_ms": args.budget_ms,
-        "max_inflight": args.max_inflight,
+        "max_inflight": "adaptive" if args.max_inflight is None else args.max_inflight,
         "factor": args.factor,
         "server_cpus": sorted(server_cpus) if server_cpus else "all",
     }

@@ -2,8 +2,8 @@
 
     python -m scripts.bench_refusal [--compare OTHER_CHECKOUT] [--rounds 3] [--duration 5] [-c 32]
 
-Starts `cpe serve` with CPE_MAX_INFLIGHT=1, holds one prediction in flight (its body half sent), so that
-every other prediction is refused, and drives refusals with the closed-loop load generator
+Starts `cpe serve` with CPE_ADMISSION=fixed CPE_MAX_INFLIGHT=1, holds one prediction in flight (its body
+half sent), so that every other prediction is refused, and drives refusals with the closed-loop load generator
 (scripts/loadgen.py) over ``-c`` keep-alive connections for ``--duration`` seconds. The figure is the
 server process's CPU time (user + system, /proc/<pid>/stat) divided by the answers. With ``--compare``,
 the same is measured on the other checkout (e.g. ``git archive`` of another commit, its C extension
@@ -45,7 +45,12 @@ def refusal_cost(root: Path, duration_s: float, connections: int) -> dict[str, f
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CPE_")}
     env |= {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_LOG_LEVEL": "warning"}
-    env |= {"CPE_MAX_INFLIGHT": "1", "CPE_ACCESS_LOG": "false", "PYTHONPATH": str(root)}
+    env |= {
+        "CPE_ADMISSION": "fixed",
+        "CPE_MAX_INFLIGHT": "1",
+        "CPE_ACCESS_LOG": "false",
+        "PYTHONPATH": str(root),
+    }
     cpus = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(

@@ -20,6 +20,7 @@ from tools.bench import (
     REPO,
     Server,
     concrete,
+    forward_rows,
     http_request,
     make_requests,
     plan_cpus,
@@ -162,3 +163,11 @@ def test_bench_learning_times_training_steps(tmp_path: Path) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=120, cwd=REPO)
     figures = json.loads(out.read_text())["lstm/head"]
     assert 0 < figures["min_ms"] <= figures["median_ms"] <= figures["p90_ms"]
+
+
+def test_the_forward_rows_time_both_paths_of_both_attention_models() -> None:
+    rows = forward_rows(1, batch=16, min_time_s=0.02)
+    assert [r["metric"].split()[0] for r in rows] == ["transformer", "hybrid"]
+    for row in rows:
+        assert row["cpe"] > 0 and row["naive"] > 0 and row["gain"] == row["cpe"] / row["naive"]
+        assert row["pass"] == (row["gain"] >= 2)

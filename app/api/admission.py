@@ -14,11 +14,14 @@ metrics and the model list are always answered.
 ``Admission`` is the outermost middleware, so that a refusal costs the loop as little as a plain ASGI
 app can: no request id, no HTTP metrics, none of the other middleware (``cpe_shed_requests_total``
 counts the refusals). The limit is an object of its own, asked ``try_acquire`` before a request and told
-``release`` after it, so that another policy (one that adapts the limit to the latency it sees, say)
-replaces the fixed number without touching the middleware, and the refusal is made in one place.
+``release`` after it (with its latency), so that another policy replaces the fixed number without touching
+the middleware, and the refusal is made in one place: by default ``app.api.adaptive_limit.AdaptiveLimit``,
+which follows the latency it measures; ``CPE_ADMISSION=fixed`` keeps the fixed ``CPE_MAX_INFLIGHT``.
 """
 
 from __future__ import annotations
+
+import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -41,8 +44,9 @@ class InflightLimit:
         self.inflight += 1
         return True
 
-    def release(self) -> None:
-        """Give back the place of a request that ``try_acquire`` admitted, now finished."""
+    def release(self, latency_s: float = 0.0) -> None:
+        """Give back the place of a request that ``try_acquire`` admitted, now finished after
+        ``latency_s`` (which a fixed limit does not need; ``AdaptiveLimit`` follows it)."""
         self.inflight -= 1
 
 
@@ -62,10 +66,11 @@ class Admission:
         if not limit.try_acquire():
             await self.refuse(send)
             return
+        start = time.perf_counter()
         try:
             await self.app(scope, receive, send)
         finally:
-            limit.release()
+            limit.release(time.perf_counter() - start)
 
     async def refuse(self, send: Send) -> None:
         """The 503 with Retry-After; the body, if any, is left unread."""

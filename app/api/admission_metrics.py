@@ -24,9 +24,14 @@ class AdmissionCollector(Collector):
         yield gauge(
             "cpe_requests_in_flight", "Prediction and routing requests in progress.", self.limit.inflight
         )
+        yield gauge(
+            "cpe_inflight_limit",
+            "Prediction and routing requests that may be in progress now (CPE_ADMISSION; 0: no cap).",
+            self.limit.max_inflight,
+        )
         yield CounterMetricFamily(
             "cpe_shed_requests",
             "Prediction and routing requests refused with a 503 before their body was read "
-            "(CPE_MAX_INFLIGHT were in progress).",
+            "(the in-flight limit was reached).",
             self.limit.shed,
         )

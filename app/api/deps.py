@@ -20,6 +20,7 @@ from app.services import Services
 from app.settings import Settings
 from app.window import Window
 from app.wire.decode import predict_windows
+from app.wire.msgpack import is_msgpack, msgpack_windows
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -89,9 +90,12 @@ async def parse_body(request: Request, model: type[M], limits: Limits) -> M:
 
 async def parse_windows(request: Request, limits: Limits, *, batch: bool) -> list[Window]:
     """The windows of a PredictRequest body (one) or a BatchPredictRequest body, as ``parse_body`` checks
-    them, with their arrays built: the handlers' fast path (``app.wire.decode``)."""
+    them, with their arrays built: the handlers' fast path (``app.wire.decode``); a MessagePack body
+    (``Content-Type: application/msgpack``) by ``app.wire.msgpack``."""
     body = await request.body()
     try:
+        if is_msgpack(request.headers.get("content-type")):
+            return msgpack_windows(body, limits, batch=batch)
         return predict_windows(body, limits, batch=batch)
     except ValidationError as exc:
         raise _request_validation_error(exc, body) from None

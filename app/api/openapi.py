@@ -16,10 +16,24 @@ from pydantic.json_schema import models_json_schema
 REF = "#/components/schemas/{model}"
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The route's ``openapi_extra``: a required JSON body of ``model``."""
+MSGPACK_NOTE = (
+    "JSON, or the same request in MessagePack (`Content-Type: application/msgpack`), where a context's "
+    "`features` may be a bin of D little-endian float32, and a request may carry its window packed "
+    "instead of `contexts`: `timestamps` (a bin of n little-endian int64, or an array of n ints, ms) and "
+    "`features` (a bin of n x D little-endian float32, row by row, oldest first); a flow key may be a bin of "
+    "its 32 bytes. The answer is JSON either way."
+)
+
+
+def json_body(model: type[BaseModel], *, msgpack: bool = False) -> dict[str, Any]:
+    """The route's ``openapi_extra``: a required JSON body of ``model`` (or, with ``msgpack``, the same in
+    MessagePack: ``app.wire.msgpack``)."""
     schema = {"$ref": REF.format(model=model.__name__)}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    content = {"application/json": {"schema": schema}}
+    if not msgpack:
+        return {"requestBody": {"required": True, "content": content}}
+    content["application/msgpack"] = {"schema": schema}
+    return {"requestBody": {"required": True, "description": MSGPACK_NOTE, "content": content}}
 
 
 def document(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:

@@ -68,7 +68,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     "",
     response_model=PredictionResult,
     responses=PREDICT_RESPONSES,
-    openapi_extra=json_body(PredictRequest),
+    openapi_extra=json_body(PredictRequest, msgpack=True),
 )
 async def predict(request: Request) -> Response:
     """Forecast one flow's context `horizon` steps ahead from its recent window.
@@ -148,7 +148,7 @@ async def predict_window(
     "/batch",
     response_model=BatchPredictAnswer,
     responses=ERROR_RESPONSES,
-    openapi_extra=json_body(BatchPredictRequest),
+    openapi_extra=json_body(BatchPredictRequest, msgpack=True),
 )
 async def predict_batch(request: Request) -> Response:
     """Forecast many flows at once; the answers come in the order of the requests."""

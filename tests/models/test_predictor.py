@@ -23,7 +23,9 @@ def test_the_compiled_forward_gives_the_eager_numbers_at_every_batch_size(kind: 
         x = rng.normal(size=(batch, compiled.seq_len, compiled.scaler.n_inputs)).astype(np.float32)
         for got, want in zip(compiled.forward_scaled(x), eager.forward_scaled(x), strict=True):
             assert got.shape == want.shape == (batch, compiled.horizon, compiled.scaler.n_features)
-            np.testing.assert_array_equal(got, want)
+            # the attention models' frozen trace holds the slices of the in-projection as constants of
+            # their own, which the matrix products may sum in another order: float rounding, no more
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_model_that_cannot_be_traced_is_served_eagerly(caplog: pytest.LogCaptureFixture) -> None:

@@ -12,12 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
+from app.api.adaptive_limit import AdaptiveLimit
 from app.api.admission import Admission, InflightLimit
 from app.api.request_id import RequestId
 from app.main import create_app
 from app.metrics import render
 from app.services import Services
-from tests.app.payloads import make_settings
+from tests.app.payloads import make_settings, predict_body
 from tools.process import serving
 
 
@@ -81,22 +82,33 @@ def test_without_a_limit_every_request_is_admitted_and_counted_in_flight() -> No
 
 @pytest.mark.parametrize("cap", [0, 128])
 def test_the_app_applies_the_setting_in_its_outermost_middleware(cap: int) -> None:
-    app = create_app(make_settings(max_inflight=cap, retry_after_s=2))
+    app = create_app(make_settings(admission="fixed", max_inflight=cap, retry_after_s=2))
     outermost = app.user_middleware[0]  # a refusal costs no other middleware
     assert outermost.cls is Admission
     assert outermost.kwargs["retry_after_s"] == 2
     with TestClient(app) as client:
         admission = Services.of(client.app).admission
-        assert admission.max_inflight == cap
+        assert type(admission) is InflightLimit and admission.max_inflight == cap
         assert outermost.kwargs["limit"] is admission
 
 
-def test_the_refusals_and_the_requests_in_flight_are_exported() -> None:
-    with TestClient(create_app(make_settings(max_inflight=4))) as client:
+def test_the_default_limit_adapts_within_its_settings() -> None:
+    app = create_app(make_settings(min_inflight=6, max_inflight=300, admission_latency_ms=40))
+    with TestClient(app) as client:
+        admission = Services.of(client.app).admission
+        assert isinstance(admission, AdaptiveLimit)
+        assert (admission.floor, admission.ceiling, admission.target_s) == (6, 300, 0.04)
+        assert client.post("/v1/predict", json=predict_body(8)).status_code == 200
+        assert admission.inflight == 0
+
+
+def test_the_refusals_the_limit_and_the_requests_in_flight_are_exported() -> None:
+    with TestClient(create_app(make_settings(admission="fixed", max_inflight=4))) as client:
         admission = Services.of(client.app).admission
         admission.shed, admission.inflight = 3, 2
         text = render(Services.of(client.app).registry).decode()
     assert "cpe_shed_requests_total 3.0" in text and "cpe_requests_in_flight 2.0" in text
+    assert "cpe_inflight_limit 4.0" in text
 
 
 async def test_every_refusal_through_the_middleware_is_the_same_size() -> None:
@@ -123,7 +135,8 @@ def _metric(base: str, name: str) -> float:
 def test_a_real_server_refuses_before_any_other_middleware() -> None:
     """`cpe serve` at a full cap: the 503 comes from the outermost middleware, before the others (no
     X-Request-Id), and the request admitted before it is still answered."""
-    settings = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm", "CPE_MAX_INFLIGHT": "1"}
+    settings = {"CPE_DEVICE": "cpu", "CPE_MODELS": "lstm", "CPE_MODEL": "lstm"}
+    settings |= {"CPE_ADMISSION": "fixed", "CPE_MAX_INFLIGHT": "1"}
     with serving(settings) as [served]:
         body = b'{"flow_key": "' + b"ab" * 32 + b'", "contexts": []}'
         with socket.create_connection(("127.0.0.1", served.port)) as held:

@@ -1,0 +1,109 @@
+"""AdaptiveLimit: the in-flight limit follows the latency of admitted requests (AIMD), on a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from app.api.adaptive_limit import AdaptiveLimit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def overload(
+    limit: AdaptiveLimit, clock: Clock, pass_s: Callable[[int], float], seconds: float
+) -> list[float]:
+    """Far more clients than the limit admits, served in passes of whatever is in flight (as the engine's
+    batches form): each pass takes ``pass_s(n)`` for ``n`` requests. Answers the passes' batch sizes."""
+    sizes = []
+    end = clock.now + seconds
+    while clock.now < end:
+        while limit.try_acquire():
+            pass
+        n = limit.inflight
+        clock.now += pass_s(n)
+        for _ in range(n):
+            limit.release(pass_s(n))
+        sizes.append(n)
+    return sizes
+
+
+def cpu(n: int) -> float:
+    return 0.5e-3 + 0.3e-3 * n  # the event loop's work per request dominates
+
+
+def fast_gpu(n: int) -> float:
+    return 3e-3 + 2e-6 * n  # a pass costs nearly the same for 5 windows as for 500
+
+
+def slow_gpu(n: int) -> float:
+    return 40e-3 + 5e-6 * n  # a big model: slow, but not overloaded
+
+
+def test_under_overload_on_a_cpu_the_limit_shrinks_until_latency_meets_the_target() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, initial=512, clock=clock)
+    sizes = overload(limit, clock, cpu, 10.0)
+    assert limit.shed > 0
+    settled = sizes[-50:]
+    assert max(cpu(n) for n in settled) <= 0.025 * 1.3  # at most a window's overshoot
+    assert min(settled) >= 25 and max(settled) <= 90  # not starved either: the target is ~80 requests
+
+
+@pytest.mark.parametrize("pass_s", [fast_gpu, slow_gpu])
+def test_a_gpu_whose_passes_cost_the_same_at_any_batch_lets_the_limit_grow(
+    pass_s: Callable[[int], float],
+) -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, clock=clock)
+    sizes = overload(limit, clock, pass_s, 20.0)
+    assert limit.max_inflight == 1024 and max(sizes) == 1024  # batches as large as the ceiling
+    assert limit.target_now_s == pytest.approx(max(0.025, 3 * pass_s(1)), rel=0.2)
+
+
+def test_when_the_load_drops_nothing_is_refused_at_once() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, floor=4, initial=512, clock=clock)
+    overload(limit, clock, cpu, 5.0)
+    shed = limit.shed
+    for _ in range(1000):  # light load: two requests at a time, quickly answered
+        assert limit.try_acquire() and limit.try_acquire()
+        clock.now += 1e-3
+        limit.release(1e-3)
+        limit.release(1e-3)
+    assert limit.shed == shed and limit.inflight == 0
+
+
+def test_the_limit_stays_within_its_range_and_counts_refusals() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(1.0, 8, floor=3, initial=100, clock=clock)
+    assert limit.max_inflight == 8  # the initial limit is clamped to the range
+    limits = []
+    for _ in range(200):  # every request far over the target, the longer the more are in flight
+        overload(limit, clock, lambda n: 0.1 * n, 0.01)
+        limits.append(limit.max_inflight)
+    assert min(limits) == 3 and max(limits) <= 8  # around 6: a 0.3 s pass at the floor, its target 0.6 s
+    n, shed = limit.max_inflight, limit.shed
+    assert [limit.try_acquire() for _ in range(n + 1)] == [True] * n + [False]
+    assert limit.shed == shed + 1
+    with pytest.raises(AssertionError, match="floor <= ceiling"):
+        AdaptiveLimit(25.0, 2, floor=4)
+
+
+def test_a_window_needs_enough_answers_before_the_limit_moves() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(1.0, 100, floor=4, initial=50, clock=clock)
+    assert all(limit.try_acquire() for _ in range(AdaptiveLimit.MIN_SAMPLES))  # more than the floor
+    for _ in range(AdaptiveLimit.MIN_SAMPLES - 1):
+        clock.now += 1.0
+        limit.release(1.0)  # slow, but too few to judge by
+    assert limit.max_inflight == 50
+    limit.release(1.0)
+    assert limit.max_inflight == 40
