@@ -117,6 +117,10 @@ class Scaler:
             x, stats = self._encode_full(timestamps, features, seq_len)
         else:
             x, stats = self._encode_padded(timestamps, features, seq_len)
+        return self._with_scale_channels(x, stats)
+
+    def _with_scale_channels(self, x: np.ndarray, stats: WindowStats) -> tuple[np.ndarray, WindowStats]:
+        """Fills the scale channels of encoded windows (with ``scale_channels``; see the module's 4.)."""
         if self.config.scale_channels:
             first = self.n_features + TIME_CHANNELS
             x[..., first:] = np.log(stats.scale / self.min_scale)[:, None, :]  # (B, 1, D) over every step
@@ -159,14 +163,14 @@ class Scaler:
             ts = np.concatenate((np.zeros((B, T - L), dtype=timestamps.dtype), timestamps), axis=1)
             raw = np.concatenate((np.zeros((B, T - L, features.shape[2]), features.dtype), features), axis=1)
         if B and n.min() == T:
-            return self._encode_stacked(raw.astype(np.float64), ts)
+            return self._with_scale_channels(*self._encode_stacked(raw.astype(np.float64), ts))
         pad = T - n  # (B,) columns of padding before each window
         valid = np.arange(T) >= pad[:, None]  # (B, T)
         rows = np.arange(B)
         # padding repeats the window's first context, as ``encode`` pads
         raw = np.where(valid[..., None], raw, raw[rows, pad][:, None]).astype(np.float64)
         ts = np.where(valid, ts, ts[rows, pad][:, None])
-        return self._encode_masked(raw, ts, valid)
+        return self._with_scale_channels(*self._encode_masked(raw, ts, valid))
 
     def _encode_masked(
         self, raw: np.ndarray, ts: np.ndarray, valid: np.ndarray

