@@ -1,10 +1,11 @@
 """Route groups' wire types, as the client reads them (DESIGN.md, "Route groups").
 
 The other answers are the server's own types (``app/schemas.py``, ``app/routing_schemas.py``,
-``app/stream_schemas.py``); route groups' come with the server side of groups, and these follow the
-contract: ``PUT /v1/groups/{group_id}`` ``{"flow_key", "objective", "routes": [{"route_id", "flow_key",
-"cost_factor"}]}``, ``GET`` answering the group with its current choice. Fields beyond the contract are
-kept (``extra="allow"``), so a newer server's answer still reads.
+``app/stream_schemas.py``). These are the part of the server's group answers (``app/groups/schemas.py``,
+whose request validation the client has no need of) that a caller reads: ``PUT /v1/groups/{group_id}``
+``{"flow_key", "objective", "routes": [{"route_id", "flow_key", "cost_factor"}]}``, ``GET`` answering the
+group with its current choice. The server's other fields are kept (``extra="allow"``), so a newer
+server's answer still reads; tests/app/client checks them against a live server.
 """
 
 from __future__ import annotations

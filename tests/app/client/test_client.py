@@ -4,11 +4,9 @@ and the streams."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -184,58 +182,23 @@ async def test_the_api_key_goes_with_every_request_and_socket(server: ServerProc
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
-def test_groups_follow_the_design_contract() -> None:
-    """The server side of route groups is another branch's: the requests are checked here against
-    DESIGN.md's contract on a transport that answers as it says (the live test comes with the merge)."""
-    seen: list[tuple[str, str, Any]] = []
-    group = {
-        "group_id": "g1",
-        "flow_key": FLOW_KEY,
-        "objective": "latency",
-        "routes": [{"route_id": "a", "flow_key": OBSERVED, "cost_factor": 1.0}],
-        "best": "a",
-        "weights": {"a": 1.0},
-        "ranking": [],  # more than the contract: kept
-    }
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        seen.append(
-            (
-                request.method,
-                request.url.path + (f"?{request.url.query.decode()}" if request.url.query else ""),
-                body,
-            )
-        )
-        if request.method == "DELETE":
-            return httpx.Response(204)
-        if request.url.path == "/v1/groups":
-            return httpx.Response(200, json={"groups": [group], "next": None, "count": 1})
-        if request.url.path == "/v1/groups/nope":
-            return httpx.Response(404, json={"detail": "group nope does not exist"})
-        return httpx.Response(200, json=group)
-
-    with Client(http=httpx.Client(base_url="http://cpe", transport=httpx.MockTransport(answer))) as cpe:
-        put = cpe.put_group("g1", FLOW_KEY, [{"route_id": "a", "flow_key": OBSERVED}], objective="latency")
-        assert isinstance(put, Group) and put.best == "a" and put.routes[0].flow_key == OBSERVED
-        assert cpe.group("g1") == put
+@pytest.mark.server
+def test_groups_round_trip_on_the_live_server(server: ServerProcess) -> None:
+    a, b = "a1" * 32, "b2" * 32
+    with Client(server.url, api_key=ADMIN) as cpe:
+        cpe.observe(observations(a, 4) + observations(b, 4, seed=1))
+        routes = [{"route_id": "a", "flow_key": a}, {"route_id": "b", "flow_key": b, "cost_factor": 2.0}]
+        put = cpe.put_group("g1", FLOW_KEY, routes, objective="latency")
+        assert isinstance(put, Group) and put.group_id == "g1"
+        assert [(r.route_id, r.flow_key) for r in put.routes] == [("a", a), ("b", b)]
+        got = cpe.group("g1")
+        assert got.group_id == "g1" and got.objective == "latency"
         page = cpe.groups(limit=5)
-        assert isinstance(page, GroupPage) and page.groups[0].group_id == "g1"
+        assert isinstance(page, GroupPage) and "g1" in [g.group_id for g in page.groups]
         cpe.delete_group("g1")
         with pytest.raises(CPEError) as missing:
-            cpe.group("nope")
+            cpe.group("g1")
         assert missing.value.status == 404
-    assert seen[:4] == [
-        (
-            "PUT",
-            "/v1/groups/g1",
-            {
-                "flow_key": FLOW_KEY,
-                "objective": "latency",
-                "routes": [{"route_id": "a", "flow_key": OBSERVED}],
-            },
-        ),
-        ("GET", "/v1/groups/g1", None),
-        ("GET", "/v1/groups?limit=5", None),
-        ("DELETE", "/v1/groups/g1", None),
-    ]
+        with pytest.raises(CPEError) as unknown:  # a route flow never observed
+            cpe.put_group("g2", FLOW_KEY, [{"route_id": "c", "flow_key": "c3" * 32}], objective="latency")
+        assert unknown.value.status == 422 and "flow_key" in str(unknown.value.detail)
