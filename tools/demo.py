@@ -26,9 +26,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
 import numpy as np
 
+from app.client import Client, CPEError
+from app.routing_schemas import Objective
 from models.traces import Trace, generate_trace, sample_profile
 from tools.process import LOOPBACK, ServerProcess, cpe_serve
 
@@ -104,48 +105,44 @@ def observations(
     return out
 
 
-def define_groups(client: httpx.Client, groups: Sequence[Group], objective: str) -> bool:
+def define_groups(client: Client, groups: Sequence[Group], objective: Objective) -> bool:
     """PUT every group; False (and says why) when the service has no route groups."""
     for group in groups:
-        body = {
-            "flow_key": group.flow_key,
-            "objective": objective,
-            "routes": [
-                {"route_id": r.route_id, "flow_key": r.flow_key, "cost_factor": 1.0} for r in group.routes
-            ],
-        }
-        answer = client.put(f"/v1/groups/{group.group_id}", json=body)
-        if answer.status_code in (404, 405):
+        routes = [{"route_id": r.route_id, "flow_key": r.flow_key, "cost_factor": 1.0} for r in group.routes]
+        try:
+            client.put_group(group.group_id, group.flow_key, routes, objective=objective)
+        except CPEError as error:
+            if error.status not in (404, 405):
+                raise
             print(
                 "this service has no route groups (PUT /v1/groups): streaming the flows only", file=sys.stderr
             )
             return False
-        answer.raise_for_status()
     return True
 
 
-def observe(client: httpx.Client, body: list[dict[str, object]]) -> None:
+def observe(client: Client, body: list[dict[str, object]]) -> None:
     """POST the observations, waiting out a 429 or 503 (its Retry-After) rather than dropping them."""
     while True:
-        answer = client.post("/v1/observe", json={"observations": body})
-        if answer.status_code in (429, 503):
-            time.sleep(float(answer.headers.get("retry-after", "1")))
-            continue
-        answer.raise_for_status()
-        return
+        try:
+            client.observe(body)
+            return
+        except CPEError as error:
+            if error.status not in (429, 503):
+                raise
+            time.sleep(error.retry_after_s or 1.0)
 
 
 def simulate(url: str, args: argparse.Namespace, say: bool = True) -> int:
     """Stream into the service at ``url`` until ``args.duration_s`` (0: until interrupted); steps sent."""
     groups = network(args.groups, args.routes, args.seed, args.shift_every)
-    headers = {"x-api-key": args.api_key} if args.api_key else {}
     rng = np.random.default_rng(args.seed + 1)
     outage: dict[str, float] = {}  # route_id -> when its outage ends (monotonic)
     next_outage = time.monotonic() + args.outage_every_s / 2
     defined = False
     step = 0
     start = time.monotonic()
-    with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:
+    with Client(url, api_key=args.api_key) as client:
         while not args.duration_s or time.monotonic() - start < args.duration_s:
             tick = time.monotonic()
             if args.outage_every_s and tick >= next_outage:
