@@ -36,9 +36,9 @@ demo: setup
 test: setup test-deps
 	$(BIN)/python -m pytest -q --cov --cov-report=term
 
-# the unit tests only: no server processes, nothing slow (under a minute)
+# the unit tests only: no server processes, nothing slow, one worker process per core (under a minute)
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not server and not browser"
+	$(BIN)/python -m pytest -q -n auto -m "not slow and not server and not browser"
 
 # as root: apt-installs redis-server, promtool and nginx where missing; else the run says what it skips
 test-deps:
