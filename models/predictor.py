@@ -5,6 +5,7 @@ Used by the service's inference thread and by ``cpe evaluate``, so both see exac
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import Callable
@@ -90,7 +91,7 @@ class Predictor:
         key = (
             type(self.model).__name__,
             embedded,  # the forward pass alone, or with the window embedding (_ForwardEmbedded)
-            checkpoint.weights_sha256(self.model.state_dict()),
+            self._weights_digest,
             self.seq_len,
             self.scaler.n_inputs,
             str(self.device),
@@ -103,6 +104,12 @@ class Predictor:
                 while len(_TRACES) > _MAX_TRACES:
                     _TRACES.pop(next(iter(_TRACES)))  # the oldest
         return forward
+
+    @functools.cached_property
+    def _weights_digest(self) -> str:
+        """The digest of the model's weights (fixed once the predictor is made): the forward pass and the
+        embedded one are both traced under it, and hashing the weights once serves both."""
+        return checkpoint.weights_sha256(self.model.state_dict())
 
     @classmethod
     def load(
