@@ -218,10 +218,11 @@ class RouteGroups:
         self, windows: Sequence[ForecastWindow], forecasts: Sequence[WindowForecast], chosen: list[int]
     ) -> list[FlowOutlook]:
         """The outlooks of the ``chosen`` flows of a round, computed together."""
-        medians = window_medians([windows[i].features for i in chosen])
+        picked = [windows[i] for i in chosen]  # each read once: a round's windows may be made on demand
+        medians = window_medians([w.features for w in picked])
         routes = [
-            route_forecast("", 1.0, windows[i].features, forecasts[i], median)
-            for i, median in zip(chosen, medians, strict=True)
+            route_forecast("", 1.0, w.features, forecasts[i], median)
+            for i, w, median in zip(chosen, picked, medians, strict=True)
         ]
         return [
             FlowOutlook(
@@ -235,10 +236,10 @@ class RouteGroups:
                 time_to_recovery_ms=figures.time_to_recovery_ms,
                 time_horizon_ms=round(self.horizon * route.dt_s * 1000.0),
                 model_version=forecasts[i].predictor.version,
-                base_ts=int(windows[i].timestamps[-1]),
+                base_ts=int(w.timestamps[-1]),
             )
-            for i, route, figures in zip(
-                chosen, routes, outlooks(routes, self.horizon, self.policy), strict=True
+            for i, w, route, figures in zip(
+                chosen, picked, routes, outlooks(routes, self.horizon, self.policy), strict=True
             )
         ]
 
