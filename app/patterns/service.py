@@ -114,14 +114,12 @@ class Patterns:
         if not mine:
             return [[] for _ in keys]
         transform = forecasts[mine[0]].predictor.scaler.transform
+        own = [windows[i] for i in mine]  # each read once: a round's windows may be made on demand
         self.memory.resolve(
-            [keys[i] for i in mine],
-            [windows[i].timestamps for i in mine],
-            [windows[i].features for i in mine],
-            transform,
+            [keys[i] for i in mine], [w.timestamps for w in own], [w.features for w in own], transform
         )
-        for i in mine:
-            f, w = forecasts[i], windows[i]
+        for i, w in zip(mine, own, strict=True):
+            f = forecasts[i]
             batch = f.batch
             assert batch.center is not None and batch.scale is not None and f.embedding is not None
             labels: list[str | None] | None = getattr(w, "pattern_ids", None)
@@ -137,7 +135,7 @@ class Patterns:
             )
         return self._nearest(
             [keys[i] for i in mine],
-            [int(windows[i].timestamps[0]) for i in mine],
+            [int(w.timestamps[0]) for w in own],
             [forecasts[i] for i in mine],
             mine,
             len(keys),
