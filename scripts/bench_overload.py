@@ -2,7 +2,7 @@
 
     python -m scripts.bench_overload [--max-inflight 16] [--budget-ms 0] [--factor 3] [--runs 3]
 
-Starts `cpe serve` (lstm, CPU unless CPE_DEVICE says otherwise) with CPE_ENGINE_LATENCY_BUDGET_MS set to
+Starts `cpe serve` (lstm, on `--device`: the CPU unless told) with CPE_ENGINE_LATENCY_BUDGET_MS set to
 ``--budget-ms``. As in `cpe bench`, the server is pinned to the first CPU and this process, the load
 generator (on uvloop), to the last, so that neither measures the other's use of a core (``--pin none``:
 not pinned). Saturation: the answers/s (200s) of closed-loop load (scripts.loadgen, 64 connections),
@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import httpx
 import uvloop
 
 from scripts.faults import serve, window
@@ -152,10 +153,41 @@ async def saturation(port: int, bodies_file: str) -> float:
     return float(closed["statuses"].get("200", 0) / closed["duration_s"])
 
 
+def _scrape(port: int) -> dict[str, float]:
+    """The admission limit now and the engine's batch-size totals, from the server's own /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0).text
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name = series.partition("{")[0]  # the batch sizes come per model: summed over the models
+        if name in ("cpe_inflight_limit", "cpe_batch_size_sum", "cpe_batch_size_count"):
+            found[name] = found.get(name, 0.0) + float(value)
+    return found
+
+
+async def _watch_limit(port: int, seen: list[float], every_s: float = 0.2) -> None:
+    """The in-flight limit every ``every_s`` (in a thread: the generator's loop keeps its schedule)."""
+    while True:
+        await asyncio.sleep(every_s)
+        seen.append((await asyncio.to_thread(_scrape, port)).get("cpe_inflight_limit", float("nan")))
+
+
 async def one_run(port: int, bodies: list[bytes], rate: float, args: argparse.Namespace) -> dict:
+    before, limits = await asyncio.to_thread(_scrape, port), []  # type: ignore[var-annotated]
+    watcher = asyncio.create_task(_watch_limit(port, limits)) if args.watch else None
     overload = summary(
         await open_loop(port, bodies, args.factor * rate, args.duration, args.connections), args.duration
     )
+    if watcher is not None:
+        watcher.cancel()
+    after = await asyncio.to_thread(_scrape, port)
+    # what the limit let the engine do under overload: the mean windows per forward pass, and the limit
+    passes = after.get("cpe_batch_size_count", 0.0) - before.get("cpe_batch_size_count", 0.0)
+    windows = after.get("cpe_batch_size_sum", 0.0) - before.get("cpe_batch_size_sum", 0.0)
+    overload["mean_batch"] = round(windows / passes, 1) if passes else float("nan")
+    if limits:
+        overload["limit_median"] = statistics.median(limits)
+        overload["limit_max"] = max(limits)
     recovery = summary(await open_loop(port, bodies, 0.1 * rate, 3.0, args.connections), 3.0)
     return {"overload": overload, "recovery": recovery}
 
@@ -179,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="take this saturation rate (answers/s) rather than measure it: to compare settings at one rate",
+    )
+    parser.add_argument("--device", default="cpu", help="the server's CPE_DEVICE: cpu, cuda, auto")
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="also read the server's in-flight limit from /metrics five times a second during overload",
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of overload per run")
@@ -204,7 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.saturation is not None:
             rate = args.saturation
         else:
-            server = serve(server_cpus, engine_latency_budget_ms=budget, admission="fixed", max_inflight="0")
+            server = serve(
+                server_cpus,
+                device=args.device,
+                engine_latency_budget_ms=budget,
+                admission="fixed",
+                max_inflight="0",
+            )
             try:
                 server.wait_ready()
                 rate = uvloop.run(saturation(server.port, f.name))
@@ -212,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     print(json.dumps({"saturation_rps": round(rate)}), flush=True)
     cap = {} if args.max_inflight is None else {"admission": "fixed", "max_inflight": str(args.max_inflight)}
-    server = serve(server_cpus, engine_latency_budget_ms=budget, **cap)
+    server = serve(server_cpus, device=args.device, engine_latency_budget_ms=budget, **cap)
     runs = []
     try:
         server.wait_ready()
@@ -231,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_ms": args.budget_ms,
         "max_inflight": "adaptive" if args.max_inflight is None else args.max_inflight,
         "factor": args.factor,
+        "device": args.device,
         "server_cpus": sorted(server_cpus) if server_cpus else "all",
     }
     print(json.dumps({**head, "median_of": len(runs), **median}))
