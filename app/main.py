@@ -3,6 +3,7 @@ runs its parts (``app/services.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +32,7 @@ from app.api import (
     stats,
     stream,
 )
-from app.api.adaptive_limit import AdaptiveLimit
+from app.api.adaptive_limit import AdaptiveLimit, watch_loop_lag
 from app.api.admission import Admission, InflightLimit
 from app.api.admission_metrics import AdmissionCollector
 from app.api.body_limit import BodySizeLimit
@@ -74,8 +75,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("CPE_API_KEYS is empty: every endpoint is open to anyone who can reach this port")
         async with run_services(settings, keys, registry, admission) as services:
             app.state.services = services  # what handlers receive (app/api/deps.py)
-            with _long_lived_objects_frozen():
-                yield
+            # the adaptive limit also follows the loop's lag: the wait of requests it has not read yet
+            lag = (
+                asyncio.create_task(watch_loop_lag(admission))
+                if isinstance(admission, AdaptiveLimit)
+                else None
+            )
+            try:
+                with _long_lived_objects_frozen():
+                    yield
+            finally:
+                if lag is not None:
+                    lag.cancel()
 
     app = FastAPI(
         title="Context Prediction Engine",

@@ -16,6 +16,13 @@ additive increase and multiplicative decrease (AIMD) on the latency of the reque
   as long for 500 windows as for 5 keeps its latency while the limit climbs, so batches grow as large as
   the clients make them.
 
+The latency of an admitted request starts when the middleware sees it. A request the event loop has not
+read yet waits unseen: when the loop itself is the bottleneck (a GPU's passes are short, so the loop's
+own work per request is what saturates, seen on one), the admitted requests' latency stays low while
+every client waits in the loop's backlog, and the limit would grow on. So the event loop's lag (how late
+a timer that wakes every few ms runs, ``watch_loop_lag``) is added to the window's p90: that sum is what
+a client sees, and what the limit compares with its target.
+
 When the load drops, fewer requests are in flight than the limit, so none is refused: recovery needs no
 step of the limiter. The unloaded latency is the lowest p10 of the windows of the last ``UNLOADED_S``
 that had at most ``floor`` requests in flight (the last one measured, when none did): measured under load
@@ -26,6 +33,7 @@ start still finds it, as Envoy's filter does with its probes: the limit shrinks 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -71,6 +79,8 @@ class AdaptiveLimit(InflightLimit):
         self._latencies: list[float] = []
         self._peak = 0  # most requests in flight during the window
         self._refused = False  # a request was refused during the window
+        self._lag = 0.0  # the event loop's longest lag during the window (note_lag)
+        self.loop_lag_s = 0.0  # the last window's, for the metrics
 
     def try_acquire(self) -> bool:
         if self.inflight >= self.max_inflight:
@@ -89,6 +99,11 @@ class AdaptiveLimit(InflightLimit):
         if now - self._window_start >= self.WINDOW_S and len(self._latencies) >= self.MIN_SAMPLES:
             self._adapt(now)
             self._window_start = now
+
+    def note_lag(self, lag_s: float) -> None:
+        """How late the event loop ran a timer: the wait of requests not yet read (``watch_loop_lag``)."""
+        if lag_s > self._lag:
+            self._lag = lag_s
 
     @property
     def target_now_s(self) -> float:
@@ -109,11 +124,22 @@ class AdaptiveLimit(InflightLimit):
         if unloaded:
             self.unloaded_s = min(p for _, p in unloaded)
         target = self.target_now_s
-        if p90 > target:
+        seen = p90 + self._lag  # what a client waits: for the loop to read its request, then for the answer
+        if seen > target:
             self.limit = max(float(self.floor), self.limit * self.BACKOFF)
-        elif p90 < self.HEADROOM * target and (self._refused or self._peak >= self.max_inflight):
+        elif seen < self.HEADROOM * target and (self._refused or self._peak >= self.max_inflight):
             self.limit = min(float(self.ceiling), self.limit + math.sqrt(self.limit))
         self.max_inflight = int(self.limit)
         self._latencies.clear()
         self._peak = self.inflight
         self._refused = False
+        self.loop_lag_s, self._lag = self._lag, 0.0
+
+
+async def watch_loop_lag(limit: AdaptiveLimit, every_s: float = 0.005) -> None:
+    """Tell ``limit`` how late this event loop runs a timer due every ``every_s``, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + every_s
+        await asyncio.sleep(every_s)
+        limit.note_lag(max(0.0, loop.time() - due))

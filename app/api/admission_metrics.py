@@ -29,6 +29,13 @@ class AdmissionCollector(Collector):
             "Prediction and routing requests that may be in progress now (CPE_ADMISSION; 0: no cap).",
             self.limit.max_inflight,
         )
+        if (lag := getattr(self.limit, "loop_lag_s", None)) is not None:  # the adaptive limit's signal
+            yield gauge(
+                "cpe_event_loop_lag_seconds",
+                "How late the event loop ran a timer, at most, in the adaptive limit's last window: the "
+                "wait of requests it had not read yet (CPE_ADMISSION=adaptive).",
+                lag,
+            )
         yield CounterMetricFamily(
             "cpe_shed_requests",
             "Prediction and routing requests refused with a 503 before their body was read "

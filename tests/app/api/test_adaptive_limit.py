@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
 
-from app.api.adaptive_limit import AdaptiveLimit
+from app.api.adaptive_limit import AdaptiveLimit, watch_loop_lag
 
 
 class Clock:
@@ -107,3 +109,42 @@ def test_a_window_needs_enough_answers_before_the_limit_moves() -> None:
     assert limit.max_inflight == 50
     limit.release(1.0)
     assert limit.max_inflight == 40
+
+
+def test_a_lagging_event_loop_shrinks_the_limit_though_admitted_requests_are_quick() -> None:
+    """The loop itself is the bottleneck (a GPU's passes are short): admitted requests answer in 2 ms while
+    the requests not yet read wait 40 ms for the loop. The limit must see that wait, not grow on it."""
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, initial=256, clock=clock)
+    for _ in range(1000):  # two seconds
+        while limit.try_acquire():
+            pass
+        limit.note_lag(0.040)
+        clock.now += 0.002
+        for _ in range(limit.inflight):
+            limit.release(0.002)
+    assert limit.max_inflight == limit.floor
+    assert limit.loop_lag_s == pytest.approx(0.040)
+
+
+def test_a_quiet_loop_lets_the_limit_grow_as_before() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, initial=64, clock=clock)
+    for _ in range(3000):  # six seconds
+        while limit.try_acquire():
+            pass
+        limit.note_lag(0.0005)
+        clock.now += 0.002
+        for _ in range(limit.inflight):
+            limit.release(0.002)
+    assert limit.max_inflight == 1024
+
+
+async def test_watch_loop_lag_measures_a_blocked_loop() -> None:
+    limit = AdaptiveLimit(25.0, 64)
+    task = asyncio.create_task(watch_loop_lag(limit, every_s=0.001))
+    await asyncio.sleep(0.01)
+    time.sleep(0.05)  # the loop is held: the timer runs late
+    await asyncio.sleep(0.01)
+    task.cancel()
+    assert limit._lag >= 0.04

@@ -100,6 +100,9 @@ def test_the_default_limit_adapts_within_its_settings() -> None:
         assert (admission.floor, admission.ceiling, admission.target_s) == (6, 300, 0.04)
         assert client.post("/v1/predict", json=predict_body(8)).status_code == 200
         assert admission.inflight == 0
+        admission.loop_lag_s = 0.012  # the lifespan runs the loop's lag probe; its last window is exported
+        text = render(Services.of(client.app).registry).decode()
+    assert "cpe_event_loop_lag_seconds 0.012" in text
 
 
 def test_the_refusals_the_limit_and_the_requests_in_flight_are_exported() -> None:
@@ -158,3 +161,16 @@ def test_a_real_server_refuses_before_any_other_middleware() -> None:
             answer = held.recv(65536)
         assert answer.startswith(b"HTTP/1.1 422 ") and b"x-request-id" in answer  # through the app
         assert _metric(served.url, "cpe_requests_in_flight") == 0
+
+
+def test_the_lifespan_runs_the_loop_lag_probe_of_the_adaptive_limit() -> None:
+    with TestClient(create_app(make_settings())) as client:
+        admission = Services.of(client.app).admission
+        assert isinstance(admission, AdaptiveLimit)
+
+        async def held() -> None:
+            time.sleep(0.03)  # holds the server's loop: its lag timer runs late
+
+        client.portal.call(held)
+        client.portal.call(asyncio.sleep, 0.02)
+        assert admission._lag >= 0.02
