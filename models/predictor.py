@@ -19,6 +19,7 @@ from torch import nn
 
 from models import checkpoint
 from models.calibration import Calibration, band_probability
+from models.cuda_graphs import GraphedForward, to_host
 from models.embedding import embedding_dim, unit
 from models.scaling import Scaler, ScalerConfig, WindowStats
 
@@ -27,6 +28,7 @@ log = logging.getLogger("cpe.models")
 _MAX_TRACES = 16  # traced forwards kept for reuse (Predictor._traced): a few versions of three models
 _TRACES: dict[tuple[str, bool, str, int, int, str], Callable[[torch.Tensor], Any]] = {}
 CPU_CHUNK = 256  # most windows per forward call on a CPU (scripts/bench_models.py --batch 1024 shows why)
+CUDA_GRAPH_MAX_BATCH = 1024  # larger batches on a GPU are arithmetic-bound: they run without a graph
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         *,
         compiled: bool = True,
+        cuda_graphs: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -77,6 +80,11 @@ class Predictor:
         self._z = self.calibration.z()
         self._knots = self.calibration.knots()  # the calibration is fixed for the predictor's life
         self._forward = self._traced(self.model, embedded=False) if compiled else self.model
+        self._graphed = compiled and cuda_graphs and self.device.type == "cuda"
+        if self._graphed:  # on a GPU, launches, not arithmetic, bound a small batch's pass
+            self._forward = GraphedForward(
+                self._forward, self.seq_len, self.scaler.n_inputs, self.device, CUDA_GRAPH_MAX_BATCH
+            )
         self.embedding_dim: int = embedding_dim(self.model)
         self._compiled = compiled
         self._forward_embedded: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
@@ -113,10 +121,15 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, source: str | Path | bytes, device: str | torch.device = "cpu", *, compiled: bool = True
+        cls,
+        source: str | Path | bytes,
+        device: str | torch.device = "cpu",
+        *,
+        compiled: bool = True,
+        cuda_graphs: bool = True,
     ) -> Predictor:
         ckpt = checkpoint.load(source, device=device)
-        return cls(ckpt.model, ckpt.meta, device, compiled=compiled)
+        return cls(ckpt.model, ckpt.meta, device, compiled=compiled, cuda_graphs=cuda_graphs)
 
     @torch.inference_mode()
     def forward_scaled(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +142,8 @@ class Predictor:
             mean, log_var = torch.cat([m for m, _ in outs]), torch.cat([v for _, v in outs])
         else:
             mean, log_var = self._forward(inputs)
-        var = log_var.float().cpu().numpy()
-        return mean.float().cpu().numpy(), np.exp(0.5 * var, out=var)  # numpy: cheaper per call
+        mean_np, var = to_host((mean, log_var))
+        return mean_np, np.exp(0.5 * var, out=var)  # numpy: cheaper per call
 
     @torch.inference_mode()
     def forward_embedded(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,10 +151,18 @@ class Predictor:
         if self._forward_embedded is None:  # traced on first use: most replicas never embed
             module = _ForwardEmbedded(self.model)
             self._forward_embedded = self._traced(module, embedded=True) if self._compiled else module
+            if self._graphed:
+                self._forward_embedded = GraphedForward(
+                    self._forward_embedded,
+                    self.seq_len,
+                    self.scaler.n_inputs,
+                    self.device,
+                    CUDA_GRAPH_MAX_BATCH,
+                )
         assert self._forward_embedded is not None
         mean, log_var, emb = self._forward_embedded(torch.from_numpy(x).to(self.device))
-        log_var_np = log_var.float().cpu().numpy()
-        return mean.float().cpu().numpy(), np.exp(0.5 * log_var_np), emb.float().cpu().numpy()
+        mean_np, log_var_np, emb_np = to_host((mean, log_var, emb))
+        return mean_np, np.exp(0.5 * log_var_np), emb_np
 
     def embed(self, timestamps: list[np.ndarray], features: list[np.ndarray]) -> np.ndarray:
         """(B, E) float32 embeddings of raw windows (any lengths >= 1), as ``predict(embed=True)`` makes."""

@@ -3,7 +3,9 @@
 #
 #   scripts/bench-gpu.sh [OUT_DIR]          # default out/gpu; DEVICE=cpu QUICK=1 for a dry run here
 #
-# 1. the models' forward pass alone at batch 1..4096 (scripts.bench_models), fp32;
+# 0. the GPU tests (tests/models/test_cuda_graphs.py: CUDA graphs answer as the plain pass);
+# 1. the models' forward pass alone at batch 1..4096 (scripts.bench_models), fp32, beside the service's own
+#    pass (traced, CUDA graphs, copy to numpy) with and without the graphs;
 # 2. 3x overload with the default (adaptive) admission, the limit read from /metrics while it lasts and the
 #    mean batch the engine formed (scripts.bench_overload --watch);
 # 3. the serving rows of `make bench` against the naive reference (tools.bench).
@@ -36,14 +38,15 @@ $python -c 'import torch, platform; print("torch", torch.__version__, "python", 
     | tee -a "$out/gpu.txt"
 
 if [ -n "${QUICK:-}" ]; then
-    models=(--batch 1 256 --time 0.2)
+    models=(--batch 1 256 --time 0.2 --serving)
     overload=(--runs 1 --duration 2)
     bench=(--quick)
 else
-    models=(--batch 1 64 256 1024 4096 --time 0.5)
+    models=(--batch 1 64 256 1024 4096 --time 0.3 --serving)
     overload=(--runs 3 --duration 5)
-    bench=(--duration 3 --repeat 3)
+    bench=(--duration 2 --repeat 3)
 fi
+step tests $python -m pytest -q -rs -p no:cacheprovider tests/models/test_cuda_graphs.py
 step models $python -m scripts.bench_models --device "$device" "${models[@]}" --json "$out/models.json"
 step overload $python -m scripts.bench_overload --device "$device" --watch "${overload[@]}"
 step serving $python -m tools.bench --device "$device" --pin 0:1 "${bench[@]}" --json "$out/serving.json"

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.registry import build_model
@@ -99,6 +100,31 @@ def time_forward(
     return statistics.median(samples)
 
 
+def time_serving(
+    kind: str, device: torch.device, batch: int, min_time_s: float, graphs: bool = True
+) -> float | None:
+    """Median wall ms of the service's own pass (``Predictor.forward_scaled``: the traced forward, CUDA
+    graphs on a GPU unless ``graphs`` is off, the copy back to numpy) for ``batch`` scaled windows; None
+    without a checkpoint."""
+    from models.predictor import Predictor
+
+    path = CHECKPOINT_DIR / f"{kind}.safetensors"
+    if not path.exists():
+        return None
+    predictor = Predictor.load(path, device, cuda_graphs=graphs)
+    x = np.random.default_rng(0).standard_normal((batch, predictor.seq_len, predictor.scaler.n_inputs))
+    x = x.astype(np.float32)
+    for _ in range(5):
+        predictor.forward_scaled(x)
+    samples: list[float] = []
+    deadline = time.perf_counter() + min_time_s
+    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 2000):
+        t0 = time.perf_counter()
+        predictor.forward_scaled(x)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time", type=float, default=1.0, help="seconds timed per (model, batch)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed passes first")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on the CPU (default: torch's)")
+    parser.add_argument(
+        "--serving",
+        action="store_true",
+        help="also time the service's own pass per batch (traced, CUDA graphs on a GPU, copy to numpy)",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
 
@@ -129,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         label = f"CPU, {torch.get_num_threads()} torch threads"
     print(f"torch {torch.__version__} on {label}, {args.dtype}")
 
-    header = f"{'model':<12} {'batch':>6} {'ms/forward':>11} {'predictions/s':>14}  weights"
+    header = f"{'model':<12} {'batch':>6} {'ms/forward':>11} {'predictions/s':>14}"
+    header += f" {'serving ms':>11} {'serving pred/s':>15}" if args.serving else ""
+    graphs_ab = args.serving and device.type == "cuda"  # the same pass without CUDA graphs, beside it
+    header += f" {'no-graph ms':>12}" if graphs_ab else ""
+    header += "  weights"
     print(header)
     print("-" * len(header))
     rows = []
@@ -142,8 +177,19 @@ def main(argv: list[str] | None = None) -> int:
             except RuntimeError as exc:  # e.g. out of memory, or an op without this dtype here
                 print(f"{kind:<12} {batch:>6}  failed: {str(exc).splitlines()[0]}", flush=True)
                 continue
-            rows.append({"model": kind, "batch": batch, "ms": ms, "predictions_per_s": batch / ms * 1000})
-            print(f"{kind:<12} {batch:>6} {ms:>11.3f} {batch / ms * 1000:>14,.0f}  {source}", flush=True)
+            row: dict[str, object] = {"model": kind, "batch": batch, "ms": ms}
+            row["predictions_per_s"] = batch / ms * 1000
+            line = f"{kind:<12} {batch:>6} {ms:>11.3f} {batch / ms * 1000:>14,.0f}"
+            if args.serving:
+                serving = time_serving(kind, device, batch, args.time) if dtype is None else None
+                row["serving_ms"] = serving
+                line += f" {serving:>11.3f} {batch / serving * 1000:>15,.0f}" if serving else f" {'-':>27}"
+            if graphs_ab and dtype is None:
+                plain = time_serving(kind, device, batch, args.time, graphs=False)
+                row["serving_no_graph_ms"] = plain
+                line += f" {plain:>12.3f}" if plain else f" {'-':>12}"
+            rows.append(row)
+            print(f"{line}  {source}", flush=True)
     if args.json:
         meta = {"torch": torch.__version__, "device": label, "dtype": args.dtype}
         Path(args.json).write_text(json.dumps({"environment": meta, "rows": rows}, indent=2))
