@@ -4,7 +4,8 @@ Why: at the batch sizes a serving replica sees (one window to a few hundred), a 
 small models is bound by kernel launches, not arithmetic: the LSTM's 32 steps are dozens of launches whose
 CPU cost is the pass's time, whatever the batch (scripts/bench_models.py on a GPU shows a flat time from
 batch 1 to 1024). A captured graph launches them all at once. Each bucket (batch rounded up to a power of
-two, up to ``max_batch``) is captured on first use, into one shared memory pool; a batch runs in its
+two, up to ``max_batch``) is captured when the predictor is made (``warm``: a capture on first use cost the
+first requests of each size tens of ms), into one shared memory pool; a batch runs in its
 bucket's graph with the rows past its own left as they were (the models treat every window of a batch on
 its own, so those rows do not touch the answers). Larger batches, and any model whose capture fails or whose
 replay disagrees with the plain pass, run the plain pass: the graphs can only make a pass cheaper.
@@ -54,6 +55,15 @@ class GraphedForward:
         self._pool: Any = None
         self._lock = threading.Lock()  # one set of static buffers per bucket: one replay at a time
 
+    def warm(self) -> None:
+        """Capture every bucket now, the largest first (the smaller ones then reuse its memory)."""
+        with self._lock:
+            b = self.bucket(self.max_batch)
+            while b >= 1 and not self.failed:
+                if b not in self.graphs:
+                    self._capture(b)
+                b //= 2
+
     @staticmethod
     def bucket(n: int) -> int:
         return 1 << max(0, n - 1).bit_length()
@@ -85,7 +95,9 @@ class GraphedForward:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread_local: another thread's CUDA calls during the capture (the inference thread serving
+            # while a new version loads) neither fail nor spoil it
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 captured = self.forward(static_in)
             static_out = captured if isinstance(captured, tuple) else (captured,)
             expected = expected if isinstance(expected, tuple) else (expected,)

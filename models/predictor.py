@@ -85,6 +85,7 @@ class Predictor:
             self._forward = GraphedForward(
                 self._forward, self.seq_len, self.scaler.n_inputs, self.device, CUDA_GRAPH_MAX_BATCH
             )
+            self._forward.warm()
         self.embedding_dim: int = embedding_dim(self.model)
         self._compiled = compiled
         self._forward_embedded: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
@@ -152,13 +153,15 @@ class Predictor:
             module = _ForwardEmbedded(self.model)
             self._forward_embedded = self._traced(module, embedded=True) if self._compiled else module
             if self._graphed:
-                self._forward_embedded = GraphedForward(
+                graphed = GraphedForward(
                     self._forward_embedded,
                     self.seq_len,
                     self.scaler.n_inputs,
                     self.device,
                     CUDA_GRAPH_MAX_BATCH,
                 )
+                graphed.warm()
+                self._forward_embedded = graphed
         assert self._forward_embedded is not None
         mean, log_var, emb = self._forward_embedded(torch.from_numpy(x).to(self.device))
         mean_np, log_var_np, emb_np = to_host((mean, log_var, emb))
