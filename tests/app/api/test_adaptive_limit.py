@@ -111,18 +111,23 @@ def test_a_window_needs_enough_answers_before_the_limit_moves() -> None:
     assert limit.max_inflight == 40
 
 
+def quick_answers_behind_a_loop(limit: AdaptiveLimit, clock: Clock, lag_s: float, seconds: float) -> None:
+    """Overload whose admitted requests answer in 2 ms while the event loop lags ``lag_s`` behind."""
+    for _ in range(int(seconds / 0.002)):
+        while limit.try_acquire():
+            pass
+        limit.note_lag(lag_s)
+        clock.now += 0.002
+        for _ in range(limit.inflight):
+            limit.release(0.002)
+
+
 def test_a_lagging_event_loop_shrinks_the_limit_though_admitted_requests_are_quick() -> None:
     """The loop itself is the bottleneck (a GPU's passes are short): admitted requests answer in 2 ms while
     the requests not yet read wait 40 ms for the loop. The limit must see that wait, not grow on it."""
     clock = Clock()
     limit = AdaptiveLimit(25.0, 1024, initial=256, clock=clock)
-    for _ in range(1000):  # two seconds
-        while limit.try_acquire():
-            pass
-        limit.note_lag(0.040)
-        clock.now += 0.002
-        for _ in range(limit.inflight):
-            limit.release(0.002)
+    quick_answers_behind_a_loop(limit, clock, 0.040, 2.0)
     assert limit.max_inflight == limit.floor
     assert limit.loop_lag_s == pytest.approx(0.040)
 
@@ -130,13 +135,7 @@ def test_a_lagging_event_loop_shrinks_the_limit_though_admitted_requests_are_qui
 def test_a_quiet_loop_lets_the_limit_grow_as_before() -> None:
     clock = Clock()
     limit = AdaptiveLimit(25.0, 1024, initial=64, clock=clock)
-    for _ in range(3000):  # six seconds
-        while limit.try_acquire():
-            pass
-        limit.note_lag(0.0005)
-        clock.now += 0.002
-        for _ in range(limit.inflight):
-            limit.release(0.002)
+    quick_answers_behind_a_loop(limit, clock, 0.0005, 6.0)
     assert limit.max_inflight == 1024
 
 
