@@ -85,12 +85,20 @@ class _Conn(asyncio.Protocol):
 
 
 async def open_loop(
-    port: int, bodies: list[bytes], rate: float, duration_s: float, connections: int
+    port: int,
+    bodies: list[bytes],
+    rate: float,
+    duration_s: float,
+    connections: int,
+    marker: bytes = _KEY,
+    tail_s: float = 2.0,
 ) -> OpenLoop:
     """Send at ``rate`` per second for ``duration_s``, whatever the answers, on ``connections`` connections
     opened beforehand. Opening one on demand would hold the schedule up for a handshake with a busy
     server (the generator then measures its own backlog: seconds, seen here); a request due while every
-    connection still waits for an answer is counted as unsent instead."""
+    connection still waits for an answer is counted as unsent instead. Each request's ``marker`` (the
+    start of its flow key) is rewritten with a tag of its own; ``tail_s``: how long the last answers may
+    take to come."""
     loop = asyncio.get_running_loop()
     stats, idle = OpenLoop(), []  # type: ignore[var-annotated]
     requests = [
@@ -115,12 +123,17 @@ async def open_loop(
         stats.send_lag_ms.append((time.perf_counter() - due) * 1e3)  # the generator's own backlog
         # a flow key of its own (the key's first 8 hex digits): no answer comes from the cache, whatever
         # the run; cache hits never wait for the engine, so they would slip past the in-flight cap
-        request = requests[i % len(requests)].replace(_KEY, b'"flow_key": "%08x' % next(_TAGS), 1)
+        request = requests[i % len(requests)].replace(marker, _tagged(marker, next(_TAGS)), 1)
         idle.pop().send(request, due)
-    await asyncio.sleep(2.0)  # the last answers
+    await asyncio.sleep(tail_s)  # the last answers
     for transport, _ in opened:
         transport.close()
     return stats
+
+
+def _tagged(marker: bytes, tag: int) -> bytes:
+    """``marker`` with its last 8 characters (zeros, or cpe bench's @@@@@@@@) replaced by ``tag`` in hex."""
+    return marker[:-8] + b"%08x" % tag
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -223,7 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pin", choices=("auto", "none"), default="auto", help="auto: server CPU 0, load last"
     )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="one open-loop run of --duration at --saturation x --factor against a server already on this "
+        "loopback port, bodies from --bodies (cpe bench's: flow keys marked @@@@@@@@); prints its summary",
+    )
+    parser.add_argument("--bodies", help="with --port: a file of JSON bodies, one a line")
+    parser.add_argument(
+        "--mark", action="store_true", help="with --port: prefix the line as cpe bench expects"
+    )
     args = parser.parse_args(argv)
+    if args.port is not None:
+        return _against(args)
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]} if args.pin == "auto" and len(cpus) > 1 else None
     if server_cpus is not None:
@@ -279,6 +304,19 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpus": sorted(server_cpus) if server_cpus else "all",
     }
     print(json.dumps({**head, "median_of": len(runs), **median}))
+    return 0
+
+
+def _against(args: argparse.Namespace) -> int:
+    """One overload run against a running server (``cpe bench``'s), its summary as one JSON line."""
+    if args.saturation is None or not args.bodies:
+        print("bench_overload: --port needs --saturation and --bodies", file=sys.stderr)
+        return 2
+    with open(args.bodies, "rb") as f:
+        bodies = [line.strip() for line in f if line.strip()]
+    rate = args.factor * args.saturation
+    stats = uvloop.run(open_loop(args.port, bodies, rate, args.duration, args.connections, b"@@@@@@@@", 1.0))
+    print(("CPE_BENCH_RESULT " if args.mark else "") + json.dumps(summary(stats, args.duration)), flush=True)
     return 0
 
 

@@ -4,7 +4,8 @@ The fallback of `cpe bench` where `wrk` is not installed, and usable alone. Raw 
 uvloop, requests pre-encoded: each costs a bytes join and a socket write, so that on a small machine the
 server, not this process, is the bottleneck (`cpe bench` measures this against a do-nothing server).
 
-Bodies come from a file holding one JSON body per line (the format `scripts/wrk_bodies.lua` reads too);
+Bodies come from a file holding one JSON body per line (the format `scripts/wrk_bodies.lua` reads too), or
+with ``--hex`` one binary body per line as hex digits (MessagePack, sent with ``--content-type``);
 every ``@@@@@@@@`` in a body is replaced by a per-request 8-hex-digit tag, so that the flow keys of every
 request differ and no server-side cache can answer from an earlier request. Bodies are sent in rotation.
 
@@ -40,6 +41,7 @@ class _Run:
     measure_from: int  # ns: requests sent earlier are warm-up
     measure_until: int  # ns: nothing is sent after this
     tag: int
+    content_type: bytes = b"application/json"
     index: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
@@ -52,8 +54,8 @@ class _Run:
         body = b"%08x" % self.tag
         body = body.join(pieces) if len(pieces) > 1 else pieces[0]
         return (
-            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-            % (self.path.encode(), self.host.encode(), len(body))
+            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+            % (self.path.encode(), self.host.encode(), self.content_type, len(body))
         ) + body
 
 
@@ -117,7 +119,13 @@ class _Connection(asyncio.Protocol):
 
 
 async def drive(
-    url: str, templates: list[list[bytes]], concurrency: int, duration_s: float, warmup_s: float, tag: int
+    url: str,
+    templates: list[list[bytes]],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    tag: int,
+    content_type: str = "application/json",
 ) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 80
@@ -132,6 +140,7 @@ async def drive(
         measure_from=start + int(warmup_s * 1e9),
         measure_until=start + int((warmup_s + duration_s) * 1e9),
         tag=tag,
+        content_type=content_type.encode(),
     )
     finished = [loop.create_future() for _ in range(concurrency)]
     for fut in finished:
@@ -166,9 +175,11 @@ def summarize(
     }
 
 
-def read_templates(path: str) -> list[list[bytes]]:
+def read_templates(path: str, hex_bodies: bool = False) -> list[list[bytes]]:
+    """The bodies of a file, each split at its placeholders; ``hex_bodies``: each line is hex digits."""
     with open(path, "rb") as f:
-        templates = [line.rstrip(b"\n").split(PLACEHOLDER) for line in f if line.strip()]
+        lines = [line.strip() for line in f if line.strip()]
+    templates = [(bytes.fromhex(line.decode()) if hex_bodies else line).split(PLACEHOLDER) for line in lines]
     if not templates:
         raise SystemExit(f"no bodies in {path}")
     return templates
@@ -185,9 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds sent first and not measured")
     parser.add_argument("--tag", type=lambda s: int(s, 0), default=0, help="first request tag")
     parser.add_argument("--mark", action="store_true", help="prefix the JSON line as `cpe bench` expects")
+    parser.add_argument("--content-type", default="application/json", help="of every request")
+    parser.add_argument("--hex", action="store_true", help="the file's lines are binary bodies in hex")
     args = parser.parse_args(argv)
-    templates = read_templates(args.bodies)
-    coro = drive(args.url, templates, args.concurrency, args.duration, args.warmup, args.tag)
+    templates = read_templates(args.bodies, args.hex)
+    coro = drive(
+        args.url, templates, args.concurrency, args.duration, args.warmup, args.tag, args.content_type
+    )
     try:
         import uvloop
 

@@ -4,6 +4,9 @@
 -- Bodies are split at their placeholders once, in init; a request costs one table.concat.
 --
 --   wrk -t1 -c32 -d5s --latency -s scripts/wrk_bodies.lua http://127.0.0.1:8000/v1/predict -- bodies.jsonl 0
+--
+-- Two more arguments send binary bodies: a Content-Type, and "hex" when each line is a body in hex digits
+-- (MessagePack), e.g. `-- bodies.hex 0 application/msgpack hex`.
 
 local PLACEHOLDER = "@@@@@@@@"
 local templates = {}
@@ -14,7 +17,14 @@ local headers = { ["Content-Type"] = "application/json" }
 function init(args)
    path = wrk.path
    headers["Host"] = wrk.headers["Host"]
+   if args[3] then
+      headers["Content-Type"] = args[3]
+   end
+   local hex = args[4] == "hex"
    for line in io.lines(args[1]) do
+      if hex then
+         line = line:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)
+      end
       if #line > 0 then
          local pieces, start = {}, 1
          while true do

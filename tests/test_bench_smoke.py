@@ -13,17 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.schemas import Limits
+from app.wire.msgpack import msgpack_windows
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 from tools.bench import (
     PLACEHOLDER,
     REPO,
+    Run,
     Server,
+    Summary,
     concrete,
     forward_rows,
     http_request,
     make_requests,
+    msgpack_body,
     plan_cpus,
+    verdicts,
     write_bodies,
 )
 from tools.bench import main as bench_main
@@ -111,6 +117,59 @@ def test_load_generator_counts_every_answer_of_a_trivial_server(raw: Server, tmp
     assert result["errors"] == {"status": 0, "socket": 0}
     lat = result["latency_ms"]
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+
+
+@pytest.mark.server
+def test_load_generator_sends_binary_bodies_from_hex_lines(raw: Server, tmp_path: Path) -> None:
+    bodies = tmp_path / "bodies.hex"
+    bodies.write_text(msgpack_body(make_requests(4, seq_len=8, seed=1)).hex() + "\n")
+    argv = [sys.executable, "-m", "scripts.loadgen", "--url", f"{raw.url}/v1/predict/batch", "--hex"]
+    argv += ["--content-type", "application/msgpack", "--bodies", str(bodies), "-c", "2", "-d", "0.3"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["requests"] > 5 and result["errors"] == {"status": 0, "socket": 0}
+
+
+def test_msgpack_bodies_hold_the_json_windows_packed() -> None:
+    requests = make_requests(5, seq_len=32, seed=2)
+    body = concrete(msgpack_body(requests), "0000abcd")
+    limits = Limits(max_window=512, max_batch=64, horizons={"lstm": 8}, default_model="lstm", max_routes=8)
+    windows = msgpack_windows(body, limits, batch=True)
+    assert len(windows) == 5
+    for window, request in zip(windows, requests, strict=True):
+        assert window.flow_key == request["flow_key"][len(PLACEHOLDER) :] + "0000abcd"
+        assert window.timestamps.tolist() == [c["timestamp"] for c in request["contexts"]]
+        features = np.array([c["features"] for c in request["contexts"]])
+        np.testing.assert_array_equal(window.features, features.astype(np.float32).astype(np.float64))
+
+
+def test_the_table_has_every_row_of_the_issue_beside_the_reference() -> None:
+    def summary(rate: float, p99: float) -> Summary:
+        latency = {"p50": p99 / 2, "p99": p99}
+        run = Run(10, 1.0, rate, rate, latency, {"status": 0, "socket": 0}, 0.5, 0.5, "python")
+        return Summary.of([run])
+
+    s = {
+        "cpe_c1": summary(900, 2.4),  # p50 1.2 ms
+        "naive_c1": summary(700, 1.6),
+        "cpe_cN": summary(3000, 9.0),
+        "naive_cN": summary(600, 150),
+        "cpe_batch": summary(36_000, 90),
+        "cpe_batch_msgpack": summary(40_000, 70),
+    }
+    overload = {
+        "cpe": {"admitted_p99_ms": 45.0, "admitted_per_s": 2000.0, "shed_share": 0.8},
+        "naive": {"admitted_p99_ms": 3000.0, "admitted_per_s": 600.0, "shed_share": 0.0},
+    }
+    rows = {r["metric"]: r for r in verdicts(s, 32, 512, 4, overload)}
+    packed = rows["batch of 512, MessagePack packed: predictions/s"]
+    assert packed["cpe"] == 40_000 and packed["naive"] == 600 and packed["pass"] is False  # under 50K
+    assert rows["batch, MessagePack over JSON: predictions/s"]["gain"] == pytest.approx(40 / 36)
+    p99 = rows["3x overload, default settings: admitted p99 (ms)"]
+    assert (p99["cpe"], p99["naive"], p99["pass"]) == (45.0, 3000.0, True)
+    assert rows["single, c=1: latency p50 (ms)"]["pass"] is False
+    assert rows["single, c=32: latency p99 (ms)"]["pass"] is True
 
 
 def test_load_generator_refuses_anything_but_loopback(tmp_path: Path) -> None:

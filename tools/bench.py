@@ -10,7 +10,11 @@ the do-nothing server, then measures, ``--repeat`` times in interleaved order:
 - single predictions at concurrency 1 against CPE and the reference (latency p50/p99);
 - single predictions at concurrency ``--concurrency`` (32) against both (predictions/s, p50/p99);
 - ``POST /v1/predict/batch`` with ``--batch-size`` flows per request, ``--batch-concurrency`` requests
-  in flight (predictions/s).
+  in flight (predictions/s), in JSON and in MessagePack (``application/msgpack``, each window packed as
+  little-endian int64 timestamps and float32 features);
+- 3x overload: requests sent open-loop at three times the rate each server sustained at concurrency N in
+  the same repeat (``scripts.bench_overload --port``), latency counted from when each was due: the
+  admitted (200) requests' p99, with the service's default admission.
 
 It prints the medians over the repeats next to the targets and can write every figure as JSON. Bodies
 are realistic windows of synthetic route traces (``models.traces``), each request a different window and
@@ -51,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 LOOPBACK = "127.0.0.1"
 PLACEHOLDER = "@@@@@@@@"  # rewritten per request by the load generators: see scripts.loadgen
+JSON, MSGPACK = "application/json", "application/msgpack"
 RESULT_MARK = "CPE_BENCH_RESULT "
 
 # the serving path's targets, checked on the medians
@@ -60,6 +65,8 @@ TARGETS = {
     "cN_p99": 10.0,  # ms, CPE at concurrency N
     "batch_gain": 20.0,  # CPE batch endpoint predictions/s over the reference's at concurrency N
     "batch_rate": 35_000.0,  # CPE batch endpoint predictions/s (half the LSTM's raw forward on one thread)
+    "msgpack_rate": 50_000.0,  # CPE batch endpoint predictions/s with MessagePack bodies
+    "overload_p99": 50.0,  # ms, CPE admitted p99 at 3x its saturation rate, default settings
 }
 
 
@@ -186,11 +193,16 @@ class Server:
 
 
 def http_request(
-    method: str, port: int, path: str, body: bytes | None = None, timeout: float = 30.0
+    method: str,
+    port: int,
+    path: str,
+    body: bytes | None = None,
+    timeout: float = 30.0,
+    content_type: str = "application/json",
 ) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {"Content-Type": content_type} if body is not None else {}
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()
@@ -242,6 +254,28 @@ def write_bodies(path: Path, bodies: Sequence[dict[str, Any]]) -> None:
             f.write(orjson.dumps(body) + b"\n")
 
 
+def msgpack_body(requests: Sequence[dict[str, Any]]) -> bytes:
+    """A batch body in MessagePack, each window packed: timestamps as little-endian int64, features as
+    little-endian float32, row by row. The flow key's placeholder goes to its end: in front, the str's
+    length byte (64, an @) would run into it and be taken for part of it."""
+    import msgspec
+    import numpy as np
+
+    packed = [
+        {
+            "flow_key": r["flow_key"][len(PLACEHOLDER) :] + PLACEHOLDER,
+            "timestamps": np.array([c["timestamp"] for c in r["contexts"]], "<i8").tobytes(),
+            "features": np.array([c["features"] for c in r["contexts"]], "<f4").tobytes(),
+            "horizon": r["horizon"],
+        }
+        for r in requests
+    ]
+    body = msgspec.msgpack.encode({"requests": packed})
+    if body.count(PLACEHOLDER.encode()) != len(requests):  # one in a number's bytes: a tag would break it
+        raise BenchError("a packed window holds the flow-key placeholder's bytes: try another --seed")
+    return body
+
+
 def concrete(body: bytes, tag: str = "00000000") -> bytes:
     return body.replace(PLACEHOLDER.encode(), tag.encode())
 
@@ -260,6 +294,7 @@ class Load:
     duration_s: float
     warmup_s: float
     tag: int
+    content_type: str = "application/json"  # any other: the file's lines are binary bodies in hex
 
 
 class LoadGenerator:
@@ -321,6 +356,7 @@ class Wrk(LoadGenerator):
             "--",
             str(load.bodies),
             str(tag),
+            *(() if load.content_type == JSON else (load.content_type, "hex")),
         ]
 
     def run(self, load: Load, settle: Callable[[], None]) -> dict[str, Any]:
@@ -357,6 +393,7 @@ class PythonLoad(LoadGenerator):
             "--tag",
             str(tag),
             "--mark",
+            *(() if load.content_type == JSON else ("--content-type", load.content_type, "--hex")),
         ]
 
     def run(self, load: Load, settle: Callable[[], None]) -> dict[str, Any]:
@@ -387,6 +424,7 @@ class Scenario:
     bodies: str  # key into the body files
     concurrency: int
     flows: int  # predictions per request
+    content_type: str = JSON
 
 
 @dataclass
@@ -420,7 +458,16 @@ def measure(
     warmup_s: float,
     tag: int,
 ) -> Run:
-    load = Load(server.port, scenario.path, bodies, scenario.concurrency, duration_s, warmup_s, tag)
+    load = Load(
+        server.port,
+        scenario.path,
+        bodies,
+        scenario.concurrency,
+        duration_s,
+        warmup_s,
+        tag,
+        scenario.content_type,
+    )
     clock: list[tuple[float | None, float]] = []
 
     def settle() -> None:
@@ -469,8 +516,11 @@ class Summary:
         )
 
 
-def check_answers(servers: dict[str, Server], single: list[bytes], batch: bytes, batch_size: int) -> float:
-    """Both servers answer a real forecast, and the same one; returns their largest relative difference."""
+def check_answers(
+    servers: dict[str, Server], single: list[bytes], batch: bytes, batch_size: int, packed: bytes
+) -> float:
+    """Both servers answer a real forecast, and the same one; CPE answers the JSON batch and the
+    MessagePack one (``packed``) alike; returns the largest relative difference of the two servers."""
     worst = 0.0
     for body in single[:8]:
         answers = {}
@@ -490,6 +540,18 @@ def check_answers(servers: dict[str, Server], single: list[bytes], batch: bytes,
     results = json.loads(data)["results"]
     if len(results) != batch_size:
         raise BenchError(f"cpe answered {len(results)} results to a batch of {batch_size}")
+    status, data = http_request(
+        "POST", servers["cpe"].port, "/v1/predict/batch", concrete(packed, "00000001"), content_type=MSGPACK
+    )
+    if status != 200:
+        raise BenchError(f"cpe answered {status} to a valid MessagePack batch: {data[:500]!r}")
+    packed_results = json.loads(data)["results"]
+    if len(packed_results) != batch_size:
+        raise BenchError(f"cpe answered {len(packed_results)} results to a MessagePack batch of {batch_size}")
+    for a, b in zip(results, packed_results, strict=True):  # float32 features: close, not equal
+        for x, y in zip(a["predicted_context"], b["predicted_context"], strict=True):
+            if abs(x - y) > 1e-3 * max(abs(x), abs(y), 1.0):
+                raise BenchError(f"the MessagePack batch's answer {b} differs from the JSON one's {a}")
     return worst
 
 
@@ -497,9 +559,14 @@ def check_answers(servers: dict[str, Server], single: list[bytes], batch: bytes,
 
 
 def verdicts(
-    s: dict[str, Summary], concurrency: int, batch_size: int, batch_concurrency: int
+    s: dict[str, Summary],
+    concurrency: int,
+    batch_size: int,
+    batch_concurrency: int,
+    overload: dict[str, dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The table's rows: metric, CPE, naive, gain (> 1: CPE better), target, pass/fail."""
+    """The table's rows: metric, CPE, naive, gain (> 1: CPE better), target, pass/fail. ``overload``: the
+    medians of the overload runs, per server (``overload_summary``)."""
     c1, n1 = s["cpe_c1"], s["naive_c1"]
     cn, nn = s["cpe_cN"], s["naive_cN"]
     b = s["cpe_batch"]
@@ -563,6 +630,50 @@ def verdicts(
         {"metric": "batch: request latency p50 (ms)", "cpe": b.p50_ms, "naive": None, "gain": None},
         {"metric": "batch: request latency p99 (ms)", "cpe": b.p99_ms, "naive": None, "gain": None},
     ]
+    m = s.get("cpe_batch_msgpack")
+    if m is not None:
+        gain_m = _ratio(m.predictions_per_s, nn.predictions_per_s)
+        rows += [
+            {
+                "metric": f"batch of {batch_size}, MessagePack packed: predictions/s",
+                "cpe": m.predictions_per_s,
+                "naive": nn.predictions_per_s,
+                "gain": gain_m,
+                "target": f">= {TARGETS['msgpack_rate']:,.0f}/s",
+                "pass": m.errors == 0 and m.predictions_per_s >= TARGETS["msgpack_rate"],
+            },
+            {
+                "metric": "batch, MessagePack over JSON: predictions/s",
+                "cpe": m.predictions_per_s,
+                "naive": b.predictions_per_s,
+                "gain": _ratio(m.predictions_per_s, b.predictions_per_s),
+            },
+        ]
+    if overload:
+        cpe_o, naive_o = overload.get("cpe", {}), overload.get("naive", {})
+        p99 = cpe_o.get("admitted_p99_ms")
+        rows += [
+            {
+                "metric": "3x overload, default settings: admitted p99 (ms)",
+                "cpe": p99,
+                "naive": naive_o.get("admitted_p99_ms"),
+                "gain": _ratio(naive_o.get("admitted_p99_ms"), p99),
+                "target": f"CPE <= {TARGETS['overload_p99']:g} ms",
+                "pass": p99 is not None and not math.isnan(p99) and p99 <= TARGETS["overload_p99"],
+            },
+            {
+                "metric": "3x overload: admitted predictions/s",
+                "cpe": cpe_o.get("admitted_per_s"),
+                "naive": naive_o.get("admitted_per_s"),
+                "gain": _ratio(cpe_o.get("admitted_per_s"), naive_o.get("admitted_per_s")),
+            },
+            {
+                "metric": "3x overload: share refused (503)",
+                "cpe": cpe_o.get("shed_share"),
+                "naive": naive_o.get("shed_share"),
+                "gain": None,
+            },
+        ]
     # CPU time per prediction: how much work each server does, less sensitive to a busy machine
     for label, cpe, naive in (
         ("single, c=1", c1, n1),
@@ -631,6 +742,58 @@ def forward_rows(repeat: int, batch: int = 256, min_time_s: float = 0.3) -> list
     return rows
 
 
+def overload_run(
+    cpus: frozenset[int] | None, server: Server, bodies: Path, saturation: float, duration_s: float
+) -> dict[str, float]:
+    """One open-loop run at 3x ``saturation`` (requests/s) against ``server``, in another process pinned
+    to the load generator's CPUs (``scripts.bench_overload --port``): its summary (admitted p50/p99,
+    admitted per s, share refused...)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts.bench_overload",
+        "--port",
+        str(server.port),
+        "--saturation",
+        f"{saturation:.1f}",
+        "--duration",
+        f"{duration_s:g}",
+        "--bodies",
+        str(bodies),
+        "--mark",
+    ]
+    server.wait_idle()
+    try:
+        out = subprocess.run(
+            argv,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 90,
+            preexec_fn=child_setup(cpus),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"the overload run ran past {duration_s + 90:.0f} s: {' '.join(argv)}") from None
+    lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if out.returncode != 0 or not lines:
+        raise BenchError(f"the overload run failed (status {out.returncode}):\n{out.stdout}{out.stderr}")
+    return dict(json.loads(lines[-1][len(RESULT_MARK) :]))
+
+
+def overload_summary(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Medians over the overload runs of one server."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]} if runs else {}
+
+
+def _overload_line(name: str, run: dict[str, float]) -> str:
+    return (
+        f"  {name:<17} admitted {run['admitted_per_s']:>8,.0f}/s  p50 {run['admitted_p50_ms']:8.2f} ms  "
+        f"p99 {run['admitted_p99_ms']:8.2f} ms  refused {run['shed_share']:.0%}  "
+        f"generator late p99 {run['send_lag_p99_ms']:.1f} ms  unsent {run['unsent']:.0f}"
+    )
+
+
 def _module_path(encoder: Any, h: Any) -> Any:
     """The encoder module's output at the newest position, computed as the module computes it."""
     return encoder(h)[:, -1]
@@ -683,7 +846,7 @@ def _run_line(name: str, r: Run) -> str:
         cpu = f"server CPU {r.server_cpu:.0%} ({r.cpu_us_per_prediction:,.0f} us/prediction)"
     errs = sum(r.errors.values())
     return (
-        f"  {name:<12} {r.predictions_per_s:>10,.0f} pred/s  p50 {r.latency_ms['p50']:7.3f} ms  "
+        f"  {name:<17} {r.predictions_per_s:>10,.0f} pred/s  p50 {r.latency_ms['p50']:7.3f} ms  "
         f"p99 {r.latency_ms['p99']:7.3f} ms  {cpu}  load generator CPU {r.client_cpu or 0:.0%}"
         + (f"  ERRORS {r.errors}" if errs else "")
     )
@@ -696,14 +859,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cpe bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per run (default 5)")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds measured per run (default 4)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each run (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are reported")
     p.add_argument("--model", default="lstm", choices=("lstm", "transformer", "hybrid"))
     p.add_argument("--concurrency", type=int, default=32, help="connections of the concurrent runs")
     p.add_argument("--batch-size", type=int, default=512, help="flows per /v1/predict/batch request")
     p.add_argument("--batch-concurrency", type=int, default=4, help="batch requests in flight")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="both servers' device")
+    p.add_argument(
+        "--device",
+        default=os.environ.get("CPE_DEVICE", "auto"),
+        choices=("auto", "cpu", "cuda"),
+        help="both servers' device (default: CPE_DEVICE, else auto: CUDA when torch sees a GPU)",
+    )
     p.add_argument(
         "--loadgen",
         default="auto",
@@ -736,6 +904,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip measuring the load generator against do-nothing servers",
     )
     p.add_argument(
+        "--no-overload",
+        dest="overload",
+        action="store_false",
+        help="skip the 3x overload runs",
+    )
+    p.add_argument(
+        "--overload-duration", type=float, default=3.0, help="seconds of each overload run (default 3)"
+    )
+    p.add_argument(
         "--no-forward",
         dest="forward",
         action="store_false",
@@ -753,6 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.duration, args.warmup, args.repeat = 1.0, 0.5, 1
         args.batch_size = min(args.batch_size, 128)
+        args.overload_duration = 1.0
     if args.cpe_command and "{port}" not in args.cpe_command:
         print("cpe bench: --cpe-command must contain {port}", file=sys.stderr)
         return 2
@@ -813,16 +991,17 @@ def _bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="cpe-bench-") as tmp, contextlib.ExitStack() as stack:
         tmpdir = Path(tmp)
         requests = make_requests(n_single + n_batch_bodies * args.batch_size, seq_len, args.seed)
-        files = {"single": tmpdir / "single.jsonl", "batch": tmpdir / "batch.jsonl"}
+        files = {
+            "single": tmpdir / "single.jsonl",
+            "batch": tmpdir / "batch.jsonl",
+            "batch_msgpack": tmpdir / "batch_msgpack.hex",
+        }
         write_bodies(files["single"], requests[:n_single])
         rest = requests[n_single:]
-        write_bodies(
-            files["batch"],
-            [
-                {"requests": rest[i * args.batch_size : (i + 1) * args.batch_size]}
-                for i in range(n_batch_bodies)
-            ],
-        )
+        batches = [rest[i * args.batch_size : (i + 1) * args.batch_size] for i in range(n_batch_bodies)]
+        write_bodies(files["batch"], [{"requests": batch} for batch in batches])
+        packed = [msgpack_body(batch) for batch in batches]
+        files["batch_msgpack"].write_text("".join(body.hex() + "\n" for body in packed))
 
         cpe_env = {
             "CPE_MODEL": args.model,
@@ -861,7 +1040,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         single_bodies = files["single"].read_bytes().splitlines()
         batch_body = files["batch"].read_bytes().splitlines()[0]
-        agreement = check_answers(servers, single_bodies, batch_body, args.batch_size)
+        agreement = check_answers(servers, single_bodies, batch_body, args.batch_size, packed[0])
         print(f"answers: CPE and the naive reference agree within {agreement:.1e} (relative)", flush=True)
 
         tag = 0
@@ -892,8 +1071,18 @@ def _bench(args: argparse.Namespace) -> int:
             Scenario(
                 "cpe_batch", "cpe", "/v1/predict/batch", "batch", args.batch_concurrency, args.batch_size
             ),
+            Scenario(
+                "cpe_batch_msgpack",
+                "cpe",
+                "/v1/predict/batch",
+                "batch_msgpack",
+                args.batch_concurrency,
+                args.batch_size,
+                MSGPACK,
+            ),
         ]
         runs: dict[str, list[Run]] = {s.name: [] for s in scenarios}
+        overloads: dict[str, list[dict[str, float]]] = {"cpe": [], "naive": []}
         for r in range(args.repeat):
             print(f"repeat {r + 1}/{args.repeat}:", flush=True)
             for sc in scenarios:  # interleaved, so that a burst of outside load hits both servers alike
@@ -902,9 +1091,18 @@ def _bench(args: argparse.Namespace) -> int:
                 )
                 runs[sc.name].append(run)
                 print(_run_line(sc.name, run), flush=True)
+            if args.overload:  # 3x what each sustained at concurrency N just now, open loop
+                for name in ("cpe", "naive"):
+                    saturation = runs[f"{name}_cN"][-1].requests_per_s
+                    o = overload_run(
+                        plan.client, servers[name], files["single"], saturation, args.overload_duration
+                    )
+                    overloads[name].append(o)
+                    print(_overload_line(f"{name}_3x", o), flush=True)
 
     summaries = {name: Summary.of(rs) for name, rs in runs.items()}
-    rows = verdicts(summaries, args.concurrency, args.batch_size, args.batch_concurrency)
+    overload = {name: overload_summary(o) for name, o in overloads.items() if o}
+    rows = verdicts(summaries, args.concurrency, args.batch_size, args.batch_concurrency, overload)
     if args.forward:
         print("attention models' forward pass (naive column: the encoder module's own path)...", flush=True)
         rows += forward_rows(args.repeat, min_time_s=0.1 if args.quick else 0.3)
@@ -946,6 +1144,7 @@ def _bench(args: argparse.Namespace) -> int:
             "table": rows,
             "calibration": {name: asdict(run) for name, run in calibration.items()},
             "runs": {name: [asdict(run) for run in rs] for name, rs in runs.items()},
+            "overload": overloads,
         }
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,9 +18,10 @@ from app.api.openapi import json_body
 from app.api.request_only_route import RequestOnlyRoute
 from app.api.responses import OrjsonResponse, dumps
 from app.auth import require_scope
-from app.cache import Cache, prediction_id, prediction_key
+from app.cache import Cache, prediction_id
+from app.cache.keys import prediction_keys
 from app.cache.ttl import AdaptiveTtl, forecast_ttl
-from app.engine import Engine, WindowForecast, read_numbers
+from app.engine import Engine, WindowForecast
 from app.flows import FlowStore, FlowsUnavailable
 from app.flows.serving import (
     BatchPredictAnswer,
@@ -128,15 +130,15 @@ async def predict_window(
     """
     kind = window.model or limits.default_model
     version = engine.predictors[kind].version
-    key = _key(version, window)
+    [key] = prediction_keys([version], [window])
     stored = await cache.get(key)
     if stored is not None:
         if recent is not None:
             recent.remember(prediction_id(key), window)
-        return dumps(_from_cache(stored, start))
+        return _from_cache(stored, _elapsed(start))
     forecast = await engine.predict(kind, window.timestamps, window.features, window.horizon)
     if forecast.predictor.version != version:  # swapped meanwhile: the answer is the new version's
-        key = _key(forecast.predictor.version, window)
+        [key] = prediction_keys([forecast.predictor.version], [window])
     [body] = _answers([window], [forecast], _elapsed_ms(start), [key], patterns)
     if recent is not None:
         recent.remember(prediction_id(key), window)
@@ -168,17 +170,22 @@ async def predict_batch(request: Request) -> Response:
             return Response(b'{"results":[%s]}' % items, media_type="application/json")
     kinds = [window.model or limits.default_model for window in windows]
     versions = {kind: predictor.version for kind, predictor in engine.predictors.items()}
-    keys = [_key(versions[kind], window) for kind, window in zip(kinds, windows, strict=True)]
+    if len(set(kinds)) == 1:
+        keys = prediction_keys([versions[kinds[0]]], windows)
+    else:
+        keys = prediction_keys([versions[kind] for kind in kinds], windows)
     stored = await cache.get_many(keys)  # one round-trip for the whole batch
     misses = [i for i, value in enumerate(stored) if value is None]
-    jobs = [(kinds[i], windows[i].timestamps, windows[i].features) for i in misses]
     steps = max(windows[i].horizon for i in misses) if misses else None
-    forecasts = await engine.predict_many(jobs, steps) if misses else []
+    forecasts = await _forecasts(engine, kinds, windows, misses, steps) if misses else []
     results: list[bytes] = [b""] * len(windows)  # each serialized once, the fresh ones also stored
-    for i, forecast in zip(misses, forecasts, strict=True):
-        version = forecast.predictor.version  # the key is the one looked up, unless the model was swapped
-        if version != versions[kinds[i]]:
-            keys[i] = _key(version, windows[i])
+    swapped = [i for i, f in zip(misses, forecasts, strict=True) if f.predictor.version != versions[kinds[i]]]
+    if swapped:  # the key is the one looked up, unless the model was swapped meanwhile
+        renewed = prediction_keys(
+            [forecasts[misses.index(i)].predictor.version for i in swapped], [windows[i] for i in swapped]
+        )
+        for i, key in zip(swapped, renewed, strict=True):
+            keys[i] = key
     # one request, one processing time for the answers it computed
     answers = _answers(
         [windows[i] for i in misses],
@@ -187,10 +194,11 @@ async def predict_batch(request: Request) -> Response:
         [keys[i] for i in misses],
         services.patterns,
     )
-    fresh = []
-    for i, answer in zip(misses, answers, strict=True):
-        results[i] = answer
-        fresh.append((keys[i], answer))
+    if len(misses) == len(windows):  # the usual batch: nothing was cached
+        results = answers
+    else:
+        for i, answer in zip(misses, answers, strict=True):
+            results[i] = answer
     ttl = services.ttl
     ttls = (
         None
@@ -199,15 +207,56 @@ async def predict_batch(request: Request) -> Response:
     )
     recent = services.recent
     if recent is not None:
-        recent.remember_many(zip(map(prediction_id, keys), windows, strict=True))
-    if fresh:
+        recent.remember_many(zip([key[-32:] for key in keys], windows, strict=True))  # prediction_ids
+    if misses:
+        fresh = list(zip([keys[i] for i in misses], answers, strict=True))
         await cache.set_many(fresh, ttls)  # one round-trip too
-    for i, value in enumerate(stored):
-        if value is not None:
-            results[i] = dumps(_from_cache(value, start))
+    if len(misses) < len(windows):
+        elapsed = _elapsed(start)
+        for i, value in enumerate(stored):
+            if value is not None:
+                results[i] = _from_cache(value, elapsed)
     for i in unknown:  # a per-item error in place of the result, the others in order
         results.insert(i, unknown_flow_item(asked[i].flow_key))
     return Response(b'{"results":[%s]}' % b",".join(results), media_type="application/json")
+
+
+async def _forecasts(
+    engine: Engine, kinds: list[str], windows: list[Window], misses: list[int], steps: int | None
+) -> list[WindowForecast]:
+    """The forecasts of ``windows[i]`` for i in ``misses``, in that order: one model's windows as one
+    block (``Engine.predict_block``: a few jobs rather than one per window, through the queue and back),
+    windows of several models one by one (``predict_many``)."""
+    kind = kinds[misses[0]]
+    if any(kinds[i] != kind for i in misses):
+        jobs = [(kinds[i], windows[i].timestamps, windows[i].features) for i in misses]
+        return await engine.predict_many(jobs, steps)
+    asked = windows if len(misses) == len(windows) else [windows[i] for i in misses]
+    seq_len = engine.predictors[kind].seq_len
+    return await engine.predict_block(kind, *_block(asked, seq_len), steps)
+
+
+def _block(windows: list[Window], seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows as one right-aligned block of their newest ``seq_len`` contexts at most (what the model
+    reads): timestamps (B, L), features (B, L, D), lengths (B,)."""
+    lengths = np.fromiter([len(w.timestamps) for w in windows], np.int64, len(windows))
+    width = int(min(lengths.max(), seq_len))
+    if lengths.min() == width and lengths.max() == width:  # the usual batch: windows of one length
+        return np.stack([w.timestamps for w in windows]), np.stack([w.features for w in windows]), lengths
+    used = np.minimum(lengths, width)
+    stamps = np.concatenate(
+        [w.timestamps[len(w.timestamps) - u :] for w, u in zip(windows, used.tolist(), strict=True)]
+    )
+    rows = np.concatenate(
+        [w.features[len(w.features) - u :] for w, u in zip(windows, used.tolist(), strict=True)]
+    )
+    window_of = np.repeat(np.arange(len(windows)), used)
+    column = np.arange(len(stamps)) - np.repeat(np.cumsum(used) - used, used) + np.repeat(width - used, used)
+    timestamps = np.zeros((len(windows), width), dtype=np.int64)
+    features = np.zeros((len(windows), width, rows.shape[1]), dtype=np.float64)
+    timestamps[window_of, column] = stamps
+    features[window_of, column] = rows
+    return timestamps, features, used
 
 
 def _ttl(policy: AdaptiveTtl | None, forecast: WindowForecast, horizon: int) -> int | None:
@@ -219,24 +268,61 @@ def _ttl(policy: AdaptiveTtl | None, forecast: WindowForecast, horizon: int) -> 
     return forecast_ttl(policy, forecast.dt_s * 1000.0, horizon, float(mean), float(lower), float(upper))
 
 
-def _key(version: str, window: Window) -> str:
-    """The cache key of this window's prediction by the model ``version``."""
-    return prediction_key(
-        version, window.flow_key, window.horizon, window.timestamps, window.features, window.pattern_ids
-    )
+# A stored answer's fields that a cache hit changes, as the answers are written (``_ANSWER``, and orjson's
+# dumps of the same dict before it): no string of an answer can hold them, since its quotes are escaped.
+_FRESH = b',"cached":false,"processing_time_ms":'
+_AGAIN = b',"cached":true,"processing_time_ms":'
+_AFTER = b',"similar_patterns":'
 
 
-def _from_cache(stored: bytes, start: float) -> dict[str, Any]:
-    """A stored PredictionResult, answered again: marked cached, with this request's processing time."""
-    result: dict[str, Any] = orjson.loads(stored)
-    result["cached"] = True
-    result["processing_time_ms"] = _elapsed_ms(start)
-    return result
+def _from_cache(stored: bytes, elapsed_ms: bytes) -> bytes:
+    """A stored PredictionResult, answered again: marked cached, with this request's processing time
+    (``elapsed_ms``, as JSON)."""
+    at = stored.find(_FRESH)
+    end = stored.find(_AFTER, at)
+    if at < 0 or end < 0:  # not of the form this module writes: read and written again
+        result: dict[str, Any] = orjson.loads(stored)
+        result["cached"] = True
+        result["processing_time_ms"] = orjson.loads(elapsed_ms)
+        return dumps(result)
+    return b"%s%s%s%s" % (stored[:at], _AGAIN, elapsed_ms, stored[end:])
 
 
 def _elapsed_ms(start: float) -> float:
     """Milliseconds since ``start`` (a ``time.perf_counter()``): a result's processing_time_ms."""
     return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+def _elapsed(start: float) -> bytes:
+    """``_elapsed_ms`` as JSON."""
+    return orjson.dumps(_elapsed_ms(start))
+
+
+# A PredictionResult, as orjson writes the dict of its fields in this order (the tests compare the two);
+# filled per window with pieces that orjson wrote per forward pass.
+_ANSWER = (
+    b'{"prediction_id":"%s","flow_key":"%s","predicted_context":[%s],"horizon":%d,"steps":[[%s]],'
+    b'"confidence":%s,"lower":[%s],"upper":[%s],"model_used":%s,"model_version":%s,"cached":false,'
+    b'"processing_time_ms":%s,"similar_patterns":%s,"metadata":{"step_ms":%s,"horizon_ms":%s,'
+    b'"window_length":%s,"contexts_used":%s%s}}'
+)
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def _json(a: np.ndarray) -> bytes:
+    """``a`` as JSON, its numbers as float64 (what ``tolist()`` makes of them, written the same way)."""
+    return orjson.dumps(np.ascontiguousarray(a, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _each(a: np.ndarray) -> list[bytes]:
+    """The JSON of each ``a[i]`` of a (k,) array, or the numbers (between the brackets) of each row of a
+    (k, D) one, or of each (h, D) block of a (k, h, D) one, between its outer brackets and theirs: one
+    orjson call for them all, cut where its brackets say (numbers hold none)."""
+    if a.ndim == 1:
+        return _json(a)[1:-1].split(b",")
+    if a.ndim == 2:
+        return _json(a)[2:-2].split(b"],[")
+    return _json(a)[3:-3].split(b"]],[[")
 
 
 def _answers(
@@ -246,45 +332,98 @@ def _answers(
     keys: Sequence[str],
     patterns: Patterns | None = None,
 ) -> list[bytes]:
-    """The serialized PredictionResult of each window, in order, stored under its cache key; the numbers
-    are read per forward pass (``read_numbers``)."""
+    """The serialized PredictionResult of each window, in order, stored under its cache key.
+
+    Built per forward pass and horizon, not per window: orjson writes the numbers of all the pass's
+    windows at once, and each answer is the template filled with its pieces (one formatting call)."""
     answers: list[bytes] = [b""] * len(windows)
-    horizons = [window.horizon for window in windows]
     nearest = None
     if patterns is not None:
         since = [int(w.timestamps[0]) for w in windows]
         nearest = patterns.nearest([w.flow_key for w in windows], since, forecasts)
-    for j, (steps_j, confidence, lower, upper, step_ms) in read_numbers(forecasts, horizons):
-        window, predictor, h, n = windows[j], forecasts[j].predictor, horizons[j], len(windows[j].timestamps)
-        similar = _similar_patterns(window, forecasts[j])
-        extra: dict[str, float] = {}
-        if patterns is not None and nearest is not None:
-            similar = patterns.names(nearest[j], similar)
-            extra = patterns.metadata(nearest[j], forecasts[j], h)
-        answers[j] = dumps(
-            {
-                "prediction_id": prediction_id(keys[j]),
-                "flow_key": window.flow_key,
-                "predicted_context": steps_j[h - 1],
-                "horizon": h,
-                "steps": steps_j,
-                "confidence": confidence,
-                "lower": lower,
-                "upper": upper,
-                "model_used": predictor.kind,
-                "model_version": predictor.version,
-                "cached": False,
-                "processing_time_ms": elapsed_ms,
-                "similar_patterns": similar,
-                "metadata": {
-                    "step_ms": step_ms,
-                    "horizon_ms": step_ms * h,
-                    "window_length": float(n),
-                    "contexts_used": float(min(n, predictor.seq_len)),
-                    **extra,
-                },
-            }
+    elapsed = orjson.dumps(elapsed_ms)
+    flow_keys = [w.flow_key for w in windows]
+    plain = bool(_HEX.fullmatch("".join(flow_keys)))  # nothing in them to escape: the usual case
+    groups: dict[tuple[int, int], list[int]] = {}  # (forward pass, horizon) -> positions
+    for j, (forecast, window) in enumerate(zip(forecasts, windows, strict=True)):
+        groups.setdefault((id(forecast.batch), window.horizon), []).append(j)
+    for (_, h), members in groups.items():
+        first = forecasts[members[0]]
+        batch, predictor = first.batch, first.predictor
+        indices = [forecasts[j].index for j in members]
+        k = len(indices)
+        rows: list[int] | slice = indices
+        if indices == list(range(indices[0], indices[0] + k)):  # the usual case, as a slice: views
+            rows = slice(indices[0], indices[0] + k)
+        mean = batch.mean[rows, :h]
+        step_ms = np.asarray(batch.dt_s[rows] * 1000.0, dtype=np.float64)  # as tolist() made them
+        n = np.array([len(windows[j].timestamps) for j in members], dtype=np.float64)
+        extra = [b""] * k
+        similar = [b"[]"] * k
+        for m, j in enumerate(members):  # a similar pattern or an analog: uncommon, the dicts as before
+            window = windows[j]
+            found = _similar_patterns(window, forecasts[j])
+            extra_j: dict[str, float] = {}
+            if patterns is not None and nearest is not None and nearest[j]:
+                found = patterns.names(nearest[j], found)
+                extra_j = patterns.metadata(nearest[j], forecasts[j], h)
+            if found:
+                similar[m] = dumps(found)
+            if extra_j:
+                extra[m] = b"," + dumps(extra_j)[1:-1]
+        kind, version = dumps(predictor.kind), dumps(predictor.version)
+        keys_of = [keys[j][-32:] for j in members]  # prediction_ids
+        flows = [flow_keys[j] if plain else dumps(flow_keys[j])[1:-1].decode() for j in members]
+        filled = zip(
+            keys_of,
+            flows,
+            _each(mean[:, h - 1]),
+            _each(mean),
+            _each(batch.confidence[rows, h - 1]),
+            _each(batch.lower[rows, h - 1]),
+            _each(batch.upper[rows, h - 1]),
+            similar,
+            _each(step_ms),
+            _each(step_ms * h),
+            _each(n),
+            _each(np.minimum(n, predictor.seq_len)),
+            extra,
+            strict=True,
         )
+        for j, (
+            pid,
+            flow,
+            context,
+            steps,
+            confidence,
+            lower,
+            upper,
+            sim,
+            step,
+            ahead,
+            length,
+            used,
+            more,
+        ) in zip(members, filled, strict=True):
+            answers[j] = _ANSWER % (
+                pid.encode(),
+                flow.encode(),
+                context,
+                h,
+                steps,
+                confidence,
+                lower,
+                upper,
+                kind,
+                version,
+                elapsed,
+                sim,
+                step,
+                ahead,
+                length,
+                used,
+                more,
+            )
     return answers
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import repeat
 
 from app.cache.base import Cache
 from app.cache.metrics import CacheMetrics
@@ -41,6 +42,9 @@ class _TTL:
         self._entries = entries
 
     def add(self, key: str) -> None:
+        pass
+
+    def add_many(self, keys: Sequence[str]) -> None:
         pass
 
     def touch(self, key: str) -> None:
@@ -61,6 +65,9 @@ class _LRU:
 
     def add(self, key: str) -> None:
         self._order[key] = None
+
+    def add_many(self, keys: Sequence[str]) -> None:
+        self._order.update(dict.fromkeys(keys))
 
     def touch(self, key: str) -> None:
         self._order.move_to_end(key)
@@ -101,6 +108,10 @@ class _LFU:
             first = self._insert_after(self._head, 1)
         first.keys[key] = None
         self._bucket_of[key] = first
+
+    def add_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.add(key)
 
     def touch(self, key: str) -> None:
         bucket = self._bucket_of[key]
@@ -176,31 +187,59 @@ class MemoryCache(Cache):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         now = time.monotonic()
-        return [self._lookup(key, now) for key in keys]
+        found = list(map(self._entries.get, keys))
+        missed = found.count(None)
+        if missed == len(found):  # a batch of new windows: nothing to check or touch, one count
+            self._misses.inc(missed)
+            return found  # type: ignore[return-value]  # all None
+        values: list[bytes | None] = [None] * len(keys)
+        hits = 0
+        for i, entry in enumerate(found):
+            if entry is None:
+                continue
+            key = keys[i]
+            if entry[1] <= now:
+                if key in self._entries:  # not dropped already (the same key twice in one call)
+                    self._remove(key)
+                continue
+            self._policy.touch(key)
+            values[i] = entry[0]
+            hits += 1
+        self._hits.inc(hits)
+        self._misses.inc(len(keys) - hits)
+        return values
 
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_ms: Sequence[int] | None = None) -> None:
         now = time.monotonic()
         self._purge(now)
         if ttl_ms is None:
             expires_at = now + self.ttl_s
-            for key, value in items:
-                self._store(key, value, expires_at)
+            if not self._store_new(items, expires_at):
+                for key, value in items:
+                    self._store(key, value, expires_at)
             return
         # TTLs of their own: the expiry order is then only nearly the insertion order, so an expired entry
         # may wait behind a live one until it is looked up or evicted; lookups check every entry's expiry
         for (key, value), ttl in zip(items, ttl_ms, strict=True):
             self._store(key, value, now + ttl / 1000.0)
 
-    def _lookup(self, key: str, now: float) -> bytes | None:
-        entry = self._entries.get(key)
-        if entry is None or entry[1] <= now:
-            if entry is not None:
-                self._remove(key)
-            self._misses.inc()
-            return None
-        self._policy.touch(key)
-        self._hits.inc()
-        return entry[0]
+    def _store_new(self, items: Sequence[tuple[str, bytes]], expires_at: float) -> bool:
+        """Store keys that are all new, in a few calls for them all (a batch's answers), evicting first
+        what they need room for; False (nothing done) unless the strategy's order allows it (LRU, TTL:
+        the new keys go last, in order) and the keys are new, distinct and fewer than the tier holds."""
+        if self.strategy == "lfu" or len(items) > self.max_entries:
+            return False
+        keys = [key for key, _ in items]
+        entries = self._entries
+        if len(set(keys)) != len(keys) or not entries.keys().isdisjoint(keys):
+            return False
+        for _ in range(len(entries) + len(keys) - self.max_entries):
+            self._remove(self._policy.victim())
+        # copies of exactly their length (see _store)
+        values = [bytes(memoryview(v)) for _, v in items]
+        entries.update(zip(keys, zip(values, repeat(expires_at), strict=False), strict=True))
+        self._policy.add_many(keys)
+        return True
 
     def _store(self, key: str, value: bytes, expires_at: float) -> None:
         if key in self._entries:  # stored again (two requests computed it at once): a fresh TTL

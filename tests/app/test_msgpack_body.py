@@ -132,3 +132,16 @@ def test_msgpack_bodies_end_to_end() -> None:
         assert bad.status_code == 422 and bad.json()["detail"][0]["type"] == "msgpack_invalid"
         schema = http.get("/openapi.json").json()["paths"]["/v1/predict/batch"]["post"]["requestBody"]
         assert set(schema["content"]) == {"application/json", "application/msgpack"}
+
+
+def test_the_range_check_sees_every_row_past_its_chunks() -> None:
+    from app.wire.msgpack import _CHUNK, _in_range
+    from app.wire.rules import MIN_TIMESTAMP_MS
+
+    stamps = np.arange(4) + MIN_TIMESTAMP_MS
+    rows = np.full((2 * _CHUNK + 5, 8), 0.5)
+    assert _in_range(stamps, rows)
+    for at, value in ((0, -0.1), (_CHUNK, np.nan), (2 * _CHUNK + 4, 1.5)):
+        bad = rows.copy()
+        bad[at, 2] = value  # loss_rate: 0..1
+        assert not _in_range(stamps, bad), at
