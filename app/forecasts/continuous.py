@@ -275,14 +275,14 @@ class ContinuousPrediction:
         persistence, ewma = _baselines(block)
         scores = self._score(keys, block, previous)
         if self.residuals is not None:  # after scoring: the previous forecasts teach before these are made
-            L = block.timestamps.shape[1]
             self.residuals.correct(
                 self.engine.predictors[kind],
                 keys,
-                [block.features[i, L - n :] for i, n in enumerate(lengths.tolist())],
+                block.features,
                 [f.batch for f in forecasts],
                 [f.index for f in forecasts],
                 ts[:, -1].tolist(),
+                lengths=lengths,
             )
         patterns = self.patterns
         nearest = (
