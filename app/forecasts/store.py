@@ -25,8 +25,9 @@ from app.forecasts.result import Draft, RoundResults, serialize
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
 
 
 @dataclass(slots=True)
@@ -508,7 +509,12 @@ def round_of(forecasts: Sequence[tuple[str, FlowForecast]]) -> RoundForecasts:
 
 
 def create_forecast_store(
-    url: str, *, ttl_ms: int, max_flows: int, prefix: str = "cpe:fc:", client: Redis | None = None
+    url: str,
+    *,
+    ttl_ms: int,
+    max_flows: int,
+    prefix: str = "cpe:fc:",
+    client: Redis | RedisCluster | None = None,
 ) -> ForecastStore:
     """The store that ``url``'s scheme names, imported only when chosen."""
     scheme = urlsplit(url).scheme
@@ -519,5 +525,6 @@ def create_forecast_store(
 
         return RedisForecasts(url, client=client, prefix=prefix, ttl_ms=ttl_ms)
     raise ValueError(
-        f"unsupported forecast URL scheme {scheme!r}; expected memory:// or redis://host:port/db"
+        f"unsupported forecast URL scheme {scheme!r}; expected memory://, redis://host:port/db or "
+        "redis+cluster://host:port"
     )
