@@ -301,6 +301,7 @@ class MemoryForecasts(ForecastStore):
         self._score_persistence = grown(get(self, "_score_persistence", None), np.float64)
         self._score_ewma = grown(get(self, "_score_ewma", None), np.float64)
         self._has_interval = grown(get(self, "_has_interval", None), bool, False)
+        self._live = grown(get(self, "_live", None), bool, False)  # rows that hold a flow
         interval = get(self, "_interval", None)
         self._interval = None if interval is None else grown(interval, np.float64)
 
@@ -412,6 +413,7 @@ class MemoryForecasts(ForecastStore):
         holder = np.empty(1, dtype=object)
         holder[0] = forecasts
         self._round[rows] = holder
+        self._live[rows] = True
         self._row[rows] = np.arange(b)
         self._updated[rows] = now
         self._order[rows] = np.arange(self._seq, self._seq + b)
@@ -443,14 +445,14 @@ class MemoryForecasts(ForecastStore):
         """Free the rows beyond the bound (the least recently written) and, once a SWEEP_S, the expired."""
         excess = len(self._slot) - self.max_flows
         if excess > 0:
-            used = np.flatnonzero(self._round != None)  # noqa: E711  (an element-wise test)
+            used = np.flatnonzero(self._live)
             order = self._order[used]
             victims = used[np.argpartition(order, excess - 1)[:excess]] if excess < len(used) else used
             self._free_rows(victims)
         if now - self._swept >= min(self.SWEEP_S, self.ttl_ms / 1000.0):
             self._swept = now
             deadline = now - self.ttl_ms / 1000.0
-            expired = np.flatnonzero((self._updated <= deadline) & (self._round != None))  # noqa: E711
+            expired = np.flatnonzero((self._updated <= deadline) & self._live)
             if len(expired):
                 self._free_rows(expired)
 
@@ -463,6 +465,7 @@ class MemoryForecasts(ForecastStore):
                 keys[row] = None
                 self._free.append(row)
         self._round[rows] = None  # the rounds no newest forecast reads any more are freed
+        self._live[rows] = False
 
     async def delete(self, flow_key: str) -> None:
         row = self._slot.get(flow_key)
