@@ -418,7 +418,8 @@ class Settings(BaseSettings):
     forecast_url: str = Field(
         default="memory://",
         description="Where each observed flow's newest forecast and running score live: `memory://` (this "
-        "process) or `redis://host:port/db` (shared: every replica's GET /v1/flows/{flow_key} answers them).",
+        "process), `redis://host:port/db` (shared: every replica's GET /v1/flows/{flow_key} answers them) or "
+        "`redis+cluster://host:port` (a Redis Cluster).",
     )
     forecast_prefix: str = Field(
         default="cpe:fc:", description="Prefix of the Redis keys of the flows' forecasts (one hash per flow)."

@@ -36,11 +36,11 @@ from app.engine_metrics import LATENCY_BUCKETS, LatencyRing
 from app.flows import FlowsUnavailable, FlowWindow, WindowBlock
 from app.forecasts.labels import FreeLabels
 from app.forecasts.redis import ForecastsUnavailable
-from app.forecasts.result import Draft, serialize_many
+from app.forecasts.result import RoundResults, Segment, segments
 from app.forecasts.scores import Scores
-from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
+from app.forecasts.store import ForecastStore, Previous, RoundForecasts
 from app.forecasts.stream import FlowPredictionHub, encode
-from app.learning.conformal import ConformalIntervals, interval_rows
+from app.learning.conformal import ConformalIntervals
 from app.learning.residual import FlowResiduals
 from app.metrics import BatchHistogram
 from app.patterns.service import Patterns
@@ -269,66 +269,60 @@ class ContinuousPrediction:
         ts, lengths = block.timestamps, block.lengths
         forecasts = await self.engine.predict_block(kind, ts, block.features, lengths, self.horizon)
         try:
-            previous = await self.store.get_many(keys)
+            previous = await self.store.get_previous(keys)
         except ForecastsUnavailable:
-            previous = [None] * len(keys)
+            previous = Previous.empty(len(keys))
         persistence, ewma = _baselines(block)
         scores = self._score(keys, block, previous)
         if self.residuals is not None:  # after scoring: the previous forecasts teach before these are made
-            L = block.timestamps.shape[1]
             self.residuals.correct(
                 self.engine.predictors[kind],
                 keys,
-                [block.features[i, L - n :] for i, n in enumerate(lengths.tolist())],
+                block.features,
                 [f.batch for f in forecasts],
                 [f.index for f in forecasts],
                 ts[:, -1].tolist(),
+                lengths=lengths,
             )
         patterns = self.patterns
         nearest = (
             patterns.on_forecasts(keys, _BlockWindows(block), forecasts) if patterns is not None else None
         )
-        latency = _step_latency(forecasts)
-        intervals: Sequence[np.ndarray | None] = [None] * len(forecasts)
-        if self.intervals is not None:
-            intervals = list(interval_rows([f.batch for f in forecasts], [f.index for f in forecasts]))
-        now, h = time.perf_counter(), self.horizon
-        bases = ts[:, -1].tolist()
-        records, drafts = [], []
-        for i, (key, forecast, t, lat, p, e, score, base, n, interval) in enumerate(
-            zip(
-                keys,
-                forecasts,
-                touched,
-                latency,
-                persistence.tolist(),
-                ewma.tolist(),
-                scores,
-                bases,
-                lengths.tolist(),
-                intervals,
-                strict=True,
-            )
-        ):
-            similar = _similar_patterns(block, i, forecast, h) if block.pattern_ids is not None else []
-            extra: dict[str, float] = {}
-            if patterns is not None and nearest is not None:
-                similar = patterns.names(nearest[i], similar)
-                extra = patterns.metadata(nearest[i], forecast, h)
-            draft = Draft(forecast, key, h, base, n, round((now - t) * 1000.0, 3), similar, extra)
-            drafts.append(draft)
-            records.append((key, FlowForecast(None, draft, base, lat, p, e, kind, score, interval)))
-        # serialized now only what is published or kept serialized; the rest when someone reads it
+        passes = segments(forecasts)
+        h = self.horizon
+        similar: dict[int, list[str]] = {}
+        extra: dict[int, dict[str, float]] = {}
+        if block.pattern_ids is not None or nearest is not None:  # per flow only with patterns about
+            for i, forecast in enumerate(forecasts):
+                found = _similar_patterns(block, i, forecast, h) if block.pattern_ids is not None else []
+                if patterns is not None and nearest is not None:
+                    found = patterns.names(nearest[i], found)
+                    more = patterns.metadata(nearest[i], forecast, h)
+                    if more:
+                        extra[i] = more
+                if found:
+                    similar[i] = found
+        now = time.perf_counter()
+        bases = ts[:, -1].copy()
+        waited_ms = np.round((now - np.asarray(touched)) * 1000.0, 3)
+        results = RoundResults(keys, h, bases, lengths, waited_ms, passes, similar, extra)
+        made = RoundForecasts(
+            keys,
+            kind,
+            bases,
+            _step_latency(passes, len(keys)),
+            persistence,
+            ewma,
+            *scores,
+            _interval_rows(passes, len(keys)) if self.intervals is not None else None,
+            results,
+        )
         published = self._published(keys)
-        serialized = range(len(keys)) if not self.store.keeps_drafts else published
-        if serialized:
-            chosen = [records[i][1] for i in serialized]
-            for record, body in zip(chosen, serialize_many([drafts[i] for i in serialized]), strict=True):
-                record.body, record.draft = body, None
         with contextlib.suppress(ForecastsUnavailable):  # published all the same; ``problem`` says why
-            await self.store.put_many(records)
+            await self.store.put_round(made)
         if published:
-            await self._publish([(keys[i], records[i][1].result()) for i in published])
+            bodies = results.bodies(published)
+            await self._publish([(keys[i], body) for i, body in zip(published, bodies, strict=True)])
         done = time.perf_counter()
         waited = [done - t for t in touched]
         self.latencies.extend(waited)
@@ -353,16 +347,18 @@ class ContinuousPrediction:
         return WindowBlock.of(keys, windows, self.span)  # type: ignore[arg-type]  # the store's windows
 
     def _score(
-        self, keys: Sequence[str], block: WindowBlock, previous: Sequence[FlowForecast | None]
-    ) -> list[FlowScore]:
-        """Each flow's running score, with its previous forecast scored if its window now holds the
-        observation that followed that forecast's window; the scored pairs go to the learner too."""
-        out = [FlowScore() if prev is None else prev.score for prev in previous]
-        had = [(i, prev) for i, prev in enumerate(previous) if prev is not None]
-        if not had:
+        self, keys: Sequence[str], block: WindowBlock, previous: Previous
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each flow's running score (scored, and the model's, persistence's and EWMA's absolute errors
+        summed), with its previous forecast scored if its window now holds the observation that followed
+        that forecast's window; the scored pairs go to the learner too."""
+        scored, sums = previous.scored.copy(), previous.score_model.copy()
+        sums_p, sums_e = previous.score_persistence.copy(), previous.score_ewma.copy()
+        out = (scored, sums, sums_p, sums_e)
+        rows = np.flatnonzero(previous.found)
+        if not len(rows):
             return out
-        rows = np.fromiter((i for i, _ in had), np.int64, len(had))
-        prev_base = np.fromiter((prev.base_ts for _, prev in had), np.int64, len(had))
+        prev_base = previous.base_ts[rows]
         ts = block.timestamps[rows]  # (P, L)
         L = ts.shape[1]
         valid = np.arange(L) >= (L - block.lengths[rows])[:, None]
@@ -372,42 +368,37 @@ class ContinuousPrediction:
         if not found.any():
             return out
         hit = np.flatnonzero(found)
-        flows = rows[hit]
+        flows = rows[hit]  # distinct: a round holds a flow once
         cols = match[hit].argmax(axis=1) + 1
         actual = block.features[flows, cols, 0].astype(np.float64)
-        picked = [had[k][1] for k in hit.tolist()]
-        k = len(picked)
-        model = np.abs(np.fromiter((p.latency for p in picked), np.float64, k) - actual)
-        persistence = np.abs(np.fromiter((p.persistence for p in picked), np.float64, k) - actual)
-        ewma = np.abs(np.fromiter((p.ewma for p in picked), np.float64, k) - actual)
-        for i, m, p, e in zip(
-            flows.tolist(), model.tolist(), persistence.tolist(), ewma.tolist(), strict=True
-        ):
-            out[i].add(m, p, e)
-        by_model: dict[str, list[int]] = {}
-        for k, prev in enumerate(picked):
-            by_model.setdefault(prev.model, []).append(k)
-        for name, members in by_model.items():
+        model = np.abs(previous.latency[flows] - actual)
+        persistence = np.abs(previous.persistence[flows] - actual)
+        ewma = np.abs(previous.ewma[flows] - actual)
+        scored[flows] += 1
+        sums[flows] += model
+        sums_p[flows] += persistence
+        sums_e[flows] += ewma
+        codes = previous.model[flows]
+        for code in np.unique(codes).tolist():
+            members = np.flatnonzero(codes == code)
+            name = previous.kinds[code]
             self.scores.add(name, model[members], persistence[members], ewma[members])
             predictor = self.engine.predictors.get(name)
             if predictor is None:
                 continue
-            observed = block.features[flows[members], cols[members]]  # (M, D) what followed each
+            picked = flows[members]
+            observed = block.features[picked, cols[members]]  # (M, D) what followed each
             if self.residuals is not None:
                 self.residuals.learn(
                     predictor,
-                    [keys[i] for i in flows[members].tolist()],
-                    [picked[k].base_ts for k in members],
+                    [keys[i] for i in picked.tolist()],
+                    previous.base_ts[picked].tolist(),
                     observed,
                 )
-            if self.intervals is not None:
-                kept = [m for m, k in enumerate(members) if picked[k].interval is not None]
-                if kept:
-                    self.intervals.add(
-                        predictor,
-                        observed[kept],
-                        np.stack([picked[members[m]].interval for m in kept]),  # type: ignore[misc]
-                    )
+            if self.intervals is not None and previous.interval is not None:
+                kept = previous.has_interval[picked]
+                if kept.any():
+                    self.intervals.add(predictor, observed[kept], previous.interval[picked[kept]])
         if self.labels is not None:
             admitted = self.labels.admit(len(flows))
             for i, j in zip(flows[:admitted].tolist(), cols[:admitted].tolist(), strict=True):
@@ -454,9 +445,26 @@ def _baselines(block: WindowBlock) -> tuple[np.ndarray, np.ndarray]:
     return lat[:, -1].copy(), s
 
 
-def _step_latency(forecasts: Sequence[WindowForecast]) -> list[float]:
-    """The predicted latency of each forecast's next context (step 1): what the next observation scores."""
-    return [float(f.batch.mean[f.index, 0, 0]) for f in forecasts]
+def _step_latency(passes: Sequence[Segment], b: int) -> np.ndarray:
+    """(B,) the predicted latency of each forecast's next context (step 1): what the next observation
+    scores."""
+    out = np.empty(b)
+    for seg in passes:
+        out[seg.start : seg.stop] = seg.forecast.mean[seg.row : seg.row + seg.stop - seg.start, 0, 0]
+    return out
+
+
+def _interval_rows(passes: Sequence[Segment], b: int) -> np.ndarray:
+    """(B, 4, D) step 1's lower, upper, loc and std of each forecast: what scoring its interval needs
+    (``app.learning.conformal``)."""
+    d = passes[0].forecast.mean.shape[-1] if passes else 0
+    out = np.empty((b, 4, d))
+    for seg in passes:
+        f, rows = seg.forecast, slice(seg.row, seg.row + seg.stop - seg.start)
+        out[seg.start : seg.stop] = np.stack(
+            (f.lower[rows, 0], f.upper[rows, 0], f.loc[rows, 0], f.std[rows, 0]), axis=1
+        )
+    return out
 
 
 def _similar_patterns(block: WindowBlock, i: int, forecast: WindowForecast, h: int) -> list[str]:

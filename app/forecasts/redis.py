@@ -6,7 +6,10 @@ the next observation and the running score, the model kind, then the serialized 
 than a hash of fields: a round then costs one GET and one SET (with its expiry) per flow, in two
 pipelined round-trips, where a hash took HMGET, HSET and PEXPIRE and ten fields to encode and parse each
 (``scripts/bench_observe.py --redis``). It expires ``ttl_ms`` after its last update, as the flow's window
-does. A Redis that does not answer makes them fail
+does. On a Redis Cluster (``redis+cluster://host:port``) a round's flows are spread over the slots: the
+MGET is split per slot (``mget_nonatomic``), and the writes are plain SETs in the cluster client's
+pipeline (one batch per node), since a script may only touch the keys of one slot. A Redis that does not
+answer makes them fail
 (``ForecastsUnavailable``): the round's forecasts are still published, only not kept, and ``problem``
 says why until Redis answers again.
 """
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from app.forecasts.store import FlowForecast, FlowScore, ForecastStore
 
@@ -28,7 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cpe.forecasts")
 
-_FAILURES = (redis_errors.RedisError, OSError)
+_FAILURES = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
+CLUSTER_SCHEME = "redis+cluster"
 # base_ts, predicted latency, persistence, EWMA; scored, the three error sums; the model kind's length;
 # the interval's numbers (4 x D doubles, after the kind; 0: none kept)
 _HEADER = struct.Struct("<q3dQ3dBH")
@@ -45,7 +50,7 @@ class RedisForecasts(ForecastStore):
         self,
         url: str | None = None,
         *,
-        client: Redis | None = None,
+        client: Redis | RedisCluster | None = None,
         prefix: str,
         ttl_ms: int,
         timeout_s: float = 2.0,
@@ -55,12 +60,21 @@ class RedisForecasts(ForecastStore):
             from redis.asyncio import Redis
 
             assert url is not None, "give the Redis URL or a ready-made client"
-            client = Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-        self.client = client
+            options: dict[str, Any] = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
+            if url.startswith(f"{CLUSTER_SCHEME}://"):
+                client = RedisCluster.from_url(
+                    "redis://" + url.removeprefix(f"{CLUSTER_SCHEME}://"), **options
+                )
+            else:
+                client = Redis.from_url(url, **options)
+        self.client: Any = client  # Redis and RedisCluster share the commands used here
+        self.cluster = isinstance(client, RedisCluster)
         self.prefix = prefix
         self.ttl_ms = ttl_ms
         self._problem: str | None = None
-        self._put = client.register_script(PUT)  # EVALSHA, loading the script again if Redis lost it
+        # EVALSHA, loading the script again if Redis lost it (one Redis only: see put_many)
+        single: Any = client
+        self._put = None if self.cluster else single.register_script(PUT)
 
     def key(self, flow_key: str) -> str:
         return f"{self.prefix}{{{flow_key}}}"
@@ -92,23 +106,35 @@ class RedisForecasts(ForecastStore):
             self._problem = None
 
     async def get_many(self, flow_keys: Sequence[str]) -> list[FlowForecast | None]:
-        """One MGET: a round's forecasts in one command rather than a GET each."""
+        """One MGET: a round's forecasts in one command rather than a GET each (on a Cluster, one per slot,
+        pipelined per node)."""
         if not flow_keys:
             return []
+        keys = [self.key(flow_key) for flow_key in flow_keys]
         try:
-            values = await self.client.mget([self.key(flow_key) for flow_key in flow_keys])
+            if self.cluster:
+                values = await self.client.mget_nonatomic(keys)
+            else:
+                values = await self.client.mget(keys)
         except _FAILURES as exc:
             raise self._failed(exc) from None
         self._recovered()
         return [None if value is None else unpack(value) for value in values]
 
     async def put_many(self, forecasts: Sequence[tuple[str, FlowForecast]]) -> None:
-        """One script call (``PUT``: a SET with the TTL per key) rather than a SET command each."""
+        """One script call (``PUT``: a SET with the TTL per key) rather than a SET command each; on a
+        Cluster, SETs in the cluster pipeline (a script may touch one slot only)."""
         if not forecasts:
             return
         keys = [self.key(flow_key) for flow_key, _ in forecasts]
         try:
-            await self._put(keys=keys, args=[self.ttl_ms, *(pack(forecast) for _, forecast in forecasts)])
+            if self._put is None:
+                pipe = self.client.pipeline()
+                for key, (_, forecast) in zip(keys, forecasts, strict=True):
+                    pipe.set(key, pack(forecast), px=self.ttl_ms)
+                await pipe.execute()
+            else:
+                await self._put(keys=keys, args=[self.ttl_ms, *(pack(forecast) for _, forecast in forecasts)])
         except _FAILURES as exc:
             raise self._failed(exc) from None
         self._recovered()

@@ -30,9 +30,7 @@ forgotten): a flow scored on another replica starts learning there afresh.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -62,24 +60,12 @@ RIDGE = 1.0  # prior precision of the weights: w starts at 0, pulled there until
 MAX_TRACE = 100.0 * P / RIDGE
 
 
-@dataclass(slots=True)
-class _Flow:
-    weights: np.ndarray  # (P,)
-    cov: np.ndarray  # (P, P) RLS inverse-precision
-    labels: int = 0
-    model_error: float = 0.0  # exponential averages of |error| ms over recent labels: the model alone
-    corrected_error: float = 0.0  # ... and corrected
-    model_recent: float = 0.0  # the same over the last few labels
-    corrected_recent: float = 0.0
-    pending_ts: int = -1  # base timestamp of the newest forecast, its features, loc and correction
-    pending_x: np.ndarray | None = None
-    pending_loc: float = 0.0
-    pending_delta: float = 0.0
-    served: bool = False
-
-
 class FlowResiduals(Collector):
-    """Per-flow latency corrections; ``correct`` each round's new forecasts, ``learn`` from scored ones."""
+    """Per-flow latency corrections; ``correct`` each round's new forecasts, ``learn`` from scored ones.
+
+    The flows' state is kept in arrays, a row per flow (grown by doubling up to ``max_flows``), and a
+    round's flows are corrected and taught with a few numpy calls on their rows (the RLS steps batched):
+    no Python step per flow but the look-up of its row."""
 
     def __init__(
         self,
@@ -91,92 +77,196 @@ class FlowResiduals(Collector):
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.forget, self.margin, self.min_labels, self.max_flows = forget, margin, min_labels, max_flows
-        self._flows: OrderedDict[str, _Flow] = OrderedDict()
+        self._row: dict[str, int] = {}  # flow_key -> its row
+        self._keys: list[str | None] = []  # row -> flow_key (None: free)
+        self._free: list[int] = []
+        self._clock = 0  # order of creation or last label: the cap forgets the rows least recently scored
+        self._grow(0)
         self.labels = 0
         self.corrected = 0  # forecasts served corrected
         if registry is not None:
             registry.register(self)
+
+    def _grow(self, capacity: int) -> None:
+        old = len(self._keys)
+        self._keys.extend([None] * (capacity - old))
+        self._free.extend(range(capacity - 1, old - 1, -1))  # popped from the end: lowest rows first
+
+        def grown(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+            out: np.ndarray = np.zeros((capacity, *shape), dtype=dtype)
+            if old:
+                out[:old] = getattr(self, name)
+            return out
+
+        self._weights = grown("_weights", (P,), np.float64)
+        self._cov = grown("_cov", (P, P), np.float64)  # RLS inverse-precision
+        self._labels = grown("_labels", (), np.int64)
+        # exponential averages of |error| ms over recent labels: the model alone, and corrected; the same
+        # over the last few labels
+        self._model_error = grown("_model_error", (), np.float64)
+        self._corrected_error = grown("_corrected_error", (), np.float64)
+        self._model_recent = grown("_model_recent", (), np.float64)
+        self._corrected_recent = grown("_corrected_recent", (), np.float64)
+        # the newest forecast: its base timestamp (-1: none pending), features, loc and correction
+        self._pending_ts = grown("_pending_ts", (), np.int64)
+        self._pending_x = grown("_pending_x", (P,), np.float64)
+        self._pending_loc = grown("_pending_loc", (), np.float64)
+        self._pending_delta = grown("_pending_delta", (), np.float64)
+        self._served = grown("_served", (), bool)
+        self._order = grown("_order", (), np.int64)
+        if capacity > old:
+            self._pending_ts[old:] = -1
+
+    def _rows(self, keys: Sequence[str]) -> np.ndarray:
+        """The rows of ``keys``, made (fresh: no labels, weights 0) for flows without one; -1 for a new flow
+        that the cap leaves no room for (more new flows at once than ``max_flows``)."""
+        get = self._row.get
+        rows = np.fromiter((get(key, -1) for key in keys), np.int64, len(keys))
+        new = np.flatnonzero(rows < 0)
+        if not len(new):
+            return rows
+        keep = new[-self.max_flows :]  # of more new flows than the cap, the last ones stay
+        need = len(self._row) + len(keep) - self.max_flows
+        if need > 0:  # the least recently scored flows of other rounds go first
+            candidates = self._used()
+            candidates[rows[rows >= 0]] = False
+            used = np.flatnonzero(candidates)
+            evicted = min(need, len(used))
+            if evicted:
+                self._forget(used[np.argpartition(self._order[used], evicted - 1)[:evicted]])
+            keep = keep[need - evicted :]
+        if len(keep) > len(self._free):
+            self._grow(min(self.max_flows, max(1024, 2 * len(self._keys), len(self._row) + len(keep))))
+        made = np.array([self._free.pop() for _ in range(len(keep))], dtype=np.int64)
+        for i, row in zip(keep.tolist(), made.tolist(), strict=True):
+            key = keys[i]
+            self._row[key] = row
+            self._keys[row] = key
+        self._weights[made] = 0.0
+        self._cov[made] = np.eye(P) / RIDGE
+        for name in ("_labels", "_model_error", "_corrected_error", "_model_recent", "_corrected_recent"):
+            getattr(self, name)[made] = 0
+        self._pending_ts[made] = -1
+        self._served[made] = False
+        self._order[made] = np.arange(self._clock, self._clock + len(made))
+        self._clock += len(made)
+        rows[keep] = made
+        return rows
+
+    def _used(self) -> np.ndarray:
+        used = np.zeros(len(self._keys), dtype=bool)
+        if self._row:
+            used[np.fromiter(self._row.values(), np.int64, len(self._row))] = True
+        return used
+
+    def _forget(self, rows: np.ndarray) -> None:
+        for row in rows.tolist():
+            key = self._keys[row]
+            if key is not None:
+                del self._row[key]
+                self._keys[row] = None
+                self._free.append(row)
 
     # -- serving ------------------------------------------------------------------------------
     def correct(
         self,
         predictor: Predictor,
         keys: Sequence[str],
-        windows: Sequence[np.ndarray],
+        windows: Sequence[np.ndarray] | np.ndarray,
         rows: Sequence[Forecast],
         indices: Sequence[int],
         base_ts: Sequence[int],
+        lengths: np.ndarray | None = None,
     ) -> None:
         """Compute each flow's correction of its new forecast (``rows[i]``'s row ``indices[i]``, made from
-        ``windows[i]`` (n, D) raw); shift step 1's latency by it where the flow's gate is open."""
+        ``windows[i]`` (n, D) raw; or with ``lengths``, ``windows`` is a right-aligned block (B, L, D),
+        window i its last ``lengths[i]`` contexts); shift step 1's latency by it where the flow's gate is
+        open. ``keys`` are distinct."""
         if not keys:
             return
-        loc = np.fromiter(
-            (f.loc[j, 0, LATENCY] for f, j in zip(rows, indices, strict=True)), np.float64, len(keys)
-        )
-        x = features(windows, loc, predictor.scaler.transform)
+        b = len(keys)
+        loc = np.fromiter((f.loc[j, 0, LATENCY] for f, j in zip(rows, indices, strict=True)), np.float64, b)
+        if lengths is not None:
+            x = block_features(np.asarray(windows), lengths, loc, predictor.scaler.transform)
+        else:
+            x = features(windows, loc, predictor.scaler.transform)  # type: ignore[arg-type]
         floor = predictor.scaler.floors[LATENCY]
-        for i, key in enumerate(keys):
-            flow = self._flows.get(key)
-            if flow is None:
-                flow = self._flows[key] = _Flow(np.zeros(P), np.eye(P) / RIDGE)
-                if len(self._flows) > self.max_flows:
-                    self._flows.popitem(last=False)
-            delta = _capped(float(np.clip(flow.weights @ x[i], -CLIP, CLIP)), float(loc[i]), floor, flow)
-            flow.pending_ts, flow.pending_x = int(base_ts[i]), x[i]
-            flow.pending_loc, flow.pending_delta = float(loc[i]), delta
-            if flow.served:
-                _shift(predictor, rows[i], indices[i], delta)
-                self.corrected += 1
+        at = self._rows(keys)
+        live = np.flatnonzero(at >= 0)
+        if len(live) < b:
+            at, loc, x = at[live], loc[live], x[live]
+        delta = np.clip(np.einsum("bp,bp->b", self._weights[at], x), -CLIP, CLIP)
+        delta = _capped(delta, loc, floor, self._labels[at], self._model_error[at])
+        self._pending_ts[at] = np.asarray(base_ts, dtype=np.int64)[live]
+        self._pending_x[at] = x
+        self._pending_loc[at] = loc
+        self._pending_delta[at] = delta
+        served = np.flatnonzero(self._served[at])
+        for k in served.tolist():
+            i = int(live[k])
+            _shift(predictor, rows[i], indices[i], float(delta[k]))
+        self.corrected += len(served)
 
     # -- learning -----------------------------------------------------------------------------
     def learn(
         self, predictor: Predictor, keys: Sequence[str], base_ts: Sequence[int], actual: np.ndarray
     ) -> None:
-        """The flows' forecasts made at ``base_ts`` met the contexts ``actual`` (n, D) raw: RLS steps."""
+        """The flows' forecasts made at ``base_ts`` met the contexts ``actual`` (n, D) raw: RLS steps, one
+        per flow (``keys`` are distinct), batched."""
         if not keys:
             return
+        get = self._row.get
+        at = np.fromiter((get(key, -1) for key in keys), np.int64, len(keys))
+        ts = np.asarray(base_ts, dtype=np.int64)
+        # not the forecast we corrected (another replica's, or forgotten): nothing to learn
+        ok = at >= 0
+        ok[ok] = self._pending_ts[at[ok]] == ts[ok]
+        if not ok.any():
+            return
+        at, actual = at[ok], actual[ok]
+        m = len(at)
+        self._order[at] = np.arange(self._clock, self._clock + m)
+        self._clock += m
         floor = predictor.scaler.floors[LATENCY]
-        transformed = predictor.scaler.transform(actual)[:, LATENCY].tolist()
+        y = actual[:, LATENCY].astype(np.float64)
+        ty = predictor.scaler.transform(actual)[:, LATENCY]
         lam = self.forget
         g, h = 1.0 / GATE_LABELS, 1.0 / GATE_SHORT
-        for key, ts, y, ty in zip(keys, base_ts, actual[:, LATENCY].tolist(), transformed, strict=True):
-            flow = self._flows.get(key)
-            if flow is None or flow.pending_ts != ts or flow.pending_x is None:
-                continue  # not the forecast we corrected (another replica's, or forgotten)
-            self._flows.move_to_end(key)
-            x = flow.pending_x
-            # shadow scores: the model alone and corrected, whichever was served
-            base = _inverse(flow.pending_loc, floor)
-            corrected = _inverse(flow.pending_loc + flow.pending_delta, floor)
-            flow.model_error += g * (abs(y - base) - flow.model_error)
-            flow.corrected_error += g * (abs(y - corrected) - flow.corrected_error)
-            flow.model_recent += h * (abs(y - base) - flow.model_recent)
-            flow.corrected_recent += h * (abs(y - corrected) - flow.corrected_recent)
-            # the RLS step
-            r = ty - flow.pending_loc
-            cx = flow.cov @ x
-            k = cx / (lam + x @ cx)
-            e = float(np.clip(r - flow.weights @ x, -CLIP, CLIP))
-            flow.weights += k * e
-            flow.cov -= np.outer(k, cx)
-            if np.trace(flow.cov) < MAX_TRACE:
-                flow.cov /= lam
-            flow.labels += 1
-            flow.pending_x = None
-            flow.served = (
-                flow.labels >= self.min_labels
-                and flow.corrected_error < (1.0 - self.margin) * flow.model_error
-                and flow.corrected_recent <= flow.model_recent
-            )
-            self.labels += 1
+        loc, delta = self._pending_loc[at], self._pending_delta[at]
+        # shadow scores: the model alone and corrected, whichever was served
+        model_abs = np.abs(y - _inverse(loc, floor))
+        corrected_abs = np.abs(y - _inverse(loc + delta, floor))
+        model_error = self._model_error[at] + g * (model_abs - self._model_error[at])
+        corrected_error = self._corrected_error[at] + g * (corrected_abs - self._corrected_error[at])
+        model_recent = self._model_recent[at] + h * (model_abs - self._model_recent[at])
+        corrected_recent = self._corrected_recent[at] + h * (corrected_abs - self._corrected_recent[at])
+        # the RLS steps
+        x, cov, weights = self._pending_x[at], self._cov[at], self._weights[at]
+        cx = np.einsum("bij,bj->bi", cov, x)
+        k = cx / (lam + np.einsum("bi,bi->b", x, cx))[:, None]
+        e = np.clip(ty - loc - np.einsum("bp,bp->b", weights, x), -CLIP, CLIP)
+        weights += k * e[:, None]
+        cov -= k[:, :, None] * cx[:, None, :]
+        inflate = np.einsum("bii->b", cov) < MAX_TRACE
+        cov[inflate] /= lam
+        labels = self._labels[at] + 1
+        self._weights[at], self._cov[at], self._labels[at] = weights, cov, labels
+        self._model_error[at], self._corrected_error[at] = model_error, corrected_error
+        self._model_recent[at], self._corrected_recent[at] = model_recent, corrected_recent
+        self._pending_ts[at] = -1
+        self._served[at] = (
+            (labels >= self.min_labels)
+            & (corrected_error < (1.0 - self.margin) * model_error)
+            & (corrected_recent <= model_recent)
+        )
+        self.labels += m
 
     # -- reporting ----------------------------------------------------------------------------
     def summary(self) -> dict[str, int]:
         """What GET /v1/stats answers: flows with a correction, served now, labels, forecasts corrected."""
-        served = sum(1 for f in self._flows.values() if f.served)
+        served = int(self._served[self._used()].sum())
         return {
-            "flows": len(self._flows),
+            "flows": len(self._row),
             "served": served,
             "labels": self.labels,
             "corrected": self.corrected,
@@ -216,9 +306,16 @@ def features(
     """(B, P) features of windows (each (n, D) raw) whose model forecast is ``loc`` (in T's space);
     ``transform``: the scaler's raw -> transformed map."""
     padded = np.stack([_last(w, SPAN) for w in windows])  # (B, SPAN, D) raw
+    return _features_of(padded, loc, transform)
+
+
+def _features_of(
+    padded: np.ndarray, loc: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """(B, P) features of windows padded to SPAN contexts (B, SPAN, D) raw."""
     z = transform(padded)
     lat = z[:, :, LATENCY]
-    x = np.empty((len(windows), P))
+    x = np.empty((len(padded), P))
     x[:, 0] = 1.0
     for c, k in enumerate(LAGS, start=1):
         x[:, c] = lat[:, -k] - loc
@@ -240,29 +337,52 @@ def features(
     return x
 
 
+def block_features(
+    block: np.ndarray, lengths: np.ndarray, loc: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``features`` of windows given as a right-aligned block (B, L, D), window i its last
+    ``lengths[i]`` contexts: the same numbers, the short windows padded in bulk."""
+    if block.shape[1] >= SPAN:
+        padded = block[:, -SPAN:].astype(np.float64)
+    else:
+        padded = np.concatenate(
+            (np.repeat(block[:, :1], SPAN - block.shape[1], axis=1), block), axis=1
+        ).astype(np.float64)
+    short = np.flatnonzero(lengths < SPAN)
+    if len(short):  # a short window's first context, repeated over the columns before it
+        first = SPAN - lengths[short]  # (S,) column of its first context
+        cols = np.arange(SPAN)
+        source = np.maximum(cols[None, :], first[:, None])  # (S, SPAN)
+        padded[short] = padded[short[:, None], source]
+    return _features_of(padded, loc, transform)
+
+
 def _last(window: np.ndarray, n: int) -> np.ndarray:
     if len(window) >= n:
         return window[-n:]
     return np.concatenate((np.repeat(window[:1], n - len(window), axis=0), window))
 
 
-def _capped(delta: float, loc: float, floor: float, flow: _Flow) -> float:
+def _capped(
+    delta: np.ndarray, loc: np.ndarray, floor: float, labels: np.ndarray, model_error: np.ndarray
+) -> np.ndarray:
     """``delta``, shrunk so that it moves the forecast by at most ``CAP_ERRORS`` of the model's recent
     errors (ms): on a window unlike the ones it learnt from (a link failure doubles latency), linear
-    weights extrapolate, and one such forecast costs more than many good ones gain."""
-    if flow.labels == 0:
-        return delta
+    weights extrapolate, and one such forecast costs more than many good ones gain. A flow without
+    labels yet is not capped."""
     base = _inverse(loc, floor)
-    cap = CAP_ERRORS * flow.model_error
+    cap = CAP_ERRORS * model_error
     moved = _inverse(loc + delta, floor) - base
-    if abs(moved) <= cap:
+    over = (labels > 0) & (np.abs(moved) > cap)
+    if not over.any():
         return delta
-    target = base + (cap if moved > 0 else -cap)
-    return float(np.log(max(target, 0.0) + floor + 1e-12) - loc)
+    target = base + np.where(moved > 0, cap, -cap)
+    shrunk = np.log(np.maximum(target, 0.0) + floor + 1e-12) - loc
+    return np.where(over, shrunk, delta)
 
 
-def _inverse(loc: float, floor: float) -> float:
-    return max(float(np.exp(min(loc, 50.0))) - floor, 0.0)
+def _inverse(loc: np.ndarray, floor: float) -> np.ndarray:
+    return np.maximum(np.exp(np.minimum(loc, 50.0)) - floor, 0.0)
 
 
 def _shift(predictor: Predictor, forecast: Forecast, row: int, delta: float) -> None:

@@ -1,16 +1,18 @@
-"""The forecast store on a real Redis: every replica reads the newest forecast and score of a flow."""
+"""The forecast store on a real Redis and on a real 3-node Redis Cluster started here: every replica reads
+the newest forecast and score of a flow."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from app.forecasts.redis import ForecastsUnavailable, RedisForecasts, pack, unpack
 from app.forecasts.store import FlowForecast, FlowScore, MemoryForecasts, create_forecast_store
+from tests.app.test_flows_store import RedisClusterProcesses
 from tests.redis_server import redis_url
 
 REDIS_URL = redis_url(10)
@@ -21,22 +23,42 @@ def forecast(base_ts: int, latency: float = 21.5, scored: int = 0) -> FlowForeca
     return FlowForecast(b'{"flow_key":"x"}', None, base_ts, latency, 20.0, 20.5, "lstm", score)
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    processes = RedisClusterProcesses(str(tmp_path_factory.mktemp("cluster")))
+    try:
+        processes.start()
+        yield processes
+    finally:
+        processes.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        return REDIS_URL
+    return str(request.getfixturevalue("cluster").url)
+
+
 @pytest.fixture
-async def store() -> AsyncIterator[RedisForecasts]:
+async def store(url: str) -> AsyncIterator[RedisForecasts]:
     prefix = f"test:fc:{uuid.uuid4().hex[:8]}:"
-    client = Redis.from_url(REDIS_URL)
-    store = RedisForecasts(client=client, prefix=prefix, ttl_ms=60_000)
+    store = RedisForecasts(url, prefix=prefix, ttl_ms=60_000)
     try:
         yield store
     finally:
-        keys = [key async for key in client.scan_iter(f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+        client = store.client
+        if isinstance(client, RedisCluster):
+            await client.delete(*[key async for key in client.scan_iter(f"{prefix}*")] or [prefix])
+        else:
+            keys = [key async for key in client.scan_iter(f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+        await store.__aexit__()
 
 
-async def test_a_forecast_written_by_one_replica_is_read_by_another(store: RedisForecasts) -> None:
-    other = RedisForecasts(REDIS_URL, prefix=store.prefix, ttl_ms=60_000)
+async def test_a_forecast_written_by_one_replica_is_read_by_another(store: RedisForecasts, url: str) -> None:
+    other = RedisForecasts(url, prefix=store.prefix, ttl_ms=60_000)
     async with other:
         await store.put_many([("a" * 64, forecast(1000, scored=4)), ("b" * 64, forecast(2000))])
         a, b, missing = await other.get_many(["a" * 64, "b" * 64, "c" * 64])
@@ -90,3 +112,43 @@ def test_a_forecasts_interval_numbers_survive_the_round_trip_through_its_redis_v
     np.testing.assert_array_equal(back.interval, kept.interval)
     assert (back.base_ts, back.model, back.score.scored, back.result()) == (3000, "lstm", 2, kept.result())
     assert unpack(pack(forecast(4000))).interval is None
+
+
+async def test_a_rounds_flows_over_every_slot_are_written_and_read_back(
+    store: RedisForecasts, url: str
+) -> None:
+    """A round of 300 flows: on a Cluster their keys fall on all three nodes, and MGET and the script of
+    one Redis would be refused (CROSSSLOT); each flow's forecast comes back as written."""
+    keys = [f"{i:064x}" for i in range(300)]
+    written = [(key, forecast(1000 + i, latency=float(i), scored=i % 5)) for i, key in enumerate(keys)]
+    await store.put_many(written)
+    other = RedisForecasts(url, prefix=store.prefix, ttl_ms=60_000)
+    async with other:
+        back = await other.get_many([*keys, "f" * 64])
+        previous = await other.get_previous(keys)
+    assert back == [f for _, f in written] + [None]
+    assert previous.found.all() and list(previous.base_ts) == [1000 + i for i in range(300)]
+    if store.cluster:
+        nodes = {store.client.get_node_from_key(store.key(key)).name for key in keys}
+        assert len(nodes) == 3
+    ttl = await store.client.pttl(store.key(keys[-1]))
+    assert 0 < ttl <= 60_000
+
+
+async def test_continuous_rounds_keep_and_score_their_forecasts_on_the_cluster(
+    cluster: RedisClusterProcesses,
+) -> None:
+    from tests.app.test_forecasts import T0, _rig, key, observation
+
+    prefix = f"test:fc:{uuid.uuid4().hex[:8]}:"
+    async for rig in _rig(forecast_url=cluster.url, forecast_prefix=prefix):
+        assert isinstance(rig.forecasts.store, RedisForecasts) and rig.forecasts.store.cluster
+        for step in range(3):
+            await rig.observe([observation(f, step) for f in range(100)])
+            await rig.forecasts.continuous.idle()
+        assert rig.forecasts.store.problem is None
+        for f in (0, 57, 99):
+            forecast, score = await rig.forecasts.flow(key(f))
+            assert forecast is not None and forecast["metadata"]["base_timestamp"] == T0 + 2000
+            assert score is not None and score["scored"] == 2
+        assert rig.forecasts.summary()["scores"]["forecasters"]["lstm"]["scored"] == 200

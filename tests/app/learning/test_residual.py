@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.learning.residual import FlowResiduals, P, features
+from app.learning.residual import FlowResiduals, P, block_features, features
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
 
@@ -91,3 +91,58 @@ def test_features_of_short_windows_repeat_their_first_context(predictor: Predict
     window = np.tile([40.0, 4.0, 0.001, 800.0, 0.5, 0.0001, 100.0, 20.0], (3, 1))
     x = features([window], np.array([np.log(40.0)]), predictor.scaler.transform)
     assert x.shape == (1, P) and np.all(np.isfinite(x))
+
+
+def test_a_block_of_windows_has_the_features_of_each_window(predictor: Predictor) -> None:
+    rng = np.random.default_rng(3)
+    lengths = np.array([1, 5, 24, 30, 32])
+    block = np.abs(40.0 * (1 + 0.2 * rng.standard_normal((5, 32, D))))
+    block[..., 4] = rng.random((5, 32))
+    loc = rng.standard_normal(5)
+    windows = [block[i, 32 - n :] for i, n in enumerate(lengths)]
+    expected = features(windows, loc, predictor.scaler.transform)
+    got = block_features(block, lengths, loc, predictor.scaler.transform)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_flows_corrected_and_taught_together_are_as_each_taught_alone(predictor: Predictor) -> None:
+    """The batched RLS steps of a round's flows are each flow's own: a round of eight flows gives every
+    flow the weights, gate and served forecasts that it gets alone."""
+    flows = 8
+    together = FlowResiduals(min_labels=20)
+    alone = [FlowResiduals(min_labels=20) for _ in range(flows)]
+    runs = []
+    for f in range(flows):
+        runs.append(run(predictor, alone[f], 120, lead=0.1 * f, seed=f))
+    rng = [np.random.default_rng(f) for f in range(flows)]
+    keys = [f"{f:064x}" for f in range(flows)]
+    data = []
+    for f in range(flows):  # the flows of ``run``, rebuilt
+        e = rng[f].standard_normal(160)
+        rows = np.tile([40.0, 4.0, 0.001, 800.0, 0.5, 0.0001, 100.0, 20.0], (160, 1))
+        rows[:, 7] = np.round(20.0 * np.exp(0.8 * e))
+        rows[1:, 0] *= np.exp(0.1 * f * e[:-1] + 0.03 * rng[f].standard_normal(159))
+        data.append(rows)
+    ts = np.arange(160, dtype=np.int64) * 10_000
+    forecasts = [
+        predictor.predict(
+            [ts[end - 32 : end] for end in range(32, 152)], [d[end - 32 : end] for end in range(32, 152)], 1
+        )
+        for d in data
+    ]
+    for i in range(120):
+        block = np.stack([d[i : i + 32] for d in data])
+        together.correct(
+            predictor,
+            keys,
+            block,
+            forecasts,
+            [i] * flows,
+            [int(ts[31 + i])] * flows,
+            lengths=np.full(flows, 32),
+        )
+        together.learn(predictor, keys, [int(ts[31 + i])] * flows, np.stack([d[32 + i] for d in data]))
+    for f in range(flows):
+        np.testing.assert_allclose(forecasts[f].mean[:, 0, 0], runs[f][0], rtol=1e-9)
+    assert together.labels == sum(r.labels for r in alone)
+    assert together.corrected == sum(r.corrected for r in alone) > 0
