@@ -30,7 +30,15 @@ from app.bus import Bus
 from app.engine import WindowForecast
 from app.groups.base import FlowOutlook, Group, GroupState, GroupStore, GroupsUnavailable
 from app.groups.ranking import Decision, Hysteresis, decide
-from app.routing import FailurePolicy, FlowKeyFormat, outlooks, route_forecast, window_medians
+from app.routing import (
+    LATENCY,
+    MIN_SIGMA,
+    UTILIZATION,
+    FailurePolicy,
+    FlowKeyFormat,
+    outlook_arrays,
+    window_medians,
+)
 
 log = logging.getLogger("cpe.groups")
 
@@ -217,31 +225,60 @@ class RouteGroups:
     def _outlooks(
         self, windows: Sequence[ForecastWindow], forecasts: Sequence[WindowForecast], chosen: list[int]
     ) -> list[FlowOutlook]:
-        """The outlooks of the ``chosen`` flows of a round, computed together."""
-        picked = [windows[i] for i in chosen]  # each read once: a round's windows may be made on demand
-        medians = window_medians([w.features for w in picked])
-        routes = [
-            route_forecast("", 1.0, w.features, forecasts[i], median)
-            for i, w, median in zip(chosen, picked, medians, strict=True)
-        ]
-        return [
-            FlowOutlook(
-                expected_latency_ms=figures.expected_latency_ms,
-                expected_throughput=figures.expected_throughput,
-                reliability_score=figures.reliability_score,
-                failure_probability=figures.failure_probability,
-                predicted_load=figures.predicted_load,
-                confidence=figures.confidence,
-                predicted_context=figures.predicted_context,
-                time_to_recovery_ms=figures.time_to_recovery_ms,
-                time_horizon_ms=round(self.horizon * route.dt_s * 1000.0),
-                model_version=forecasts[i].predictor.version,
-                base_ts=int(w.timestamps[-1]),
+        """The outlooks of the ``chosen`` flows of a round, computed together from the round's arrays: the
+        forward passes' rows gathered per pass, the windows' medians read off the round's block when it
+        hands one over (``block``), never an object per window."""
+        medians, base_ts = _window_figures(windows, chosen)
+        out: list[FlowOutlook | None] = [None] * len(chosen)
+        by_pass: dict[int, list[int]] = {}  # forward pass -> positions in ``chosen``
+        for k, i in enumerate(chosen):
+            by_pass.setdefault(id(forecasts[i].batch), []).append(k)
+        h = self.horizon
+        for positions in by_pass.values():
+            first = forecasts[chosen[positions[0]]]
+            batch, predictor = first.batch, first.predictor
+            rows = np.fromiter((forecasts[chosen[k]].index for k in positions), np.int64, len(positions))
+            dt_s = batch.dt_s[rows]
+            figures = outlook_arrays(
+                predictor.scaler,
+                batch.mean[rows],
+                batch.loc[rows],
+                np.maximum(batch.std[rows], MIN_SIGMA),
+                batch.confidence[rows],
+                dt_s,
+                medians[positions],
+                h,
+                self.policy,
             )
-            for i, w, route, figures in zip(
-                chosen, picked, routes, outlooks(routes, self.horizon, self.policy), strict=True
-            )
-        ]
+            contexts = figures.predicted_context.tolist()
+            horizon_ms = np.round(h * dt_s * 1000.0).astype(np.int64).tolist()
+            for k, lat, thr, rel, fail, context, conf, rec, span, base in zip(
+                positions,
+                figures.expected_latency_ms.tolist(),
+                figures.expected_throughput.tolist(),
+                figures.reliability_score.tolist(),
+                figures.failure_probability.tolist(),
+                contexts,
+                figures.confidence.tolist(),
+                figures.time_to_recovery_ms.tolist(),
+                horizon_ms,
+                base_ts[positions].tolist(),
+                strict=True,
+            ):
+                out[k] = FlowOutlook(
+                    expected_latency_ms=lat,
+                    expected_throughput=thr,
+                    reliability_score=rel,
+                    failure_probability=fail,
+                    predicted_load=context[UTILIZATION],
+                    confidence=conf,
+                    predicted_context=context,
+                    time_to_recovery_ms=rec,
+                    time_horizon_ms=span,
+                    model_version=predictor.version,
+                    base_ts=base,
+                )
+        return out  # type: ignore[return-value]  # every position was filled
 
     async def _rerank(self, fresh: dict[str, FlowOutlook], group_ids: list[str]) -> None:
         await self.store.put_outlooks(fresh)
@@ -285,3 +322,23 @@ class RouteGroups:
         if decision.breakers_changed:
             self.metrics.changes.labels(change="breaker").inc(len(decision.breakers_changed))
         return decision
+
+
+def _window_figures(windows: Sequence[ForecastWindow], chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The median latency (float) and the newest timestamp (int ms) of each ``chosen`` window: read off the
+    round's block (``windows.block``, a ``WindowBlock``) when there is one, one numpy call per window
+    length; else from each window."""
+    block = getattr(windows, "block", None)
+    if block is None:
+        picked = [windows[i] for i in chosen]  # each read once: a round's windows may be made on demand
+        medians = np.asarray(window_medians([w.features for w in picked]), dtype=np.float64)
+        return medians, np.asarray([int(w.timestamps[-1]) for w in picked], dtype=np.int64)
+    rows = np.asarray(chosen, dtype=np.int64)
+    lengths = block.lengths[rows]
+    latency = block.features[rows, :, LATENCY]  # (R, L), each window in its last ``lengths`` columns
+    width = latency.shape[1]
+    medians = np.empty(len(rows), dtype=np.float64)
+    for n in np.unique(lengths).tolist():
+        same = lengths == n
+        medians[same] = np.median(latency[same, width - n :], axis=1)
+    return medians, block.timestamps[rows, -1].astype(np.int64)
