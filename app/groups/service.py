@@ -10,7 +10,9 @@ forecasts costs nothing here unless one of its flows is a route.
 route, its outlook (``app/routing.py``'s figures at CPE_FORECAST_HORIZON) is kept in the store for every
 replica; each group of those flows is re-ranked on its routes' newest outlooks (``ranking.decide``), its
 state kept, and what changed published on the routing channel (CPE_BUS_CHANNEL). Re-rankings of this
-replica run one at a time, so that two rounds never race on one group's state.
+replica run one at a time, so that two rounds never race on one group's state; between replicas a state is
+kept by a compare-and-set on its change version (``GroupStore.put_states``), and only the replica whose
+state was kept publishes the change: the other ranks the group again on the newer state.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from app.bus import Bus
 from app.engine import WindowForecast
-from app.groups.base import FlowOutlook, Group, GroupState, GroupStore, GroupsUnavailable
+from app.groups.base import FlowOutlook, Group, GroupStore, GroupsUnavailable
 from app.groups.ranking import Decision, Hysteresis, decide
 from app.routing import (
     LATENCY,
@@ -43,6 +45,7 @@ from app.routing import (
 log = logging.getLogger("cpe.groups")
 
 REFRESH_RETRY_S = 1.0  # how soon a failed reload of the groups is tried again
+CAS_ATTEMPTS = 3  # rankings of a group per round when other replicas keep moving its state on
 
 
 class ForecastWindow(Protocol):
@@ -68,6 +71,12 @@ class GroupMetrics:
             "Changes a re-ranking published, by what changed: best (a RoutingPrediction), weights (a "
             "LoadBalancingUpdate), breaker (a CircuitBreakerPrediction).",
             ["change"],
+            registry=registry,
+        )
+        self.superseded = Counter(
+            "cpe_group_rankings_superseded",
+            "Re-rankings whose state another replica had moved on meanwhile (it published that change): "
+            "ranked again on the newer state rather than published twice.",
             registry=registry,
         )
         self.failed = Counter(
@@ -282,6 +291,19 @@ class RouteGroups:
 
     async def _rerank(self, fresh: dict[str, FlowOutlook], group_ids: list[str]) -> None:
         await self.store.put_outlooks(fresh)
+        pending = group_ids
+        for _ in range(CAS_ATTEMPTS):
+            superseded = await self._rank(fresh, pending)
+            if not superseded:
+                return
+            # another replica re-ranked these from the same state first, and published what changed: rank
+            # them again on its state, where the same change is no change
+            self.metrics.superseded.inc(len(superseded))
+            pending = superseded
+
+    async def _rank(self, fresh: dict[str, FlowOutlook], group_ids: list[str]) -> list[str]:
+        """Re-rank ``group_ids`` on ``fresh`` and the stored outlooks of their other routes, keep their new
+        states and publish what changed; the ids whose state another replica moved on meanwhile."""
         groups = [g for g in (self._groups.get(i) for i in group_ids) if g is not None]
         others = sorted({r.flow_key for g in groups for r in g.routes} - fresh.keys())
         known = dict(fresh)
@@ -292,8 +314,7 @@ class RouteGroups:
         )
         states = await self.store.states([g.group_id for g in groups])
         now_ms = int(time.time() * 1000)
-        kept: dict[str, GroupState] = {}
-        messages: list[bytes] = []
+        decided: dict[str, tuple[Group, Decision]] = {}
         for group, state in zip(groups, states, strict=True):
             decision = decide(
                 group,
@@ -304,15 +325,19 @@ class RouteGroups:
                 temperature=self.temperature,
                 now_ms=now_ms,
             )
-            if decision is None:
-                continue
-            kept[group.group_id] = decision.state
-            messages += self._count(decision).messages(group, self.policy, self.flow_key_format, now_ms)
+            if decision is not None:
+                decided[group.group_id] = (group, decision)
+        kept = await self.store.put_states({g: d.state for g, (_, d) in decided.items()})
         self.metrics.rankings.inc(len(kept))
-        await self.store.put_states(kept)
-        for message in messages:
-            await self.bus.publish(self.routing_channel, message)  # never raises: an outage is counted
-        self.published += len(messages)
+        published = 0
+        for group_id, (group, decision) in decided.items():
+            if group_id not in kept:
+                continue
+            for message in self._count(decision).messages(group, self.policy, self.flow_key_format, now_ms):
+                await self.bus.publish(self.routing_channel, message)  # never raises: an outage is counted
+                published += 1
+        self.published += published
+        return [g for g in decided if g not in kept and g in self._groups]
 
     def _count(self, decision: Decision) -> Decision:
         if decision.best_changed:
