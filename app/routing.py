@@ -127,7 +127,7 @@ def window_medians(windows: list[np.ndarray]) -> list[float]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class RouteOutlook:
     """One route's figures at the request's horizon, and its place in the ranking."""
 

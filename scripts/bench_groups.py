@@ -21,18 +21,18 @@ read off the bus.
   (``generate_trace(shift_at=...)``): how many observations of the degraded route until the
   RoutingPrediction naming the other. Target: within 2.
 
-Load (``--load``): a real ``cpe serve`` (uvicorn) on a free port, ``--flows`` route flows in
-``--groups`` groups, every flow observed once a second (POST /v1/observe in slices over the second),
-``--subscribers`` WebSocket clients (websockets, spread over ``--procs`` client processes), each
-subscribed to ``--groups-per-subscriber`` groups. Every routing message carries its ``timestamp`` (ms,
-when published); each group's observations carry the send time, so a client's latency is receipt time
-minus the send time of the observation round that caused the message. Reported: p50/p99 of that
-latency, messages received, messages the server dropped for slow clients (cpe_ws_messages_dropped_total),
-and heartbeats' ``dropped``; and the server's own figures: observation applied -> forecast published
-(GET /v1/stats), flows still due, rounds. A client attributes a message to the newest observation round
-of its group, so a latency is right while the server keeps up (under the 1 s between a group's rounds);
-a server falling behind shows in ``due`` and ``observe_to_forecast_ms``. Figures on a shared machine are
-noisy: repeat and quote medians.
+Load (``--load``): a real ``cpe serve`` (uvicorn) on a free port, ``--flows`` route flows in ``--groups``
+groups, every flow observed once a second (POST /v1/observe in ``--slices`` bodies over the second, each
+a slice of the groups), ``--subscribers`` WebSocket clients (websockets, spread over ``--procs`` client
+processes), each subscribed to ``--groups-per-subscriber`` groups. Every routing message carries its
+``timestamp`` (ms, when published); each group's observations carry the send time, so a client's latency
+is receipt time minus the send time of the observation round that caused the message. Reported: p50/p99
+of that latency, messages received, messages the server dropped for slow clients
+(cpe_ws_messages_dropped_total), and heartbeats' ``dropped``; and the server's own figures: observation
+applied -> forecast published (GET /v1/stats), flows still due, rounds. A client attributes a message to
+the newest observation round of its group, so a latency is right while the server keeps up (under the 1 s
+between a group's rounds); a server falling behind shows in ``due`` and ``observe_to_forecast_ms``.
+Figures on a shared machine are noisy: repeat and quote medians.
 
 - ``--device`` (default: CPE_DEVICE, else cpu) runs the models there (``cuda`` on a GPU machine).
 - ``--simulate-forward-ms MS``: a SIMULATION. The server's forward pass is replaced by persistence in the
@@ -466,7 +466,7 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
         "CPE_WS_QUEUE_SIZE": "256",
     }
     env |= dict(item.split("=", 1) for item in args.env)
-    slices = 10  # bodies per round, spread over the second
+    slices = args.slices  # bodies per round, spread over the second
     with server_process(env, args.simulate_forward_ms) as server:
         server.wait_ready()
         with httpx.Client(timeout=30) as http:
@@ -616,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups-per-subscriber", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--procs", type=int, default=4, help="client processes holding the sockets")
+    parser.add_argument(
+        "--slices", type=int, default=10, help="bodies a second, each a slice of the groups (bursts)"
+    )
     parser.add_argument(
         "--device", default=os.environ.get("CPE_DEVICE", "cpu"), help="CPE_DEVICE of the load's server"
     )
