@@ -6,17 +6,22 @@ never waits on a client: a slow one loses its oldest messages (counted) and nobo
 
 Under `cpe serve` a client that is keeping up (nothing waiting in its queue, its socket's buffer not
 full) skips the queue: the message is encoded as a WebSocket frame once, and the frame written to its
-socket at once by the server's protocol (``StreamClient.push``, see app/websocket_protocol.py). Sending
+socket by the server's protocol (``StreamClient.push``, see app/websocket_protocol.py). Sending
 through ASGI woke a task per subscriber and went through Starlette, the middleware and websockets'
 encoder each time, which cost a delivery several times the server CPU and doubled the latency from
-publish to receipt (``python -m scripts.bench_ws``; the README has the figures). Order holds: a client
-with anything queued, a reply included, gets the message queued behind it. A client whose socket
-negotiated compression is never pushed to.
+publish to receipt (``python -m scripts.bench_ws``; the README has the figures). The frames a client gets
+in one turn of the event loop (a round's routing messages of its groups, a round's FlowPredictions) are
+written together at the end of that turn (``flush``): one write, one system call, rather than one per
+message, which on loopback also runs the receiver's side of TCP in the sender's. Order holds: a client
+with anything queued, a reply included, gets the message queued behind it; frames held for the end of the
+turn go out before anything queued after them. A client whose socket negotiated compression is never
+pushed to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -42,10 +47,11 @@ PUSH_EXTENSION = "cpe.websocket.push"
 class StreamClient:
     """One routing WebSocket: what it asked for, and its queue of messages waiting to be sent."""
 
-    __slots__ = ("flow_keys", "outbox", "push", "replies", "subscribed", "types")
+    __slots__ = ("flow_keys", "held", "outbox", "push", "replies", "subscribed", "types")
 
     def __init__(self, queue_size: int, push: Callable[[bytes], bool] | None = None) -> None:
-        self.push = push  # writes an encoded frame at once when it can (the server's PUSH_EXTENSION)
+        self.push = push  # writes encoded frames at once when it can (the server's PUSH_EXTENSION)
+        self.held: list[tuple[bytes, str]] = []  # (frame, text) to push at the end of this loop turn
         self.outbox: DropOldestQueue[str] = DropOldestQueue(queue_size)
         self.replies: deque[str] = deque()  # answers to the client's own frames: never dropped
         self.subscribed = False
@@ -119,6 +125,8 @@ class RoutingFanout:
         self._every_flow: set[StreamClient] = set()  # subscribed without a flow filter
         self._by_flow: dict[str, set[StreamClient]] = {}  # flow key -> clients filtering on it
         self._subscribed: set[StreamClient] = set()
+        self._holding: list[StreamClient] = []  # clients with frames held for the end of the loop turn
+        self._flush_due: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -133,6 +141,9 @@ class RoutingFanout:
             self._task.result()  # raises what stopped it
 
     async def stop(self) -> None:
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -162,7 +173,7 @@ class RoutingFanout:
         return client
 
     def disconnect(self, client: StreamClient) -> None:
-        self.unsubscribe(client)
+        self.unsubscribe(client)  # forgets its held frames too
         self._clients.discard(client)
         client.outbox.close()
 
@@ -175,6 +186,7 @@ class RoutingFanout:
     ) -> None:
         """Send ``client`` the messages that pass its filters from now on (a new subscribe replaces them):
         those of ``flow_keys`` and of ``groups`` (both None: every flow), of ``types`` (None: every type)."""
+        self._write(client)  # what the old filters selected goes out before the reply to this
         self._unindex(client)
         if flow_keys is None and groups is None:
             client.flow_keys = None
@@ -194,6 +206,7 @@ class RoutingFanout:
         """Stop sending messages to ``client``, and forget those still waiting for it."""
         self._unindex(client)
         client.subscribed = False
+        client.held.clear()
         client.outbox.clear()
         self.metrics.subscribers.set(len(self._subscribed))
 
@@ -232,30 +245,59 @@ class RoutingFanout:
                 targets = chain(self._every_flow, grouped.union(keyed) if keyed else grouped)
             else:
                 targets = self._every_flow if keyed is None else chain(self._every_flow, keyed)
-        queued, dropped, pushed = self.fan_out(targets, kind, message, text)
+        queued, dropped, _ = self.fan_out(targets, kind, message, text)
         if dropped:
             self.metrics.dropped.inc(dropped)
-        if pushed:
-            self.metrics.sent.inc(pushed)
         return queued
 
     def fan_out(
         self, targets: Iterable[StreamClient], kind: str, message: bytes, text: str
     ) -> tuple[int, int, int]:
-        """Push or queue one message (``text`` is ``message`` decoded) to those of ``targets`` whose type
-        filter takes ``kind``: (clients that matched, messages dropped to make room, pushed at once)."""
-        queued = dropped = pushed = 0
+        """Hold for pushing or queue one message (``text`` is ``message`` decoded) to those of ``targets``
+        whose type filter takes ``kind``: (clients that matched, messages dropped to make room, held for
+        pushing at the end of this loop turn, ``flush``)."""
+        queued = dropped = held = 0
         frame = b""
         for client in targets:
             if client.types is None or kind in client.types:
                 queued += 1
-                if client.push is not None and not client.outbox and not client.replies:
+                if client.push is not None and (client.held or (not client.outbox and not client.replies)):
                     if not frame:
                         frame = Frame(Opcode.TEXT, message).serialize(mask=False)
-                    if client.push(frame):
-                        pushed += 1
-                        continue
-                if not client.outbox.put(text):
+                    if not client.held:
+                        self._hold(client)
+                    client.held.append((frame, text))
+                    held += 1
+                elif not client.outbox.put(text):
                     dropped += 1
-        self.pushed += pushed
-        return queued, dropped, pushed
+        return queued, dropped, held
+
+    def _hold(self, client: StreamClient) -> None:
+        self._holding.append(client)
+        if self._flush_due is None:
+            # with no loop running (a synchronous caller), the caller calls flush() itself
+            with contextlib.suppress(RuntimeError):
+                self._flush_due = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> int:
+        """Write every client's held frames, each client's in one write; a client that cannot take them
+        now (its buffer full, its socket closing) gets them queued instead. Returns the messages written."""
+        self._flush_due = None
+        clients, self._holding = self._holding, []
+        return sum(self._write(client) for client in clients)
+
+    def _write(self, client: StreamClient) -> int:
+        """Push ``client``'s held frames in one write, else queue them; the messages written."""
+        held = client.held
+        if not held:
+            return 0
+        client.held = []
+        assert client.push is not None
+        if client.push(held[0][0] if len(held) == 1 else b"".join(frame for frame, _ in held)):
+            self.pushed += len(held)
+            self.metrics.sent.inc(len(held))
+            return len(held)
+        dropped = sum(not client.outbox.put(text) for _, text in held)
+        if dropped:
+            self.metrics.dropped.inc(dropped)
+        return 0

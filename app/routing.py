@@ -127,7 +127,7 @@ def window_medians(windows: list[np.ndarray]) -> list[float]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class RouteOutlook:
     """One route's figures at the request's horizon, and its place in the ranking."""
 
@@ -158,15 +158,25 @@ def _expected(scaler: Scaler, feature: int, mu: np.ndarray, sigma: np.ndarray) -
 def failure_probabilities(routes: list[RouteForecast], policy: FailurePolicy) -> np.ndarray:
     """P(the route fails) at every step 1..H of each route, (B, H), for routes of one scaler: see the
     module's docstring."""
-    scaler = routes[0].scaler
-    loc = np.stack([r.loc for r in routes])  # (B, H, D)
-    std = np.stack([r.std for r in routes])  # (B, H, D)
+    return failure_matrix(
+        routes[0].scaler,
+        np.stack([r.loc for r in routes]),
+        np.stack([r.std for r in routes]),
+        np.asarray([r.window_latency_ms for r in routes]),
+        policy,
+    )
+
+
+def failure_matrix(
+    scaler: Scaler, loc: np.ndarray, std: np.ndarray, window_latency_ms: np.ndarray, policy: FailurePolicy
+) -> np.ndarray:
+    """``failure_probabilities`` of B routes given as arrays: loc, std (B, H, D), their windows' median
+    latencies (B,)."""
     assert not scaler.is_log[LOSS] and not scaler.is_log[ERRORS], (
         "loss and error rates must be identity-scaled"
     )
-    bound = np.zeros((len(routes), scaler.n_features))
-    medians = np.asarray([r.window_latency_ms for r in routes])
-    bound[:, LATENCY] = policy.latency_factor * np.maximum(medians, scaler.floors[LATENCY])
+    bound = np.zeros((len(loc), scaler.n_features))
+    bound[:, LATENCY] = policy.latency_factor * np.maximum(window_latency_ms, scaler.floors[LATENCY])
     latency_bound = scaler.transform(bound)[:, LATENCY, None]  # (B, 1)
     p_latency = _survival((latency_bound - loc[:, :, LATENCY]) / std[:, :, LATENCY])
     rate_mu = loc[:, :, LOSS] + loc[:, :, ERRORS]
@@ -189,22 +199,66 @@ def outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) -
     return [o for o in out if o is not None]
 
 
-def _outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) -> list[RouteOutlook]:
+@dataclass(frozen=True, slots=True)
+class OutlookArrays:
+    """The figures of B routes at one step, as arrays: ``RouteOutlook``'s, less the route's own fields."""
+
+    expected_latency_ms: np.ndarray  # (B,)
+    expected_throughput: np.ndarray  # (B,)
+    reliability_score: np.ndarray  # (B,)
+    failure_probability: np.ndarray  # (B,)
+    predicted_context: np.ndarray  # (B, D) the point forecast
+    confidence: np.ndarray  # (B,)
+    time_to_recovery_ms: np.ndarray  # (B,) int
+
+
+def outlook_arrays(
+    scaler: Scaler,
+    point: np.ndarray,
+    loc: np.ndarray,
+    std: np.ndarray,
+    confidence: np.ndarray,
+    dt_s: np.ndarray,
+    window_latency_ms: np.ndarray,
+    horizon: int,
+    policy: FailurePolicy,
+) -> OutlookArrays:
+    """The figures at step ``horizon`` (1-based) of B routes of one scaler given as arrays: point, loc and
+    std (B, S, D; std at least MIN_SIGMA), confidence (B, S), dt_s (B,), their windows' median latencies
+    (B,). What ``outlooks`` computes, without an object per route (a round's route groups read hundreds)."""
     h = horizon - 1
-    scaler = routes[0].scaler
-    mu = np.stack([r.loc[h] for r in routes])  # (B, D)
-    sigma = np.stack([r.std[h] for r in routes])  # (B, D)
-    point = np.stack([r.point[h] for r in routes])  # (B, D)
+    mu, sigma = loc[:, h], std[:, h]  # (B, D)
     loss = _expected(scaler, LOSS, mu[:, LOSS], sigma[:, LOSS])
     errors = _expected(scaler, ERRORS, mu[:, ERRORS], sigma[:, ERRORS])
-    latency = _expected(scaler, LATENCY, mu[:, LATENCY], sigma[:, LATENCY])
-    throughput = _expected(scaler, THROUGHPUT, mu[:, THROUGHPUT], sigma[:, THROUGHPUT])
-    failing = failure_probabilities(routes, policy)  # (B, H)
+    failing = failure_matrix(scaler, loc, std, window_latency_ms, policy)  # (B, H)
     steps = failing.shape[1]
     back = failing[:, h + 1 :] <= policy.breaker_threshold  # (B, H - h - 1): later steps back under it
-    first = back.argmax(axis=1) if back.shape[1] else np.zeros(len(routes), dtype=np.int64)
+    first = back.argmax(axis=1) if back.shape[1] else np.zeros(len(loc), dtype=np.int64)
     recovery = np.where(back.any(axis=1), first + h + 1, steps) + 1  # (B,) steps
-    reliability = (1.0 - loss) * (1.0 - errors)
+    return OutlookArrays(
+        expected_latency_ms=_expected(scaler, LATENCY, mu[:, LATENCY], sigma[:, LATENCY]),
+        expected_throughput=_expected(scaler, THROUGHPUT, mu[:, THROUGHPUT], sigma[:, THROUGHPUT]),
+        reliability_score=(1.0 - loss) * (1.0 - errors),
+        failure_probability=failing[:, h],
+        predicted_context=point[:, h],
+        confidence=confidence[:, h],
+        time_to_recovery_ms=np.round(recovery * dt_s * 1000.0).astype(np.int64),
+    )
+
+
+def _outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) -> list[RouteOutlook]:
+    figures = outlook_arrays(
+        routes[0].scaler,
+        np.stack([r.point for r in routes]),
+        np.stack([r.loc for r in routes]),
+        np.stack([r.std for r in routes]),
+        np.stack([r.confidence for r in routes]),
+        np.asarray([r.dt_s for r in routes]),
+        np.asarray([r.window_latency_ms for r in routes]),
+        horizon,
+        policy,
+    )
+    contexts = figures.predicted_context.tolist()
     return [
         RouteOutlook(
             route_id=route.route_id,
@@ -214,18 +268,19 @@ def _outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) 
             cost_factor=route.cost_factor,
             failure_probability=fail,
             predicted_load=context[UTILIZATION],
-            confidence=float(route.confidence[h]),
+            confidence=conf,
             predicted_context=context,
-            time_to_recovery_ms=round(rec * route.dt_s * 1000.0),
+            time_to_recovery_ms=rec,
         )
-        for route, lat, thr, rel, fail, context, rec in zip(
+        for route, lat, thr, rel, fail, context, conf, rec in zip(
             routes,
-            latency.tolist(),
-            throughput.tolist(),
-            reliability.tolist(),
-            failing[:, h].tolist(),
-            point.tolist(),
-            recovery.tolist(),
+            figures.expected_latency_ms.tolist(),
+            figures.expected_throughput.tolist(),
+            figures.reliability_score.tolist(),
+            figures.failure_probability.tolist(),
+            contexts,
+            figures.confidence.tolist(),
+            figures.time_to_recovery_ms.tolist(),
             strict=True,
         )
     ]

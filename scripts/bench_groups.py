@@ -4,6 +4,8 @@
     python -m scripts.bench_groups [--steps 600] [--seeds 5] [--margin 0.15] [--dwell-ms 5000]
     python -m scripts.bench_groups --sweep          # margins x dwells, and the weighting temperatures
     python -m scripts.bench_groups --load [--subscribers 1000] [--flows 10000] [--groups 500] [--seconds 20]
+        [--device cpu|cuda|auto] [--simulate-forward-ms 2] [--env CPE_FORECAST_BATCH=256 ...]
+        [--profile out.txt]
 
 Quality (default), in this process with the real parts (``run_services``: engine, shipped LSTM, flow
 store, continuous prediction, route groups, bus), no HTTP. One group of two routes, each an observed flow
@@ -19,14 +21,27 @@ read off the bus.
   (``generate_trace(shift_at=...)``): how many observations of the degraded route until the
   RoutingPrediction naming the other. Target: within 2.
 
-Load (``--load``): a real ``cpe serve`` (uvicorn) on a free port, ``--flows`` route flows in
-``--groups`` groups, every flow observed once a second (POST /v1/observe in slices over the second),
-``--subscribers`` WebSocket clients (websockets, spread over ``--procs`` client processes), each
-subscribed to ``--groups-per-subscriber`` groups. Every routing message carries its ``timestamp`` (ms,
-when published); each group's observations carry the send time, so a client's latency is receipt time
-minus the send time of the observation round that caused the message. Reported: p50/p99 of that
-latency, messages received, messages the server dropped for slow clients (cpe_ws_messages_dropped_total),
-and heartbeats' ``dropped``. Figures on a shared machine are noisy: repeat and quote medians.
+Load (``--load``): a real ``cpe serve`` (uvicorn) on a free port, ``--flows`` route flows in ``--groups``
+groups, every flow observed once a second (POST /v1/observe in ``--slices`` bodies over the second, each
+a slice of the groups), ``--subscribers`` WebSocket clients (websockets, spread over ``--procs`` client
+processes), each subscribed to ``--groups-per-subscriber`` groups. Every routing message carries its
+``timestamp`` (ms, when published); each group's observations carry the send time, so a client's latency
+is receipt time minus the send time of the observation round that caused the message. Reported: p50/p99
+of that latency, messages received, messages the server dropped for slow clients
+(cpe_ws_messages_dropped_total), and heartbeats' ``dropped``; and the server's own figures: observation
+applied -> forecast published (GET /v1/stats), flows still due, rounds. A client attributes a message to
+the newest observation round of its group, so a latency is right while the server keeps up (under the 1 s
+between a group's rounds); a server falling behind shows in ``due`` and ``observe_to_forecast_ms``.
+Figures on a shared machine are noisy: repeat and quote medians.
+
+- ``--device`` (default: CPE_DEVICE, else cpu) runs the models there (``cuda`` on a GPU machine).
+- ``--simulate-forward-ms MS``: a SIMULATION. The server's forward pass is replaced by persistence in the
+  model's scaled space (the last context repeated) plus a sleep of MS per pass, standing for a GPU's
+  time; the encoding, decoding and everything after the model are the real code. It separates the
+  service's own overhead from the model's CPU cost; its figures are labelled ``simulated_forward_ms``.
+- ``--env K=V``: a server setting (e.g. ``CPE_FORECAST_BATCH=256`` for smaller, more frequent rounds).
+- ``--profile PATH``: py-spy samples the server during the load rounds; the functions with the most
+  samples (own and inclusive) are written to PATH.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -336,16 +352,110 @@ def metric_value(url: str, name: str) -> float:
     )
 
 
+def simulate_forward(pass_ms: float) -> None:
+    """SIMULATION (``--simulate-forward-ms``): every predictor's forward pass becomes persistence in the
+    scaled space (each window's last context, repeated over the horizon) after a sleep of ``pass_ms``
+    per pass, which stands for a GPU's time and, like a GPU's kernel, holds no GIL. The encoding before
+    it and the decoding after it stay the real ones."""
+    from models.predictor import Predictor
+
+    def forward_scaled(self: Predictor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(pass_ms / 1000.0)
+        mean = np.repeat(x[:, -1:, : self.scaler.n_features], self.horizon, axis=1).astype(np.float32)
+        return mean, np.full_like(mean, 0.1)
+
+    projections: dict[tuple[int, int], np.ndarray] = {}
+
+    def forward_embedded(self: Predictor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean, std = forward_scaled(self, x)
+        # a fixed random projection of the newest contexts: windows alike embed alike, as the model's do
+        recent = x[:, -4:].reshape(len(x), -1).astype(np.float32)
+        shape = (recent.shape[1], self.embedding_dim)
+        if shape not in projections:
+            projections[shape] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        embedding = recent @ projections[shape]
+        embedding /= np.linalg.norm(embedding, axis=1, keepdims=True) + 1e-6
+        return mean, std, embedding
+
+    Predictor.forward_scaled = forward_scaled  # type: ignore[method-assign]
+    Predictor.forward_embedded = forward_embedded  # type: ignore[method-assign]
+
+
+def serve_simulated(argv: list[str]) -> int:
+    """``--serve-simulated MS <cpe serve's arguments>``: `cpe serve` with ``simulate_forward(MS)``."""
+    simulate_forward(float(argv[0]))
+    from app.cli import main as cli
+
+    return cli(argv[1:])
+
+
+def server_process(env: dict[str, str], simulated_ms: float | None) -> Any:
+    """The `cpe serve` of the load, simulated (``--simulate-forward-ms``) or not; not started yet."""
+    from tools.process import LOOPBACK, ServerProcess, cpe_env, cpe_serve, free_port
+
+    if simulated_ms is None:
+        return cpe_serve(env)
+    port = free_port()
+    argv = [sys.executable, "-m", "scripts.bench_groups", "--serve-simulated", str(simulated_ms)]
+    argv += ["serve", "--host", LOOPBACK, "--port", str(port)]
+    return ServerProcess(argv, port, env=cpe_env(env), name="cpe serve (simulated forward)")
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, seconds: float, path: str | None) -> Iterator[None]:
+    """Sample ``pid`` with py-spy for ``seconds`` (``--profile``), and write the top functions to ``path``."""
+    if path is None:
+        yield
+        return
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("py-spy") or str(__import__("pathlib").Path(sys.executable).with_name("py-spy"))
+    raw = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name  # noqa: SIM115
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100"]
+    proc = subprocess.Popen([*argv, "--format", "raw", "--nonblocking", "-o", raw], stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.wait(timeout=seconds + 60)
+        with open(path, "w") as out:
+            out.write(profile_summary(raw))
+
+
+def profile_summary(raw_path: str, top: int = 40) -> str:
+    """py-spy's collapsed stacks as two tables: the functions with most samples of their own, and most
+    samples inclusive (anywhere on the stack), in % of all samples (every thread's)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    with open(raw_path) as lines:
+        for line in lines:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0] for f in stack.split(";")]
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + n
+    out = [f"{total} samples"]
+    for title, table in (("own", own), ("inclusive", inclusive)):
+        out.append(f"\n-- {title} --")
+        for name, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            out.append(f"{100.0 * n / max(total, 1):6.2f}%  {name}")
+    return "\n".join(out) + "\n"
+
+
 def load(args: argparse.Namespace) -> dict[str, Any]:
     """See the module's docstring: ``--load``."""
     import multiprocessing
 
     import httpx
 
-    from tools.process import serving
-
     env = {
-        "CPE_DEVICE": "cpu",
+        "CPE_DEVICE": args.device,
         "CPE_MODELS": "lstm",
         "CPE_MODEL": "lstm",
         "CPE_LOG_LEVEL": "warning",
@@ -355,8 +465,10 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
         "CPE_GROUP_WEIGHT_STEP": "0.05",
         "CPE_WS_QUEUE_SIZE": "256",
     }
-    slices = 10  # bodies per round, spread over the second
-    with serving(env, 1) as [server]:
+    env |= dict(item.split("=", 1) for item in args.env)
+    slices = args.slices  # bodies per round, spread over the second
+    with server_process(env, args.simulate_forward_ms) as server:
+        server.wait_ready()
         with httpx.Client(timeout=30) as http:
             for _, body in load_bodies(args, 0, slices):
                 assert http.post(f"{server.url}/v1/observe", content=body).status_code == 202
@@ -388,7 +500,7 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
         dropped_before = metric_value(server.url, "cpe_ws_messages_dropped_total")
         rounds = max(int(args.seconds), 1)
         late = 0
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=30) as http, py_spy(server.pid, rounds, args.profile):
             start = time.monotonic()
             for round_ in range(1, rounds + 1):
                 bodies = load_bodies(args, round_, slices)
@@ -404,6 +516,7 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
                         sent[g] = now
                     answer = http.post(f"{server.url}/v1/observe", content=body)
                     assert answer.status_code == 202, answer.text
+        served = httpx.get(f"{server.url}/v1/stats", timeout=10).json()["forecasts"]  # before the drain
         time.sleep(3.0)  # the last round's messages arrive
         forecasts = metric_value(server.url, "cpe_forecasts_total")
         sent_total = metric_value(server.url, "cpe_ws_messages_sent_total") - sent_before
@@ -432,6 +545,9 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     return {
+        "device": args.device,
+        "simulated_forward_ms": args.simulate_forward_ms,
+        "settings": dict(item.split("=", 1) for item in args.env),
         "flows": args.flows,
         "groups": args.groups,
         "subscribers": args.subscribers,
@@ -444,6 +560,13 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
         "messages_written_by_server": sent_total,
         "messages_dropped_by_server": dropped,
         "latency_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)},
+        "server": {
+            "observe_to_forecast_ms": served["observe_to_forecast_ms"],
+            "due_at_end": served["due"],
+            "rounds": served["rounds"],
+            "coalesced": served["coalesced"],
+            "deferred": served["deferred"],
+        },
     }
 
 
@@ -466,6 +589,9 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-simulated"]:
+        return serve_simulated(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=600, help="steps of the stable trace, per seed")
     parser.add_argument("--seeds", type=int, default=5)
@@ -490,6 +616,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups-per-subscriber", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--procs", type=int, default=4, help="client processes holding the sockets")
+    parser.add_argument(
+        "--slices", type=int, default=10, help="bodies a second, each a slice of the groups (bursts)"
+    )
+    parser.add_argument(
+        "--device", default=os.environ.get("CPE_DEVICE", "cpu"), help="CPE_DEVICE of the load's server"
+    )
+    parser.add_argument(
+        "--simulate-forward-ms",
+        type=float,
+        default=None,
+        help="SIMULATION: the server's forward pass is persistence plus a sleep of this per pass",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="a setting of the load's server"
+    )
+    parser.add_argument("--profile", help="py-spy the load's server; its top functions go here")
     args = parser.parse_args(argv)
     if args.load:
         results: Any = load(args)

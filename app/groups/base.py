@@ -160,8 +160,12 @@ class GroupStore(abc.ABC):
         """Each group's state, in order; None for a group never ranked."""
 
     @abc.abstractmethod
-    async def put_states(self, states: Mapping[str, GroupState]) -> None:
-        """Keep each group's state (a group deleted meanwhile keeps none)."""
+    async def put_states(self, states: Mapping[str, GroupState]) -> set[str]:
+        """Keep each group's new state where the stored one is still the state it was decided from (the
+        group's change version: ``state.rankings - 1`` re-rankings, none stored counting as 0), as one
+        compare-and-set per group; a group deleted meanwhile keeps none. Returns the ids kept: a replica
+        publishes only the changes of those, so that of two replicas re-ranking one group from the same
+        state only one publishes what changed."""
 
     async def all(self, page: int = 1000) -> list[Group]:
         """Every group, a page at a time."""

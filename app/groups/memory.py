@@ -72,7 +72,11 @@ class MemoryGroups(GroupStore):
     async def states(self, group_ids: Sequence[str]) -> list[GroupState | None]:
         return [self._states.get(group_id) for group_id in group_ids]
 
-    async def put_states(self, states: Mapping[str, GroupState]) -> None:
+    async def put_states(self, states: Mapping[str, GroupState]) -> set[str]:
+        kept = set()
         for group_id, state in states.items():
-            if group_id in self._groups:
+            stored = self._states.get(group_id)
+            if group_id in self._groups and (0 if stored is None else stored.rankings) == state.rankings - 1:
                 self._states[group_id] = state
+                kept.add(group_id)
+        return kept

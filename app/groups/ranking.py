@@ -86,17 +86,18 @@ class Decision:
 
 def route_outlook(route: GroupRoute, flow: FlowOutlook) -> RouteOutlook:
     """A route of a group as the ranking takes it: its flow's figures, the group's route id and cost."""
+    # positional, in RouteOutlook's field order: a group of twenty routes makes twenty per re-ranking
     return RouteOutlook(
-        route_id=route.route_id,
-        expected_latency_ms=flow.expected_latency_ms,
-        expected_throughput=flow.expected_throughput,
-        reliability_score=flow.reliability_score,
-        cost_factor=route.cost_factor,
-        failure_probability=flow.failure_probability,
-        predicted_load=flow.predicted_load,
-        confidence=flow.confidence,
-        predicted_context=flow.predicted_context,
-        time_to_recovery_ms=flow.time_to_recovery_ms,
+        route.route_id,
+        flow.expected_latency_ms,
+        flow.expected_throughput,
+        flow.reliability_score,
+        route.cost_factor,
+        flow.failure_probability,
+        flow.predicted_load,
+        flow.confidence,
+        flow.predicted_context,
+        flow.time_to_recovery_ms,
     )
 
 

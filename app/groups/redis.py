@@ -8,9 +8,12 @@ Keys (``<prefix>`` is CPE_GROUP_PREFIX):
 - ``<prefix>o:<flow_key>``: a route flow's newest outlook, JSON, expiring with the flow (CPE_FLOW_TTL_MS).
 
 A PUT writes the definition and drops the old state in one MULTI, so no replica ranks a new definition
-against the old one's state. Two replicas re-ranking one group at the same moment may both publish the
-same change; the state written last wins. Durability is Redis's (``appendonly yes`` keeps the groups
-through a restart of Redis).
+against the old one's state. A state is written by a compare-and-set (``CAS_STATE``, a Lua script: atomic
+in Redis) on the group's change version, its ``rankings``: only where the stored state is still the one
+it was decided from, and the group still exists. Two replicas re-ranking one group from the same state
+both decide; one writes, and only that one publishes the change; the other re-ranks on the newer state
+(``app/groups/service.py``), where the change is no change any more. Durability is Redis's (``appendonly
+yes`` keeps the groups through a restart of Redis).
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ from redis.asyncio import Redis
 from app.groups.base import FlowOutlook, Group, GroupsFull, GroupState, GroupStore, GroupsUnavailable
 
 PREFIX = "cpe:group:"
+# KEYS: the group's definition, its state; ARGV: the version the new state was decided from, the new state.
+# 1 when written; 0 when the stored state moved on (another replica re-ranked it) or the group is gone.
+CAS_STATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local stored = redis.call('GET', KEYS[2])
+local version = 0
+if stored then version = tonumber(cjson.decode(stored)['rankings']) or 0 end
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
 _UNAVAILABLE = (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError)
 
 
@@ -147,14 +161,16 @@ class RedisGroups(GroupStore):
         [values] = await self._run(lambda p: p.mget([self._state(g) for g in group_ids]))
         return [None if v is None else GroupState.from_dict(orjson.loads(v)) for v in values]
 
-    async def put_states(self, states: Mapping[str, GroupState]) -> None:
+    async def put_states(self, states: Mapping[str, GroupState]) -> set[str]:
         ids = list(states)
         if not ids:
-            return
-        # only where the group still exists: a state written after a DELETE would outlive its group
-        exists = await self._run(lambda p: [p.exists(self._group(g)) for g in ids])
-        live = [g for g, e in zip(ids, exists, strict=True) if e]
-        if live:
-            await self._run(
-                lambda p: [p.set(self._state(g), orjson.dumps(states[g].as_dict())) for g in live]
-            )
+            return set()
+
+        def build(pipe: Any) -> None:
+            for g in ids:
+                state = states[g]
+                new = orjson.dumps(state.as_dict())
+                pipe.eval(CAS_STATE, 2, self._group(g), self._state(g), state.rankings - 1, new)
+
+        written = await self._run(build)
+        return {g for g, ok in zip(ids, written, strict=True) if int(ok) == 1}

@@ -10,7 +10,9 @@ forecasts costs nothing here unless one of its flows is a route.
 route, its outlook (``app/routing.py``'s figures at CPE_FORECAST_HORIZON) is kept in the store for every
 replica; each group of those flows is re-ranked on its routes' newest outlooks (``ranking.decide``), its
 state kept, and what changed published on the routing channel (CPE_BUS_CHANNEL). Re-rankings of this
-replica run one at a time, so that two rounds never race on one group's state.
+replica run one at a time, so that two rounds never race on one group's state; between replicas a state is
+kept by a compare-and-set on its change version (``GroupStore.put_states``), and only the replica whose
+state was kept publishes the change: the other ranks the group again on the newer state.
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from app.bus import Bus
 from app.engine import WindowForecast
-from app.groups.base import FlowOutlook, Group, GroupState, GroupStore, GroupsUnavailable
+from app.groups.base import FlowOutlook, Group, GroupStore, GroupsUnavailable
 from app.groups.ranking import Decision, Hysteresis, decide
-from app.routing import FailurePolicy, FlowKeyFormat, outlooks, route_forecast, window_medians
+from app.routing import (
+    LATENCY,
+    MIN_SIGMA,
+    UTILIZATION,
+    FailurePolicy,
+    FlowKeyFormat,
+    outlook_arrays,
+    window_medians,
+)
 
 log = logging.getLogger("cpe.groups")
 
 REFRESH_RETRY_S = 1.0  # how soon a failed reload of the groups is tried again
+CAS_ATTEMPTS = 3  # rankings of a group per round when other replicas keep moving its state on
 
 
 class ForecastWindow(Protocol):
@@ -60,6 +71,12 @@ class GroupMetrics:
             "Changes a re-ranking published, by what changed: best (a RoutingPrediction), weights (a "
             "LoadBalancingUpdate), breaker (a CircuitBreakerPrediction).",
             ["change"],
+            registry=registry,
+        )
+        self.superseded = Counter(
+            "cpe_group_rankings_superseded",
+            "Re-rankings whose state another replica had moved on meanwhile (it published that change): "
+            "ranked again on the newer state rather than published twice.",
             registry=registry,
         )
         self.failed = Counter(
@@ -217,34 +234,76 @@ class RouteGroups:
     def _outlooks(
         self, windows: Sequence[ForecastWindow], forecasts: Sequence[WindowForecast], chosen: list[int]
     ) -> list[FlowOutlook]:
-        """The outlooks of the ``chosen`` flows of a round, computed together."""
-        picked = [windows[i] for i in chosen]  # each read once: a round's windows may be made on demand
-        medians = window_medians([w.features for w in picked])
-        routes = [
-            route_forecast("", 1.0, w.features, forecasts[i], median)
-            for i, w, median in zip(chosen, picked, medians, strict=True)
-        ]
-        return [
-            FlowOutlook(
-                expected_latency_ms=figures.expected_latency_ms,
-                expected_throughput=figures.expected_throughput,
-                reliability_score=figures.reliability_score,
-                failure_probability=figures.failure_probability,
-                predicted_load=figures.predicted_load,
-                confidence=figures.confidence,
-                predicted_context=figures.predicted_context,
-                time_to_recovery_ms=figures.time_to_recovery_ms,
-                time_horizon_ms=round(self.horizon * route.dt_s * 1000.0),
-                model_version=forecasts[i].predictor.version,
-                base_ts=int(w.timestamps[-1]),
+        """The outlooks of the ``chosen`` flows of a round, computed together from the round's arrays: the
+        forward passes' rows gathered per pass, the windows' medians read off the round's block when it
+        hands one over (``block``), never an object per window."""
+        medians, base_ts = _window_figures(windows, chosen)
+        out: list[FlowOutlook | None] = [None] * len(chosen)
+        by_pass: dict[int, list[int]] = {}  # forward pass -> positions in ``chosen``
+        for k, i in enumerate(chosen):
+            by_pass.setdefault(id(forecasts[i].batch), []).append(k)
+        h = self.horizon
+        for positions in by_pass.values():
+            first = forecasts[chosen[positions[0]]]
+            batch, predictor = first.batch, first.predictor
+            rows = np.fromiter((forecasts[chosen[k]].index for k in positions), np.int64, len(positions))
+            dt_s = batch.dt_s[rows]
+            figures = outlook_arrays(
+                predictor.scaler,
+                batch.mean[rows],
+                batch.loc[rows],
+                np.maximum(batch.std[rows], MIN_SIGMA),
+                batch.confidence[rows],
+                dt_s,
+                medians[positions],
+                h,
+                self.policy,
             )
-            for i, w, route, figures in zip(
-                chosen, picked, routes, outlooks(routes, self.horizon, self.policy), strict=True
-            )
-        ]
+            contexts = figures.predicted_context.tolist()
+            horizon_ms = np.round(h * dt_s * 1000.0).astype(np.int64).tolist()
+            for k, lat, thr, rel, fail, context, conf, rec, span, base in zip(
+                positions,
+                figures.expected_latency_ms.tolist(),
+                figures.expected_throughput.tolist(),
+                figures.reliability_score.tolist(),
+                figures.failure_probability.tolist(),
+                contexts,
+                figures.confidence.tolist(),
+                figures.time_to_recovery_ms.tolist(),
+                horizon_ms,
+                base_ts[positions].tolist(),
+                strict=True,
+            ):
+                out[k] = FlowOutlook(
+                    expected_latency_ms=lat,
+                    expected_throughput=thr,
+                    reliability_score=rel,
+                    failure_probability=fail,
+                    predicted_load=context[UTILIZATION],
+                    confidence=conf,
+                    predicted_context=context,
+                    time_to_recovery_ms=rec,
+                    time_horizon_ms=span,
+                    model_version=predictor.version,
+                    base_ts=base,
+                )
+        return out  # type: ignore[return-value]  # every position was filled
 
     async def _rerank(self, fresh: dict[str, FlowOutlook], group_ids: list[str]) -> None:
         await self.store.put_outlooks(fresh)
+        pending = group_ids
+        for _ in range(CAS_ATTEMPTS):
+            superseded = await self._rank(fresh, pending)
+            if not superseded:
+                return
+            # another replica re-ranked these from the same state first, and published what changed: rank
+            # them again on its state, where the same change is no change
+            self.metrics.superseded.inc(len(superseded))
+            pending = superseded
+
+    async def _rank(self, fresh: dict[str, FlowOutlook], group_ids: list[str]) -> list[str]:
+        """Re-rank ``group_ids`` on ``fresh`` and the stored outlooks of their other routes, keep their new
+        states and publish what changed; the ids whose state another replica moved on meanwhile."""
         groups = [g for g in (self._groups.get(i) for i in group_ids) if g is not None]
         others = sorted({r.flow_key for g in groups for r in g.routes} - fresh.keys())
         known = dict(fresh)
@@ -255,8 +314,7 @@ class RouteGroups:
         )
         states = await self.store.states([g.group_id for g in groups])
         now_ms = int(time.time() * 1000)
-        kept: dict[str, GroupState] = {}
-        messages: list[bytes] = []
+        decided: dict[str, tuple[Group, Decision]] = {}
         for group, state in zip(groups, states, strict=True):
             decision = decide(
                 group,
@@ -267,15 +325,19 @@ class RouteGroups:
                 temperature=self.temperature,
                 now_ms=now_ms,
             )
-            if decision is None:
-                continue
-            kept[group.group_id] = decision.state
-            messages += self._count(decision).messages(group, self.policy, self.flow_key_format, now_ms)
+            if decision is not None:
+                decided[group.group_id] = (group, decision)
+        kept = await self.store.put_states({g: d.state for g, (_, d) in decided.items()})
         self.metrics.rankings.inc(len(kept))
-        await self.store.put_states(kept)
-        for message in messages:
-            await self.bus.publish(self.routing_channel, message)  # never raises: an outage is counted
-        self.published += len(messages)
+        published = 0
+        for group_id, (group, decision) in decided.items():
+            if group_id not in kept:
+                continue
+            for message in self._count(decision).messages(group, self.policy, self.flow_key_format, now_ms):
+                await self.bus.publish(self.routing_channel, message)  # never raises: an outage is counted
+                published += 1
+        self.published += published
+        return [g for g in decided if g not in kept and g in self._groups]
 
     def _count(self, decision: Decision) -> Decision:
         if decision.best_changed:
@@ -285,3 +347,23 @@ class RouteGroups:
         if decision.breakers_changed:
             self.metrics.changes.labels(change="breaker").inc(len(decision.breakers_changed))
         return decision
+
+
+def _window_figures(windows: Sequence[ForecastWindow], chosen: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The median latency (float) and the newest timestamp (int ms) of each ``chosen`` window: read off the
+    round's block (``windows.block``, a ``WindowBlock``) when there is one, one numpy call per window
+    length; else from each window."""
+    block = getattr(windows, "block", None)
+    if block is None:
+        picked = [windows[i] for i in chosen]  # each read once: a round's windows may be made on demand
+        medians = np.asarray(window_medians([w.features for w in picked]), dtype=np.float64)
+        return medians, np.asarray([int(w.timestamps[-1]) for w in picked], dtype=np.int64)
+    rows = np.asarray(chosen, dtype=np.int64)
+    lengths = block.lengths[rows]
+    latency = block.features[rows, :, LATENCY]  # (R, L), each window in its last ``lengths`` columns
+    width = latency.shape[1]
+    medians = np.empty(len(rows), dtype=np.float64)
+    for n in np.unique(lengths).tolist():
+        same = lengths == n
+        medians[same] = np.median(latency[same, width - n :], axis=1)
+    return medians, block.timestamps[rows, -1].astype(np.int64)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+
+from websockets.frames import Frame, Opcode
 
 from app.bus import Bus
 from app.fanout import RoutingFanout
@@ -118,6 +121,8 @@ def test_a_client_keeping_up_gets_each_message_pushed_as_one_encoded_frame() -> 
     fanout.subscribe(client, None, None)
     message = _prediction(KEY_A)
     assert fanout.publish_local(message) == 1
+    assert socket.frames == [] and fanout.pushed == 0  # held for the end of the loop's turn
+    assert fanout.flush() == 1
     assert len(client.outbox) == 0 and fanout.pushed == 1
     # an unmasked final text frame: FIN + opcode 1, a 16-bit length (the message is over 125 bytes)
     [frame] = socket.frames
@@ -134,9 +139,31 @@ def test_order_holds_a_message_is_queued_behind_what_waits_and_when_the_push_is_
     behind.reply('{"op":"subscribed"}')  # a reply the sender has not written yet goes first
     first, second = _prediction(KEY_A), _prediction(KEY_B)
     assert fanout.publish_local(first) == 2
+    fanout.flush()
     assert busy.frames == [] and [behind.outbox.get_nowait()] == [first.decode()]
     assert full.outbox.get_nowait() == first.decode() and fanout.pushed == 0
     behind.replies.clear()  # the sender wrote the reply and the queue is empty: pushes resume
     assert fanout.publish_local(second) == 2
+    fanout.flush()
     assert busy.frames[0].endswith(second) and fanout.pushed == 1
     assert full.outbox.get_nowait() == second.decode()  # refused again: queued
+
+
+async def test_the_frames_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
+    fanout = _fanout()
+    socket = Socket()
+    client = fanout.connect(socket)
+    fanout.subscribe(client, None, None)
+    messages = [_prediction(KEY_A), _prediction(KEY_B), UPDATE]
+    for message in messages:
+        assert fanout.publish_local(message) == 1
+    assert socket.frames == []
+    await asyncio.sleep(0)  # the end of this turn of the event loop
+    [written] = socket.frames  # one write of three frames, in order
+    assert written == b"".join(Frame(Opcode.TEXT, m).serialize(mask=False) for m in messages)
+    assert fanout.pushed == 3 and len(client.outbox) == 0
+    # unsubscribing forgets what was held, as what was queued
+    fanout.publish_local(messages[0])
+    fanout.unsubscribe(client)
+    await asyncio.sleep(0)
+    assert len(socket.frames) == 1 and fanout.pushed == 3

@@ -8,8 +8,10 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import orjson
 import pytest
 import redis
+from prometheus_client import Counter
 
 from app.bus import Bus
 from app.groups import (
@@ -45,6 +47,10 @@ def figures(latency: float, base_ts: int = 0) -> FlowOutlook:
     return FlowOutlook(latency, 500.0, 0.99, 0.01, 0.4, 0.8, [latency] * 8, 1000, 1000, "lstm-v1", base_ts)
 
 
+def counted(counter: Counter) -> float:
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
 @pytest.fixture
 def prefix() -> Iterator[str]:
     prefix = f"cpe-test-{secrets.token_hex(6)}:"
@@ -65,7 +71,7 @@ async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Gr
 async def test_groups_are_put_read_replaced_and_deleted(store: GroupStore) -> None:
     assert await store.put(group("g1", 1, 2)) is True
     assert await store.get("g1") == group("g1", 1, 2)
-    await store.put_states({"g1": GroupState(best="r1", weights={"r1": 0.6, "r2": 0.4}, rankings=3)})
+    assert await store.put_states({"g1": GroupState(best="r1", weights={"r1": 0.6, "r2": 0.4}, rankings=1)})
     [state] = await store.states(["g1"])
     assert state is not None and state.best == "r1" and state.weights == {"r1": 0.6, "r2": 0.4}
     # a new definition starts over: the old state would rank it against routes it may not have
@@ -75,8 +81,24 @@ async def test_groups_are_put_read_replaced_and_deleted(store: GroupStore) -> No
     assert await store.get_many(["g1", "nope"]) == [group("g1", 2, 3, objective="balanced"), None]
     assert await store.delete("g1") is True and await store.delete("g1") is False
     assert await store.get("g1") is None and await store.count() == 0
-    await store.put_states({"g1": GroupState(best="r2")})  # the group is gone: no state outlives it
+    # the group is gone: no state outlives it
+    assert await store.put_states({"g1": GroupState(best="r2", rankings=1)}) == set()
     assert await store.states(["g1"]) == [None]
+
+
+async def test_a_state_is_kept_only_over_the_state_it_was_decided_from(store: GroupStore) -> None:
+    await store.put(group("g1", 1, 2))
+    await store.put(group("g2", 1, 3))
+    # the first ranking: version 0, none stored
+    assert await store.put_states({"g1": GroupState(best="r1", rankings=1)}) == {"g1"}
+    # another replica decided from the same (empty) state: its state is not kept
+    assert await store.put_states({"g1": GroupState(best="r2", rankings=1)}) == set()
+    assert await store.put_states({"g1": GroupState(best="r2", rankings=3)}) == set()  # nor one from ahead
+    [state] = await store.states(["g1"])
+    assert state is not None and state.best == "r1"
+    kept = await store.put_states({"g1": GroupState(best="r2", rankings=2), "g2": GroupState(rankings=5)})
+    assert kept == {"g1"}
+    assert [s.best if s else None for s in await store.states(["g1", "g2"])] == ["r2", None]
 
 
 async def test_groups_page_in_id_order_and_are_bounded(store: GroupStore) -> None:
@@ -146,3 +168,56 @@ async def test_a_restarted_replica_reads_the_groups_back_and_follows_the_others(
                 while b.groups_of(key(2)) != ["edge-2"] or b.groups_of(key(1)):
                     await asyncio.sleep(0.01)
             assert b.groups_of(key(3)) == ["edge-2"] and b.count == 1
+
+
+@pytest.mark.redis
+async def test_two_replicas_ranking_one_group_from_one_state_publish_its_change_once(
+    redis_server: Any, prefix: str
+) -> None:
+    channel = f"{prefix}groups"
+    store_a = create_group_store(REDIS_URL, prefix=prefix)
+    store_b = create_group_store(REDIS_URL, prefix=prefix)
+    async with (
+        Bus(REDIS_URL) as bus_a,
+        Bus(REDIS_URL) as bus_b,
+        Bus(REDIS_URL) as listener,
+        _replica(store_a, bus_a, channel) as a,
+        _replica(store_b, bus_b, channel) as b,
+    ):
+        await a.put(group("edge", 1, 2))
+        async with asyncio.timeout(5):
+            while b.groups_of(key(1)) != ["edge"]:
+                await asyncio.sleep(0.01)
+        outlooks = {key(1): figures(10.0, 1_000), key(2): figures(30.0, 1_000)}
+        await store_a.put_outlooks(outlooks)
+        # the race made certain: each replica reads the group's state before either keeps its own
+        barrier = asyncio.Barrier(2)
+        for store in (store_a, store_b):
+
+            async def states(ids: Any, read: Any = store.states, first: list[bool] = [True]) -> Any:  # noqa: B006
+                found = await read(ids)
+                if first:
+                    first.clear()
+                    await barrier.wait()
+                return found
+
+            store.states = states  # type: ignore[method-assign]
+        received: list[dict[str, Any]] = []
+        async with listener.subscribe(f"{channel}:routing") as subscription:
+
+            async def collect() -> None:
+                async for message in subscription:
+                    received.append(orjson.loads(message))
+
+            collector = asyncio.create_task(collect())
+            # a forecast route 1 and b route 2 at the same moment: both re-rank the group from one state
+            await asyncio.gather(
+                a._rerank({key(1): outlooks[key(1)]}, ["edge"]),
+                b._rerank({key(2): outlooks[key(2)]}, ["edge"]),
+            )
+            await asyncio.sleep(0.5)  # anything published twice would be here by now
+            collector.cancel()
+        assert sorted(next(iter(m)) for m in received) == ["LoadBalancingUpdate", "RoutingPrediction"]
+        [state] = await store_b.states(["edge"])
+        assert state is not None and state.best == "r1" and state.rankings == 2  # both ranked, in turn
+        assert counted(a.metrics.superseded) + counted(b.metrics.superseded) == 1
