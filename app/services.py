@@ -195,6 +195,7 @@ async def run_services(
         observing.ingest.on_applied = forecasts.on_applied
         forecasts.continuous.groups_of = groups.groups_of
         forecasts.continuous.on_forecasts = groups.on_forecasts
+        groups.prefetch = forecasts.prefetch  # a group's routes forecast when it is defined
     # pattern memory: the observed windows by embedding, with what followed them (app/patterns)
     patterns = None
     if settings.patterns_enabled:

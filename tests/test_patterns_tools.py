@@ -45,3 +45,7 @@ def test_the_cache_ttl_replay_compares_the_policies() -> None:
     assert len(rows) == 6  # three policies, two sets of traces
     ahead = [row for row in rows if row[0] == "adaptive" and row[1] == "+"]
     assert all(row[-1] == "0.000" for row in ahead)
+    groups = [line.split() for line in out.splitlines() if "whole ranking" in line]
+    assert [row[0] for row in groups] == ["on", "ahead"] * 2  # both policies, both sets of traces
+    for later, now in zip(groups[::2], groups[1::2], strict=True):
+        assert float(now[5]) > float(later[6]) and float(now[5]) >= 0.99  # whole at once when ahead

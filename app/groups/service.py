@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -116,6 +116,9 @@ class RouteGroups:
         self._by_flow: dict[str, set[str]] = {}  # route flow key -> ids of the groups it is a route of
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        # forecasts ahead for a group's routes when it is defined (``Forecasts.prefetch``): its ranking
+        # is then made at once, not at its routes' next observations
+        self.prefetch: Callable[[Sequence[str]], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -185,6 +188,8 @@ class RouteGroups:
             self._groups[group_id] = group
             for route in group.routes:
                 self._by_flow.setdefault(route.flow_key, set()).add(group_id)
+            if self.prefetch is not None and group != old:  # not again for its own announcement
+                self.prefetch([route.flow_key for route in group.routes])
 
     # -- definitions ----------------------------------------------------------------------------
     async def put(self, group: Group) -> bool:

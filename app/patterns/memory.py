@@ -7,11 +7,13 @@ pair is stored (``resolve``). Stored per window: its embedding (in the index), i
 standardised space (what an analog forecast reuses on another window's scale, ``analogy.py``), the
 latency change it saw, and Layer 2's label (pattern id and confidence) when one came for the flow.
 
-Bounded: ``capacity`` slots in a ring, the oldest window evicted by the newest (its slot reused in the
-index, ``index.py``). Inserts queue (bounded, the oldest batch dropped and counted when the writer is
-behind) and one writer task puts them in the index from a worker thread, so neither a round of
-forecasts nor a search waits for the graph. The flow and label names live in tables that are
-compacted when evicted flows' names pile up, and written compacted in snapshots (``snapshot.py``).
+Bounded: ``capacity`` slots in a ring, the oldest windows evicted by the newest, a part of the ring
+(one of the index's graphs, ``index.py``) at a time. Inserts queue (bounded, the oldest batch dropped
+and counted when the writer is behind) and one writer task puts them in the index from a worker
+thread, so neither a round of forecasts nor a search waits for the graph. The flow and label names
+live in tables that are compacted when evicted flows' names pile up, and written compacted in
+snapshots (``snapshot.py``). A search with a filter reads a mask of the slots it lets through, kept
+per recent filter and updated by each insert, rather than one made over the whole ring each time.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ log = logging.getLogger("cpe.patterns")
 
 WINDOW_NAME = re.compile(r"([0-9a-f]{64})@(\d{1,19})")  # Match.name of an unlabelled window
 EXACT_BELOW = 20_000  # a filter that leaves fewer windows is answered by exact search over them
+BROAD = 0.2  # a filter that leaves at least this share: the plain graph search, asked for more, then kept
+MASKS = 32  # filters whose (capacity,) masks are kept, and updated by each insert
 QUEUE_BATCHES = 64  # insert batches that may wait for the writer
 MIN_NAMES = 4096  # the name tables are compacted past 2 x capacity + this many flows
 
@@ -134,6 +138,9 @@ class PatternMemory:
         cap, D = capacity, n_features
         self.flow = np.full(cap, -1, np.int32)  # -1: an empty slot
         self.timestamp = np.zeros(cap, np.int64)
+        # the embeddings again, by slot: exact search over a filter's few gathers them here (hnswlib's
+        # get_items copies element by element), for dim x 4 bytes a window
+        self.embedding = np.zeros((cap, dim), np.float32)
         self.next = np.zeros((cap, D), np.float32)
         self.next_scaled = np.zeros((cap, D), np.float32)
         self.change = np.zeros(cap, np.float32)
@@ -151,6 +158,10 @@ class PatternMemory:
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._lock = threading.Lock()  # one thread changes the index and the tables at a time
+        # the slots each recent filter lets through, and how many: kept up to date by ``insert`` so that a
+        # search with a filter costs nothing in proportion to the memory's size
+        self._masks: OrderedDict[PatternFilter, tuple[np.ndarray, list[int]]] = OrderedDict()
+        self._masks_lock = threading.Lock()  # not the writer's: a search must not wait for a graph insert
         self.stored = Counter("cpe_patterns_stored", "Windows put in pattern memory.", registry=registry)
         self.dropped = Counter(
             "cpe_patterns_dropped",
@@ -159,7 +170,7 @@ class PatternMemory:
         )
         self.searches = Counter("cpe_pattern_searches", "Searches of pattern memory.", registry=registry)
         size = Gauge("cpe_patterns_windows", "Windows in pattern memory now.", registry=registry)
-        size.set_function(lambda: min(self.written, self.capacity))
+        size.set_function(lambda: len(self))
 
     # -- filling it ------------------------------------------------------------------------------
     def hear_labels(
@@ -253,6 +264,7 @@ class PatternMemory:
                 batch = _tail(batch, keep)
             self.flow[slots] = [self._id(self.flow_ids, self.flow_names, k) for k in batch.flow_keys]
             self.timestamp[slots] = batch.timestamps
+            self.embedding[slots] = batch.vectors
             self.next[slots] = batch.next
             self.next_scaled[slots] = batch.next_scaled
             self.change[slots] = batch.change
@@ -261,14 +273,22 @@ class PatternMemory:
                 -1 if b is None else self._id(self.label_ids, self.label_names, b[0]) for b in labels
             ]
             self.confidence[slots] = [math.nan if b is None else b[1] for b in labels]
-            self.index.add(batch.vectors, slots, threads)
+            evicted = self.index.add(batch.vectors, slots, threads)
+            self.flow[evicted] = -1  # a graph dropped whole (index.py): its other windows are gone too
+            self.label[evicted] = -1
             self.written += n
-            if len(self.flow_names) > 2 * self.capacity + MIN_NAMES:  # evicted flows' names pile up
-                self._compact()
+            with self._masks_lock:
+                for where, (mask, count) in self._masks.items():
+                    for changed in (slots, evicted):
+                        now = self._lets(where, changed)
+                        count[0] += int(np.count_nonzero(now)) - int(np.count_nonzero(mask[changed]))
+                        mask[changed] = now
+                if len(self.flow_names) > 2 * self.capacity + MIN_NAMES:  # evicted flows' names pile up
+                    self._compact()
         self.stored.inc(n)
 
     def _compact(self) -> None:
-        """Drop the names no stored window uses (under the lock). A search running meanwhile may read a
+        """Drop the names no stored window uses (under both locks). A search running meanwhile may read a
         renumbered id against the old table for that moment: ``_matches`` skips ids out of range."""
         names, column = compacted(self.flow_names, self.flow)
         self.flow[...] = column
@@ -276,6 +296,7 @@ class PatternMemory:
         names, column = compacted(self.label_names, self.label)
         self.label[...] = column
         self.label_names, self.label_ids = names, {name: i for i, name in enumerate(names)}
+        self._masks.clear()  # they were made against the old ids
 
     @staticmethod
     def _id(ids: dict[str, int], names: list[str], name: str) -> int:
@@ -306,7 +327,7 @@ class PatternMemory:
 
     # -- asking it -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return min(self.written, self.capacity)
+        return len(self.index)
 
     def search(self, vectors: np.ndarray, k: int, where: PatternFilter | None = None) -> list[list[Match]]:
         """The ``k`` stored windows nearest each query embedding (q, E), nearest first."""
@@ -317,12 +338,12 @@ class PatternMemory:
         if where is None or where.empty:
             slots, distances = self.index.search(vectors, k)
             return [self._matches(s, d) for s, d in zip(slots, distances, strict=True)]
-        allowed = self._allowed(where)
-        chosen = np.flatnonzero(allowed)
-        if len(chosen) == 0:
+        allowed, count = self._mask(where)
+        if count == 0:
             return [[] for _ in vectors]
-        if len(chosen) < EXACT_BELOW:  # few: exact, over just them
-            stored = self.index.vectors(chosen)  # (m, E)
+        if count < EXACT_BELOW:  # few: exact, over just them
+            chosen = np.flatnonzero(allowed)
+            stored = self.embedding[chosen]  # (m, E)
             d = 2.0 - 2.0 * (vectors @ stored.T)  # unit vectors: |a - b|^2 = 2 - 2 a.b
             kk = min(k, len(chosen))
             top = np.argpartition(d, kk - 1, axis=1)[:, :kk]
@@ -332,22 +353,41 @@ class PatternMemory:
                 out.append(self._matches(chosen[order], np.maximum(row[order], 0.0)))
             return out
         out = []
-        for vector in vectors:  # many: the graph, skipping the others as it walks
-            s, dist = self.index.search_where(vector[None], k, allowed)
+        share = count / max(len(self), 1)
+        for vector in vectors[:, None]:
+            if share >= BROAD:  # most windows pass: search them all for enough more, keep those that pass
+                s, dist = self.index.search(vector, min(len(self), math.ceil(2 * k / share) + k))
+                keep = allowed[s[0]]
+                if int(keep.sum()) >= min(k, count):
+                    out.append(self._matches(s[0][keep][:k], dist[0][keep][:k]))
+                    continue
+            s, dist = self.index.search_where(vector, k, allowed)  # the graph, skipping the others
             out.append(self._matches(s[0], dist[0]))
         return out
 
-    def _allowed(self, where: PatternFilter) -> np.ndarray:
-        """(capacity,) bool: the stored slots that ``where`` lets through."""
-        allowed = self.flow >= 0
+    def _mask(self, where: PatternFilter) -> tuple[np.ndarray, int]:
+        """(capacity,) bool: the stored slots that ``where`` lets through, and how many; kept for the
+        ``MASKS`` filters asked most recently, ``insert`` updating them."""
+        with self._masks_lock:  # an insert updates the kept masks from the slots it wrote
+            kept = self._masks.get(where)
+            if kept is None:
+                mask = self._lets(where, slice(None))
+                kept = self._masks[where] = (mask, [int(np.count_nonzero(mask))])
+                if len(self._masks) > MASKS:
+                    self._masks.popitem(last=False)
+            self._masks.move_to_end(where)
+            return kept[0], kept[1][0]
+
+    def _lets(self, where: PatternFilter, slots: slice | np.ndarray) -> np.ndarray:
+        """Whether ``where`` lets the windows at ``slots`` through (empty slots never)."""
+        allowed = self.flow[slots] >= 0
         if where.pattern_ids is not None:
             ids = [self.label_ids[p] for p in where.pattern_ids if p in self.label_ids]
-            allowed &= np.isin(self.label, ids) if ids else False
+            allowed &= np.isin(self.label[slots], ids) if ids else False
         if where.min_confidence is not None:
-            allowed &= self.confidence >= where.min_confidence  # NaN (none given) is never >=
+            allowed &= self.confidence[slots] >= where.min_confidence  # NaN (none given) is never >=
         if where.flow_key is not None:
-            flow = self.flow_ids.get(where.flow_key, -2)
-            allowed &= self.flow == flow
+            allowed &= self.flow[slots] == self.flow_ids.get(where.flow_key, -2)
         return allowed
 
     def _matches(self, slots: np.ndarray, distances: np.ndarray) -> list[Match]:

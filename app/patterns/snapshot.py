@@ -1,10 +1,10 @@
 """Pattern memory on disk: written now and then and at shutdown, read back at start.
 
-Two files beside each other: ``<path>.npz`` (the windows' metadata and the name tables, NumPy arrays
-and JSON, never pickles) and ``<path>.<written>.hnsw`` (hnswlib's own index file, named by the count of
-windows ever stored when it was written). The index is written first, then the metadata (to a temporary
-name, renamed) that names it, then older index files are removed: a crash at any point leaves a
-metadata file and the index it names. A snapshot that cannot
+Files beside each other: ``<path>.npz`` (the windows' metadata and the name tables, NumPy arrays
+and JSON, never pickles) and ``<path>.<written>.<part>.hnsw`` (hnswlib's own file of each of the index's
+graphs, named by the count of windows ever stored when it was written). The graphs are written first,
+then the metadata (to a temporary name, renamed) that names them, then older graph files are removed:
+a crash at any point leaves a metadata file and the graphs it names. A snapshot that cannot
 be read, or was made for another embedding width or capacity (another model, other settings), is
 logged and skipped: the memory starts empty and fills again from the forecasts.
 
@@ -26,24 +26,25 @@ from app.patterns.memory import PatternMemory, compacted
 
 log = logging.getLogger("cpe.patterns")
 
-FORMAT = "cpe-patterns/1"
-_ARRAYS = ("flow", "timestamp", "next", "next_scaled", "change", "label", "confidence")
+FORMAT = "cpe-patterns/2"  # 2: one file per graph of the ring
+_ARRAYS = ("flow", "timestamp", "embedding", "next", "next_scaled", "change", "label", "confidence")
 
 
-def files(path: Path, written: int) -> tuple[Path, Path]:
-    """The metadata file of the snapshot at ``path``, and its index file when ``written`` were stored."""
-    return path.with_name(path.name + ".npz"), path.with_name(f"{path.name}.{written}.hnsw")
+def files(path: Path, written: int, parts: int) -> tuple[Path, list[Path]]:
+    """The metadata file of the snapshot at ``path``, and its graphs' files when ``written`` were stored."""
+    graphs = [path.with_name(f"{path.name}.{written}.{j}.hnsw") for j in range(parts)]
+    return path.with_name(path.name + ".npz"), graphs
 
 
 def save(memory: PatternMemory, path: Path) -> int:
     """Write ``memory`` to ``path`` (blocking: call it from a worker thread); the windows written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with memory._lock:
-        meta_path, index_path = files(path, memory.written)
+        meta_path, graph_paths = files(path, memory.written, memory.index.segments)
         # the file gets compacted copies: the live tables are renumbered only by the writer (memory.py)
         flows, flow = compacted(memory.flow_names, memory.flow)
         labels, label = compacted(memory.label_names, memory.label)
-        memory.index.save(index_path)
+        names = memory.index.save(graph_paths)
         header = {
             "format": FORMAT,
             "dim": memory.dim,
@@ -52,7 +53,7 @@ def save(memory: PatternMemory, path: Path) -> int:
             "written": memory.written,
             "flows": flows,
             "labels": labels,
-            "index": index_path.name,
+            "index": names,
         }
         arrays = {name: getattr(memory, name) for name in _ARRAYS} | {"flow": flow, "label": label}
         tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
@@ -60,7 +61,7 @@ def save(memory: PatternMemory, path: Path) -> int:
             np.savez(f, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
         os.replace(tmp_meta, meta_path)
         for old in path.parent.glob(f"{path.name}.*.hnsw"):
-            if old != index_path:
+            if old.name not in names:
                 old.unlink(missing_ok=True)
         return len(memory)
 
@@ -68,7 +69,7 @@ def save(memory: PatternMemory, path: Path) -> int:
 def load(memory: PatternMemory, path: Path) -> int:
     """Fill the empty ``memory`` from the snapshot at ``path``; the windows read (0 when there is none,
     or it does not fit this memory: logged)."""
-    meta_path, _ = files(path, 0)
+    meta_path, _ = files(path, 0, 0)
     if not meta_path.exists():
         return 0
     try:
@@ -84,8 +85,8 @@ def load(memory: PatternMemory, path: Path) -> int:
         got = {key: header.get(key) for key in want}
         if got != want:
             raise ValueError(f"made for {got}, this memory is {want}")
-        index_path = path.with_name(str(header["index"]))
-        index = VectorIndex.load(index_path, memory.dim, memory.capacity)
+        graphs = [None if name is None else path.with_name(str(name)) for name in header["index"]]
+        index = VectorIndex.load(graphs, memory.dim, memory.capacity)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("pattern memory starts empty: the snapshot at %s cannot be used (%s)", path, exc)
         return 0
@@ -98,5 +99,6 @@ def load(memory: PatternMemory, path: Path) -> int:
         memory.flow_ids = {name: i for i, name in enumerate(memory.flow_names)}
         memory.label_names = list(header["labels"])
         memory.label_ids = {name: i for i, name in enumerate(memory.label_names)}
+        memory._masks.clear()
     log.info("pattern memory: %d windows read from %s", len(memory), path)
     return len(memory)

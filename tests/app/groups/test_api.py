@@ -62,6 +62,7 @@ def idle(client: TestClient) -> None:
 
 
 def test_a_group_is_ranked_on_its_routes_forecasts_and_published(client: TestClient) -> None:
+    Services.of(client.app).groups.prefetch = None  # ranked on observations only: test_prefetch.py
     fast, slow = key(1), key(2)
     for step in range(4):
         observe(client, {fast: 10.0, slow: 30.0}, step)

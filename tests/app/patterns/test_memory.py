@@ -52,9 +52,15 @@ def test_the_nearest_stored_window_is_found_with_its_outcome() -> None:
 def test_the_memory_is_bounded_and_evicts_the_oldest() -> None:
     rng = np.random.default_rng(1)
     memory = PatternMemory(DIM, D, capacity=100)
+    assert memory.index.segments == 4  # a ring of four graphs of 25 slots
     x = unit(rng.standard_normal((250, DIM)))
-    for lo in range(0, 250, 50):
-        memory.insert(batch(x[lo : lo + 50], start=lo))
+    for lo in range(0, 240, 30):
+        memory.insert(batch(x[lo : lo + 30], start=lo))
+    # 240 written: the graph of slots 25..49 was dropped whole when the ring came back to it at 225
+    assert len(memory) == 90 and memory.written == 240
+    held = memory.flow >= 0
+    assert int(held.sum()) == 90 and int(memory.timestamp[held].min()) == 150_000
+    memory.insert(batch(x[240:], start=240))
     assert len(memory) == 100 and memory.written == 250
     assert int(memory.timestamp.min()) == 150_000  # the 150 oldest are gone
     [old] = memory.search(x[10][None], 1)
@@ -92,6 +98,48 @@ def test_a_filter_that_leaves_many_windows_walks_the_graph() -> None:
     memory.insert(batch(x, labels=labels), threads=2)
     [found] = memory.search(x[2][None], 10, PatternFilter(pattern_ids=("even",)))
     assert found[0].slot == 2 and all(m.slot % 2 == 0 for m in found)
+
+
+def test_filters_of_every_breadth_answer_only_their_windows_nearest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.patterns import memory as module
+
+    monkeypatch.setattr(module, "EXACT_BELOW", 50)  # the graph paths with a small memory
+    rng = np.random.default_rng(8)
+    n = 2000
+    x = unit(rng.standard_normal((n, 8)))
+    labels: list[tuple[str, float] | None] = [(f"p{i % 20}", 1.0) for i in range(n)]
+    memory = PatternMemory(8, D, capacity=n)
+    memory.insert(batch(x, labels=labels))
+    for ids in (tuple(f"p{j}" for j in range(10)), ("p0", "p1"), ("p7",)):  # 50 %, 10 %, 5 %: each path
+        where = PatternFilter(pattern_ids=ids)
+        [found] = memory.search(x[3][None], 10, where)
+        ok = np.flatnonzero(np.isin(np.arange(n) % 20, [int(p[1:]) for p in ids]))
+        truth = ok[np.argsort(((x[ok] - x[3]) ** 2).sum(axis=1))[:10]]
+        assert len(found) == 10 and {m.pattern_id for m in found} <= set(ids)
+        assert len({m.slot for m in found} & set(truth.tolist())) >= 9  # approximate: recall 0.9 at least
+        assert [m.distance for m in found] == sorted(m.distance for m in found)
+
+
+def test_a_filters_kept_mask_follows_inserts_and_evictions() -> None:
+    rng = np.random.default_rng(9)
+    memory = PatternMemory(8, D, capacity=400)
+    where = PatternFilter(pattern_ids=("hot",), min_confidence=0.5)
+
+    def labelled(lo: int, m: int) -> list[tuple[str, float] | None]:
+        return [("hot", 0.9) if (lo + i) % 3 == 0 else ("hot", 0.1) for i in range(m)]
+
+    memory.insert(batch(unit(rng.standard_normal((200, 8))), labels=labelled(0, 200)))
+    assert memory._mask(where)[1] == 67  # made once ...
+    for lo in range(200, 1000, 100):  # ... then kept by the inserts, through the ring's evictions
+        memory.insert(batch(unit(rng.standard_normal((100, 8))), start=lo, labels=labelled(lo, 100)))
+        mask, count = memory._mask(where)
+        fresh = memory._lets(where, slice(None))
+        assert count == int(fresh.sum()) and np.array_equal(mask, fresh)
+    [found] = memory.search(unit(rng.standard_normal((1, 8))), 5, where)
+    assert len(found) == 5 and all(m.confidence == pytest.approx(0.9) for m in found)
+    assert all(m.timestamp // 1000 % 3 == 0 and m.timestamp >= 600_000 for m in found)
 
 
 def test_a_pattern_summary_says_what_followed_it_and_unknown_is_an_error() -> None:
@@ -151,8 +199,11 @@ def test_a_snapshot_reloads_the_same_memory_and_compacts_the_names(tmp_path: Pat
         (m.flow_key, m.timestamp, m.pattern_id) for m in b
     ]
     assert again.summary("old").count == 10
-    snapshot.save(again, path)  # once more: one index file, the newest
-    assert len(list(tmp_path.glob("mem.*.hnsw"))) == 1
+    again.insert(batch(x[:1], start=60))
+    snapshot.save(again, path)  # once more: the newest graphs' files only, one per graph of the ring
+    assert sorted(p.name for p in tmp_path.glob("mem.*.hnsw")) == [
+        f"mem.61.{j}.hnsw" for j in range(again.index.segments)
+    ]
 
 
 def test_a_snapshot_of_another_shape_or_a_broken_one_is_skipped(
