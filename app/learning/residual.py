@@ -43,17 +43,24 @@ from models.predictor import Forecast, Predictor
 
 LATENCY, JITTER, UTILIZATION, QUEUE_DEPTH = 0, 1, 4, 7
 LAGS = (1, 2, 3, 4, 8, 12, 16, 24)  # latency lags read (24: a rhythm of up to a day of hourly samples)
+# the load term u^2 / (1 - u) at earlier lags too: the latency lags hold what utilization did to those
+# samples, and the model's forecast smooths over them, so the new response of the next sample can only be
+# told apart from the old ones the model already carries with the same term at the same lags
+LOAD_LAGS = (2, 3, 4)
 SPAN = max(LAGS)  # contexts of the window read; a shorter window repeats its first
 FEATURES = (
     "bias",
     *(f"latency_lag{k}" for k in LAGS),
     *("queue_depth_lag1", "queue_depth_lag2", "jitter_lag1", "utilization_lag1"),
     *("utilization", "utilization_sq", "utilization_load"),
+    *(f"utilization_load_lag{k}" for k in LOAD_LAGS),
 )
 P = len(FEATURES)
 CLIP = 0.7  # largest error (in log latency: a factor of 2) a label may teach, and largest correction
 GATE_LABELS = 100  # labels the served/not-served comparison averages over (exponentially)
-CAP_ERRORS = 3.0  # the largest correction served, in the model's recent mean absolute errors
+GATE_Z = 2.0  # ... and by this many standard errors of its gain
+LEVERAGE = 10.0  # a window of more than this times the recent leverage x' cov x: its correction shrunk
+CAP_ERRORS = 10.0  # the largest correction served, in the model's recent mean absolute errors
 GATE_SHORT = 10  # ... and its quick check, which takes the correction off soon after the flow changes
 RIDGE = 1.0  # prior precision of the weights: w starts at 0, pulled there until labels say otherwise
 # Forgetting divides the covariance by ``forget`` at every label, also along directions that the labels
@@ -71,10 +78,13 @@ class _Flow:
     corrected_error: float = 0.0  # ... and corrected
     model_recent: float = 0.0  # the same over the last few labels
     corrected_recent: float = 0.0
+    gain_sq: float = 0.0  # exponential average of the squared gain (model's |error| - corrected's)
     pending_ts: int = -1  # base timestamp of the newest forecast, its features, loc and correction
     pending_x: np.ndarray | None = None
     pending_loc: float = 0.0
     pending_delta: float = 0.0
+    pending_leverage: float = 0.0
+    leverage: float = 0.0  # exponential average of the forecasts' leverage x' cov x over recent labels
     served: bool = False
 
 
@@ -123,6 +133,10 @@ class FlowResiduals(Collector):
                 if len(self._flows) > self.max_flows:
                     self._flows.popitem(last=False)
             delta = _capped(float(np.clip(flow.weights @ x[i], -CLIP, CLIP)), float(loc[i]), floor, flow)
+            leverage = float(x[i] @ flow.cov @ x[i])
+            if flow.labels and leverage > LEVERAGE * flow.leverage:
+                delta *= LEVERAGE * flow.leverage / leverage
+            flow.pending_leverage = leverage
             flow.pending_ts, flow.pending_x = int(base_ts[i]), x[i]
             flow.pending_loc, flow.pending_delta = float(loc[i]), delta
             if flow.served:
@@ -153,6 +167,8 @@ class FlowResiduals(Collector):
             flow.corrected_error += g * (abs(y - corrected) - flow.corrected_error)
             flow.model_recent += h * (abs(y - base) - flow.model_recent)
             flow.corrected_recent += h * (abs(y - corrected) - flow.corrected_recent)
+            flow.gain_sq += g * ((abs(y - base) - abs(y - corrected)) ** 2 - flow.gain_sq)
+            flow.leverage += (g if flow.labels else 1.0) * (flow.pending_leverage - flow.leverage)
             # the RLS step
             r = ty - flow.pending_loc
             cx = flow.cov @ x
@@ -164,11 +180,7 @@ class FlowResiduals(Collector):
                 flow.cov /= lam
             flow.labels += 1
             flow.pending_x = None
-            flow.served = (
-                flow.labels >= self.min_labels
-                and flow.corrected_error < (1.0 - self.margin) * flow.model_error
-                and flow.corrected_recent <= flow.model_recent
-            )
+            flow.served = flow.labels >= self.min_labels and _beats(flow, self.margin)
             self.labels += 1
 
     # -- reporting ----------------------------------------------------------------------------
@@ -237,6 +249,9 @@ def features(
     x[:, c + 1] = last
     x[:, c + 2] = last * last
     x[:, c + 3] = last * last / (1.0 - last)
+    for j, k in enumerate(LOAD_LAGS, start=c + 4):
+        earlier = np.clip(u[:, -k], 0.0, 0.98)
+        x[:, j] = earlier * earlier / (1.0 - earlier)
     return x
 
 
@@ -244,6 +259,21 @@ def _last(window: np.ndarray, n: int) -> np.ndarray:
     if len(window) >= n:
         return window[-n:]
     return np.concatenate((np.repeat(window[:1], n - len(window), axis=0), window))
+
+
+def _beats(flow: _Flow, margin: float) -> bool:
+    """Whether the flow's correction measures better than the model alone: by ``margin`` over its recent
+    labels, by ``GATE_Z`` standard errors of that mean gain (a correction fitted to noise wins a few
+    dozen labels by chance, and one served then costs the flow for a hundred), and not worse over the
+    last few."""
+    gain = flow.model_error - flow.corrected_error
+    n = min(flow.labels, 2 * GATE_LABELS - 1)  # the labels an exponential average of GATE_LABELS weighs
+    spread = max(flow.gain_sq - gain * gain, 0.0)
+    return (
+        gain > margin * flow.model_error
+        and gain * gain * n > GATE_Z * GATE_Z * spread
+        and flow.corrected_recent <= flow.model_recent
+    )
 
 
 def _capped(delta: float, loc: float, floor: float, flow: _Flow) -> float:
