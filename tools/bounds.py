@@ -1,0 +1,151 @@
+"""How far a forecaster can get on the generator: ``python -m tools.bounds [--seed 1000 2000 3000]``.
+
+`cpe evaluate` asks for next-step latency MAE <= 0.85 x persistence and for route choices that close half
+the gap from persistence to an oracle that knows the true next latency. Both are bounded by what the next
+sample brings that no window holds: its own probe noise (MAE) and its own change (a level step, a
+failover, a burst's onset). This tool measures, on the test sets of `cpe evaluate` (the unseen sets, and
+the routing groups), forecasters that read more than any model can:
+
+- ``noise-free present``: the last sample's true latency (``Trace.clean``), without its probe noise, held;
+- ``clean-history AR``: the last true latency moved by a linear (least absolute deviation) regression on
+  the last 8 true latencies and the last spacing, fitted on other unseen routes (seed 7): what the clean
+  past says about the next change;
+
+beside the baselines that read the noisy past (persistence, EWMA at its best alpha on the set, the Kalman
+filter of ``models.baselines`` tuned on the training split). A forecaster from the noisy windows has less
+to go on than either reference, so their figures are about the best any model can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from models import baselines
+from models import evaluation as ev
+from models.traces import generate_routes
+
+T = 32  # the shipped models' window
+AR_LAGS = 8
+
+
+def _ar_features(clean: np.ndarray, timestamps: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(E, AR_LAGS + 2): the last true log latency's changes over 1..8 samples, the last log spacing, 1."""
+    c = np.log(clean[:, 0].astype(np.float64))
+    dt = np.diff(timestamps) / 1000.0
+    lags = np.stack([c[ends - 1] - c[ends - 1 - k] for k in range(1, AR_LAGS + 1)], axis=1)
+    spacing = np.log(dt[ends - 2] / np.median(dt))[:, None]
+    return np.concatenate([lags, spacing, np.ones((len(ends), 1))], axis=1)
+
+
+def fit_clean_ar(seed: int = 7, n_routes: int = 48) -> np.ndarray:
+    """Weights of the clean-history regression: log(next measured / last true) on ``_ar_features``."""
+    xs, ys = [], []
+    for tr in generate_routes(seed, n_routes, 1200, split="unseen"):
+        ends = np.arange(T, len(tr))
+        xs.append(_ar_features(tr.clean, tr.timestamps_ms, ends))
+        ys.append(np.log(tr.features[ends, 0].astype(np.float64) / tr.clean[ends - 1, 0]))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    w = np.linalg.lstsq(x, y, rcond=None)[0]
+    for _ in range(10):  # least absolute deviations by reweighting: the median is what MAE rewards
+        r = np.sqrt(np.abs(x @ w - y) + 1e-3)
+        w = np.linalg.lstsq(x / r[:, None], y / r, rcond=None)[0]
+    return w
+
+
+def _clean_ar(tr: object, ends: np.ndarray, w: np.ndarray) -> np.ndarray:
+    clean, ts = tr.clean, tr.timestamps_ms  # type: ignore[attr-defined]
+    return clean[ends - 1, 0] * np.exp(_ar_features(clean, ts, ends) @ w)
+
+
+def mae_bounds(seed: int, w: np.ndarray, level_changes: float) -> dict[str, float]:
+    """Next-step latency MAE over persistence's on `cpe evaluate`'s unseen set at ``seed``."""
+    traces = generate_routes(seed + 2, 24, 1200, split="unseen", level_changes=level_changes)
+    ts, fs, nxt, f_ar, clean = [], [], [], [], []
+    for tr in traces:
+        ends = np.arange(T, len(tr), 3)
+        ts += [tr.timestamps_ms[e - T : e] for e in ends]
+        fs += [tr.features[e - T : e, :1] for e in ends]
+        nxt.append(tr.features[ends, 0])
+        clean.append(tr.clean[ends - 1, 0])
+        f_ar.append(_clean_ar(tr, ends, w))
+    t, f = np.stack(ts), np.stack(fs).astype(np.float64)
+    actual = np.concatenate(nxt).astype(np.float64)
+
+    def mae(forecast: np.ndarray) -> float:
+        return float(np.abs(forecast - actual).mean())
+
+    persistence = mae(f[:, -1, 0])
+    return {
+        "ewma": min(mae(baselines.ewma(t, f, a)[:, 0]) for a in ev.EWMA_ALPHAS) / persistence,
+        "kalman": mae(baselines.kalman(t, f)[:, 0]) / persistence,
+        "noise-free present": mae(np.concatenate(clean)) / persistence,
+        "clean-history AR": mae(np.concatenate(f_ar)) / persistence,
+    }
+
+
+def routing_bounds(seed: int, w: np.ndarray) -> dict[str, dict[str, float]]:
+    """Route choice on `cpe evaluate`'s routing groups at ``seed``: accuracy, regret, gap closed."""
+    groups = ev.routing_groups(n_groups=24, n_steps=600, seed=seed)
+    ends = np.arange(T, min(len(tr) for g in groups for tr in g), 2)
+
+    def per_route(f: object) -> np.ndarray:
+        return np.stack([np.stack([f(tr) for tr in g], axis=1) for g in groups])  # type: ignore[operator]
+
+    def windows(tr: object) -> tuple[np.ndarray, np.ndarray]:
+        t, x = tr.timestamps_ms, tr.features  # type: ignore[attr-defined]
+        return (
+            np.stack([t[e - T : e] for e in ends]),
+            np.stack([x[e - T : e, :1] for e in ends]).astype(np.float64),
+        )
+
+    truth = per_route(lambda tr: tr.clean[ends, 0].astype(np.float64))
+    forecasts = {
+        "persistence": per_route(lambda tr: tr.features[ends - 1, 0].astype(np.float64)),
+        "ewma": min(
+            (per_route(lambda tr, a=a: baselines.ewma(*windows(tr), a)[:, 0]) for a in ev.EWMA_ALPHAS),
+            key=lambda f: ev._choice(f, truth)[1],
+        ),
+        "kalman": per_route(lambda tr: baselines.kalman(*windows(tr))[:, 0]),
+        "noise-free present": per_route(lambda tr: tr.clean[ends - 1, 0].astype(np.float64)),
+        "clean-history AR": per_route(lambda tr: _clean_ar(tr, ends, w)),
+    }
+    pa, pr = ev._choice(forecasts["persistence"], truth)
+    out = {}
+    for name, f in forecasts.items():
+        acc, regret = ev._choice(f, truth)
+        out[name] = {
+            "accuracy": acc,
+            "regret": regret,
+            "accuracy_gap_closed": (acc - pa) / max(1.0 - pa, 1e-12),
+            "regret_gap_closed": (pr - regret) / max(pr, 1e-12),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.bounds", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, nargs="+", default=[1000, 2000, 3000], help="cpe evaluate's seeds")
+    args = p.parse_args(argv)
+    w = fit_clean_ar()
+    for seed in args.seed:
+        for level_changes, name in ((1.0, "unseen scales"), (0.0, "unseen, no level changes")):
+            m = mae_bounds(seed, w, level_changes)
+            print(
+                f"seed {seed} {name}: latency MAE / persistence  "
+                + "  ".join(f"{k} {v:.3f}" for k, v in m.items()),
+                flush=True,
+            )
+        for k, v in routing_bounds(seed, w).items():
+            print(
+                f"seed {seed} routing {k:20s} accuracy {v['accuracy']:.3f}  regret {v['regret']:.4f}  "
+                f"gap closed: accuracy {v['accuracy_gap_closed']:+.2f}, regret {v['regret_gap_closed']:+.2f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
