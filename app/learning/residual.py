@@ -9,17 +9,20 @@ model's error, in the space the model forecasts in:
     r = T(actual latency) - loc      (T: the scaler's log; loc: the model's forecast there)
 
 regressed on ``FEATURES`` of the window the forecast was made from (the latency at a few lags relative to
-the forecast, queue depth, utilization and jitter at the last lags, utilization's convex terms), by
+the forecast, queue depth, utilization and jitter at the last lags, utilization's convex terms, the load
+term u^2 / (1 - u) at the lags the latency lags carry), by
 recursive least squares with forgetting (``forget``: the labels of about the last ``1 / (1 - forget)``
 count), errors clipped at ``CLIP`` so that one outlier does not throw the weights. The error is in log
 units rather than in units of the window's spread: an exogenous effect (utilization's, queue depth's)
 adds to log latency whatever the window's spread is.
 
-A correction ``w.x`` is computed for every forecast, at most ``CAP_ERRORS`` of the model's recent errors
-(linear weights extrapolate on a window unlike the ones they learnt from), but served (step 1's latency
-point and interval shifted by it in T's space) only while it measures better: over the flow's recent
-labels (an exponential average of about ``GATE_LABELS``) its error must be below the model's own by
-``margin``, after at least ``min_labels`` labels, and over the last few (``GATE_SHORT``) not above it:
+A correction ``w.x`` is computed for every forecast, at most ``CAP_ERRORS`` of the model's recent errors,
+and shrunk on a window whose leverage ``x' cov x`` is over ``LEVERAGE`` times the recent one's (linear
+weights extrapolate on a window unlike the ones they learnt from: a level step, a failure), but served
+(step 1's latency point and interval shifted by it in T's space) only while it measures better: over the
+flow's recent labels (an exponential average of about ``GATE_LABELS``) its error must be below the model's
+own by ``margin`` and by ``GATE_Z`` standard errors of that gain, after at least ``min_labels`` labels,
+and over the last few (``GATE_SHORT``) not above it:
 when the flow changes again, the correction learnt before is taken off within a few labels, not a
 hundred. Otherwise the flow is served the model's forecast untouched, so a correction that does not help
 costs nothing but its arithmetic.
