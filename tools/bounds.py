@@ -10,6 +10,8 @@ the routing groups), forecasters that read more than any model can:
 - ``clean-history AR``: the last true latency moved by a linear (least absolute deviation) regression on
   the last 8 true latencies and the last spacing, fitted on other unseen routes (seed 7): what the clean
   past says about the next change;
+- ``clean-history MLP`` (``--mlp``, a minute more): the same with a small network on the last 8 true
+  values of every feature, the last spacing and utilization, fitted by L1 on 64 other unseen routes;
 
 beside the baselines that read the noisy past (persistence, EWMA at its best alpha on the set, the Kalman
 filter of ``models.baselines`` tuned on the training split). A forecaster from the noisy windows has less
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,12 +64,67 @@ def _clean_ar(tr: object, ends: np.ndarray, w: np.ndarray) -> np.ndarray:
     return clean[ends - 1, 0] * np.exp(_ar_features(clean, ts, ends) @ w)
 
 
-def mae_bounds(seed: int, w: np.ndarray, level_changes: float) -> dict[str, float]:
+def _mlp_features(tr: Any, ends: np.ndarray) -> np.ndarray:
+    """The last true values of every feature, as log changes over 1..7 samples, the others' last log
+    values, the last spacing over the route's interval, the last true utilization."""
+    c = np.log(np.maximum(tr.clean.astype(np.float64), 1e-9))
+    dt = np.log(np.diff(tr.timestamps_ms) / 1000.0 / tr.profile.interval_s)
+    lags = np.stack([c[ends - 1 - k] - c[ends - 1] for k in range(1, AR_LAGS)], axis=1)
+    utilization = np.clip(tr.clean[ends - 1, 4:5], 0.0, 1.0)
+    return np.concatenate(
+        [lags.reshape(len(ends), -1), c[ends - 1, 2:], dt[ends - 2, None], utilization], axis=1
+    )
+
+
+def fit_clean_mlp(
+    seed: int = 7, n_routes: int = 64, epochs: int = 8
+) -> Callable[[Any, np.ndarray], np.ndarray]:
+    """A forecaster from the clean past: log(next measured / last true) by a 2-layer MLP, L1 loss."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    xs, ys = [], []
+    for tr in generate_routes(seed, n_routes, 1200, split="unseen"):
+        ends = np.arange(T, len(tr))
+        xs.append(_mlp_features(tr, ends))
+        ys.append(np.log(tr.features[ends, 0] / tr.clean[ends - 1, 0]))
+    x = torch.tensor(np.concatenate(xs), dtype=torch.float32)
+    y = torch.tensor(np.concatenate(ys), dtype=torch.float32)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 1),
+    )
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), 512):
+            idx = order[i : i + 512]
+            loss = (net((x[idx] - mu) / sd)[:, 0] - y[idx]).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def forecast(tr: Any, ends: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z = (torch.tensor(_mlp_features(tr, ends), dtype=torch.float32) - mu) / sd
+            return tr.clean[ends - 1, 0] * np.exp(net(z)[:, 0].numpy())
+
+    return forecast
+
+
+def mae_bounds(seed: int, w: np.ndarray, level_changes: float, mlp: Any = None) -> dict[str, float]:
     """Next-step latency MAE over persistence's on `cpe evaluate`'s unseen set at ``seed``."""
     traces = generate_routes(seed + 2, 24, 1200, split="unseen", level_changes=level_changes)
-    ts, fs, nxt, f_ar, clean = [], [], [], [], []
+    ts, fs, nxt, f_ar, clean, f_mlp = [], [], [], [], [], []
     for tr in traces:
         ends = np.arange(T, len(tr), 3)
+        if mlp is not None:
+            f_mlp.append(mlp(tr, ends))
         ts += [tr.timestamps_ms[e - T : e] for e in ends]
         fs += [tr.features[e - T : e, :1] for e in ends]
         nxt.append(tr.features[ends, 0])
@@ -78,15 +137,18 @@ def mae_bounds(seed: int, w: np.ndarray, level_changes: float) -> dict[str, floa
         return float(np.abs(forecast - actual).mean())
 
     persistence = mae(f[:, -1, 0])
-    return {
+    out = {
         "ewma": min(mae(baselines.ewma(t, f, a)[:, 0]) for a in ev.EWMA_ALPHAS) / persistence,
         "kalman": mae(baselines.kalman(t, f)[:, 0]) / persistence,
         "noise-free present": mae(np.concatenate(clean)) / persistence,
         "clean-history AR": mae(np.concatenate(f_ar)) / persistence,
     }
+    if mlp is not None:
+        out["clean-history MLP"] = mae(np.concatenate(f_mlp)) / persistence
+    return out
 
 
-def routing_bounds(seed: int, w: np.ndarray) -> dict[str, dict[str, float]]:
+def routing_bounds(seed: int, w: np.ndarray, mlp: Any = None) -> dict[str, dict[str, float]]:
     """Route choice on `cpe evaluate`'s routing groups at ``seed``: accuracy, regret, gap closed."""
     groups = ev.routing_groups(n_groups=24, n_steps=600, seed=seed)
     ends = np.arange(T, min(len(tr) for g in groups for tr in g), 2)
@@ -112,6 +174,8 @@ def routing_bounds(seed: int, w: np.ndarray) -> dict[str, dict[str, float]]:
         "noise-free present": per_route(lambda tr: tr.clean[ends - 1, 0].astype(np.float64)),
         "clean-history AR": per_route(lambda tr: _clean_ar(tr, ends, w)),
     }
+    if mlp is not None:
+        forecasts["clean-history MLP"] = per_route(lambda tr: mlp(tr, ends))
     pa, pr = ev._choice(forecasts["persistence"], truth)
     out = {}
     for name, f in forecasts.items():
@@ -128,17 +192,19 @@ def routing_bounds(seed: int, w: np.ndarray) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bounds", description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, nargs="+", default=[1000, 2000, 3000], help="cpe evaluate's seeds")
+    p.add_argument("--mlp", action="store_true", help="also the clean-history MLP (a minute more)")
     args = p.parse_args(argv)
     w = fit_clean_ar()
+    mlp = fit_clean_mlp() if args.mlp else None
     for seed in args.seed:
         for level_changes, name in ((1.0, "unseen scales"), (0.0, "unseen, no level changes")):
-            m = mae_bounds(seed, w, level_changes)
+            m = mae_bounds(seed, w, level_changes, mlp)
             print(
                 f"seed {seed} {name}: latency MAE / persistence  "
                 + "  ".join(f"{k} {v:.3f}" for k, v in m.items()),
                 flush=True,
             )
-        for k, v in routing_bounds(seed, w).items():
+        for k, v in routing_bounds(seed, w, mlp).items():
             print(
                 f"seed {seed} routing {k:20s} accuracy {v['accuracy']:.3f}  regret {v['regret']:.4f}  "
                 f"gap closed: accuracy {v['accuracy_gap_closed']:+.2f}, regret {v['regret_gap_closed']:+.2f}",
