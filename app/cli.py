@@ -95,7 +95,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results.append({"test_set": "routing", "routing": routing})
     print(ev.format_routing(routing, len(groups), len(groups[0])), flush=True)
     misses = [
-        f"{label} closes {routing[label][k]:.2f} of the gap on {k.split('_')[0]} (< 0.5)"
+        f"{label} closes {routing[label][k]:.2f} of the gap on {k.split('_')[0]} (< 0.5; the noise-free "
+        f"present closes {routing['noise-free'][k]:.2f})"
         for label in labels
         for k in ("accuracy_gap_closed", "regret_gap_closed")
         if routing[label][k] < 0.5

@@ -27,3 +27,21 @@ def test_peak_ewma_jumps_to_peaks_and_decays_with_time() -> None:
     assert 10 < peak_slow < 10.3
     # a new peak is taken at once
     assert baselines.peak_ewma(fast, np.array([[[10.0], [10.0], [50.0]]]))[0, 0] == 50.0
+
+
+def test_kalman_holds_a_flat_level_and_smooths_probe_noise_better_than_the_last_value() -> None:
+    flat = np.full((1, 32, 1), 40.0)
+    assert baselines.kalman(np.zeros((1, 32)), flat)[0, 0] == pytest.approx(40.0)
+    rng = np.random.default_rng(0)
+    level = 40.0 * np.exp(np.cumsum(0.01 * rng.standard_normal((2000, 33)), axis=1))
+    noisy = level * np.exp(0.05 * rng.standard_normal(level.shape))
+    windows, nxt = noisy[:, :32, None], noisy[:, 32]
+    ts = np.zeros((2000, 32))
+    kalman = np.abs(baselines.kalman(ts, windows)[:, 0] - nxt).mean()
+    last = np.abs(baselines.persistence(ts, windows)[:, 0] - nxt).mean()
+    assert kalman < 0.9 * last
+    # a new level moves it within a few samples (its gain is about 0.7 per sample)
+    step = np.concatenate([np.full(28, 40.0), np.full(4, 80.0)])[None, :, None]
+    assert baselines.kalman(np.zeros((1, 32)), step)[0, 0] == pytest.approx(80.0, rel=0.02)
+    with pytest.raises(AssertionError, match="positive"):
+        baselines.kalman(ts, windows, q=0.0)

@@ -146,3 +146,30 @@ def test_flows_corrected_and_taught_together_are_as_each_taught_alone(predictor:
         np.testing.assert_allclose(forecasts[f].mean[:, 0, 0], runs[f][0], rtol=1e-9)
     assert together.labels == sum(r.labels for r in alone)
     assert together.corrected == sum(r.corrected for r in alone) > 0
+
+
+def test_a_new_utilization_curve_is_learnt_within_2000_labels_and_never_served_worse() -> None:
+    """The drift scenario ``utilcurve`` (latency responds to the previous sample's utilization with a new
+    curve), replayed through the corrections as the service calls them: the served MAE over the last 200
+    labels ends under 0.75 x the model's own, and no rolling 200 is more than 2 % worse."""
+    from models.drift_scenarios import generate
+
+    predictor = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    pre, post, window, T = 500, 2000, 200, predictor.seq_len
+    n = T + pre + post
+    trace = generate("utilcurve", n, T + pre, seed=7).trace
+    ts, fs = trace.timestamps_ms, trace.features.astype(np.float64)
+    windows = [fs[e - T : e] for e in range(T, n)]
+    forecast = predictor.predict([ts[e - T : e] for e in range(T, n)], windows, 1)
+    own = forecast.mean[:, 0, 0].copy()
+    residuals = FlowResiduals()
+    for i in range(n - T):
+        base_ts = int(ts[T + i - 1])
+        residuals.correct(predictor, [KEY], [windows[i]], [forecast], [i], [base_ts])
+        residuals.learn(predictor, [KEY], [base_ts], fs[T + i : T + i + 1])
+    actual = fs[T:, 0]
+    served_err, own_err = np.abs(forecast.mean[:, 0, 0] - actual), np.abs(own - actual)
+    assert served_err[-window:].mean() <= 0.75 * own_err[-window:].mean()
+    kernel = np.ones(window)
+    rolling = np.convolve(served_err, kernel, "valid") / np.convolve(own_err, kernel, "valid")
+    assert rolling.max() <= 1.02
