@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -284,6 +285,14 @@ def _body(**fields: Any) -> dict[str, Any]:
         {"route_id": "c", "contexts": contexts(8, seed=3)},
     ]
     return {"flow_key": FLOW_KEY, "routes": routes, "objective": "latency"} | fields
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    """One app for the module's tests of the endpoint: a recommendation is not cached, and a refused body
+    changes nothing."""
+    with TestClient(create_app(make_settings())) as client:
+        yield client
 
 
 def test_recommend_ranks_every_route_in_one_forward_pass_and_publishes(client: TestClient) -> None:

@@ -4,23 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from websockets.asyncio.client import connect
 
+from app.main import create_app
 from app.schemas import BatchPredictResult, PredictionResult
 from app.services import Services
 from app.wire.rules import FEATURES
-from tests.app.payloads import FLOW_KEY, contexts, predict_body
+from tests.app.payloads import FLOW_KEY, contexts, make_settings, predict_body
 from tools.process import serving
 
 FEATURE_NAMES = [f.name for f in FEATURES]
 
 
-def test_predict_answers_a_prediction_result(client: TestClient) -> None:
-    response = client.post("/v1/predict", json=predict_body(32))
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    """One app for the module's tests: an answer does not depend on what was asked before (a cache hit is
+    the same answer); the tests that read the cache or the engine's counters take ``fresh_client``."""
+    with TestClient(create_app(make_settings())) as client:
+        yield client
+
+
+@pytest.fixture
+def fresh_client() -> Iterator[TestClient]:
+    """An app of this test alone: nothing cached, no forward pass counted yet."""
+    with TestClient(create_app(make_settings())) as client:
+        yield client
+
+
+def test_predict_answers_a_prediction_result(fresh_client: TestClient) -> None:
+    response = fresh_client.post("/v1/predict", json=predict_body(32))
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     result = PredictionResult.model_validate(response.json())
@@ -138,11 +155,11 @@ def test_batch_matches_single_predictions(client: TestClient) -> None:
         np.testing.assert_allclose(b["confidence"], s["confidence"], rtol=1e-4, atol=1e-6)
 
 
-def test_batch_windows_share_forward_passes(client: TestClient) -> None:
-    engine = Services.of(client.app).engine
+def test_batch_windows_share_forward_passes(fresh_client: TestClient) -> None:
+    engine = Services.of(fresh_client.app).engine
     before = engine.stats.forward_passes
     requests = [predict_body(n) for n in range(1, 17)]
-    assert client.post("/v1/predict/batch", json={"requests": requests}).status_code == 200
+    assert fresh_client.post("/v1/predict/batch", json={"requests": requests}).status_code == 200
     assert engine.stats.forward_passes - before == 1  # 16 windows of one model, mixed lengths: one pass
     assert engine.stats.max_batch_size == 16
 

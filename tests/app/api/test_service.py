@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.schemas import ModelList
 from tests.app.payloads import make_settings
 from tools.process import RedisServer
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    """One app for the module: these tests only read what it serves."""
+    with TestClient(create_app(make_settings())) as client:
+        yield client
 
 
 def test_models_lists_the_three_loaded_models(client: TestClient) -> None:

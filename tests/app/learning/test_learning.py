@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -153,6 +154,13 @@ def test_feedback_by_prediction_id_and_by_an_unknown_one() -> None:
         assert error["loc"] == ["body", "prediction_id"] and "send flow_key and contexts" in error["msg"]
 
 
+@pytest.fixture(scope="module")
+def feedback_client() -> Iterator[TestClient]:
+    """One learning app for the module's refused feedback: a refusal changes nothing."""
+    with TestClient(create_app(learning_settings())) as client:
+        yield client
+
+
 @pytest.mark.parametrize(
     ("body", "loc"),
     [
@@ -179,11 +187,12 @@ def test_feedback_by_prediction_id_and_by_an_unknown_one() -> None:
         ),
     ],
 )
-def test_bad_feedback_is_a_422_naming_the_field(body: dict[str, Any], loc: list[str]) -> None:
-    with TestClient(create_app(learning_settings())) as client:
-        response = client.post("/v1/feedback", json=body)
-        assert response.status_code == 422
-        assert response.json()["detail"][0]["loc"][: len(loc)] == loc
+def test_bad_feedback_is_a_422_naming_the_field(
+    feedback_client: TestClient, body: dict[str, Any], loc: list[str]
+) -> None:
+    response = feedback_client.post("/v1/feedback", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][: len(loc)] == loc
 
 
 def test_a_full_in_process_buffer_refuses_with_429() -> None:

@@ -66,6 +66,13 @@ def client() -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def search_client() -> Iterator[TestClient]:
+    """One app for the module's refused searches: a refusal stores nothing."""
+    with TestClient(create_app(make_settings(patterns_capacity=10_000, patterns_max_k=50))) as client:
+        yield client
+
+
 @pytest.mark.slow  # observes flows for seconds
 def test_observed_windows_are_stored_with_what_followed_and_found_again(client: TestClient) -> None:
     services = fill(client)
@@ -151,15 +158,15 @@ def test_similar_patterns_name_the_nearest_stored_windows(client: TestClient) ->
     ],
 )
 def test_bad_searches_are_422s_naming_the_field(
-    client: TestClient, body: dict[str, Any], field: list[Any]
+    search_client: TestClient, body: dict[str, Any], field: list[Any]
 ) -> None:
-    r = client.post("/v1/patterns/search", json=body)
+    r = search_client.post("/v1/patterns/search", json=body)
     assert r.status_code == 422, r.text
     assert any(e["loc"][: len(field)] == field for e in r.json()["detail"]), r.json()
 
 
-def test_a_search_for_an_unknown_flow_is_a_404(client: TestClient) -> None:
-    assert client.post("/v1/patterns/search", json={"flow_key": key(999)}).status_code == 404
+def test_a_search_for_an_unknown_flow_is_a_404(search_client: TestClient) -> None:
+    assert search_client.post("/v1/patterns/search", json={"flow_key": key(999)}).status_code == 404
 
 
 @pytest.mark.slow  # observes flows for seconds
