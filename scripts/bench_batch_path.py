@@ -1,7 +1,7 @@
 """The event loop's CPU per window on POST /v1/predict/batch, the real app called in-process (no sockets).
 
     python -m scripts.bench_batch_path [--batch-size 512] [--calls 40] [--rounds 5] [--msgpack]
-                                       [--profile N]
+                                       [--profile N] [--single]
 
 Every call posts a batch of ``--batch-size`` windows with flow keys never seen before (no cache hits), as
 ``make bench``'s batch run does. The figure is this thread's CPU time per window (``time.thread_time``):
@@ -9,6 +9,7 @@ the event loop's work (the body, the cache keys, the cache, the remembered windo
 not the inference thread's forward passes, so that it is precise to a fraction of a µs on a busy machine.
 Rounds of ``--calls`` calls; the median round is printed, and the wall-clock windows/s beside it.
 ``--profile N`` runs N calls under cProfile instead and prints the functions by their own time.
+``--single``: POST /v1/predict with one window each instead (the figure is then per request).
 Compare two checkouts by running this in each, alternately.
 """
 
@@ -61,7 +62,17 @@ def bodies(batch_size: int, n: int, msgpack: bool) -> list[bytes]:
 async def run(args: argparse.Namespace) -> None:
     from app.main import create_app
 
-    templates = [body.split(PLACEHOLDER) for body in bodies(args.batch_size, 4, args.msgpack)]
+    if args.single:
+        import msgspec
+
+        args.batch_size = 1
+        templates = [
+            msgspec.json.encode(msgspec.json.decode(body)["requests"][0]).split(PLACEHOLDER)
+            for body in bodies(1, 64, False)
+        ]
+    else:
+        templates = [body.split(PLACEHOLDER) for body in bodies(args.batch_size, 4, args.msgpack)]
+    path = "/v1/predict" if args.single else "/v1/predict/batch"
     content_type = b"application/msgpack" if args.msgpack else b"application/json"
     tag = 0
     statuses: set[int] = set()
@@ -74,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
 
     async def call(app: Any) -> None:
         body = next_body()
-        scope = post_scope("/v1/predict/batch", len(body))
+        scope = post_scope(path, len(body))
         scope["headers"][1] = (b"content-type", content_type)
         sent = False
 
@@ -117,7 +128,8 @@ async def run(args: argparse.Namespace) -> None:
             rate.append(windows / (time.perf_counter() - wall))
     assert statuses == {200}, statuses
     print(
-        f"{'msgpack' if args.msgpack else 'json'} batch of {args.batch_size}: event-loop CPU per window "
+        f"{'single' if args.single else 'msgpack' if args.msgpack else 'json'} batch of {args.batch_size}: "
+        "event-loop CPU per window "
         f"{statistics.median(cpu):.2f} us (rounds: {' '.join(f'{c:.2f}' for c in cpu)}); "
         f"{statistics.median(rate):,.0f} windows/s in-process, one call at a time"
     )
@@ -130,6 +142,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--msgpack", action="store_true", help="MessagePack bodies with packed float32 windows")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N calls instead")
+    p.add_argument("--single", action="store_true", help="POST /v1/predict, one window a call")
     args = p.parse_args()
     with contextlib.suppress(ImportError):
         import uvloop

@@ -21,7 +21,7 @@ from app.auth import require_scope
 from app.cache import Cache, prediction_id
 from app.cache.keys import prediction_keys
 from app.cache.ttl import AdaptiveTtl, forecast_ttl
-from app.engine import Engine, WindowForecast
+from app.engine import Engine, WindowForecast, read_numbers
 from app.flows import FlowStore, FlowsUnavailable
 from app.flows.serving import (
     BatchPredictAnswer,
@@ -268,8 +268,8 @@ def _ttl(policy: AdaptiveTtl | None, forecast: WindowForecast, horizon: int) -> 
     return forecast_ttl(policy, forecast.dt_s * 1000.0, horizon, float(mean), float(lower), float(upper))
 
 
-# A stored answer's fields that a cache hit changes, as the answers are written (``_ANSWER``, and orjson's
-# dumps of the same dict before it): no string of an answer can hold them, since its quotes are escaped.
+# A stored answer's fields that a cache hit changes, as the answers are written (``_answers``, the same
+# bytes whichever way): no string of an answer can hold them, since its quotes are escaped.
 _FRESH = b',"cached":false,"processing_time_ms":'
 _AGAIN = b',"cached":true,"processing_time_ms":'
 _AFTER = b',"similar_patterns":'
@@ -298,15 +298,11 @@ def _elapsed(start: float) -> bytes:
     return orjson.dumps(_elapsed_ms(start))
 
 
-# A PredictionResult, as orjson writes the dict of its fields in this order (the tests compare the two);
-# filled per window with pieces that orjson wrote per forward pass.
-_ANSWER = (
-    b'{"prediction_id":"%s","flow_key":"%s","predicted_context":[%s],"horizon":%d,"steps":[[%s]],'
-    b'"confidence":%s,"lower":[%s],"upper":[%s],"model_used":%s,"model_version":%s,"cached":false,'
-    b'"processing_time_ms":%s,"similar_patterns":%s,"metadata":{"step_ms":%s,"horizon_ms":%s,'
-    b'"window_length":%s,"contexts_used":%s%s}}'
-)
+# Groups of fewer windows than this are written as dicts, one orjson call each: below it, the fixed cost of
+# writing a group per pass (a dozen orjson calls and splits) outweighs what it saves per window
+PER_PASS_FROM = 64
 _HEX = re.compile(r"[0-9a-f]*")
+_END = b"\0"  # after each answer of a group written in one piece: orjson never writes a raw NUL
 
 
 def _json(a: np.ndarray) -> bytes:
@@ -334,97 +330,143 @@ def _answers(
 ) -> list[bytes]:
     """The serialized PredictionResult of each window, in order, stored under its cache key.
 
-    Built per forward pass and horizon, not per window: orjson writes the numbers of all the pass's
-    windows at once, and each answer is the template filled with its pieces (one formatting call)."""
+    A forward pass's windows of one horizon are written together (``_group``) when they are many; a few
+    (a single prediction) as one dict each, the form the contract was written in: the two are the same
+    bytes (tests/app/api/test_answers.py)."""
     answers: list[bytes] = [b""] * len(windows)
     nearest = None
     if patterns is not None:
         since = [int(w.timestamps[0]) for w in windows]
         nearest = patterns.nearest([w.flow_key for w in windows], since, forecasts)
-    elapsed = orjson.dumps(elapsed_ms)
-    flow_keys = [w.flow_key for w in windows]
-    plain = bool(_HEX.fullmatch("".join(flow_keys)))  # nothing in them to escape: the usual case
     groups: dict[tuple[int, int], list[int]] = {}  # (forward pass, horizon) -> positions
     for j, (forecast, window) in enumerate(zip(forecasts, windows, strict=True)):
         groups.setdefault((id(forecast.batch), window.horizon), []).append(j)
     for (_, h), members in groups.items():
-        first = forecasts[members[0]]
-        batch, predictor = first.batch, first.predictor
-        indices = [forecasts[j].index for j in members]
-        k = len(indices)
-        rows: list[int] | slice = indices
-        if indices == list(range(indices[0], indices[0] + k)):  # the usual case, as a slice: views
-            rows = slice(indices[0], indices[0] + k)
-        mean = batch.mean[rows, :h]
-        step_ms = np.asarray(batch.dt_s[rows] * 1000.0, dtype=np.float64)  # as tolist() made them
-        n = np.array([len(windows[j].timestamps) for j in members], dtype=np.float64)
-        extra = [b""] * k
-        similar = [b"[]"] * k
-        for m, j in enumerate(members):  # a similar pattern or an analog: uncommon, the dicts as before
-            window = windows[j]
-            found = _similar_patterns(window, forecasts[j])
-            extra_j: dict[str, float] = {}
-            if patterns is not None and nearest is not None and nearest[j]:
-                found = patterns.names(nearest[j], found)
-                extra_j = patterns.metadata(nearest[j], forecasts[j], h)
-            if found:
-                similar[m] = dumps(found)
-            if extra_j:
-                extra[m] = b"," + dumps(extra_j)[1:-1]
-        kind, version = dumps(predictor.kind), dumps(predictor.version)
-        keys_of = [keys[j][-32:] for j in members]  # prediction_ids
-        flows = [flow_keys[j] if plain else dumps(flow_keys[j])[1:-1].decode() for j in members]
-        filled = zip(
-            keys_of,
-            flows,
-            _each(mean[:, h - 1]),
-            _each(mean),
-            _each(batch.confidence[rows, h - 1]),
-            _each(batch.lower[rows, h - 1]),
-            _each(batch.upper[rows, h - 1]),
-            similar,
-            _each(step_ms),
-            _each(step_ms * h),
-            _each(n),
-            _each(np.minimum(n, predictor.seq_len)),
-            extra,
-            strict=True,
-        )
-        for j, (
-            pid,
-            flow,
-            context,
-            steps,
-            confidence,
-            lower,
-            upper,
-            sim,
-            step,
-            ahead,
-            length,
-            used,
-            more,
-        ) in zip(members, filled, strict=True):
-            answers[j] = _ANSWER % (
-                pid.encode(),
-                flow.encode(),
-                context,
-                h,
-                steps,
-                confidence,
-                lower,
-                upper,
-                kind,
-                version,
-                elapsed,
-                sim,
-                step,
-                ahead,
-                length,
-                used,
-                more,
+        if len(members) >= PER_PASS_FROM:
+            group = _group(windows, forecasts, elapsed_ms, keys, members, h, patterns, nearest)
+            for j, answer in zip(members, group, strict=True):
+                answers[j] = answer
+            continue
+        numbers = read_numbers([forecasts[j] for j in members], [h] * len(members))
+        for m, (steps_j, confidence, lower, upper, step_ms) in numbers:
+            j = members[m]
+            window, predictor, n = windows[j], forecasts[j].predictor, len(windows[j].timestamps)
+            similar, extra = _patterns_of(window, forecasts[j], h, patterns, nearest, j)
+            answers[j] = dumps(
+                {
+                    "prediction_id": prediction_id(keys[j]),
+                    "flow_key": window.flow_key,
+                    "predicted_context": steps_j[h - 1],
+                    "horizon": h,
+                    "steps": steps_j,
+                    "confidence": confidence,
+                    "lower": lower,
+                    "upper": upper,
+                    "model_used": predictor.kind,
+                    "model_version": predictor.version,
+                    "cached": False,
+                    "processing_time_ms": elapsed_ms,
+                    "similar_patterns": similar,
+                    "metadata": {
+                        "step_ms": step_ms,
+                        "horizon_ms": step_ms * h,
+                        "window_length": float(n),
+                        "contexts_used": float(min(n, predictor.seq_len)),
+                        **extra,
+                    },
+                }
             )
     return answers
+
+
+def _patterns_of(
+    window: Window,
+    forecast: WindowForecast,
+    h: int,
+    patterns: Patterns | None,
+    nearest: list[list[Any]] | None,
+    j: int,
+) -> tuple[list[str], dict[str, float]]:
+    """A window's similar_patterns, and what pattern memory adds to its metadata."""
+    similar = _similar_patterns(window, forecast)
+    if patterns is not None and nearest is not None and nearest[j]:
+        return patterns.names(nearest[j], similar), patterns.metadata(nearest[j], forecast, h)
+    return similar, {}
+
+
+def _group(
+    windows: Sequence[Window],
+    forecasts: Sequence[WindowForecast],
+    elapsed_ms: float,
+    keys: Sequence[str],
+    members: list[int],
+    h: int,
+    patterns: Patterns | None,
+    nearest: list[list[Any]] | None,
+) -> list[bytes]:
+    """The answers of ``windows[j]`` for j in ``members``, which share a forward pass and horizon ``h``:
+    orjson writes the numbers of all of them at once, each cut at its brackets; the pieces and the
+    constant parts are laid out, answer after answer, by slice assignments, joined in one call and cut
+    again at ``_END``: no Python step per window but list comprehensions."""
+    k = len(members)
+    first = forecasts[members[0]]
+    batch, predictor = first.batch, first.predictor
+    indices = [forecasts[j].index for j in members]
+    rows: list[int] | slice = indices
+    if indices == list(range(indices[0], indices[0] + k)):  # the usual case, as a slice: views
+        rows = slice(indices[0], indices[0] + k)
+    mean = batch.mean[rows, :h]
+    step_ms = np.asarray(batch.dt_s[rows] * 1000.0, dtype=np.float64)  # as tolist() made them
+    n = np.array([len(windows[j].timestamps) for j in members], dtype=np.float64)
+    similar, extra = [b"[]"] * k, [b""] * k
+    odd = [
+        m for m, j in enumerate(members) if windows[j].pattern_ids.count(None) != len(windows[j].pattern_ids)
+    ]
+    if nearest is not None:
+        odd = sorted({*odd, *(m for m, j in enumerate(members) if nearest[j])})
+    for m in odd:  # labelled contexts, or pattern memory's matches: uncommon
+        j = members[m]
+        found, more = _patterns_of(windows[j], forecasts[j], h, patterns, nearest, j)
+        if found:
+            similar[m] = dumps(found)
+        if more:
+            extra[m] = b"," + dumps(more)[1:-1]
+    flow_keys = [windows[j].flow_key for j in members]
+    if not _HEX.fullmatch("".join(flow_keys)):  # something to escape (not the usual hex)
+        flow_keys = [dumps(f)[1:-1].decode() for f in flow_keys]
+    pieces: tuple[bytes | list[bytes], ...] = (
+        b'{"prediction_id":"',
+        "\0".join([keys[j][-32:] for j in members]).encode().split(b"\0"),  # prediction_ids
+        b'","flow_key":"',
+        "\0".join(flow_keys).encode().split(b"\0"),
+        b'","predicted_context":[',
+        _each(mean[:, h - 1]),
+        b'],"horizon":%d,"steps":[[' % h,
+        _each(mean),
+        b']],"confidence":',
+        _each(batch.confidence[rows, h - 1]),
+        b',"lower":[',
+        _each(batch.lower[rows, h - 1]),
+        b'],"upper":[',
+        _each(batch.upper[rows, h - 1]),
+        b'],"model_used":%s,"model_version":%s,"cached":false,"processing_time_ms":%s,"similar_patterns":'
+        % (dumps(predictor.kind), dumps(predictor.version), orjson.dumps(elapsed_ms)),
+        similar,
+        b',"metadata":{"step_ms":',
+        _each(step_ms),
+        b',"horizon_ms":',
+        _each(step_ms * h),
+        b',"window_length":',
+        _each(n),
+        b',"contexts_used":',
+        _each(np.minimum(n, predictor.seq_len)),
+        extra,
+        b"}}" + _END,
+    )
+    parts: list[bytes] = [b""] * (len(pieces) * k)
+    for i, piece in enumerate(pieces):
+        parts[i :: len(pieces)] = [piece] * k if isinstance(piece, bytes) else piece
+    return b"".join(parts).split(_END)[:-1]
 
 
 def _similar_patterns(window: Window, forecast: WindowForecast) -> list[str]:

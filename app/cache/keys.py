@@ -14,7 +14,7 @@ same things, and costs nothing more to make.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 
 import numpy as np
@@ -53,11 +53,14 @@ def prediction_keys(versions: Sequence[str], windows: Sequence[Window]) -> list[
     instructions hash a window (~2.3 KB) in about 60 % of blake2b's time.
     """
     sha256 = hashlib.sha256
-    if len(versions) == 1:
-        versions = list(repeat(versions[0], len(windows)))
-    head_of = {v: b"%s\0%s\0" % (KEY_FORMAT, v.encode()) for v in set(versions)}
+    if len(versions) == 1:  # one head for all: made once
+        heads: Iterable[bytes] = repeat(b"%s\0%s\0" % (KEY_FORMAT, versions[0].encode()), len(windows))
+    else:
+        assert len(versions) == len(windows), "one version, or one per window"
+        head_of = {v: b"%s\0%s\0" % (KEY_FORMAT, v.encode()) for v in set(versions)}
+        heads = [head_of[v] for v in versions]
     keys = []
-    for version, w in zip(versions, windows, strict=True):
+    for head, w in zip(heads, windows, strict=True):
         ts, features, patterns = w.timestamps, w.features, w.pattern_ids
         if ts.dtype != np.int64 or not ts.flags.c_contiguous:
             ts = np.ascontiguousarray(ts, dtype=np.int64)
@@ -66,8 +69,7 @@ def prediction_keys(versions: Sequence[str], windows: Sequence[Window]) -> list[
         # the usual window has no pattern ids: counted in one pass in C, and left out of the head
         labels = b"" if patterns.count(None) == len(patterns) else orjson.dumps(list(patterns))
         digest = sha256(
-            b"%s%s\0%d\0%d\0%d\0%s"
-            % (head_of[version], w.flow_key.encode(), w.horizon, len(ts), len(labels), labels)
+            b"%s%s\0%d\0%d\0%d\0%s" % (head, w.flow_key.encode(), w.horizon, len(ts), len(labels), labels)
         )
         digest.update(ts.data)
         digest.update(features.data)

@@ -1,6 +1,9 @@
 """The shared cache tier: Redis, one round-trip per lookup or store of a whole batch.
 
-Values are binary (the orjson bytes of a PredictionResult), stored with ``SET key value PX ttl``. A key
+Values are binary (the orjson bytes of a PredictionResult), stored with ``SET key value PX ttl``: a batch's
+in one ``EVALSHA`` of a small script that sets each key with its TTL (redis-py packs one command rather
+than one per key: about a quarter of a pipeline's client CPU per key), or, where the server or a proxy in
+front of it refuses the script, in one pipeline of SETs from then on. A key
 is ``<prefix><the cache key>``; cache keys start with their flow's ``{flow_key}`` hash tag, so that a
 flow's keys share a Redis Cluster slot. (The keys of a batch span flows, hence slots: on a Redis Cluster
 the MGET would have to be split per slot, as redis-py's ``RedisCluster.mget_nonatomic`` does. This tier
@@ -32,6 +35,14 @@ from app.cache.metrics import CacheMetrics
 log = logging.getLogger("cpe.cache")
 
 PREFIX = "cpe:pred:"
+# every key with its own TTL: KEYS[i] gets ARGV[i] for ARGV[n + i] ms
+_SET_MANY = """
+local n = #KEYS
+for i = 1, n do
+  redis.call('SET', KEYS[i], ARGV[i], 'PX', ARGV[n + i])
+end
+return n
+"""
 # what a lost or hung connection raises; anything else is a bug, and is not swallowed
 _FAILURES = (redis_errors.RedisError, OSError)  # OSError includes TimeoutError
 
@@ -114,6 +125,8 @@ class RedisCache(Cache):
         self.ttl_ms = ttl_ms
         self.prefix = prefix
         self.breaker = Breaker(*backoff_s)
+        self._set_many = client.register_script(_SET_MANY)
+        self.scripted = True  # False once the server (or a proxy) refused the script: pipelines then
         metrics = metrics or CacheMetrics()
         self._hits = metrics.requests.labels(tier="redis", result="hit")
         self._misses = metrics.requests.labels(tier="redis", result="miss")
@@ -148,10 +161,26 @@ class RedisCache(Cache):
             key, value = items[0]
             await self._call(self.client.set, self.prefix + key, value, px=ttls[0])
             return
+        keys = [self.prefix + key for key, _ in items]
+        values = [value for _, value in items]
+        if self.scripted:
+            await self._call(self._store_scripted, keys, values, ttls)
+        else:
+            await self._call(self._store_pipelined, keys, values, ttls)
+
+    async def _store_scripted(self, keys: list[str], values: list[bytes], ttls: Sequence[int]) -> Any:
+        try:
+            return await self._set_many(keys=keys, args=[*values, *ttls])
+        except redis_errors.ResponseError as exc:  # no scripts here (a proxy, keys across cluster slots)
+            self.scripted = False
+            log.info("cache: storing batches in Redis with pipelines, the script was refused: %s", exc)
+            return await self._store_pipelined(keys, values, ttls)
+
+    async def _store_pipelined(self, keys: list[str], values: list[bytes], ttls: Sequence[int]) -> Any:
         pipe = self.client.pipeline(transaction=False)
-        for (key, value), px in zip(items, ttls, strict=True):
-            pipe.set(self.prefix + key, value, px=px)
-        await self._call(pipe.execute)
+        for key, value, px in zip(keys, values, ttls, strict=True):
+            pipe.set(key, value, px=px)
+        return await pipe.execute()
 
     # redis-py types its commands as sync-or-async; on a redis.asyncio client they are coroutines
     async def _call(self, command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from app.api import predict
 from app.api.predict import _answers, _each, _elapsed, _from_cache, _similar_patterns
 from app.api.responses import dumps
 from app.cache.keys import prediction_id, prediction_keys
@@ -67,7 +68,11 @@ def _window(i: int) -> Window:
     )
 
 
-async def test_answers_per_pass_are_the_per_window_ones_byte_for_byte() -> None:
+@pytest.mark.parametrize("per_pass_from", [1, 10**9])  # every group written per pass; none
+async def test_answers_per_pass_are_the_per_window_ones_byte_for_byte(
+    per_pass_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(predict, "PER_PASS_FROM", per_pass_from)
     lstm = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
     hybrid = Predictor.load(CHECKPOINT_DIR / "hybrid.safetensors")
     windows = [_window(i) for i in range(90)]
@@ -90,6 +95,18 @@ async def test_answers_per_pass_are_the_per_window_ones_byte_for_byte() -> None:
         assert fast == _per_window(windows, forecasts, elapsed, keys)
     for answer in fast:
         orjson.loads(answer)  # valid JSON, the odd flow keys included
+
+
+async def test_a_large_pass_is_written_per_pass_as_per_window() -> None:
+    lstm = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    windows = [_window(i) for i in range(300)]
+    for w in windows:
+        w.horizon = 3
+    async with Engine({"lstm": lstm}) as engine:
+        forecasts = await engine.predict_many([("lstm", w.timestamps, w.features) for w in windows], 3)
+    assert len({id(f.batch) for f in forecasts}) < 4  # passes of up to 256: groups over PER_PASS_FROM
+    keys = prediction_keys([lstm.version], windows)
+    assert _answers(windows, forecasts, 2.5, keys) == _per_window(windows, forecasts, 2.5, keys)
 
 
 @pytest.mark.parametrize("shape", [(7,), (1,), (5, 8), (1, 3), (4, 3, 8), (1, 1, 2), (3, 2, 1)])

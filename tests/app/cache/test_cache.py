@@ -136,8 +136,9 @@ async def test_what_one_replica_stored_is_a_hit_on_another_and_fills_its_memory_
     assert _sample(b_registry, "cpe_cache_entries", tier="memory") == 2
 
 
-async def test_a_batch_is_one_mget_and_one_pipeline_of_sets(
-    redis_client: Redis, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("scripted", [True, False])  # False: where the script is refused, a pipeline
+async def test_a_batch_is_one_mget_and_one_store_of_every_key(
+    redis_client: Redis, monkeypatch: pytest.MonkeyPatch, scripted: bool
 ) -> None:
     commands: list[str] = []  # what the client sends one by one, outside a pipeline
     send = redis_client.execute_command
@@ -155,13 +156,19 @@ async def test_a_batch_is_one_mget_and_one_pipeline_of_sets(
     writer = create_cache(REDIS_URL, client=redis_client, prefix=PREFIX)
     reader = create_cache(REDIS_URL, client=redis_client, prefix=PREFIX)  # an empty memory tier
     async with writer, reader:
+        assert isinstance(writer.shared, RedisCache)
+        writer.shared.scripted = scripted
+        await writer.set_many([("warm", _value(0)), ("up", _value(0))])  # the script loaded, if need be
+        sets = await calls("set")
         commands.clear()
-        await writer.set_many([(f"k{i}", _value(i)) for i in range(50)])
-        assert commands == []  # all 50 went in the pipeline
+        await writer.set_many([(f"k{i}", _value(i)) for i in range(50)], [60_000 + i for i in range(50)])
+        assert commands == (["EVALSHA"] if scripted else [])  # one command, or all 50 in the pipeline
         found = await reader.get_many([f"k{i}" for i in range(60)])
-        assert commands == ["MGET"]
+        assert commands[-1:] == ["MGET"]
+        ttls = [await send("PTTL", f"{PREFIX}k{i}") for i in (0, 49)]
     assert found == [_value(i) for i in range(50)] + [None] * 10
     assert await calls("set") - sets == 50 and await calls("mget") - mgets == 1
+    assert 59_000 < ttls[0] <= 60_000 and 59_049 < ttls[1] <= 60_049  # each its own TTL
 
 
 # -- the in-process tier's strategies -----------------------------------------------------------------
