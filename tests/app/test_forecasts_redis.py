@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from app.forecasts.redis import ForecastsUnavailable, RedisForecasts, pack, unpack
-from app.forecasts.store import FlowForecast, FlowScore, MemoryForecasts, create_forecast_store
+from app.forecasts.redis import ForecastsUnavailable, RedisForecasts, pack, pack_round, unpack
+from app.forecasts.store import FlowForecast, FlowScore, MemoryForecasts, create_forecast_store, round_of
 from tests.app.test_flows_store import RedisClusterProcesses
 from tests.redis_server import redis_url
 
@@ -152,3 +152,15 @@ async def test_continuous_rounds_keep_and_score_their_forecasts_on_the_cluster(
             assert forecast is not None and forecast["metadata"]["base_timestamp"] == T0 + 2000
             assert score is not None and score["scored"] == 2
         assert rig.forecasts.summary()["scores"]["forecasters"]["lstm"]["scored"] == 200
+
+
+def test_a_rounds_values_packed_from_its_arrays_are_those_packed_one_by_one() -> None:
+    """``pack_round`` (the headers by one numpy call) writes the bytes ``pack`` writes for each flow."""
+    flows = [(f"{i:064x}", forecast(1000 + i, latency=0.5 * i, scored=i)) for i in range(5)]
+    for i in (1, 3):
+        flows[i][1].interval = np.arange(32, dtype=np.float64).reshape(4, 8) * (i + 0.25)
+    made = round_of(flows)
+    assert pack_round(made) == [pack(f) for _, f in flows]
+    made.interval, made.has_interval = None, None
+    flows[1][1].interval = flows[3][1].interval = None
+    assert pack_round(made) == [pack(f) for _, f in flows]
