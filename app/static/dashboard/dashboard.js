@@ -8,6 +8,10 @@
  * at most once per animation frame, and only the rows on screen (a page of the list) are ever built, so
  * that ten thousand flows and a fast stream keep the page responsive. No inline script, no eval, no
  * innerHTML with data: the page runs under a strict Content Security Policy (app/api/dashboard.py).
+ *
+ * Flows expire on the server (CPE_FLOW_TTL_MS after their last observation) and groups can be deleted,
+ * which no stream announces: the lists are read again every LISTS_EVERY_MS (`?lists_s=` overrides it), and
+ * what the server no longer lists, and no message named since that reading began, leaves the page.
  */
 'use strict';
 
@@ -23,6 +27,7 @@
   const LATENCY = 0; // index of latency_ms in the feature schema, the primary feature
   const INBOX_MS_PER_FRAME = 8; // time a frame spends on arrived messages; the rest wait for the next
   const INBOX_MAX = 50000; // messages waiting at most; past it the oldest are dropped (and counted)
+  const LISTS_EVERY_MS = 1000 * (Number(new URLSearchParams(location.search).get('lists_s')) || 30);
 
   const $ = (id) => document.getElementById(id);
   const fmt = (v, digits = 1) => (v == null || !Number.isFinite(v) ? '–' : v.toFixed(digits));
@@ -168,11 +173,26 @@
   function flow(key) {
     let entry = flows.get(key);
     if (entry === undefined) {
-      entry = { key, route: null, forecast: null, history: [] };
+      entry = { key, route: null, forecast: null, history: [], seen: 0 };
       flows.set(key, entry);
       flowList.added();
     }
+    entry.seen = performance.now(); // named by the server: see forget()
     return entry;
+  }
+
+  // the entries of ``map`` that a reading of the server's list begun at ``since`` did not list, and that
+  // no message named since: expired flows, deleted groups
+  function forget(map, listed, since, list) {
+    let removed = 0;
+    for (const [id, entry] of map) {
+      if (!listed.has(id) && entry.seen < since) {
+        map.delete(id);
+        removed++;
+      }
+    }
+    if (removed) list.added(); // the order and the page change as for an addition
+    return removed;
   }
 
   function onPrediction(message) {
@@ -200,6 +220,8 @@
   }
 
   async function loadFlows() {
+    const since = performance.now();
+    const listed = new Set();
     let after = null;
     do {
       const query = new URLSearchParams({ limit: String(LIST_PAGE) });
@@ -208,9 +230,13 @@
       for (const item of page.flows) {
         const entry = flow(item.flow_key);
         entry.route = item.route_id;
+        listed.add(item.flow_key);
       }
       after = page.next;
     } while (after);
+    if (forget(flows, listed, since, flowList) && chosen.key && !flows.has(chosen.key)) {
+      $('detail-title').textContent = `Flow ${chosen.key} (expired: no observation for the flows' TTL)`;
+    }
   }
 
   // ---- the chosen flow --------------------------------------------------------------------------
@@ -266,7 +292,7 @@
     // each forecast is drawn at the observation it forecast: the first one after its window's newest
     const times = [...chosen.actual.keys()].sort((a, b) => a - b);
     const byBase = new Map();
-    for (const f of flow(chosen.key).history) byBase.set(f.base, f);
+    for (const f of flows.get(chosen.key)?.history ?? []) byBase.set(f.base, f);
     const x = [], actual = [], mean = [], lower = [], upper = [];
     const push = (t, a, f) => {
       x.push(t / 1000);
@@ -309,7 +335,7 @@
     const data = chartData();
     chart.setData(data);
     const n = data[0].length;
-    const last = flow(chosen.key).forecast;
+    const last = flows.get(chosen.key)?.forecast; // none once the flow expired
     const newest = [...chosen.actual.entries()].sort((a, b) => b[0] - a[0])[0];
     $('f-route').textContent = chosen.route || '–';
     $('f-actual').textContent = newest ? `${fmt(newest[1])} ms at ${timeText(newest[0])}` : '–';
@@ -492,14 +518,17 @@
     let entry = groups.get(id);
     if (entry === undefined) {
       entry = { id, flowKey: null, best: null, weights: {}, routes: [], risk: {}, openBreakers: [], stale: true,
-        loading: false };
+        loading: false, seen: 0 };
       groups.set(id, entry);
       groupList.added();
     }
+    entry.seen = performance.now();
     return entry;
   }
 
   async function loadGroups() {
+    const since = performance.now();
+    const listed = new Set();
     let after = null;
     do {
       const query = new URLSearchParams({ limit: String(LIST_PAGE) });
@@ -515,9 +544,11 @@
         const entry = group(item.group_id);
         entry.flowKey = item.flow_key;
         entry.best = item.best;
+        listed.add(item.group_id);
       }
       after = page.next;
     } while (after);
+    forget(groups, listed, since, groupList);
   }
 
   // a group's definition and choice, fetched when it is on screen and a message says it changed
@@ -700,6 +731,8 @@
     stream('routing', 'v1/stream/routing', { op: 'subscribe' }, onRouting);
     await Promise.all([loadFlows(), loadGroups(), loadStats()]);
     setInterval(loadStats, STATS_EVERY_MS);
+    setInterval(() => loadFlows().catch((error) => console.warn(String(error))), LISTS_EVERY_MS);
+    setInterval(loadGroups, LISTS_EVERY_MS);
     const wanted = new URLSearchParams(location.search).get('flow');
     if (wanted && flows.has(wanted)) choose(wanted);
     document.body.dataset.ready = 'true';
