@@ -39,7 +39,7 @@ log = logging.getLogger("cpe.patterns")
 
 WINDOW_NAME = re.compile(r"([0-9a-f]{64})@(\d{1,19})")  # Match.name of an unlabelled window
 EXACT_BELOW = 20_000  # a filter that leaves fewer windows is answered by exact search over them
-BROAD = 0.2  # a filter that leaves at least this share: the plain graph search, asked for more, then kept
+BROAD = 0.03  # a filter that leaves at least this share: the plain graph search, asked for more, then kept
 MASKS = 32  # filters whose (capacity,) masks are kept, and updated by each insert
 QUEUE_BATCHES = 64  # insert batches that may wait for the writer
 MIN_NAMES = 4096  # the name tables are compacted past 2 x capacity + this many flows
@@ -355,7 +355,7 @@ class PatternMemory:
         out = []
         share = count / max(len(self), 1)
         for vector in vectors[:, None]:
-            if share >= BROAD:  # most windows pass: search them all for enough more, keep those that pass
+            if share >= BROAD:  # enough pass: the plain search asked for enough more, those kept
                 s, dist = self.index.search(vector, min(len(self), math.ceil(2 * k / share) + k))
                 keep = allowed[s[0]]
                 if int(keep.sum()) >= min(k, count):

@@ -105,17 +105,19 @@ def test_filters_of_every_breadth_answer_only_their_windows_nearest_first(
 ) -> None:
     from app.patterns import memory as module
 
-    monkeypatch.setattr(module, "EXACT_BELOW", 50)  # the graph paths with a small memory
+    monkeypatch.setattr(module, "EXACT_BELOW", 30)  # the graph paths with a small memory
+    monkeypatch.setattr(module, "BROAD", 0.05)
     rng = np.random.default_rng(8)
     n = 2000
     x = unit(rng.standard_normal((n, 8)))
-    labels: list[tuple[str, float] | None] = [(f"p{i % 20}", 1.0) for i in range(n)]
+    labels: list[tuple[str, float] | None] = [(f"p{i % 100}", 1.0) for i in range(n)]
     memory = PatternMemory(8, D, capacity=n)
     memory.insert(batch(x, labels=labels))
-    for ids in (tuple(f"p{j}" for j in range(10)), ("p0", "p1"), ("p7",)):  # 50 %, 10 %, 5 %: each path
+    broad, mid, few = tuple(f"p{j}" for j in range(50)), ("p0", "p1"), ("p7",)
+    for ids in (broad, mid, few):  # 50 %: asked for more and kept; 2 %: the filtered walk; 20: exact
         where = PatternFilter(pattern_ids=ids)
         [found] = memory.search(x[3][None], 10, where)
-        ok = np.flatnonzero(np.isin(np.arange(n) % 20, [int(p[1:]) for p in ids]))
+        ok = np.flatnonzero(np.isin(np.arange(n) % 100, [int(p[1:]) for p in ids]))
         truth = ok[np.argsort(((x[ok] - x[3]) ** 2).sum(axis=1))[:10]]
         assert len(found) == 10 and {m.pattern_id for m in found} <= set(ids)
         assert len({m.slot for m in found} & set(truth.tolist())) >= 9  # approximate: recall 0.9 at least
