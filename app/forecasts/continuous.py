@@ -12,9 +12,10 @@ often, on fresher windows, and nothing grows.
 
 Each round then, for each flow: scores the flow's previous forecast if the window now holds the
 observation that followed it (``scores``, ``labels``), keeps the new forecast (``store``) and publishes
-it as a ``FlowPrediction`` (``stream``). Before all that, as soon as the forecasts are made,
-``on_forecasts`` (the route groups' re-ranking, ``app/groups/service.py``) gets the round's flows, windows
-and forecasts: routing messages are what waits on a round's latency most.
+it as a ``FlowPrediction`` (``stream``). As soon as the forecasts are final (scored, and corrected by
+the flows' residuals), before the rest, ``on_forecasts`` (the route groups' re-ranking,
+``app/groups/service.py``) gets the round's flows, windows and forecasts: routing messages are what waits
+on a round's latency most.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class ContinuousPrediction:
         # with a shared bus other replicas' clients may be listening: publish even with none here
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
-        self.on_forecasts = on_forecasts  # told of each round's forecasts first, before they are published
+        self.on_forecasts = on_forecasts  # told of each round's final forecasts, before they are kept
         # the newest contexts a round reads of each window: what the model reads, what the EWMA reads, and
         # the one before (the previous forecast's newest, for its score); the older ones are not copied
         self.span = max(engine.predictors[kind].seq_len, EWMA_SPAN) + 1
@@ -269,11 +270,6 @@ class ContinuousPrediction:
         kind = self.kind
         ts, lengths = block.timestamps, block.lengths
         forecasts = await self.engine.predict_block(kind, ts, block.features, lengths, self.horizon)
-        if self.on_forecasts is not None:  # first: a route group's routing message waits on no other work
-            try:
-                await self.on_forecasts(keys, _BlockWindows(block), forecasts)
-            except Exception:  # the forecasts stand: only what the hook does with them is lost
-                log.exception("the forecasts' hook failed on %d flows", len(keys))
         try:
             previous = await self.store.get_previous(keys)
         except ForecastsUnavailable:
@@ -290,6 +286,11 @@ class ContinuousPrediction:
                 ts[:, -1].tolist(),
                 lengths=lengths,
             )
+        if self.on_forecasts is not None:  # the forecasts are final: a routing message waits on nothing more
+            try:
+                await self.on_forecasts(keys, _BlockWindows(block), forecasts)
+            except Exception:  # the forecasts stand: only what the hook does with them is lost
+                log.exception("the forecasts' hook failed on %d flows", len(keys))
         patterns = self.patterns
         nearest = (
             patterns.on_forecasts(keys, _BlockWindows(block), forecasts) if patterns is not None else None
