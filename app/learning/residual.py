@@ -9,17 +9,20 @@ model's error, in the space the model forecasts in:
     r = T(actual latency) - loc      (T: the scaler's log; loc: the model's forecast there)
 
 regressed on ``FEATURES`` of the window the forecast was made from (the latency at a few lags relative to
-the forecast, queue depth, utilization and jitter at the last lags, utilization's convex terms), by
+the forecast, queue depth, utilization and jitter at the last lags, utilization's convex terms, the load
+term u^2 / (1 - u) at the lags the latency lags carry), by
 recursive least squares with forgetting (``forget``: the labels of about the last ``1 / (1 - forget)``
 count), errors clipped at ``CLIP`` so that one outlier does not throw the weights. The error is in log
 units rather than in units of the window's spread: an exogenous effect (utilization's, queue depth's)
 adds to log latency whatever the window's spread is.
 
-A correction ``w.x`` is computed for every forecast, at most ``CAP_ERRORS`` of the model's recent errors
-(linear weights extrapolate on a window unlike the ones they learnt from), but served (step 1's latency
-point and interval shifted by it in T's space) only while it measures better: over the flow's recent
-labels (an exponential average of about ``GATE_LABELS``) its error must be below the model's own by
-``margin``, after at least ``min_labels`` labels, and over the last few (``GATE_SHORT``) not above it:
+A correction ``w.x`` is computed for every forecast, at most ``CAP_ERRORS`` of the model's recent errors,
+and shrunk on a window whose leverage ``x' cov x`` is over ``LEVERAGE`` times the recent one's (linear
+weights extrapolate on a window unlike the ones they learnt from: a level step, a failure), but served
+(step 1's latency point and interval shifted by it in T's space) only while it measures better: over the
+flow's recent labels (an exponential average of about ``GATE_LABELS``) its error must be below the model's
+own by ``margin`` and by ``GATE_Z`` standard errors of that gain, after at least ``min_labels`` labels,
+and over the last few (``GATE_SHORT``) not above it:
 when the flow changes again, the correction learnt before is taken off within a few labels, not a
 hundred. Otherwise the flow is served the model's forecast untouched, so a correction that does not help
 costs nothing but its arithmetic.
@@ -41,17 +44,24 @@ from models.predictor import Forecast, Predictor
 
 LATENCY, JITTER, UTILIZATION, QUEUE_DEPTH = 0, 1, 4, 7
 LAGS = (1, 2, 3, 4, 8, 12, 16, 24)  # latency lags read (24: a rhythm of up to a day of hourly samples)
+# the load term u^2 / (1 - u) at earlier lags too: the latency lags hold what utilization did to those
+# samples, and the model's forecast smooths over them, so the new response of the next sample can only be
+# told apart from the old ones the model already carries with the same term at the same lags
+LOAD_LAGS = (2, 3, 4)
 SPAN = max(LAGS)  # contexts of the window read; a shorter window repeats its first
 FEATURES = (
     "bias",
     *(f"latency_lag{k}" for k in LAGS),
     *("queue_depth_lag1", "queue_depth_lag2", "jitter_lag1", "utilization_lag1"),
     *("utilization", "utilization_sq", "utilization_load"),
+    *(f"utilization_load_lag{k}" for k in LOAD_LAGS),
 )
 P = len(FEATURES)
 CLIP = 0.7  # largest error (in log latency: a factor of 2) a label may teach, and largest correction
 GATE_LABELS = 100  # labels the served/not-served comparison averages over (exponentially)
-CAP_ERRORS = 3.0  # the largest correction served, in the model's recent mean absolute errors
+GATE_Z = 2.0  # ... and by this many standard errors of its gain
+LEVERAGE = 10.0  # a window of more than this times the recent leverage x' cov x: its correction shrunk
+CAP_ERRORS = 10.0  # the largest correction served, in the model's recent mean absolute errors
 GATE_SHORT = 10  # ... and its quick check, which takes the correction off soon after the flow changes
 RIDGE = 1.0  # prior precision of the weights: w starts at 0, pulled there until labels say otherwise
 # Forgetting divides the covariance by ``forget`` at every label, also along directions that the labels
@@ -107,11 +117,16 @@ class FlowResiduals(Collector):
         self._corrected_error = grown("_corrected_error", (), np.float64)
         self._model_recent = grown("_model_recent", (), np.float64)
         self._corrected_recent = grown("_corrected_recent", (), np.float64)
+        # exponential average of the squared gain (model's |error| - corrected's), and of the forecasts'
+        # leverage x' cov x over recent labels
+        self._gain_sq = grown("_gain_sq", (), np.float64)
+        self._leverage = grown("_leverage", (), np.float64)
         # the newest forecast: its base timestamp (-1: none pending), features, loc and correction
         self._pending_ts = grown("_pending_ts", (), np.int64)
         self._pending_x = grown("_pending_x", (P,), np.float64)
         self._pending_loc = grown("_pending_loc", (), np.float64)
         self._pending_delta = grown("_pending_delta", (), np.float64)
+        self._pending_leverage = grown("_pending_leverage", (), np.float64)
         self._served = grown("_served", (), bool)
         self._order = grown("_order", (), np.int64)
         if capacity > old:
@@ -144,7 +159,15 @@ class FlowResiduals(Collector):
             self._keys[row] = key
         self._weights[made] = 0.0
         self._cov[made] = np.eye(P) / RIDGE
-        for name in ("_labels", "_model_error", "_corrected_error", "_model_recent", "_corrected_recent"):
+        for name in (
+            "_labels",
+            "_model_error",
+            "_corrected_error",
+            "_model_recent",
+            "_corrected_recent",
+            "_gain_sq",
+            "_leverage",
+        ):
             getattr(self, name)[made] = 0
         self._pending_ts[made] = -1
         self._served[made] = False
@@ -196,7 +219,15 @@ class FlowResiduals(Collector):
         if len(live) < b:
             at, loc, x = at[live], loc[live], x[live]
         delta = np.clip(np.einsum("bp,bp->b", self._weights[at], x), -CLIP, CLIP)
-        delta = _capped(delta, loc, floor, self._labels[at], self._model_error[at])
+        labels, flow_leverage = self._labels[at], self._leverage[at]
+        delta = _capped(delta, loc, floor, labels, self._model_error[at])
+        leverage = np.einsum("bi,bij,bj->b", x, self._cov[at], x)
+        shrunk = (labels > 0) & (leverage > LEVERAGE * flow_leverage)
+        if shrunk.any():
+            delta = np.where(
+                shrunk, delta * LEVERAGE * flow_leverage / np.where(shrunk, leverage, 1.0), delta
+            )
+        self._pending_leverage[at] = leverage
         self._pending_ts[at] = np.asarray(base_ts, dtype=np.int64)[live]
         self._pending_x[at] = x
         self._pending_loc[at] = loc
@@ -240,6 +271,9 @@ class FlowResiduals(Collector):
         corrected_error = self._corrected_error[at] + g * (corrected_abs - self._corrected_error[at])
         model_recent = self._model_recent[at] + h * (model_abs - self._model_recent[at])
         corrected_recent = self._corrected_recent[at] + h * (corrected_abs - self._corrected_recent[at])
+        gain_sq = self._gain_sq[at] + g * ((model_abs - corrected_abs) ** 2 - self._gain_sq[at])
+        weight = np.where(self._labels[at] > 0, g, 1.0)
+        leverage = self._leverage[at] + weight * (self._pending_leverage[at] - self._leverage[at])
         # the RLS steps
         x, cov, weights = self._pending_x[at], self._cov[at], self._weights[at]
         cx = np.einsum("bij,bj->bi", cov, x)
@@ -253,10 +287,19 @@ class FlowResiduals(Collector):
         self._weights[at], self._cov[at], self._labels[at] = weights, cov, labels
         self._model_error[at], self._corrected_error[at] = model_error, corrected_error
         self._model_recent[at], self._corrected_recent[at] = model_recent, corrected_recent
+        self._gain_sq[at], self._leverage[at] = gain_sq, leverage
         self._pending_ts[at] = -1
+        # whether the correction measures better than the model alone: by ``margin`` over the recent
+        # labels, by ``GATE_Z`` standard errors of that mean gain (a correction fitted to noise wins a few
+        # dozen labels by chance, and one served then costs the flow for a hundred), and not worse over
+        # the last few
+        gain = model_error - corrected_error
+        n = np.minimum(labels, 2 * GATE_LABELS - 1)  # the labels an exponential average of GATE_LABELS weighs
+        spread = np.maximum(gain_sq - gain * gain, 0.0)
         self._served[at] = (
             (labels >= self.min_labels)
-            & (corrected_error < (1.0 - self.margin) * model_error)
+            & (gain > self.margin * model_error)
+            & (gain * gain * n > GATE_Z * GATE_Z * spread)
             & (corrected_recent <= model_recent)
         )
         self.labels += m
@@ -334,6 +377,9 @@ def _features_of(
     x[:, c + 1] = last
     x[:, c + 2] = last * last
     x[:, c + 3] = last * last / (1.0 - last)
+    for j, k in enumerate(LOAD_LAGS, start=c + 4):
+        earlier = np.clip(u[:, -k], 0.0, 0.98)
+        x[:, j] = earlier * earlier / (1.0 - earlier)
     return x
 
 
