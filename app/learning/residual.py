@@ -117,15 +117,16 @@ class FlowResiduals(Collector):
         self._corrected_error = grown("_corrected_error", (), np.float64)
         self._model_recent = grown("_model_recent", (), np.float64)
         self._corrected_recent = grown("_corrected_recent", (), np.float64)
-        self._gain_sq = grown("_gain_sq", (), np.float64)  # exp. average of (model's |error| - corrected's)^2
-        # exponential average of the forecasts' leverage x' cov x over recent labels
+        # exponential average of the squared gain (model's |error| - corrected's), and of the forecasts'
+        # leverage x' cov x over recent labels
+        self._gain_sq = grown("_gain_sq", (), np.float64)
         self._leverage = grown("_leverage", (), np.float64)
-        self._pending_leverage = grown("_pending_leverage", (), np.float64)
         # the newest forecast: its base timestamp (-1: none pending), features, loc and correction
         self._pending_ts = grown("_pending_ts", (), np.int64)
         self._pending_x = grown("_pending_x", (P,), np.float64)
         self._pending_loc = grown("_pending_loc", (), np.float64)
         self._pending_delta = grown("_pending_delta", (), np.float64)
+        self._pending_leverage = grown("_pending_leverage", (), np.float64)
         self._served = grown("_served", (), bool)
         self._order = grown("_order", (), np.int64)
         if capacity > old:
@@ -218,13 +219,14 @@ class FlowResiduals(Collector):
         if len(live) < b:
             at, loc, x = at[live], loc[live], x[live]
         delta = np.clip(np.einsum("bp,bp->b", self._weights[at], x), -CLIP, CLIP)
-        labels = self._labels[at]
+        labels, flow_leverage = self._labels[at], self._leverage[at]
         delta = _capped(delta, loc, floor, labels, self._model_error[at])
-        leverage = np.einsum("bp,bpq,bq->b", x, self._cov[at], x)
-        recent = self._leverage[at]
-        wild = (labels > 0) & (leverage > LEVERAGE * recent)  # unlike the windows it learnt from
-        if wild.any():
-            delta = np.where(wild, delta * LEVERAGE * recent / np.maximum(leverage, 1e-300), delta)
+        leverage = np.einsum("bi,bij,bj->b", x, self._cov[at], x)
+        shrunk = (labels > 0) & (leverage > LEVERAGE * flow_leverage)
+        if shrunk.any():
+            delta = np.where(
+                shrunk, delta * LEVERAGE * flow_leverage / np.where(shrunk, leverage, 1.0), delta
+            )
         self._pending_leverage[at] = leverage
         self._pending_ts[at] = np.asarray(base_ts, dtype=np.int64)[live]
         self._pending_x[at] = x
@@ -270,8 +272,8 @@ class FlowResiduals(Collector):
         model_recent = self._model_recent[at] + h * (model_abs - self._model_recent[at])
         corrected_recent = self._corrected_recent[at] + h * (corrected_abs - self._corrected_recent[at])
         gain_sq = self._gain_sq[at] + g * ((model_abs - corrected_abs) ** 2 - self._gain_sq[at])
-        rate = np.where(self._labels[at] > 0, g, 1.0)  # the first label sets the recent leverage
-        leverage = self._leverage[at] + rate * (self._pending_leverage[at] - self._leverage[at])
+        weight = np.where(self._labels[at] > 0, g, 1.0)
+        leverage = self._leverage[at] + weight * (self._pending_leverage[at] - self._leverage[at])
         # the RLS steps
         x, cov, weights = self._pending_x[at], self._cov[at], self._weights[at]
         cx = np.einsum("bij,bj->bi", cov, x)
@@ -287,8 +289,18 @@ class FlowResiduals(Collector):
         self._model_recent[at], self._corrected_recent[at] = model_recent, corrected_recent
         self._gain_sq[at], self._leverage[at] = gain_sq, leverage
         self._pending_ts[at] = -1
-        self._served[at] = (labels >= self.min_labels) & _beats(
-            labels, model_error, corrected_error, model_recent, corrected_recent, gain_sq, self.margin
+        # whether the correction measures better than the model alone: by ``margin`` over the recent
+        # labels, by ``GATE_Z`` standard errors of that mean gain (a correction fitted to noise wins a few
+        # dozen labels by chance, and one served then costs the flow for a hundred), and not worse over
+        # the last few
+        gain = model_error - corrected_error
+        n = np.minimum(labels, 2 * GATE_LABELS - 1)  # the labels an exponential average of GATE_LABELS weighs
+        spread = np.maximum(gain_sq - gain * gain, 0.0)
+        self._served[at] = (
+            (labels >= self.min_labels)
+            & (gain > self.margin * model_error)
+            & (gain * gain * n > GATE_Z * GATE_Z * spread)
+            & (corrected_recent <= model_recent)
         )
         self.labels += m
 
@@ -395,29 +407,6 @@ def _last(window: np.ndarray, n: int) -> np.ndarray:
     if len(window) >= n:
         return window[-n:]
     return np.concatenate((np.repeat(window[:1], n - len(window), axis=0), window))
-
-
-def _beats(
-    labels: np.ndarray,
-    model_error: np.ndarray,
-    corrected_error: np.ndarray,
-    model_recent: np.ndarray,
-    corrected_recent: np.ndarray,
-    gain_sq: np.ndarray,
-    margin: float,
-) -> np.ndarray:
-    """Whether each flow's correction measures better than the model alone: by ``margin`` over its recent
-    labels, by ``GATE_Z`` standard errors of that mean gain (a correction fitted to noise wins a few
-    dozen labels by chance, and one served then costs the flow for a hundred), and not worse over the
-    last few."""
-    gain = model_error - corrected_error
-    n = np.minimum(labels, 2 * GATE_LABELS - 1)  # the labels an exponential average of GATE_LABELS weighs
-    spread = np.maximum(gain_sq - gain * gain, 0.0)
-    return (
-        (gain > margin * model_error)
-        & (gain * gain * n > GATE_Z * GATE_Z * spread)
-        & (corrected_recent <= model_recent)
-    )
 
 
 def _capped(
