@@ -686,13 +686,15 @@ class Settings(BaseSettings):
         default=1_000_000,
         ge=1,
         le=100_000_000,
-        description="Most windows pattern memory holds; the oldest is evicted by the newest. About 330 "
-        "bytes a window at 32 dimensions (the LSTM's; measured, README), some 460 at 64 (estimated).",
+        description="Most windows pattern memory holds, in a ring of four graphs: coming back to a full "
+        "one evicts its windows (the oldest quarter) together. About 410 bytes a window at 32 dimensions "
+        "(the LSTM's; measured, README), some 670 at 64 (estimated).",
     )
     patterns_snapshot_path: str = Field(
         default="",
         description="Where pattern memory is written now and then and at shutdown, and read back at start "
-        "(`<path>.npz` and `<path>.<n>.hnsw`); one path per replica. Empty: not kept across restarts.",
+        "(`<path>.npz` and `<path>.<n>.<graph>.hnsw`); one path per replica. Empty: not kept across "
+        "restarts.",
     )
     patterns_snapshot_interval_s: float = Field(
         default=300.0, ge=1.0, le=86_400.0, description="Seconds between snapshots of pattern memory."
