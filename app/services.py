@@ -169,6 +169,7 @@ async def run_services(
         rules=Hysteresis(
             margin=settings.group_switch_margin,
             min_dwell_ms=settings.group_min_dwell_ms,
+            now_margin=settings.group_switch_now_margin,
             weight_step=settings.group_weight_step,
             breaker_margin=settings.group_breaker_margin,
         ),

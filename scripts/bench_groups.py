@@ -1,7 +1,7 @@
 """Route groups: how often noise flaps a group's best route, how fast a real degradation switches it, and
 (``--load``) how long an observation takes to reach a routing subscriber under load.
 
-    python -m scripts.bench_groups [--steps 600] [--seeds 5] [--margin 0.15] [--dwell-ms 5000]
+    python -m scripts.bench_groups [--steps 600] [--seeds 5] [--margin 0.25] [--dwell-ms 5000]
     python -m scripts.bench_groups --sweep          # margins x dwells, and the weighting temperatures
     python -m scripts.bench_groups --load [--subscribers 1000] [--flows 10000] [--groups 500] [--seconds 20]
         [--device cpu|cuda|auto] [--simulate-forward-ms 2] [--env CPE_FORECAST_BATCH=256 ...]

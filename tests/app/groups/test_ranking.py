@@ -98,3 +98,13 @@ def test_weights_are_published_when_one_moves_by_more_than_the_step() -> None:
 
 def test_no_forecast_no_ranking() -> None:
     assert decide(GROUP, [None, None], None, RULES, POLICY, now_ms=1) is None
+
+
+def test_a_decisive_lead_switches_without_the_dwell() -> None:
+    d = step(None, flow(10.0, 0), flow(20.0, 0))
+    d = step(d, flow(200.0, 1_000), flow(20.0, 1_000))  # a degraded tenfold: b's score is over twice a's
+    assert d.state.best == "b" and d.best_changed and d.state.best_since_ts == 1_000
+    lenient = Hysteresis(margin=0.15, min_dwell_ms=1_000, now_margin=100.0)
+    d = step(None, flow(10.0, 0), flow(20.0, 0))
+    held = decide(GROUP, [flow(200.0, 1_000), flow(20.0, 1_000)], d.state, lenient, POLICY, now_ms=1)
+    assert held is not None and held.state.best == "a" and held.state.challenger == "b"
