@@ -499,11 +499,19 @@ class Settings(BaseSettings):
         "announcement lost on the bus.",
     )
     group_switch_margin: float = Field(
-        default=0.15,
+        default=0.25,
         ge=0.0,
         le=10.0,
         description="Hysteresis: a route replaces the group's best only when its score beats the best's by "
-        "this fraction (0.15: 15 % higher), or when the best's breaker opens or its forecast is gone.",
+        "this fraction (0.25: 25 % higher), or when the best's breaker opens or its forecast is gone.",
+    )
+    group_switch_now_margin: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=100.0,
+        description="Hysteresis: a route that beats the group's best by this fraction (1.0: twice its "
+        "score) replaces it at once, without the dwell of CPE_GROUP_MIN_DWELL_MS: a degradation that "
+        "large is no measurement noise.",
     )
     group_min_dwell_ms: int = Field(
         default=500,
@@ -677,10 +685,11 @@ class Settings(BaseSettings):
 
     # -- pattern memory -------------------------------------------------------------------------
     patterns_enabled: bool = Field(
-        default=True,
+        default=False,
         description="Keep pattern memory: every forecast carries its window's embedding (taken in the same "
         "forward pass), observed windows go into an approximate nearest-neighbour index with what followed "
-        "them, and similar_patterns names the nearest.",
+        "them, and similar_patterns names the nearest. Off unless set: with it, a continuous forecast costs "
+        "several times the CPU (a search and an insert each; README, Pattern memory).",
     )
     patterns_capacity: int = Field(
         default=1_000_000,

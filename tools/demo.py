@@ -167,8 +167,10 @@ def simulate(url: str, args: argparse.Namespace, say: bool = True) -> int:
 
 
 def serve(args: argparse.Namespace) -> ServerProcess:
-    """``cpe serve`` with the environment's CPE_* settings, ready."""
-    settings = {k: v for k, v in os.environ.items() if k.startswith("CPE_")}
+    """``cpe serve`` with the environment's CPE_* settings, ready; pattern memory on unless they say (a few
+    dozen flows afford it, and their forecasts then name similar windows)."""
+    settings = {"CPE_PATTERNS_ENABLED": "true"}
+    settings |= {k: v for k, v in os.environ.items() if k.startswith("CPE_")}
     server = cpe_serve(settings, args.port)
     server.start()
     try:

@@ -62,14 +62,18 @@ def fill(client: TestClient, steps: int = STEPS) -> Services:
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(patterns_capacity=10_000, patterns_max_k=50))) as client:
+    with TestClient(
+        create_app(make_settings(patterns_enabled=True, patterns_capacity=10_000, patterns_max_k=50))
+    ) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def search_client() -> Iterator[TestClient]:
     """One app for the module's refused searches: a refusal stores nothing."""
-    with TestClient(create_app(make_settings(patterns_capacity=10_000, patterns_max_k=50))) as client:
+    with TestClient(
+        create_app(make_settings(patterns_enabled=True, patterns_capacity=10_000, patterns_max_k=50))
+    ) as client:
         yield client
 
 
@@ -171,7 +175,9 @@ def test_a_search_for_an_unknown_flow_is_a_404(search_client: TestClient) -> Non
 
 @pytest.mark.slow  # observes flows for seconds
 def test_pattern_memory_survives_a_restart_through_its_snapshot(tmp_path: Path) -> None:
-    settings = make_settings(patterns_capacity=10_000, patterns_snapshot_path=str(tmp_path / "mem"))
+    settings = make_settings(
+        patterns_enabled=True, patterns_capacity=10_000, patterns_snapshot_path=str(tmp_path / "mem")
+    )
     with TestClient(create_app(settings)) as client:
         stored = len(fill(client, steps=15).patterns.memory)  # type: ignore[union-attr]
         before = client.post("/v1/patterns/search", json={"contexts": contexts(20), "k": 5}).json()
@@ -193,7 +199,9 @@ def test_without_pattern_memory_the_routes_say_so_and_predictions_are_as_before(
 
 @pytest.mark.slow  # observes flows for seconds
 def test_adaptive_ttl_and_forecasting_ahead_on_the_real_app() -> None:
-    with TestClient(create_app(make_settings(cache_ttl_adaptive=True, cache_ttl_min_ms=1))) as client:
+    with TestClient(
+        create_app(make_settings(patterns_enabled=True, cache_ttl_adaptive=True, cache_ttl_min_ms=1))
+    ) as client:
         body = {"flow_key": key(1), "contexts": contexts(8, step_ms=2000)}  # a forecast 2 s ahead: 0.5..2 s
         first = client.post("/v1/predict", json=body).json()
         assert client.post("/v1/predict", json=body).json()["cached"] is True
