@@ -28,8 +28,11 @@ OWN = ("cpe_", "http_")
 
 @functools.cache
 def families() -> list[Metric]:
-    """Every family the service registers, once started; the GPU's whatever the device."""
-    settings = Settings(_env_file=None, models=("lstm",), model="lstm")  # type: ignore[call-arg]
+    """Every family the service registers, once started, with its optional parts on (pattern memory);
+    the GPU's whatever the device."""
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, models=("lstm",), model="lstm", patterns_enabled=True, patterns_capacity=10_000
+    )
     with TestClient(create_app(settings)) as client:
         found = {family.name: family for family in Services.of(client.app).registry.collect()}
     found.update((family.name, family) for family in GpuMemory("cpu").describe())
