@@ -36,9 +36,11 @@ demo: setup
 test: setup test-deps
 	$(BIN)/python -m pytest -q --cov --cov-report=term
 
-# the unit tests only: no server processes, nothing slow, one worker process per core (under a minute)
+# the unit tests only: no server processes, nothing slow, one worker process per core (under a minute).
+# Bytecode is cached even where PYTHONDONTWRITEBYTECODE is set (as in the Dockerfile): otherwise every
+# worker compiles the tests, the app and the pytest plugins' modules (their asserts rewritten) anew.
 test-fast: setup
-	$(BIN)/python -m pytest -q -n auto -m "not slow and not server and not browser"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n auto -m "not slow and not server and not browser"
 
 # as root: apt-installs redis-server, promtool and nginx where missing; else the run says what it skips
 test-deps:

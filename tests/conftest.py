@@ -7,6 +7,7 @@ installs them first (scripts/test-deps.sh), as CI does.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +23,35 @@ from tools.process import RedisServer
 # pools then wait on one another (loading a model took a second instead of milliseconds). The servers
 # inherit it; the engine's inference thread sets its own count anyway (CPE_TORCH_THREADS).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# Every app start-up collects garbage and freezes what is left (app/main.py), and a full collection walks
+# every object of the process: here torch's, pydantic's and the collected tests' too, a few hundred
+# thousand, for tenths of a second per app. Frozen at each test's start, they are skipped, and the walk
+# sees what the test made. An app unfreezes everything as it stops, so what it left as garbage would be
+# frozen with the rest at the next test's start: every few full collections (app start-ups, mostly),
+# everything is thawed and collected once.
+_FULL_COLLECTIONS_BEFORE_A_THAW = 8
+_full_collections = 0
+
+
+def _count_full_collections(phase: str, info: dict[str, int]) -> None:
+    global _full_collections
+    if phase == "stop" and info["generation"] == 2:
+        _full_collections += 1
+
+
+gc.callbacks.append(_count_full_collections)
+
+
+@pytest.fixture(autouse=True)
+def _older_objects_frozen() -> None:
+    global _full_collections
+    if _full_collections >= _FULL_COLLECTIONS_BEFORE_A_THAW:
+        gc.unfreeze()
+        gc.collect()
+        _full_collections = 0
+    gc.freeze()
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected

@@ -12,7 +12,8 @@ FLOW_KEY = "0123456789abcdef" * 4
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Test settings: no .env file, the CPU, small request limits so that tests can exceed them.
+    """Test settings: no .env file, the CPU, small request limits so that tests can exceed them, a small
+    pattern memory (the default's million slots are some 55 MB to clear at every app start-up).
 
     No latency budget: on a busy machine it would shed requests that tests expect answered (the tests of
     the budget set one).
@@ -23,6 +24,7 @@ def make_settings(**overrides: Any) -> Settings:
         "max_batch": 16,
         "queue_size": 2048,
         "engine_latency_budget_ms": 0.0,
+        "patterns_capacity": 10_000,
     }
     return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
