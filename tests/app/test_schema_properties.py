@@ -2,7 +2,7 @@
 
 Whatever the value, validating it as a request either succeeds or raises pydantic's ValidationError, and
 that error becomes a 422 body that matches the declared ``ValidationErrors`` schema and that JSON can
-carry; the decoder of prediction bodies (tests/app/test_fastparse.py holds its finer properties) answers
+carry; the decoder of prediction bodies (tests/app/wire/test_decode.py holds its finer properties) answers
 the same.
 """
 

@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from app.forecasts.redis import ForecastsUnavailable, RedisForecasts, pack, pack_round, unpack
 from app.forecasts.store import FlowForecast, FlowScore, MemoryForecasts, create_forecast_store, round_of
-from tests.app.test_flows_store import RedisClusterProcesses
+from tests.app.flows.test_store import RedisClusterProcesses
 from tests.redis_server import redis_url
 
 REDIS_URL = redis_url(10)
@@ -138,7 +138,7 @@ async def test_a_rounds_flows_over_every_slot_are_written_and_read_back(
 async def test_continuous_rounds_keep_and_score_their_forecasts_on_the_cluster(
     cluster: RedisClusterProcesses,
 ) -> None:
-    from tests.app.test_forecasts import T0, _rig, key, observation
+    from tests.app.forecasts.test_forecasts import T0, _rig, key, observation
 
     prefix = f"test:fc:{uuid.uuid4().hex[:8]}:"
     async for rig in _rig(forecast_url=cluster.url, forecast_prefix=prefix):

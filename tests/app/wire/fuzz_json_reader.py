@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing (atheris, libFuzzer) of the C reader of prediction bodies, built with clang's
-coverage and AddressSanitizer: tests/app/test_fuzz.py builds it and runs this for a bounded time.
+coverage and AddressSanitizer: tests/app/wire/test_fuzz.py builds it and runs this for a bounded time.
 
-    python -m tests.app.fuzz_json_reader READER.so [libFuzzer options] [CORPUS_DIR]
+    python -m tests.app.wire.fuzz_json_reader READER.so [libFuzzer options] [CORPUS_DIR]
 
 The property, on every input: the decoder with the C reader answers exactly what it answers with msgspec
 alone (the same windows, bit for bit, or None from both). The first byte of an input picks a single or a

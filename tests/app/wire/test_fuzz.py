@@ -149,7 +149,7 @@ def _build_fuzzing_reader(tmp: Path) -> tuple[Path, Path]:
 
 
 def test_the_c_reader_survives_coverage_guided_fuzzing(tmp_path: Path) -> None:
-    """tests/app/fuzz_json_reader.py under libFuzzer for FUZZ_SECONDS: no crash, no out-of-bounds access,
+    """tests/app/wire/fuzz_json_reader.py under libFuzzer for FUZZ_SECONDS: no crash, no out-of-bounds access,
     and the decoder answers with the C reader exactly what it answers with msgspec alone."""
     if shutil.which("clang") is None:  # .ci/run installs it
         pytest.skip("clang is not installed (Debian: clang libclang-rt-14-dev): the C reader is not fuzzed")
@@ -165,9 +165,10 @@ def test_the_c_reader_survives_coverage_guided_fuzzing(tmp_path: Path) -> None:
     }
     for name, seed in seeds.items():
         (corpus / name).write_bytes(seed)
+    harness, tokens = "tests.app.wire.fuzz_json_reader", ROOT / "tests/app/wire/fuzz_json_reader.dict"
     run = subprocess.run(
-        [sys.executable, "-m", "tests.app.fuzz_json_reader", str(reader), f"-max_total_time={FUZZ_SECONDS}",
-         "-rss_limit_mb=4096", "-print_final_stats=1", f"-dict={ROOT / 'tests/app/fuzz_json_reader.dict'}",
+        [sys.executable, "-m", harness, str(reader), f"-max_total_time={FUZZ_SECONDS}",
+         "-rss_limit_mb=4096", "-print_final_stats=1", f"-dict={tokens}",
          f"-artifact_prefix={tmp_path}/", str(corpus)],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(runtime), "ASAN_OPTIONS": "detect_leaks=0"},
