@@ -13,7 +13,7 @@ have nginx || missing+=(nginx)
 # the README's shell examples (tests/test_readme.py) call the service with curl and read its answers with jq
 have curl || missing+=(curl)
 have jq || missing+=(jq)
-# clang and its sanitizer runtimes build the C reader for the coverage-guided fuzzer (tests/app/api/test_fuzz.py)
+# clang and its sanitizer runtimes build the C reader for the coverage-guided fuzzer (tests/app/wire/test_fuzz.py)
 have clang || missing+=(clang libclang-rt-14-dev)
 # the browser tests (tests/browser) render the service's pages in the system's Chromium
 have chromium || missing+=(chromium)

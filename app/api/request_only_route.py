@@ -17,7 +17,7 @@ Guards: a dependency of the route or of its ``APIRouter`` that is an async check
 its value is not used. Any other dependency or parameter is refused when the route is built: skipped
 silently, it would be a hole. Give guards to the ``APIRouter`` that declares the routes, not to
 ``include_router``: FastAPI keeps an inclusion's dependencies out of the route's own ``dependant``, where
-this class reads them (tests/app/test_request_only_route.py checks that the prediction endpoints keep
+this class reads them (tests/app/api/test_request_only_route.py checks that the prediction endpoints keep
 their key check).
 """
 

@@ -25,7 +25,7 @@
  * the power of ten is exact, else strtod, which glibc rounds correctly).
  *
  * The input is a client's: every read is checked against the end of the buffer, every write against
- * room sized from the buffer's length. The GIL is released while parsing. tests/app/test_fuzz.py runs
+ * room sized from the buffer's length. The GIL is released while parsing. tests/app/wire/test_fuzz.py runs
  * it under a coverage-guided fuzzer.
  */
 #define PY_SSIZE_T_CLEAN
