@@ -80,8 +80,8 @@ def run(code: str, server: ServerProcess, cwd: Path) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    """`cpe serve` as `make run` starts it (every model, the defaults), on a free port."""
-    process = cpe_serve({"CPE_DEVICE": "cpu", "CPE_LOG_LEVEL": "warning"})
+    """`cpe serve` as `make run` starts it (every model, the defaults, pattern memory on), on a free port."""
+    process = cpe_serve({"CPE_DEVICE": "cpu", "CPE_LOG_LEVEL": "warning", "CPE_PATTERNS_ENABLED": "true"})
     with process:
         process.wait_ready(timeout_s=180)
         yield process

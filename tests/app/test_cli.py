@@ -169,7 +169,7 @@ def test_evaluate_reports_every_model_on_every_test_set(
     levels = [r for r in results if r["test_set"] == "level changes"]
     assert all(0.0 <= r["step_up_within"] <= 1.0 and r["ramp_ratio"] > 0 for r in levels)
     routing = results[-1]["routing"]
-    assert set(routing) == {"lstm", "hybrid", "persistence", "ewma", "noise-free", "oracle"}
+    assert set(routing) == {"lstm", "hybrid", "persistence", "ewma", "kalman", "noise-free", "oracle"}
     assert routing["oracle"]["accuracy"] == 1.0
     assert "== route choice on 2 groups of 3 routes" in printed
     # a verdict per model and test set, per model on level changes, and one on routing

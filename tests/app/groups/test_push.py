@@ -118,13 +118,15 @@ async def test_a_group_is_pushed_by_every_replica_and_switches_on_a_real_degrada
         "objective": "latency",
         "routes": [{"route_id": "fast", "flow_key": FAST}, {"route_id": "slow", "flow_key": SLOW}],
     }
-    answer = httpx.put(f"{a.url}/v1/groups/edge-1", json=group, timeout=10)
-    assert answer.status_code == 201, answer.text
     async with (
         socket(b, "/v1/stream/routing", groups=["edge-1"]) as by_group,
         socket(b, "/v1/stream/routing", flow_keys=[OTHER]) as other_flow,
         socket(b, "/v1/stream/predictions", groups=["edge-1"]) as forecasts,
     ):
+        # subscribed first: the group's first ranking may come at once, from its routes forecast ahead
+        # when it is defined (Forecasts.prefetch), before any new observation
+        answer = httpx.put(f"{a.url}/v1/groups/edge-1", json=group, timeout=10)
+        assert answer.status_code == 201, answer.text
         await asyncio.sleep(0.5)  # b has read the announcement of the group
         observe(a, 8, 20.0)
         first = await until(by_group, "RoutingPrediction")
