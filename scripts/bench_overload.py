@@ -80,7 +80,7 @@ class _Conn(asyncio.Protocol):
         self.pool.append(self)  # idle again
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.due:
+        if self.due and self not in self.pool:  # lost while waiting for an answer (closed idle: not one)
             self.stats.errors += 1
 
 
