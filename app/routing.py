@@ -211,6 +211,33 @@ class OutlookArrays:
     confidence: np.ndarray  # (B,)
     time_to_recovery_ms: np.ndarray  # (B,) int
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Each route's figures as Python numbers, named as ``RouteOutlook`` and ``FlowOutlook`` name them
+        (``predicted_load``: the point forecast's utilization)."""
+        contexts = self.predicted_context.tolist()
+        return [
+            {
+                "expected_latency_ms": lat,
+                "expected_throughput": thr,
+                "reliability_score": rel,
+                "failure_probability": fail,
+                "predicted_load": context[UTILIZATION],
+                "confidence": conf,
+                "predicted_context": context,
+                "time_to_recovery_ms": rec,
+            }
+            for lat, thr, rel, fail, context, conf, rec in zip(
+                self.expected_latency_ms.tolist(),
+                self.expected_throughput.tolist(),
+                self.reliability_score.tolist(),
+                self.failure_probability.tolist(),
+                contexts,
+                self.confidence.tolist(),
+                self.time_to_recovery_ms.tolist(),
+                strict=True,
+            )
+        ]
+
 
 def outlook_arrays(
     scaler: Scaler,
@@ -258,31 +285,9 @@ def _outlooks(routes: list[RouteForecast], horizon: int, policy: FailurePolicy) 
         horizon,
         policy,
     )
-    contexts = figures.predicted_context.tolist()
     return [
-        RouteOutlook(
-            route_id=route.route_id,
-            expected_latency_ms=lat,
-            expected_throughput=thr,
-            reliability_score=rel,
-            cost_factor=route.cost_factor,
-            failure_probability=fail,
-            predicted_load=context[UTILIZATION],
-            confidence=conf,
-            predicted_context=context,
-            time_to_recovery_ms=rec,
-        )
-        for route, lat, thr, rel, fail, context, conf, rec in zip(
-            routes,
-            figures.expected_latency_ms.tolist(),
-            figures.expected_throughput.tolist(),
-            figures.reliability_score.tolist(),
-            figures.failure_probability.tolist(),
-            contexts,
-            figures.confidence.tolist(),
-            figures.time_to_recovery_ms.tolist(),
-            strict=True,
-        )
+        RouteOutlook(route_id=route.route_id, cost_factor=route.cost_factor, **row)
+        for route, row in zip(routes, figures.rows(), strict=True)
     ]
 
 

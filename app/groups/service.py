@@ -35,7 +35,6 @@ from app.groups.ranking import Decision, Hysteresis, decide
 from app.routing import (
     LATENCY,
     MIN_SIGMA,
-    UTILIZATION,
     FailurePolicy,
     FlowKeyFormat,
     outlook_arrays,
@@ -264,33 +263,12 @@ class RouteGroups:
                 h,
                 self.policy,
             )
-            contexts = figures.predicted_context.tolist()
             horizon_ms = np.round(h * dt_s * 1000.0).astype(np.int64).tolist()
-            for k, lat, thr, rel, fail, context, conf, rec, span, base in zip(
-                positions,
-                figures.expected_latency_ms.tolist(),
-                figures.expected_throughput.tolist(),
-                figures.reliability_score.tolist(),
-                figures.failure_probability.tolist(),
-                contexts,
-                figures.confidence.tolist(),
-                figures.time_to_recovery_ms.tolist(),
-                horizon_ms,
-                base_ts[positions].tolist(),
-                strict=True,
+            for k, row, span, base in zip(
+                positions, figures.rows(), horizon_ms, base_ts[positions].tolist(), strict=True
             ):
                 out[k] = FlowOutlook(
-                    expected_latency_ms=lat,
-                    expected_throughput=thr,
-                    reliability_score=rel,
-                    failure_probability=fail,
-                    predicted_load=context[UTILIZATION],
-                    confidence=conf,
-                    predicted_context=context,
-                    time_to_recovery_ms=rec,
-                    time_horizon_ms=span,
-                    model_version=predictor.version,
-                    base_ts=base,
+                    **row, time_horizon_ms=span, model_version=predictor.version, base_ts=base
                 )
         return out  # type: ignore[return-value]  # every position was filled
 
