@@ -81,11 +81,7 @@ class Predictor:
         self._knots = self.calibration.knots()  # the calibration is fixed for the predictor's life
         self._forward = self._traced(self.model, embedded=False) if compiled else self.model
         self._graphed = compiled and cuda_graphs and self.device.type == "cuda"
-        if self._graphed:  # on a GPU, launches, not arithmetic, bound a small batch's pass
-            self._forward = GraphedForward(
-                self._forward, self.seq_len, self.scaler.n_inputs, self.device, CUDA_GRAPH_MAX_BATCH
-            )
-            self._forward.warm()
+        self._forward = self._serving(self._forward)
         self.embedding_dim: int = embedding_dim(self.model)
         self._compiled = compiled
         self._forward_embedded: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
@@ -113,6 +109,16 @@ class Predictor:
                 while len(_TRACES) > _MAX_TRACES:
                     _TRACES.pop(next(iter(_TRACES)))  # the oldest
         return forward
+
+    def _serving(self, forward: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
+        """``forward`` as the service runs it: on a GPU (compiled, graphs wanted) replayed from CUDA graphs
+        captured now, since launches, not arithmetic, bound a small batch's pass there."""
+        if not self._graphed:
+            return forward
+        n_inputs = self.scaler.n_inputs
+        graphed = GraphedForward(forward, self.seq_len, n_inputs, self.device, CUDA_GRAPH_MAX_BATCH)
+        graphed.warm()
+        return graphed
 
     @functools.cached_property
     def _weights_digest(self) -> str:
@@ -151,17 +157,8 @@ class Predictor:
         """``forward_scaled`` and the windows' embeddings (B, E) float32 (``model.embed``), in one call."""
         if self._forward_embedded is None:  # traced on first use: most replicas never embed
             module = _ForwardEmbedded(self.model)
-            self._forward_embedded = self._traced(module, embedded=True) if self._compiled else module
-            if self._graphed:
-                graphed = GraphedForward(
-                    self._forward_embedded,
-                    self.seq_len,
-                    self.scaler.n_inputs,
-                    self.device,
-                    CUDA_GRAPH_MAX_BATCH,
-                )
-                graphed.warm()
-                self._forward_embedded = graphed
+            traced = self._traced(module, embedded=True) if self._compiled else module
+            self._forward_embedded = self._serving(traced)
         assert self._forward_embedded is not None
         mean, log_var, emb = self._forward_embedded(torch.from_numpy(x).to(self.device))
         mean_np, log_var_np, emb_np = to_host((mean, log_var, emb))
