@@ -20,11 +20,15 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from models.registry import build_model
+
+if TYPE_CHECKING:
+    from models.predictor import Predictor
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "models" / "checkpoints"
 KINDS = ("lstm", "transformer", "hybrid")
@@ -100,18 +104,20 @@ def time_forward(
     return statistics.median(samples)
 
 
-def time_serving(
-    kind: str, device: torch.device, batch: int, min_time_s: float, graphs: bool = True
-) -> float | None:
-    """Median wall ms of the service's own pass (``Predictor.forward_scaled``: the traced forward, CUDA
-    graphs on a GPU unless ``graphs`` is off, the copy back to numpy) for ``batch`` scaled windows; None
-    without a checkpoint."""
+def serving_predictor(kind: str, device: torch.device, graphs: bool = True) -> Predictor | None:
+    """The service's predictor of ``kind`` (traced; CUDA graphs on a GPU unless ``graphs`` is off), loaded
+    once per model: on a GPU its graphs are captured as it is made; None without a checkpoint."""
     from models.predictor import Predictor
 
     path = CHECKPOINT_DIR / f"{kind}.safetensors"
-    if not path.exists():
+    return Predictor.load(path, device, cuda_graphs=graphs) if path.exists() else None
+
+
+def time_serving(predictor: Predictor | None, batch: int, min_time_s: float) -> float | None:
+    """Median wall ms of the service's own pass (``Predictor.forward_scaled``, the copy back to numpy
+    included) for ``batch`` scaled windows; None without a predictor."""
+    if predictor is None:
         return None
-    predictor = Predictor.load(path, device, cuda_graphs=graphs)
     x = np.random.default_rng(0).standard_normal((batch, predictor.seq_len, predictor.scaler.n_inputs))
     x = x.astype(np.float32)
     for _ in range(5):
@@ -170,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind in args.models:
         model, seq_len, n_inputs, source = load_model(kind, device)
+        serving_on = serving_predictor(kind, device) if args.serving and dtype is None else None
+        serving_off = serving_predictor(kind, device, graphs=False) if graphs_ab and dtype is None else None
         for batch in args.batch:
             x = torch.randn(batch, seq_len, n_inputs, device=device)
             try:
@@ -181,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             row["predictions_per_s"] = batch / ms * 1000
             line = f"{kind:<12} {batch:>6} {ms:>11.3f} {batch / ms * 1000:>14,.0f}"
             if args.serving:
-                serving = time_serving(kind, device, batch, args.time) if dtype is None else None
+                serving = time_serving(serving_on, batch, args.time)
                 row["serving_ms"] = serving
                 line += f" {serving:>11.3f} {batch / serving * 1000:>15,.0f}" if serving else f" {'-':>27}"
             if graphs_ab and dtype is None:
-                plain = time_serving(kind, device, batch, args.time, graphs=False)
+                plain = time_serving(serving_off, batch, args.time)
                 row["serving_no_graph_ms"] = plain
                 line += f" {plain:>12.3f}" if plain else f" {'-':>12}"
             rows.append(row)
