@@ -341,17 +341,6 @@ def client_process(args: argparse.Namespace, port: int, first: int, count: int, 
     out.put(("done", latencies, by_group, dropped[0]))
 
 
-def metric_value(url: str, name: str) -> float:
-    import httpx
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name + " ") or line.startswith(name + "{")
-    )
-
-
 def simulate_forward(pass_ms: float) -> None:
     """SIMULATION (``--simulate-forward-ms``): every predictor's forward pass becomes persistence in the
     scaled space (each window's last context, repeated over the horizon) after a sleep of ``pass_ms``
@@ -454,6 +443,8 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
 
     import httpx
 
+    from tools.process import read_metrics
+
     env = {
         "CPE_DEVICE": args.device,
         "CPE_MODELS": "lstm",
@@ -496,8 +487,8 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
             proc.start()
         for _ in procs:
             assert out.get(timeout=300)[0] == "ready"
-        sent_before = metric_value(server.url, "cpe_ws_messages_sent_total")
-        dropped_before = metric_value(server.url, "cpe_ws_messages_dropped_total")
+        ws = ("cpe_ws_messages_sent_total", "cpe_ws_messages_dropped_total")
+        before = read_metrics(server.url, *ws)
         rounds = max(int(args.seconds), 1)
         late = 0
         with httpx.Client(timeout=30) as http, py_spy(server.pid, rounds, args.profile):
@@ -518,13 +509,11 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
                     assert answer.status_code == 202, answer.text
         served = httpx.get(f"{server.url}/v1/stats", timeout=10).json()["forecasts"]  # before the drain
         time.sleep(3.0)  # the last round's messages arrive
-        forecasts = metric_value(server.url, "cpe_forecasts_total")
-        sent_total = metric_value(server.url, "cpe_ws_messages_sent_total") - sent_before
-        dropped = metric_value(server.url, "cpe_ws_messages_dropped_total") - dropped_before
-        changes = {
-            kind: metric_value(server.url, f'cpe_group_changes_total{{change="{kind}"}}')
-            for kind in ("best", "weights", "breaker")
-        }
+        kinds = {k: f'cpe_group_changes_total{{change="{k}"}}' for k in ("best", "weights", "breaker")}
+        after = read_metrics(server.url, "cpe_forecasts_total", *ws, *kinds.values())
+        forecasts = after["cpe_forecasts_total"]
+        sent_total, dropped = (after[name] - before[name] for name in ws)
+        changes = {kind: after[series] for kind, series in kinds.items()}
         sent[args.groups] = time.time()
         latencies: list[float] = []
         received = 0

@@ -44,6 +44,8 @@ import numpy as np
 import orjson
 from websockets.asyncio.client import connect
 
+from tools.process import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600_000
 STEP_MS = 1000
@@ -130,13 +132,8 @@ def wait_ready(url: str, server: subprocess.Popen[bytes]) -> None:
     raise SystemExit("the server did not get ready within 2 minutes")
 
 
-def metric(url: str, name: str) -> float:
-    """The sum of a metric's samples on /metrics."""
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        if line.startswith(name) and (line[len(name)] in " {"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def forecasts_made(url: str) -> float:
+    return read_metrics(url, "cpe_forecasts_total")["cpe_forecasts_total"]
 
 
 # -- the raw model ---------------------------------------------------------------------------------
@@ -303,11 +300,11 @@ async def run_flows(args: argparse.Namespace, flows: int, raw: float) -> dict[st
             rss_full = httpx.get(f"{url}/v1/stats").json()["memory"]["rss_bytes"]
             rates, predictions, cpu_per_obs, cores = [], [], [], []
             for _ in range(args.repeat):
-                made = metric(url, "cpe_forecasts_total")
+                made = forecasts_made(url)
                 t, cpu = time.perf_counter(), cpu_seconds(server.pid)
                 rate, step = await sustained(client, bodies, step, args.duration, args.senders)
                 elapsed = time.perf_counter() - t
-                predictions.append((metric(url, "cpe_forecasts_total") - made) / elapsed)
+                predictions.append((forecasts_made(url) - made) / elapsed)
                 used = cpu_seconds(server.pid) - cpu
                 cpu_per_obs.append(used / max(1.0, rate * elapsed) * 1e6)
                 cores.append(used / elapsed)
@@ -363,7 +360,7 @@ async def _drained(url: str, timeout_s: float = 300.0) -> None:
     """Until the server has no flow waiting for its forecast."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if metric(url, "cpe_forecasts_due") == 0:
+        if read_metrics(url, "cpe_forecasts_due")["cpe_forecasts_due"] == 0:
             return
         await asyncio.sleep(0.2)
 

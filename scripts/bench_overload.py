@@ -28,11 +28,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-import httpx
 import uvloop
 
 from scripts.faults import serve, window
 from scripts.loadgen import drive, read_templates
+from tools.process import read_metrics
 
 _HEAD = b"\r\n\r\n"
 _KEY = b'"flow_key": "00000000'  # how every body's flow key starts
@@ -167,15 +167,10 @@ async def saturation(port: int, bodies_file: str) -> float:
 
 
 def _scrape(port: int) -> dict[str, float]:
-    """The admission limit now and the engine's batch-size totals, from the server's own /metrics."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0).text
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        series, _, value = line.rpartition(" ")
-        name = series.partition("{")[0]  # the batch sizes come per model: summed over the models
-        if name in ("cpe_inflight_limit", "cpe_batch_size_sum", "cpe_batch_size_count"):
-            found[name] = found.get(name, 0.0) + float(value)
-    return found
+    """The admission limit now and the engine's batch-size totals (summed over the models)."""
+    return read_metrics(
+        f"http://127.0.0.1:{port}", "cpe_inflight_limit", "cpe_batch_size_sum", "cpe_batch_size_count"
+    )
 
 
 async def _watch_limit(port: int, seen: list[float], every_s: float = 0.2) -> None:

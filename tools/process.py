@@ -200,6 +200,20 @@ class ServerProcess:
         self.log.close()
 
 
+def read_metrics(url: str, *names: str, timeout_s: float = 30.0) -> dict[str, float]:
+    """The sum of each named metric's samples on ``url``'s /metrics, in one scrape; a name may carry its
+    labels (``cpe_group_changes_total{change="best"}``) to read that series alone. 0 for one not there."""
+    import httpx  # here: most users of this module start processes and never scrape
+
+    found = dict.fromkeys(names, 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=timeout_s).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        for name in names:
+            if series == name or series.startswith(name + "{"):
+                found[name] += float(value)
+    return found
+
+
 def cpe_env(settings: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without its ``CPE_*`` variables, plus ``settings``: a server that reads
     only the settings it was given."""
