@@ -30,6 +30,7 @@ from app.flows.serving import (
     unknown_flow,
     unknown_flow_item,
 )
+from app.forecasts.result import result_body
 from app.learning.recent import RecentWindows
 from app.patterns.service import Patterns
 from app.schemas import (
@@ -352,29 +353,20 @@ def _answers(
             j = members[m]
             window, predictor, n = windows[j], forecasts[j].predictor, len(windows[j].timestamps)
             similar, extra = _patterns_of(window, forecasts[j], h, patterns, nearest, j)
-            answers[j] = dumps(
-                {
-                    "prediction_id": prediction_id(keys[j]),
-                    "flow_key": window.flow_key,
-                    "predicted_context": steps_j[h - 1],
-                    "horizon": h,
-                    "steps": steps_j,
-                    "confidence": confidence,
-                    "lower": lower,
-                    "upper": upper,
-                    "model_used": predictor.kind,
-                    "model_version": predictor.version,
-                    "cached": False,
-                    "processing_time_ms": elapsed_ms,
-                    "similar_patterns": similar,
-                    "metadata": {
-                        "step_ms": step_ms,
-                        "horizon_ms": step_ms * h,
-                        "window_length": float(n),
-                        "contexts_used": float(min(n, predictor.seq_len)),
-                        **extra,
-                    },
-                }
+            answers[j] = result_body(
+                prediction_id(keys[j]),
+                window.flow_key,
+                predictor,
+                h,
+                n,
+                elapsed_ms,
+                similar,
+                extra,
+                steps_j,
+                confidence,
+                lower,
+                upper,
+                step_ms,
             )
     return answers
 

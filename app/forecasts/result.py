@@ -81,9 +81,46 @@ def _dump(
     upper: list[float],
     step_ms: float,
 ) -> bytes:
+    """A continuous forecast's PredictionResult: named by the flow's newest context, its metadata with the
+    base and target timestamps."""
+    return result_body(
+        prediction_id(flow_key, base_ts),
+        flow_key,
+        predictor,
+        h,
+        n,
+        processing_time_ms,
+        similar_patterns,
+        {"base_timestamp": float(base_ts), "target_timestamp": base_ts + step_ms * h, **extra},
+        steps,
+        confidence,
+        lower,
+        upper,
+        step_ms,
+    )
+
+
+def result_body(
+    answer_id: str,
+    flow_key: str,
+    predictor: Predictor,
+    h: int,
+    n: int,
+    processing_time_ms: float,
+    similar_patterns: list[str],
+    metadata: dict[str, float],
+    steps: list[list[float]],
+    confidence: float,
+    lower: list[float],
+    upper: list[float],
+    step_ms: float,
+) -> bytes:
+    """One PredictionResult's JSON (``answer_id`` its ``prediction_id``), as POST /v1/predict and continuous
+    prediction both answer it: the forecast of a window of ``n`` contexts at step ``h``, ``metadata``
+    after the fields every one has."""
     return dumps(
         {
-            "prediction_id": prediction_id(flow_key, base_ts),
+            "prediction_id": answer_id,
             "flow_key": flow_key,
             "predicted_context": steps[h - 1],
             "horizon": h,
@@ -101,9 +138,7 @@ def _dump(
                 "horizon_ms": step_ms * h,
                 "window_length": float(n),
                 "contexts_used": float(min(n, predictor.seq_len)),
-                "base_timestamp": float(base_ts),
-                "target_timestamp": base_ts + step_ms * h,
-                **extra,
+                **metadata,
             },
         }
     )
