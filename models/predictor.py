@@ -27,7 +27,10 @@ log = logging.getLogger("cpe.models")
 
 _MAX_TRACES = 16  # traced forwards kept for reuse (Predictor._traced): a few versions of three models
 _TRACES: dict[tuple[str, bool, str, int, int, str], Callable[[torch.Tensor], Any]] = {}
-CPU_CHUNK = 256  # most windows per forward call on a CPU (scripts/bench_models.py --batch 1024 shows why)
+# Most windows per forward call on a CPU, per architecture (scripts/bench_models.py --batch 1024 shows why):
+# a pass's intermediates grow with the batch and past some size leave the CPU's caches, after which every
+# window costs more. The attention models' per-layer (B, T, d_model) activations outgrow them first.
+CPU_CHUNK: dict[str, int] = {"lstm": 256, "transformer": 128, "hybrid": 128}
 CUDA_GRAPH_MAX_BATCH = 1024  # larger batches on a GPU are arithmetic-bound: they run without a graph
 
 
@@ -142,10 +145,10 @@ class Predictor:
     def forward_scaled(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, T, F) scaled inputs -> scaled mean and deviation (B, H, D) as numpy."""
         inputs = torch.from_numpy(x).to(self.device)
-        if self.device.type == "cpu" and len(inputs) > CPU_CHUNK:
-            # a pass's intermediates grow with the batch; past a few hundred windows they leave the CPU's
-            # caches and every window costs more: big batches run as chunks (a GPU takes them whole)
-            outs = [self._forward(part) for part in inputs.split(CPU_CHUNK)]
+        chunk = CPU_CHUNK.get(self.kind, 256)
+        if self.device.type == "cpu" and len(inputs) > chunk:
+            # big batches run as chunks that stay in the CPU's caches (a GPU takes them whole)
+            outs = [self._forward(part) for part in inputs.split(chunk)]
             mean, log_var = torch.cat([m for m, _ in outs]), torch.cat([v for _, v in outs])
         else:
             mean, log_var = self._forward(inputs)

@@ -54,7 +54,7 @@ def test_predictor_runs_big_cpu_batches_in_chunks(monkeypatch: pytest.MonkeyPatc
     rng = np.random.default_rng(1)
     x = rng.normal(size=(37, pred.seq_len, pred.scaler.n_inputs)).astype(np.float32)
     whole = pred.forward_scaled(x)
-    monkeypatch.setattr(predictor_module, "CPU_CHUNK", 8)
+    monkeypatch.setitem(predictor_module.CPU_CHUNK, "transformer", 8)
     calls: list[int] = []
     forward = pred._forward
     monkeypatch.setattr(pred, "_forward", lambda t: calls.append(len(t)) or forward(t))
