@@ -171,6 +171,7 @@ class _Job:
     enqueued: float  # time.perf_counter() when queued: where its queue wait and latency start
     steps: int | None  # the steps ahead its client reads; None: the model's whole horizon
     lengths: np.ndarray | None = None  # a block of windows: (B,) contexts in each; None: one window
+    most: int = 0  # the most windows a forward pass that takes this job may hold; 0: max_batch
 
     @property
     def size(self) -> int:
@@ -385,27 +386,48 @@ class Engine:
         The block travels through the queue as a few jobs of at most ``max_batch`` windows rather than a
         job each, and the forward pass encodes it as arrays (``Predictor.predict_block``): no Python step
         per window on either side. It shares passes with the single windows queued beside it."""
-        b = len(lengths)
-        self._admit(b, {kind})
-        assert self._loop is not None
-        now = time.perf_counter()
-        futures: list[asyncio.Future[list[WindowForecast]]] = []
-        for start in range(0, b, self.max_batch):
-            end = min(b, start + self.max_batch)
-            future: asyncio.Future[list[WindowForecast]] = self._loop.create_future()
-            part = slice(start, end)
-            job = _Job(kind, timestamps[part], features[part], future, now, steps, lengths[part])
-            self._queue.append(job)
-            futures.append(future)
-        self._queued += b
-        if self._passing is None and self._dispatch_due is None:
-            self._schedule()
+        futures = self.submit_block(kind, timestamps, features, lengths, steps)
         try:
             return [forecast for future in futures for forecast in await future]
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+    def submit_block(
+        self,
+        kind: str,
+        timestamps: np.ndarray,
+        features: np.ndarray,
+        lengths: np.ndarray,
+        steps: int | None = None,
+        pass_size: int | None = None,
+    ) -> list[asyncio.Future[list[WindowForecast]]]:
+        """Queue a block as ``predict_block`` does, all or none, and return a future per part, in order:
+        the forecasts of windows [0, n), [n, 2n), ... where n is ``pass_size`` (None: ``max_batch``).
+
+        A part is the most windows that a pass taking it holds (at most ``max_batch``), so that its caller
+        gets the first part's forecasts one pass of n windows after the engine takes it, not once the
+        whole block has passed, and can work on them while the next part's pass runs (continuous
+        prediction). The caller cancels the futures it no longer waits for."""
+        b = len(lengths)
+        self._admit(b, {kind})
+        assert self._loop is not None
+        size = self.max_batch if pass_size is None else max(1, min(pass_size, self.max_batch))
+        most = 0 if size == self.max_batch else size
+        now = time.perf_counter()
+        futures: list[asyncio.Future[list[WindowForecast]]] = []
+        for start in range(0, b, size):
+            end = min(b, start + size)
+            future: asyncio.Future[list[WindowForecast]] = self._loop.create_future()
+            part = slice(start, end)
+            job = _Job(kind, timestamps[part], features[part], future, now, steps, lengths[part], most)
+            self._queue.append(job)
+            futures.append(future)
+        self._queued += b
+        if self._passing is None and self._dispatch_due is None:
+            self._schedule()
+        return futures
 
     def expected_wait_s(self, n: int = 1) -> float:
         """Seconds until ``n`` windows queued now would be answered: the rest of the pass in flight, then
@@ -498,16 +520,22 @@ class Engine:
         """Up to max_batch live jobs off the queue, grouped by model; the model versions are fixed here."""
         by_kind: dict[str, list[_Job]] = {}
         taken = 0
+        limit = self.max_batch  # lowered by a job that asks for smaller passes (``submit_block``)
         queue = self._queue
-        while queue and taken < self.max_batch:
-            if taken and taken + queue[0].size > self.max_batch:  # a block that does not fit: the next pass
-                break
-            job = queue.popleft()
-            self._queued -= job.size
-            if job.future.done():  # cancelled: its client went away
+        while queue and taken < limit:
+            head = queue[0]
+            if head.future.done():  # cancelled: its client went away
+                queue.popleft()
+                self._queued -= head.size
                 continue
-            by_kind.setdefault(job.kind, []).append(job)
-            taken += job.size
+            most = min(limit, head.most or limit)
+            if taken and taken + head.size > most:  # a block that does not fit: the next pass
+                break
+            queue.popleft()
+            self._queued -= head.size
+            by_kind.setdefault(head.kind, []).append(head)
+            taken += head.size
+            limit = most
         return [(self._predictors[kind], jobs) for kind, jobs in by_kind.items()]
 
     def _resolve(

@@ -436,6 +436,14 @@ class Settings(BaseSettings):
         le=65_536,
         description="Most flows a round of continuous prediction forecasts: one predict_many on the engine.",
     )
+    forecast_pass: int = Field(
+        default=256,
+        ge=1,
+        le=65_536,
+        description="Most windows of one forward pass of a round of continuous prediction (at most "
+        "CPE_ENGINE_MAX_BATCH). A round's flows are scored, re-ranked and published pass by pass, each "
+        "while the next pass runs: its first flows wait for one pass rather than the whole round's.",
+    )
     forecast_rounds: int = Field(
         default=2,
         ge=1,

@@ -82,6 +82,14 @@ class WindowSource(Protocol):
     async def windows(self, flow_keys: Sequence[str]) -> Sequence[FlowWindow | None]: ...
 
 
+class _Deferred(Exception):
+    """The engine refused a round's windows, or stopped before their passes: those flows wait again."""
+
+    def __init__(self, keys: Sequence[str], touched: Sequence[float]) -> None:
+        super().__init__(f"{len(keys)} flows deferred")
+        self.keys, self.touched = keys, touched
+
+
 @dataclass(slots=True)
 class RoundStats:
     """Counters since start; tests and /v1/stats read them."""
@@ -113,6 +121,7 @@ class ContinuousPrediction:
         horizon: int = 1,
         batch: int = 1024,
         rounds: int = 2,
+        pass_size: int | None = 256,
         publish_always: bool = False,
         groups_of: Callable[[str], Sequence[str]] | None = None,
         on_forecasts: OnForecasts | None = None,
@@ -125,6 +134,7 @@ class ContinuousPrediction:
         self.residuals = residuals  # per-flow latency corrections, learnt from the scored forecasts
         self.bus, self.channel, self.hub, self.labels = bus, channel, hub, labels
         self.kind, self.horizon, self.batch, self.rounds = kind, horizon, batch, rounds
+        self.pass_size = pass_size  # most windows of a round's forward pass (None: the engine's max_batch)
         # with a shared bus other replicas' clients may be listening: publish even with none here
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
@@ -238,10 +248,10 @@ class ContinuousPrediction:
             self._running += 1
             try:
                 await self._round(keys, touched)
-            except (Overloaded, EngineStopped):
-                self.stats.deferred += len(keys)
-                self._deferred.inc(len(keys))
-                self._put_back(keys, touched)
+            except _Deferred as deferred:
+                self.stats.deferred += len(deferred.keys)
+                self._deferred.inc(len(deferred.keys))
+                self._put_back(deferred.keys, deferred.touched)
                 await asyncio.sleep(RETRY_S)
             except FlowsUnavailable:  # the windows are out of reach (Redis): they wait, and so do we
                 self._put_back(keys, touched)
@@ -267,9 +277,41 @@ class ContinuousPrediction:
                 return
             block = block.take(live)
             keys, touched = block.flow_keys, [touched[i] for i in live.tolist()]
-        kind = self.kind
+        # the round's passes are queued at once, and each pass's flows finished as soon as it is back: the
+        # loop scores, re-ranks and publishes one pass's while the inference thread runs the next. Behind
+        # (a round's worth of flows still due), the passes are as large as the engine takes: the flows
+        # waiting then wait for the rounds, not for the passes, and a larger pass costs the loop less per
+        # flow after it.
+        pass_size = None if len(self._due) >= self.batch else self.pass_size
+        start = 0
+        try:
+            futures = self.engine.submit_block(
+                self.kind, block.timestamps, block.features, block.lengths, self.horizon, pass_size
+            )
+        except (Overloaded, EngineStopped) as exc:
+            raise _Deferred(keys, touched) from exc
+        try:
+            for future in futures:
+                try:
+                    forecasts = await future
+                except (Overloaded, EngineStopped) as exc:  # the passes not made wait for the next round
+                    raise _Deferred(keys[start:], touched[start:]) from exc
+                stop = start + len(forecasts)
+                whole = start == 0 and stop == len(keys)
+                part = block if whole else _part(block, start, stop)
+                await self._finish(part, touched[start:stop], forecasts)
+                start = stop
+            self.stats.rounds += 1
+        finally:
+            for future in futures:  # those still queued when a part failed or the round was cancelled
+                future.cancel()
+
+    async def _finish(
+        self, block: WindowBlock, touched: list[float], forecasts: list[WindowForecast]
+    ) -> None:
+        """Score, correct, re-rank, keep and publish the forecasts of a round's ``block`` of flows."""
+        keys, kind = block.flow_keys, self.kind
         ts, lengths = block.timestamps, block.lengths
-        forecasts = await self.engine.predict_block(kind, ts, block.features, lengths, self.horizon)
         try:
             previous = await self.store.get_previous(keys)
         except ForecastsUnavailable:
@@ -335,7 +377,6 @@ class ContinuousPrediction:
         self.latencies.extend(waited)
         if self._latency is not None:
             self._latency.observe(kind, waited)
-        self.stats.rounds += 1
         self.stats.forecasts += len(keys)
         self._forecasts.labels(model=kind).inc(len(keys))
 
@@ -429,6 +470,21 @@ class ContinuousPrediction:
         message = encode((key, groups_of(key) if groups_of else (), body) for key, body in items)
         if await self.bus.publish(self.channel, message) and self.hub.counters is not None:
             self.hub.counters.published.inc(len(items))
+
+
+def _part(block: WindowBlock, start: int, stop: int) -> WindowBlock:
+    """Flows [start, stop) of ``block``, its arrays as views."""
+    rows = slice(start, stop)
+    return WindowBlock(
+        block.flow_keys[rows],
+        block.lengths[rows],
+        block.timestamps[rows],
+        block.features[rows],
+        block.imputed[rows],
+        block.observations[rows],
+        None if block.route_ids is None else block.route_ids[rows],
+        None if block.pattern_ids is None else block.pattern_ids[rows],
+    )
 
 
 def _baselines(block: WindowBlock) -> tuple[np.ndarray, np.ndarray]:
