@@ -55,8 +55,9 @@ log = logging.getLogger("cpe.engine")
 
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The inference
 # thread lets go of the GIL at every numpy call and torch op of a pass, and each time takes it back only
-# when the event loop, busy in Python, is made to hand it over: at 5 ms a hand-over, a pass that takes 7 ms
-# alone took 150 ms beside a busy loop. The loop gives way sooner, and the pass overlaps its work.
+# when the event loop, busy in Python, is made to hand it over: at 5 ms a hand-over, a pass beside a busy
+# loop waits most of its time for the GIL (``python -m scripts.bench_observe --gil`` measures it). With a
+# short interval the loop gives way sooner, and the pass overlaps its work.
 GIL_SWITCH_S = 0.0001
 
 

@@ -3,14 +3,18 @@
 ``touch(flow_keys)`` marks flows as due (ingest calls it once observations are applied). A flow touched
 again before its forecast runs stays due once: it is forecast on its newest window (coalescing). A fixed
 number of ``rounds`` take up to ``batch`` due flows each, oldest first, read their windows from the flow
-store as one block of arrays (``window_block``), and hand them to the engine in one ``predict_block`` (the
-engine cuts it into forward passes of up to its max_batch windows, and encodes them as arrays).
+store as one block of arrays (``window_block``), and queue them in the engine at once as forward passes of
+up to ``pass_size`` windows (``Engine.submit_block``; the passes encode them as arrays). Each pass's flows
+are finished (below) as soon as that pass is back, while the inference thread runs the next: a round's
+first flows wait for one pass, not for the whole round's, and the event loop's work on them overlaps the
+model's. Behind (a round's worth of flows still due), the passes are as large as the engine takes: the
+flows waiting then wait for rounds, not passes, and fewer, larger passes cost the loop less per flow.
 The work is bounded by construction: at most one due entry per flow, at most ``rounds x batch`` windows
 in the engine at once. A full engine (its queue is shared with the HTTP requests) puts the round's flows
-back to wait, rather than queueing more; under a load the engine cannot follow, flows are forecast less
-often, on fresher windows, and nothing grows.
+not forecast yet back to wait, rather than queueing more; under a load the engine cannot follow, flows are
+forecast less often, on fresher windows, and nothing grows.
 
-Each round then, for each flow: scores the flow's previous forecast if the window now holds the
+Each pass of a round then, for each flow: scores the flow's previous forecast if the window now holds the
 observation that followed it (``scores``, ``labels``), keeps the new forecast (``store``) and publishes
 it as a ``FlowPrediction`` (``stream``). As soon as the forecasts are final (scored, and corrected by
 the flows' residuals), before the rest, ``on_forecasts`` (the route groups' re-ranking,
