@@ -53,11 +53,7 @@ from models.predictor import Forecast, Predictor
 
 log = logging.getLogger("cpe.engine")
 
-# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The inference
-# thread lets go of the GIL at every numpy call and torch op of a pass, and each time takes it back only
-# when the event loop, busy in Python, is made to hand it over: at 5 ms a hand-over, a pass beside a busy
-# loop waits most of its time for the GIL (``python -m scripts.bench_observe --gil`` measures it). With a
-# short interval the loop gives way sooner, and the pass overlaps its work.
+# The GIL switch interval that CPE_GIL_SWITCH_US names as an example (``bench_observe --gil`` measures it)
 GIL_SWITCH_S = 0.0001
 
 
@@ -231,12 +227,20 @@ class Engine:
         default_model: str | None = None,
         adjust: Adjust | None = None,
         embed: bool = False,
+        gil_switch_s: float = 0.0,
     ) -> None:
         """``registry``: where the engine's metrics go (a registry of their own when None);
         ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``;
         ``adjust``: called in the inference thread on every forward pass's forecast before it is answered
         (the online interval calibration, ``app.learning.conformal``); ``embed``: every forecast carries its
-        window's embedding too (pattern memory, ``app/patterns``)."""
+        window's embedding too (pattern memory, ``app/patterns``); ``gil_switch_s``: the process's GIL
+        switch interval while the engine runs (0: Python's, untouched).
+
+        Why the last: the inference thread lets go of the GIL at every numpy call and torch op of a pass,
+        and takes it back only when a thread busy in Python (the event loop) is made to hand it over, after
+        the switch interval (Python's: 5 ms). Beside a busy loop a pass then waits for the GIL most of its
+        time; a short interval lets it overlap the loop's work, but every thread busy in Python (the loop,
+        the online learner's) then pays the more frequent switches."""
         assert predictors, "the engine needs at least one model"
         registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics(registry, predictors)
@@ -262,13 +266,16 @@ class Engine:
         self._idle: asyncio.Event | None = None  # set while no pass is in flight
         self._closed = False
         self._adjust = adjust
+        self.gil_switch_s = gil_switch_s
+        self._switch_before: float | None = None  # the interval to restore at stop
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         assert self._loop is None, "the engine was already started"
         self._loop = asyncio.get_running_loop()
-        if sys.getswitchinterval() > GIL_SWITCH_S:
-            sys.setswitchinterval(GIL_SWITCH_S)
+        if self.gil_switch_s:
+            self._switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(self.gil_switch_s)
         self._thread = InferenceThread(self._loop, self.torch_threads, self._adjust, self.embed)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -286,6 +293,9 @@ class Engine:
             await self._idle.wait()  # the pass in flight answers its windows
         if self._thread is not None:
             await asyncio.to_thread(self._thread.stop)
+        if self._switch_before is not None:
+            sys.setswitchinterval(self._switch_before)
+            self._switch_before = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -641,6 +651,7 @@ class InferenceThread:
         torch_threads: int,
         adjust: Adjust | None = None,
         embed: bool = False,
+        gil_switch_s: float = 0.0,
     ) -> None:
         self._loop = loop
         self._adjust = adjust

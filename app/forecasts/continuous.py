@@ -3,18 +3,19 @@
 ``touch(flow_keys)`` marks flows as due (ingest calls it once observations are applied). A flow touched
 again before its forecast runs stays due once: it is forecast on its newest window (coalescing). A fixed
 number of ``rounds`` take up to ``batch`` due flows each, oldest first, read their windows from the flow
-store as one block of arrays (``window_block``), and queue them in the engine at once as forward passes of
-up to ``pass_size`` windows (``Engine.submit_block``; the passes encode them as arrays). Each pass's flows
-are finished (below) as soon as that pass is back, while the inference thread runs the next: a round's
-first flows wait for one pass, not for the whole round's, and the event loop's work on them overlaps the
-model's. Behind (a round's worth of flows still due), the passes are as large as the engine takes: the
-flows waiting then wait for rounds, not passes, and fewer, larger passes cost the loop less per flow.
+store as one block of arrays (``window_block``), and queue them in the engine at once
+(``Engine.submit_block``: passes of up to its max_batch windows, encoded as arrays). With ``pass_size``
+(CPE_FORECAST_PASS) the passes hold at most that many windows, and each pass's flows are finished (below)
+as soon as that pass is back, while the inference thread runs the next: a round's first flows wait for
+one pass, not for the whole round's, and the event loop's work on them overlaps the model's, where the
+inference thread has a core of its own and the GIL often enough (``Engine``'s ``gil_switch_s``). Behind
+(a round's worth of flows still due), a round is finished whole, in passes as large as the engine takes.
 The work is bounded by construction: at most one due entry per flow, at most ``rounds x batch`` windows
 in the engine at once. A full engine (its queue is shared with the HTTP requests) puts the round's flows
 not forecast yet back to wait, rather than queueing more; under a load the engine cannot follow, flows are
 forecast less often, on fresher windows, and nothing grows.
 
-Each pass of a round then, for each flow: scores the flow's previous forecast if the window now holds the
+Each round (or pass) then, for each flow: scores the flow's previous forecast if the window now holds the
 observation that followed it (``scores``, ``labels``), keeps the new forecast (``store``) and publishes
 it as a ``FlowPrediction`` (``stream``). As soon as the forecasts are final (scored, and corrected by
 the flows' residuals), before the rest, ``on_forecasts`` (the route groups' re-ranking,
@@ -125,7 +126,7 @@ class ContinuousPrediction:
         horizon: int = 1,
         batch: int = 1024,
         rounds: int = 2,
-        pass_size: int | None = 256,
+        pass_size: int | None = None,
         publish_always: bool = False,
         groups_of: Callable[[str], Sequence[str]] | None = None,
         on_forecasts: OnForecasts | None = None,
@@ -138,7 +139,9 @@ class ContinuousPrediction:
         self.residuals = residuals  # per-flow latency corrections, learnt from the scored forecasts
         self.bus, self.channel, self.hub, self.labels = bus, channel, hub, labels
         self.kind, self.horizon, self.batch, self.rounds = kind, horizon, batch, rounds
-        self.pass_size = pass_size  # most windows of a round's forward pass (None: the engine's max_batch)
+        # most windows of a round's forward pass, each pass's flows finished as it is back; None: the
+        # engine's passes (of its max_batch), all of the round's finished together
+        self.pass_size = pass_size
         # with a shared bus other replicas' clients may be listening: publish even with none here
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
@@ -281,29 +284,31 @@ class ContinuousPrediction:
                 return
             block = block.take(live)
             keys, touched = block.flow_keys, [touched[i] for i in live.tolist()]
-        # the round's passes are queued at once, and each pass's flows finished as soon as it is back: the
-        # loop scores, re-ranks and publishes one pass's while the inference thread runs the next. Behind
-        # (a round's worth of flows still due), the passes are as large as the engine takes: the flows
-        # waiting then wait for the rounds, not for the passes, and a larger pass costs the loop less per
-        # flow after it.
+        # the round's passes are queued at once, and with ``pass_size`` each pass's flows are finished as
+        # soon as it is back: the loop scores, re-ranks and publishes one pass's while the inference thread
+        # runs the next. Behind (a round's worth of flows still due), the round is finished whole, in passes
+        # as large as the engine takes: the flows waiting then wait for rounds, not passes, and larger
+        # passes cost the loop less per flow.
         pass_size = None if len(self._due) >= self.batch else self.pass_size
-        start = 0
         try:
             futures = self.engine.submit_block(
                 self.kind, block.timestamps, block.features, block.lengths, self.horizon, pass_size
             )
         except (Overloaded, EngineStopped) as exc:
             raise _Deferred(keys, touched) from exc
+        parts = [[future] for future in futures] if pass_size is not None else [futures]
+        start = 0
         try:
-            for future in futures:
+            for part in parts:
                 try:
-                    forecasts = await future
+                    forecasts = [forecast for future in part for forecast in await future]
                 except (Overloaded, EngineStopped) as exc:  # the passes not made wait for the next round
                     raise _Deferred(keys[start:], touched[start:]) from exc
                 stop = start + len(forecasts)
                 whole = start == 0 and stop == len(keys)
-                part = block if whole else _part(block, start, stop)
-                await self._finish(part, touched[start:stop], forecasts)
+                await self._finish(
+                    block if whole else _part(block, start, stop), touched[start:stop], forecasts
+                )
                 start = stop
             self.stats.rounds += 1
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from dataclasses import replace
 
@@ -297,3 +298,15 @@ async def test_a_block_in_parts_gets_a_future_per_part_and_passes_no_larger_than
         assert engine.stats.batch_sizes[10] == 1  # without a cap: one pass of max_batch at most
     got = np.stack([f.mean[:1] for part in answered for f in part])
     np.testing.assert_allclose(got, np.stack([f.mean[:1] for f in whole]), rtol=1e-5)
+
+
+async def test_the_gil_switch_interval_is_the_engines_while_it_runs_and_restored_after(
+    lstm: Predictor,
+) -> None:
+    before = sys.getswitchinterval()
+    async with Engine({"lstm": lstm}, gil_switch_s=0.0002) as engine:
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+        await engine.predict("lstm", *_window(4))
+    assert sys.getswitchinterval() == before
+    async with Engine({"lstm": lstm}):  # 0: Python's, untouched
+        assert sys.getswitchinterval() == before

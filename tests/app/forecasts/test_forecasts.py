@@ -200,6 +200,17 @@ async def test_a_round_is_finished_pass_by_pass_each_while_the_next_runs() -> No
             assert forecast is not None and forecast["flow_key"] == key(f)
 
 
+async def test_without_a_pass_size_a_round_is_finished_whole_whatever_passes_it_took() -> None:
+    async for rig in _rig():
+        rig.engine.max_batch = 16  # the round's 40 windows: three passes
+        seen: list[tuple[list[str], int]] = []
+        rig.forecasts.continuous.on_forecasts = _recording(rig.engine, seen)
+        await rig.observe([observation(f, 0) for f in range(40)])
+        await rig.forecasts.continuous.idle()
+        assert rig.engine.stats.batch_sizes == {16: 2, 8: 1}
+        assert [keys for keys, _ in seen] == [[key(f) for f in range(40)]]
+
+
 async def test_a_round_behind_takes_passes_as_large_as_the_engine_does() -> None:
     async for rig in _rig(forecast_pass=8, forecast_batch=16, forecast_rounds=1):
         await rig.observe([observation(f, 0) for f in range(40)])  # 16, 16, then 8 flows a round
