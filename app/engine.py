@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -51,6 +52,9 @@ from app.metrics import gauge
 from models.predictor import Forecast, Predictor
 
 log = logging.getLogger("cpe.engine")
+
+# The GIL switch interval that CPE_GIL_SWITCH_US names as an example (``bench_observe --gil`` measures it)
+GIL_SWITCH_S = 0.0001
 
 
 class Overloaded(Exception):
@@ -171,6 +175,7 @@ class _Job:
     enqueued: float  # time.perf_counter() when queued: where its queue wait and latency start
     steps: int | None  # the steps ahead its client reads; None: the model's whole horizon
     lengths: np.ndarray | None = None  # a block of windows: (B,) contexts in each; None: one window
+    most: int = 0  # the most windows a forward pass that takes this job may hold; 0: max_batch
 
     @property
     def size(self) -> int:
@@ -222,12 +227,20 @@ class Engine:
         default_model: str | None = None,
         adjust: Adjust | None = None,
         embed: bool = False,
+        gil_switch_s: float = 0.0,
     ) -> None:
         """``registry``: where the engine's metrics go (a registry of their own when None);
         ``default_model``: the kind that answers requests naming none, a label of ``cpe_model_info``;
         ``adjust``: called in the inference thread on every forward pass's forecast before it is answered
         (the online interval calibration, ``app.learning.conformal``); ``embed``: every forecast carries its
-        window's embedding too (pattern memory, ``app/patterns``)."""
+        window's embedding too (pattern memory, ``app/patterns``); ``gil_switch_s``: the process's GIL
+        switch interval while the engine runs (0: Python's, untouched).
+
+        Why the last: the inference thread lets go of the GIL at every numpy call and torch op of a pass,
+        and takes it back only when a thread busy in Python (the event loop) is made to hand it over, after
+        the switch interval (Python's: 5 ms). Beside a busy loop a pass then waits for the GIL most of its
+        time; a short interval lets it overlap the loop's work, but every thread busy in Python (the loop,
+        the online learner's) then pays the more frequent switches."""
         assert predictors, "the engine needs at least one model"
         registry = registry or CollectorRegistry()
         self.metrics = EngineMetrics(registry, predictors)
@@ -253,11 +266,16 @@ class Engine:
         self._idle: asyncio.Event | None = None  # set while no pass is in flight
         self._closed = False
         self._adjust = adjust
+        self.gil_switch_s = gil_switch_s
+        self._switch_before: float | None = None  # the interval to restore at stop
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         assert self._loop is None, "the engine was already started"
         self._loop = asyncio.get_running_loop()
+        if self.gil_switch_s:
+            self._switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(self.gil_switch_s)
         self._thread = InferenceThread(self._loop, self.torch_threads, self._adjust, self.embed)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -275,6 +293,9 @@ class Engine:
             await self._idle.wait()  # the pass in flight answers its windows
         if self._thread is not None:
             await asyncio.to_thread(self._thread.stop)
+        if self._switch_before is not None:
+            sys.setswitchinterval(self._switch_before)
+            self._switch_before = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -385,27 +406,48 @@ class Engine:
         The block travels through the queue as a few jobs of at most ``max_batch`` windows rather than a
         job each, and the forward pass encodes it as arrays (``Predictor.predict_block``): no Python step
         per window on either side. It shares passes with the single windows queued beside it."""
-        b = len(lengths)
-        self._admit(b, {kind})
-        assert self._loop is not None
-        now = time.perf_counter()
-        futures: list[asyncio.Future[list[WindowForecast]]] = []
-        for start in range(0, b, self.max_batch):
-            end = min(b, start + self.max_batch)
-            future: asyncio.Future[list[WindowForecast]] = self._loop.create_future()
-            part = slice(start, end)
-            job = _Job(kind, timestamps[part], features[part], future, now, steps, lengths[part])
-            self._queue.append(job)
-            futures.append(future)
-        self._queued += b
-        if self._passing is None and self._dispatch_due is None:
-            self._schedule()
+        futures = self.submit_block(kind, timestamps, features, lengths, steps)
         try:
             return [forecast for future in futures for forecast in await future]
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+
+    def submit_block(
+        self,
+        kind: str,
+        timestamps: np.ndarray,
+        features: np.ndarray,
+        lengths: np.ndarray,
+        steps: int | None = None,
+        pass_size: int | None = None,
+    ) -> list[asyncio.Future[list[WindowForecast]]]:
+        """Queue a block as ``predict_block`` does, all or none, and return a future per part, in order:
+        the forecasts of windows [0, n), [n, 2n), ... where n is ``pass_size`` (None: ``max_batch``).
+
+        A part is the most windows that a pass taking it holds (at most ``max_batch``), so that its caller
+        gets the first part's forecasts one pass of n windows after the engine takes it, not once the
+        whole block has passed, and can work on them while the next part's pass runs (continuous
+        prediction). The caller cancels the futures it no longer waits for."""
+        b = len(lengths)
+        self._admit(b, {kind})
+        assert self._loop is not None
+        size = self.max_batch if pass_size is None else max(1, min(pass_size, self.max_batch))
+        most = 0 if size == self.max_batch else size
+        now = time.perf_counter()
+        futures: list[asyncio.Future[list[WindowForecast]]] = []
+        for start in range(0, b, size):
+            end = min(b, start + size)
+            future: asyncio.Future[list[WindowForecast]] = self._loop.create_future()
+            part = slice(start, end)
+            job = _Job(kind, timestamps[part], features[part], future, now, steps, lengths[part], most)
+            self._queue.append(job)
+            futures.append(future)
+        self._queued += b
+        if self._passing is None and self._dispatch_due is None:
+            self._schedule()
+        return futures
 
     def expected_wait_s(self, n: int = 1) -> float:
         """Seconds until ``n`` windows queued now would be answered: the rest of the pass in flight, then
@@ -498,16 +540,22 @@ class Engine:
         """Up to max_batch live jobs off the queue, grouped by model; the model versions are fixed here."""
         by_kind: dict[str, list[_Job]] = {}
         taken = 0
+        limit = self.max_batch  # lowered by a job that asks for smaller passes (``submit_block``)
         queue = self._queue
-        while queue and taken < self.max_batch:
-            if taken and taken + queue[0].size > self.max_batch:  # a block that does not fit: the next pass
-                break
-            job = queue.popleft()
-            self._queued -= job.size
-            if job.future.done():  # cancelled: its client went away
+        while queue and taken < limit:
+            head = queue[0]
+            if head.future.done():  # cancelled: its client went away
+                queue.popleft()
+                self._queued -= head.size
                 continue
-            by_kind.setdefault(job.kind, []).append(job)
-            taken += job.size
+            most = min(limit, head.most or limit)
+            if taken and taken + head.size > most:  # a block that does not fit: the next pass
+                break
+            queue.popleft()
+            self._queued -= head.size
+            by_kind.setdefault(head.kind, []).append(head)
+            taken += head.size
+            limit = most
         return [(self._predictors[kind], jobs) for kind, jobs in by_kind.items()]
 
     def _resolve(
@@ -603,6 +651,7 @@ class InferenceThread:
         torch_threads: int,
         adjust: Adjust | None = None,
         embed: bool = False,
+        gil_switch_s: float = 0.0,
     ) -> None:
         self._loop = loop
         self._adjust = adjust

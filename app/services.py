@@ -134,6 +134,7 @@ async def run_services(
         default_model=settings.model,
         adjust=None if intervals is None else intervals.widen,
         embed=settings.patterns_enabled,
+        gil_switch_s=settings.gil_switch_us / 1e6,
     )
     learning_metrics = LearningMetrics(registry)  # registered even when off: dashboards expect the series
     learning = (

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         default_factory=_shipped_checkpoints,
         description="Directory holding `<kind>.safetensors` per loaded kind; default: the shipped ones.",
     )
+    gil_switch_us: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="The process's GIL switch interval while the engine runs, in µs (0: Python's 5 ms). A "
+        "forward pass hands the GIL back to the event loop at each numpy call and torch op; beside a busy "
+        "loop it waits up to this long each time (`python -m scripts.bench_observe --gil`). 100 lets passes "
+        "overlap the loop where the inference thread has a core of its own; every thread busy in Python "
+        "(the loop, the online learner) pays the more frequent switches.",
+    )
     torch_threads: int = Field(
         default=1,
         ge=1,
@@ -435,6 +445,16 @@ class Settings(BaseSettings):
         ge=1,
         le=65_536,
         description="Most flows a round of continuous prediction forecasts: one predict_many on the engine.",
+    )
+    forecast_pass: int = Field(
+        default=0,
+        ge=0,
+        le=65_536,
+        description="Most windows of one forward pass of a round of continuous prediction (at most "
+        "CPE_ENGINE_MAX_BATCH), its flows then scored, re-ranked and published pass by pass, each while "
+        "the next pass runs: a round's first flows wait for one pass rather than the round's. 0: a round's "
+        "passes (of CPE_ENGINE_MAX_BATCH) are finished together. Worth it where the inference thread has "
+        "a core of its own, with CPE_GIL_SWITCH_US.",
     )
     forecast_rounds: int = Field(
         default=2,

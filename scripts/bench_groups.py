@@ -323,6 +323,8 @@ def client_process(args: argparse.Namespace, port: int, first: int, count: int, 
                     continue
                 body = next(iter(orjson.loads(text).values()))
                 g = int(body["group_id"][1:])
+                if not sent[g]:  # made before the load began (the group's first ranking): no send time
+                    continue
                 latencies.append((now - sent[g]) * 1000.0)
                 by_group[body["group_id"]] = by_group.get(body["group_id"], 0) + 1
 

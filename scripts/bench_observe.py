@@ -1,6 +1,7 @@
 """Observing the network under load: ingest, continuous prediction and its push, on one replica.
 
     python -m scripts.bench_observe [--flows 10000 100000] [--duration 10] [--redis] [--json out.json]
+    python -m scripts.bench_observe --gil   # a forward pass beside a busy event loop, by GIL switch interval
 
 Starts one `cpe serve` process on loopback (continuous prediction on, ``memory://`` flow store, forecast
 store and bus; with ``--redis`` all three on Redis under a prefix of their own, to show what Redis costs),
@@ -165,6 +166,56 @@ def raw_forward(batch: int, seconds: float = 3.0) -> float:
             n += batch
         rates.append(n / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def forward_beside_busy_loop(batch: int = 256, passes: int = 20) -> dict[str, float]:
+    """Median ms of a ``Predictor.predict_block`` pass of ``batch`` windows in a thread of its own (as the
+    engine's), alone, then while this thread runs Python (an event loop busy with other work), at Python's
+    GIL switch interval and at the engine's (``app.engine.GIL_SWITCH_S``)."""
+    import threading
+
+    import torch
+
+    from app.engine import GIL_SWITCH_S
+    from models.checkpoint import CHECKPOINT_DIR
+    from models.predictor import Predictor
+
+    predictor = Predictor.load(CHECKPOINT_DIR / "lstm.safetensors")
+    t = predictor.seq_len
+    rng = np.random.default_rng(2)
+    ts = np.tile(T0 + np.arange(t, dtype=np.int64) * STEP_MS, (batch, 1))
+    features = np.abs(rng.normal(20.0, 4.0, (batch, t, 8))).astype(np.float32)
+    features[..., [2, 4, 5]] = features[..., [2, 4, 5]].clip(0, 1)
+    lengths = np.full(batch, t)
+    times: list[float] = []
+
+    def forward() -> None:
+        torch.set_num_threads(1)
+        for _ in range(passes):
+            start = time.perf_counter()
+            predictor.predict_block(ts, features, lengths, 1)
+            times.append(time.perf_counter() - start)
+
+    def measure(busy: bool) -> float:
+        times.clear()
+        thread = threading.Thread(target=forward)
+        thread.start()
+        n = 0
+        while busy and thread.is_alive():
+            n = (n + sum(range(1000))) % 7  # Python, holding the GIL between switches
+        thread.join()
+        return round(statistics.median(times) * 1e3, 2)
+
+    measure(False)  # warm
+    default = sys.getswitchinterval()
+    out = {"alone_ms": measure(False)}
+    try:
+        out["beside_busy_loop_ms"] = measure(True)
+        sys.setswitchinterval(GIL_SWITCH_S)
+        out[f"beside_busy_loop_switch_{GIL_SWITCH_S * 1e6:.0f}us_ms"] = measure(True)
+    finally:
+        sys.setswitchinterval(default)
+    return out
 
 
 # -- the load --------------------------------------------------------------------------------------
@@ -422,7 +473,15 @@ def main(argv: list[str] | None = None) -> int:
         "--setting", action="append", default=[], metavar="CPE_X=VALUE", help="a setting of the server"
     )
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="only: a forward pass of 256 windows in its own thread, alone and beside a busy event loop",
+    )
     args = parser.parse_args(argv)
+    if args.gil:
+        print(json.dumps({"load_average": os.getloadavg()[0], **forward_beside_busy_loop()}))
+        return 0
     raw = raw_forward(1024)
     print(f"raw model forward (lstm, 1024 windows a call, one thread): {raw:,.0f} windows/s", flush=True)
     results = []

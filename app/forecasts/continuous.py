@@ -3,14 +3,19 @@
 ``touch(flow_keys)`` marks flows as due (ingest calls it once observations are applied). A flow touched
 again before its forecast runs stays due once: it is forecast on its newest window (coalescing). A fixed
 number of ``rounds`` take up to ``batch`` due flows each, oldest first, read their windows from the flow
-store as one block of arrays (``window_block``), and hand them to the engine in one ``predict_block`` (the
-engine cuts it into forward passes of up to its max_batch windows, and encodes them as arrays).
+store as one block of arrays (``window_block``), and queue them in the engine at once
+(``Engine.submit_block``: passes of up to its max_batch windows, encoded as arrays). With ``pass_size``
+(CPE_FORECAST_PASS) the passes hold at most that many windows, and each pass's flows are finished (below)
+as soon as that pass is back, while the inference thread runs the next: a round's first flows wait for
+one pass, not for the whole round's, and the event loop's work on them overlaps the model's, where the
+inference thread has a core of its own and the GIL often enough (``Engine``'s ``gil_switch_s``). Behind
+(a round's worth of flows still due), a round is finished whole, in passes as large as the engine takes.
 The work is bounded by construction: at most one due entry per flow, at most ``rounds x batch`` windows
 in the engine at once. A full engine (its queue is shared with the HTTP requests) puts the round's flows
-back to wait, rather than queueing more; under a load the engine cannot follow, flows are forecast less
-often, on fresher windows, and nothing grows.
+not forecast yet back to wait, rather than queueing more; under a load the engine cannot follow, flows are
+forecast less often, on fresher windows, and nothing grows.
 
-Each round then, for each flow: scores the flow's previous forecast if the window now holds the
+Each round (or pass) then, for each flow: scores the flow's previous forecast if the window now holds the
 observation that followed it (``scores``, ``labels``), keeps the new forecast (``store``) and publishes
 it as a ``FlowPrediction`` (``stream``). As soon as the forecasts are final (scored, and corrected by
 the flows' residuals), before the rest, ``on_forecasts`` (the route groups' re-ranking,
@@ -82,6 +87,14 @@ class WindowSource(Protocol):
     async def windows(self, flow_keys: Sequence[str]) -> Sequence[FlowWindow | None]: ...
 
 
+class _Deferred(Exception):
+    """The engine refused a round's windows, or stopped before their passes: those flows wait again."""
+
+    def __init__(self, keys: Sequence[str], touched: Sequence[float]) -> None:
+        super().__init__(f"{len(keys)} flows deferred")
+        self.keys, self.touched = keys, touched
+
+
 @dataclass(slots=True)
 class RoundStats:
     """Counters since start; tests and /v1/stats read them."""
@@ -113,6 +126,7 @@ class ContinuousPrediction:
         horizon: int = 1,
         batch: int = 1024,
         rounds: int = 2,
+        pass_size: int | None = None,
         publish_always: bool = False,
         groups_of: Callable[[str], Sequence[str]] | None = None,
         on_forecasts: OnForecasts | None = None,
@@ -125,6 +139,9 @@ class ContinuousPrediction:
         self.residuals = residuals  # per-flow latency corrections, learnt from the scored forecasts
         self.bus, self.channel, self.hub, self.labels = bus, channel, hub, labels
         self.kind, self.horizon, self.batch, self.rounds = kind, horizon, batch, rounds
+        # most windows of a round's forward pass, each pass's flows finished as it is back; None: the
+        # engine's passes (of its max_batch), all of the round's finished together
+        self.pass_size = pass_size
         # with a shared bus other replicas' clients may be listening: publish even with none here
         self.publish_always = publish_always
         self.groups_of = groups_of  # a flow's route groups, for subscribers by group
@@ -238,10 +255,10 @@ class ContinuousPrediction:
             self._running += 1
             try:
                 await self._round(keys, touched)
-            except (Overloaded, EngineStopped):
-                self.stats.deferred += len(keys)
-                self._deferred.inc(len(keys))
-                self._put_back(keys, touched)
+            except _Deferred as deferred:
+                self.stats.deferred += len(deferred.keys)
+                self._deferred.inc(len(deferred.keys))
+                self._put_back(deferred.keys, deferred.touched)
                 await asyncio.sleep(RETRY_S)
             except FlowsUnavailable:  # the windows are out of reach (Redis): they wait, and so do we
                 self._put_back(keys, touched)
@@ -267,9 +284,43 @@ class ContinuousPrediction:
                 return
             block = block.take(live)
             keys, touched = block.flow_keys, [touched[i] for i in live.tolist()]
-        kind = self.kind
+        # the round's passes are queued at once, and with ``pass_size`` each pass's flows are finished as
+        # soon as it is back: the loop scores, re-ranks and publishes one pass's while the inference thread
+        # runs the next. Behind (a round's worth of flows still due), the round is finished whole, in passes
+        # as large as the engine takes: the flows waiting then wait for rounds, not passes, and larger
+        # passes cost the loop less per flow.
+        pass_size = None if len(self._due) >= self.batch else self.pass_size
+        try:
+            futures = self.engine.submit_block(
+                self.kind, block.timestamps, block.features, block.lengths, self.horizon, pass_size
+            )
+        except (Overloaded, EngineStopped) as exc:
+            raise _Deferred(keys, touched) from exc
+        parts = [[future] for future in futures] if pass_size is not None else [futures]
+        start = 0
+        try:
+            for part in parts:
+                try:
+                    forecasts = [forecast for future in part for forecast in await future]
+                except (Overloaded, EngineStopped) as exc:  # the passes not made wait for the next round
+                    raise _Deferred(keys[start:], touched[start:]) from exc
+                stop = start + len(forecasts)
+                whole = start == 0 and stop == len(keys)
+                await self._finish(
+                    block if whole else _part(block, start, stop), touched[start:stop], forecasts
+                )
+                start = stop
+            self.stats.rounds += 1
+        finally:
+            for future in futures:  # those still queued when a part failed or the round was cancelled
+                future.cancel()
+
+    async def _finish(
+        self, block: WindowBlock, touched: list[float], forecasts: list[WindowForecast]
+    ) -> None:
+        """Score, correct, re-rank, keep and publish the forecasts of a round's ``block`` of flows."""
+        keys, kind = block.flow_keys, self.kind
         ts, lengths = block.timestamps, block.lengths
-        forecasts = await self.engine.predict_block(kind, ts, block.features, lengths, self.horizon)
         try:
             previous = await self.store.get_previous(keys)
         except ForecastsUnavailable:
@@ -335,7 +386,6 @@ class ContinuousPrediction:
         self.latencies.extend(waited)
         if self._latency is not None:
             self._latency.observe(kind, waited)
-        self.stats.rounds += 1
         self.stats.forecasts += len(keys)
         self._forecasts.labels(model=kind).inc(len(keys))
 
@@ -429,6 +479,21 @@ class ContinuousPrediction:
         message = encode((key, groups_of(key) if groups_of else (), body) for key, body in items)
         if await self.bus.publish(self.channel, message) and self.hub.counters is not None:
             self.hub.counters.published.inc(len(items))
+
+
+def _part(block: WindowBlock, start: int, stop: int) -> WindowBlock:
+    """Flows [start, stop) of ``block``, its arrays as views."""
+    rows = slice(start, stop)
+    return WindowBlock(
+        block.flow_keys[rows],
+        block.lengths[rows],
+        block.timestamps[rows],
+        block.features[rows],
+        block.imputed[rows],
+        block.observations[rows],
+        None if block.route_ids is None else block.route_ids[rows],
+        None if block.pattern_ids is None else block.pattern_ids[rows],
+    )
 
 
 def _baselines(block: WindowBlock) -> tuple[np.ndarray, np.ndarray]:

@@ -95,6 +95,7 @@ class Forecasts:
             horizon=settings.forecast_horizon,
             batch=settings.forecast_batch,
             rounds=settings.forecast_rounds,
+            pass_size=settings.forecast_pass or None,
             publish_always=urlsplit(settings.bus_url).scheme != "memory",
             intervals=intervals,
             residuals=FlowResiduals(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from dataclasses import replace
 
@@ -273,3 +274,39 @@ async def test_a_block_shares_passes_with_single_windows_and_answers_what_predic
     )
     got = np.stack([f.mean[:1] for f in block])
     np.testing.assert_allclose(got, expected.mean, rtol=1e-5)
+
+
+async def test_a_block_in_parts_gets_a_future_per_part_and_passes_no_larger_than_a_part(
+    lstm: Predictor,
+) -> None:
+    rng = np.random.default_rng(4)
+    b, width = 10, 8
+    ts = np.cumsum(rng.integers(800, 1200, (b, width)), axis=1) + 1_700_000_000_000
+    features = np.abs(rng.normal(20, 4, (b, width, 8))).astype(np.float32)
+    features[..., [2, 4, 5]] = features[..., [2, 4, 5]].clip(0, 1)
+    lengths = np.full(b, width)
+    async with Engine({"lstm": lstm}, max_batch=64) as engine:
+        # queued in one turn of the loop: without the cap the engine would take them all in one pass
+        parts = engine.submit_block("lstm", ts, features, lengths, 1, pass_size=4)
+        after = engine.submit("lstm", *_window(5))  # a single window queued behind: not over the cap
+        assert len(parts) == 3
+        answered = [await part for part in parts]
+        await after
+        assert [len(part) for part in answered] == [4, 4, 2]
+        assert engine.stats.batch_sizes == {4: 2, 3: 1}  # the last part took the single window in
+        whole = await engine.predict_block("lstm", ts, features, lengths, 1)
+        assert engine.stats.batch_sizes[10] == 1  # without a cap: one pass of max_batch at most
+    got = np.stack([f.mean[:1] for part in answered for f in part])
+    np.testing.assert_allclose(got, np.stack([f.mean[:1] for f in whole]), rtol=1e-5)
+
+
+async def test_the_gil_switch_interval_is_the_engines_while_it_runs_and_restored_after(
+    lstm: Predictor,
+) -> None:
+    before = sys.getswitchinterval()
+    async with Engine({"lstm": lstm}, gil_switch_s=0.0002) as engine:
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+        await engine.predict("lstm", *_window(4))
+    assert sys.getswitchinterval() == before
+    async with Engine({"lstm": lstm}):  # 0: Python's, untouched
+        assert sys.getswitchinterval() == before

@@ -16,6 +16,7 @@ from app.engine import Engine
 from app.flows import create_flow_store
 from app.flows.base import FlowContext, FlowStore
 from app.forecasts import Forecasts
+from app.forecasts.continuous import OnForecasts
 from app.learning.feedback import MemoryFeedback
 from models.checkpoint import CHECKPOINT_DIR
 from models.predictor import Predictor
@@ -170,6 +171,54 @@ async def test_free_labels_beyond_the_rate_are_skipped_and_counted() -> None:
         sent = len(await feedback.read(100, 0))
         assert 5 <= sent <= 6  # the bucket's 5, and what it refilled meanwhile
         assert rig.metric("cpe_free_labels_total", {"result": "skipped"}) == 20 - sent
+
+
+def _recording(engine: Engine, seen: list[tuple[list[str], int]]) -> OnForecasts:
+    """A forecasts' hook that notes each call's flows and the forward passes made by then."""
+
+    async def hook(keys: Any, windows: Any, forecasts: Any) -> None:
+        seen.append((list(keys), engine.stats.forward_passes))
+
+    return hook
+
+
+async def test_a_round_is_finished_pass_by_pass_each_while_the_next_runs() -> None:
+    async for rig in _rig(forecast_pass=16):
+        continuous = rig.forecasts.continuous
+        seen: list[tuple[list[str], int]] = []
+        continuous.on_forecasts = _recording(rig.engine, seen)
+        await rig.observe([observation(f, 0) for f in range(40)])  # one round of 40 flows
+        await continuous.idle()
+        assert rig.engine.stats.batch_sizes == {16: 2, 8: 1}
+        parts = ((0, 16), (16, 32), (32, 40))
+        assert [keys for keys, _ in seen] == [[key(f) for f in range(a, b)] for a, b in parts]
+        # the first pass's flows were re-ranked before the last pass was answered
+        assert seen[0][1] < 3
+        assert continuous.stats.rounds == 1 and continuous.stats.forecasts == 40
+        for f in (0, 20, 39):
+            forecast, _ = await rig.forecasts.flow(key(f))
+            assert forecast is not None and forecast["flow_key"] == key(f)
+
+
+async def test_without_a_pass_size_a_round_is_finished_whole_whatever_passes_it_took() -> None:
+    async for rig in _rig():
+        rig.engine.max_batch = 16  # the round's 40 windows: three passes
+        seen: list[tuple[list[str], int]] = []
+        rig.forecasts.continuous.on_forecasts = _recording(rig.engine, seen)
+        await rig.observe([observation(f, 0) for f in range(40)])
+        await rig.forecasts.continuous.idle()
+        assert rig.engine.stats.batch_sizes == {16: 2, 8: 1}
+        assert [keys for keys, _ in seen] == [[key(f) for f in range(40)]]
+
+
+async def test_a_round_behind_takes_passes_as_large_as_the_engine_does() -> None:
+    async for rig in _rig(forecast_pass=8, forecast_batch=16, forecast_rounds=1):
+        await rig.observe([observation(f, 0) for f in range(40)])  # 16, 16, then 8 flows a round
+        await rig.forecasts.continuous.idle()
+        # the first round, with another round's worth still due: one pass; the next (8 due behind it): two
+        # passes of 8; the last: one
+        assert rig.engine.stats.batch_sizes == {16: 1, 8: 3}
+        assert rig.forecasts.continuous.stats.forecasts == 40
 
 
 async def test_an_expired_flow_is_dropped_from_the_round(rig: Rig) -> None:
