@@ -226,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also read the server's in-flight limit from /metrics five times a second during overload",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="CPE_X=VALUE",
+        help="a setting of the overloaded server (repeatable; e.g. CPE_ADMISSION_LATENCY_MS=15)",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of overload per run")
     parser.add_argument(
@@ -276,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
     print(json.dumps({"saturation_rps": round(rate)}), flush=True)
     cap = {} if args.max_inflight is None else {"admission": "fixed", "max_inflight": str(args.max_inflight)}
+    for setting in args.setting:
+        name, _, value = setting.partition("=")
+        cap[name.removeprefix("CPE_").lower()] = value
     server = serve(server_cpus, device=args.device, engine_latency_budget_ms=budget, **cap)
     runs = []
     try:
@@ -296,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_inflight": "adaptive" if args.max_inflight is None else args.max_inflight,
         "factor": args.factor,
         "device": args.device,
+        "settings": args.setting,
         "server_cpus": sorted(server_cpus) if server_cpus else "all",
     }
     print(json.dumps({**head, "median_of": len(runs), **median}))
