@@ -97,7 +97,8 @@ def test_the_default_limit_adapts_within_its_settings() -> None:
     with TestClient(app) as client:
         admission = Services.of(client.app).admission
         assert isinstance(admission, AdaptiveLimit)
-        assert (admission.floor, admission.ceiling, admission.target_s) == (6, 300, 0.04)
+        assert (admission.pool, admission.ceiling, admission.target_s) == (6, 300, 0.04)
+        assert admission.floor == 1  # under the pool only while more requests come than it admits
         assert client.post("/v1/predict", json=predict_body(8)).status_code == 200
         assert admission.inflight == 0
         admission.loop_lag_s = 0.012  # the lifespan runs the loop's lag probe; its last window is exported
