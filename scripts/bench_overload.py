@@ -66,7 +66,8 @@ class _Conn(asyncio.Protocol):
 
     def send(self, request: bytes, due: float) -> None:
         assert self.transport is not None
-        self.due, self.sent = due, time.perf_counter()
+        # the loop's timers are in whole ms: a request may go out a little before it is due
+        self.due, self.sent = due, max(due, time.perf_counter())
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
