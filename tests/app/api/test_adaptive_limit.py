@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from app.api.adaptive_limit import AdaptiveLimit, watch_loop_lag
+from app.settings import Settings
 
 
 class Clock:
@@ -59,15 +60,16 @@ def test_under_overload_on_a_cpu_the_limit_shrinks_until_latency_meets_the_targe
     assert min(settled) >= 25 and max(settled) <= 90  # not starved either: the target is ~80 requests
 
 
+@pytest.mark.parametrize("target_ms", [25.0, Settings.model_fields["admission_latency_ms"].default])
 @pytest.mark.parametrize("pass_s", [fast_gpu, slow_gpu])
 def test_a_gpu_whose_passes_cost_the_same_at_any_batch_lets_the_limit_grow(
-    pass_s: Callable[[int], float],
+    pass_s: Callable[[int], float], target_ms: float
 ) -> None:
     clock = Clock()
-    limit = AdaptiveLimit(25.0, 1024, clock=clock)
+    limit = AdaptiveLimit(target_ms, 1024, clock=clock)
     sizes = overload(limit, clock, pass_s, 20.0)
     assert limit.max_inflight == 1024 and max(sizes) == 1024  # batches as large as the ceiling
-    assert limit.target_now_s == pytest.approx(max(0.025, 3 * pass_s(1)), rel=0.2)
+    assert limit.target_now_s == pytest.approx(max(target_ms / 1e3, 3 * pass_s(1)), rel=0.2)
 
 
 def test_when_the_load_drops_nothing_is_refused_at_once() -> None:
