@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         AdaptiveLimit(
             settings.admission_latency_ms,
             max(settings.max_inflight, settings.min_inflight),
-            floor=settings.min_inflight,
+            pool=settings.min_inflight,
         )
         if settings.admission == "adaptive"
         else InflightLimit(settings.max_inflight)

@@ -139,25 +139,29 @@ class Settings(BaseSettings):
         description="How many prediction and routing requests may be in progress at once; one more gets a "
         "503 before its body is read, which keeps the event loop's backlog short under overload. "
         "`adaptive`: a limit that follows the latency of the admitted requests (AIMD towards "
-        "CPE_ADMISSION_LATENCY_MS, between CPE_MIN_INFLIGHT and CPE_MAX_INFLIGHT), so that a CPU replica "
-        "sheds early and a GPU forms large batches with no tuning; `fixed`: CPE_MAX_INFLIGHT.",
+        "CPE_ADMISSION_LATENCY_MS, up to CPE_MAX_INFLIGHT, under CPE_MIN_INFLIGHT only while requests are "
+        "refused), so that a CPU replica sheds early and a GPU forms large batches with no tuning; `fixed`: "
+        "CPE_MAX_INFLIGHT.",
     )
     admission_latency_ms: float = Field(
-        default=25.0,
+        default=15.0,
         gt=0.0,
         le=60_000.0,
-        description="CPE_ADMISSION=adaptive: the p90 latency (in the service) wanted of admitted requests; "
-        "the limit shrinks above it, and grows below half of it while requests are held back. Three times "
-        "the latency the service shows unloaded instead, when that is longer (a slow model).",
+        description="CPE_ADMISSION=adaptive: the p90 latency wanted of admitted requests (in the service, "
+        "plus the event loop's lag); the limit shrinks above it, and grows below half of it while requests "
+        "are held back. Three times the latency the service shows unloaded instead, when that is longer (a "
+        "slow model). Under 3x overload on a 2-CPU replica 15 admitted more requests than 25, with a shorter "
+        "p99 (two to three times the p90 aimed at; README, Access and limits).",
     )
     min_inflight: int = Field(
         default=32,
         ge=1,
         le=1_000_000,
-        description="CPE_ADMISSION=adaptive: the least the limit shrinks to: under overload the latency of "
-        "admitted requests is mostly the event loop's work on the refused ones, which a lower limit does not "
-        "shorten, while it would cut the answers/s; 32 keeps a client pool of 32 connections from ever "
-        "being refused. A batch request counts as one.",
+        description="CPE_ADMISSION=adaptive: the limit shrinks under this only while more requests come "
+        "than it admits (overload: down to an eighth of it, so that the event loop keeps time for the "
+        "admitted requests besides its refusals), and is back at it in the first 50 ms without a refusal; "
+        "32 keeps a client pool of 32 connections from being refused however slow the machine. A batch "
+        "request counts as one.",
     )
     max_inflight: int = Field(
         default=1024,

@@ -120,6 +120,24 @@ def test_load_generator_counts_every_answer_of_a_trivial_server(raw: Server, tmp
 
 
 @pytest.mark.server
+def test_the_overload_generator_counts_from_when_each_request_was_due_and_was_sent(
+    raw: Server, tmp_path: Path
+) -> None:
+    """`bench_overload --port`, as `cpe bench` runs it: every request sent at its rate is answered, and the
+    latency counted from sending is never longer than the one counted from when it was due."""
+    bodies = tmp_path / "bodies.jsonl"
+    write_bodies(bodies, make_requests(4, seq_len=8, seed=1))
+    argv = [sys.executable, "-m", "scripts.bench_overload", "--port", str(raw.port), "--bodies", str(bodies)]
+    argv += ["--saturation", "100", "--factor", "2", "--duration", "0.5", "--connections", "8"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["answered"] == 100 and summary["admitted_per_s"] == 200 and summary["shed_share"] == 0
+    assert 0 < summary["admitted_p99_from_send_ms"] <= summary["admitted_p99_ms"]
+    assert summary["unsent"] == 0 and summary["other"] == 0
+
+
+@pytest.mark.server
 def test_load_generator_sends_binary_bodies_from_hex_lines(raw: Server, tmp_path: Path) -> None:
     bodies = tmp_path / "bodies.hex"
     bodies.write_text(msgpack_body(make_requests(4, seq_len=8, seed=1)).hex() + "\n")

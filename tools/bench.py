@@ -795,8 +795,9 @@ def overload_summary(runs: list[dict[str, float]]) -> dict[str, float]:
 def _overload_line(name: str, run: dict[str, float]) -> str:
     return (
         f"  {name:<17} admitted {run['admitted_per_s']:>8,.0f}/s  p50 {run['admitted_p50_ms']:8.2f} ms  "
-        f"p99 {run['admitted_p99_ms']:8.2f} ms  refused {run['shed_share']:.0%}  "
-        f"generator late p99 {run['send_lag_p99_ms']:.1f} ms  unsent {run['unsent']:.0f}"
+        f"p99 {run['admitted_p99_ms']:8.2f} ms (from sending {run['admitted_p99_from_send_ms']:.2f})  "
+        f"refused {run['shed_share']:.0%}  generator late p99 {run['send_lag_p99_ms']:.1f} ms  "
+        f"unsent {run['unsent']:.0f}"
     )
 
 

@@ -8,9 +8,14 @@ additive increase and multiplicative decrease (AIMD) on the latency of the reque
 - every ``WINDOW_S`` (and at least ``MIN_SAMPLES`` requests), the window's p90 latency is compared with the
   target: ``CPE_ADMISSION_LATENCY_MS``, or ``TOLERANCE`` times the latency the service shows unloaded,
   whichever is longer (a model whose forward pass alone takes 40 ms is not overloaded at 60 ms);
-- over the target, the limit shrinks by ``BACKOFF``, down to ``floor``: under overload it converges within
-  a second to the number of requests the replica serves within the target, and the rest get the 503 at
-  once, before their bodies cost the event loop anything;
+- over the target, the limit shrinks by ``BACKOFF``, or in proportion to the excess when that is larger
+  (target / latency, down to half the limit a window): under overload it converges within a few windows to
+  the number of requests the replica serves within the target, and the rest get the 503 at once, before
+  their bodies cost the event loop anything. It shrinks down to ``pool`` whatever the latency, and below
+  it, down to ``floor``, only in a window where requests were refused: a pool of ``pool`` clients (a closed
+  loop of 32 connections, say) is never refused for the machine being slow, while the clients of an
+  overload, more than any limit admits, are refused down to what the event loop can take with its
+  refusals;
 - well within the target (under ``HEADROOM`` of it), while the limit was what held requests back (a
   refusal, or all of it in use), it grows by its square root, up to ``ceiling``: a GPU whose passes take
   as long for 500 windows as for 5 keeps its latency while the limit climbs, so batches grow as large as
@@ -24,10 +29,11 @@ a timer that wakes every few ms runs, ``watch_loop_lag``) is added to the window
 a client sees, and what the limit compares with its target.
 
 When the load drops, fewer requests are in flight than the limit, so none is refused: recovery needs no
-step of the limiter. The unloaded latency is the lowest p10 of the windows of the last ``UNLOADED_S``
-that had at most ``floor`` requests in flight (the last one measured, when none did): measured under load
-it would be the overload's latency, and the limit would protect nothing. A service overloaded from its
-start still finds it, as Envoy's filter does with its probes: the limit shrinks to ``floor`` (the target is
+step of the limiter, and the first window without a refusal puts a limit under ``pool`` back to it. The
+unloaded latency is the lowest p10 of the windows of the last ``UNLOADED_S`` that had at most ``floor``
+requests in flight (the last one measured, when none did): measured under load it would be the overload's
+latency, and the limit would protect nothing. A service overloaded from its start still finds it, as
+Envoy's filter does with its probes: the limit shrinks to ``floor`` (the target is
 ``CPE_ADMISSION_LATENCY_MS`` until then), where the windows measure it.
 """
 
@@ -47,30 +53,35 @@ class AdaptiveLimit(InflightLimit):
 
     WINDOW_S = 0.05  # how often the limit may change: ~20 times a second under load
     MIN_SAMPLES = 8  # fewer answers in a window say too little about its latency
-    BACKOFF = 0.8  # the limit's decrease over the target: from 128 to 16 in ten windows
+    BACKOFF = 0.8  # the limit's least decrease over the target: from 128 to 16 in ten windows
+    STEEPEST = 0.5  # its most, far over the target (the limit times target / latency, not under this)
     HEADROOM = 0.5  # the limit grows only while the p90 is under this share of the target: in between, it
     # holds (a limit that grows whenever a window meets the target lets a backlog form before it shrinks)
     TOLERANCE = 3.0  # the target, as a multiple of the unloaded latency, when that is longer (3: the limit
     # still grows, under HEADROOM of it, while a slow model's passes take up to 1.5 times their unloaded time)
     UNLOADED_S = 30.0  # how long a measure of the unloaded latency counts: a slower model is followed
+    POOL_SHARE = 8  # the default floor, as a share of ``pool``: 32 -> 4
 
     def __init__(
         self,
         target_ms: float,
         ceiling: int,
         *,
-        floor: int = 32,
+        pool: int = 32,
+        floor: int | None = None,
         initial: int = 64,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``target_ms``: the p90 latency wanted of admitted requests; ``floor`` and ``ceiling``: the limit's
-        range (a batch request counts as one: keep ``floor`` at the batch clients' concurrency or more)."""
-        assert 1 <= floor <= ceiling, (
-            f"the limit's range must be 1 <= floor <= ceiling, got {floor}..{ceiling}"
+        range, below ``pool`` only while requests are refused (a batch request counts as one: keep ``pool``
+        at the batch clients' concurrency or more); ``floor`` defaults to ``pool // POOL_SHARE``."""
+        floor = max(1, pool // self.POOL_SHARE) if floor is None else floor
+        assert 1 <= floor <= pool <= ceiling, (
+            f"the limit's range must be 1 <= floor <= pool <= ceiling, got {floor}, {pool}, {ceiling}"
         )
-        super().__init__(min(max(initial, floor), ceiling))
+        super().__init__(min(max(initial, pool), ceiling))
         self.target_s = target_ms / 1e3
-        self.floor, self.ceiling = floor, ceiling
+        self.floor, self.pool, self.ceiling = floor, pool, ceiling
         self.limit = float(self.max_inflight)  # max_inflight is its whole part
         self.unloaded_s = math.inf  # unknown until a window with at most ``floor`` requests in flight
         self._unloaded: deque[tuple[float, float]] = deque()  # (when, p10) of such windows
@@ -126,9 +137,13 @@ class AdaptiveLimit(InflightLimit):
         target = self.target_now_s
         seen = p90 + self._lag  # what a client waits: for the loop to read its request, then for the answer
         if seen > target:
-            self.limit = max(float(self.floor), self.limit * self.BACKOFF)
+            # far over the target, a backlog grows in the loop with every window spent shrinking by a fifth
+            self.limit *= max(self.STEEPEST, min(self.BACKOFF, target / seen))
         elif seen < self.HEADROOM * target and (self._refused or self._peak >= self.max_inflight):
-            self.limit = min(float(self.ceiling), self.limit + math.sqrt(self.limit))
+            self.limit += math.sqrt(self.limit)
+        # under ``pool`` only while more clients come than the limit admits; back to it once none is refused
+        least = self.floor if self._refused else self.pool
+        self.limit = min(float(self.ceiling), max(float(least), self.limit))
         self.max_inflight = int(self.limit)
         self._latencies.clear()
         self._peak = self.inflight

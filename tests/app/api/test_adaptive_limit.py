@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from app.api.adaptive_limit import AdaptiveLimit, watch_loop_lag
+from app.settings import Settings
 
 
 class Clock:
@@ -59,15 +60,16 @@ def test_under_overload_on_a_cpu_the_limit_shrinks_until_latency_meets_the_targe
     assert min(settled) >= 25 and max(settled) <= 90  # not starved either: the target is ~80 requests
 
 
+@pytest.mark.parametrize("target_ms", [25.0, Settings.model_fields["admission_latency_ms"].default])
 @pytest.mark.parametrize("pass_s", [fast_gpu, slow_gpu])
 def test_a_gpu_whose_passes_cost_the_same_at_any_batch_lets_the_limit_grow(
-    pass_s: Callable[[int], float],
+    pass_s: Callable[[int], float], target_ms: float
 ) -> None:
     clock = Clock()
-    limit = AdaptiveLimit(25.0, 1024, clock=clock)
+    limit = AdaptiveLimit(target_ms, 1024, clock=clock)
     sizes = overload(limit, clock, pass_s, 20.0)
     assert limit.max_inflight == 1024 and max(sizes) == 1024  # batches as large as the ceiling
-    assert limit.target_now_s == pytest.approx(max(0.025, 3 * pass_s(1)), rel=0.2)
+    assert limit.target_now_s == pytest.approx(max(target_ms / 1e3, 3 * pass_s(1)), rel=0.2)
 
 
 def test_when_the_load_drops_nothing_is_refused_at_once() -> None:
@@ -85,30 +87,89 @@ def test_when_the_load_drops_nothing_is_refused_at_once() -> None:
 
 def test_the_limit_stays_within_its_range_and_counts_refusals() -> None:
     clock = Clock()
-    limit = AdaptiveLimit(1.0, 8, floor=3, initial=100, clock=clock)
+    limit = AdaptiveLimit(1.0, 8, pool=5, floor=3, initial=100, clock=clock)
     assert limit.max_inflight == 8  # the initial limit is clamped to the range
     limits = []
     for _ in range(200):  # every request far over the target, the longer the more are in flight
         overload(limit, clock, lambda n: 0.1 * n, 0.01)
         limits.append(limit.max_inflight)
-    assert min(limits) == 3 and max(limits) <= 8  # around 6: a 0.3 s pass at the floor, its target 0.6 s
+    # below the pool, as requests are refused; around 6: a 0.3 s pass at the floor, its target 0.6 s
+    assert min(limits) == 3 and max(limits) <= 8
     n, shed = limit.max_inflight, limit.shed
     assert [limit.try_acquire() for _ in range(n + 1)] == [True] * n + [False]
     assert limit.shed == shed + 1
-    with pytest.raises(AssertionError, match="floor <= ceiling"):
-        AdaptiveLimit(25.0, 2, floor=4)
+    with pytest.raises(AssertionError, match="floor <= pool <= ceiling"):
+        AdaptiveLimit(25.0, 2, pool=4)
+    with pytest.raises(AssertionError, match="floor <= pool <= ceiling"):
+        AdaptiveLimit(25.0, 64, pool=4, floor=8)
+    assert AdaptiveLimit(25.0, 64).floor == 4  # a share of the pool by default
+    assert AdaptiveLimit(25.0, 64, pool=1).floor == 1
+
+
+def closed_pool(
+    limit: AdaptiveLimit, clock: Clock, clients: int, latency_s: float, seconds: float, retry_after_s: float
+) -> int:
+    """``clients`` that each send a request as soon as their last one is answered, or ``retry_after_s``
+    after a 503 (its Retry-After), every answer ``latency_s`` after its request: the 503s they get."""
+    refused, back = 0, [0.0] * clients  # when each client sends again
+    for _ in range(int(seconds / latency_s)):
+        ready = [i for i in range(clients) if back[i] <= clock.now]
+        admitted = []
+        for i in ready:
+            if limit.try_acquire():
+                admitted.append(i)
+            else:
+                refused += 1
+                back[i] = clock.now + retry_after_s
+        clock.now += latency_s
+        for _ in admitted:
+            limit.release(latency_s)
+    return refused
+
+
+def test_a_pool_of_clients_as_large_as_the_pool_is_never_refused_however_slow_the_answers() -> None:
+    """A busy machine: 32 clients' answers take four times the target. A limit under 32 would not make them
+    faster, only refuse some (each retried at once: a storm), so it stays at the pool."""
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, initial=512, clock=clock)
+    assert closed_pool(limit, clock, 32, 0.1, 30.0, 0.0) == 0
+    assert limit.max_inflight == limit.pool == 32
+
+
+def test_under_overload_the_limit_goes_below_the_pool_and_back_to_it_once_none_is_refused() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, clock=clock)
+    quick_answers_behind_a_loop(limit, clock, 0.040, 2.0)  # more clients than any limit, a lagging loop
+    assert limit.max_inflight == limit.floor == 4
+    # the load drops to a pool of 32 clients, slow ones: those the limit refuses come back after their
+    # Retry-After, by when the first window without a refusal has put the limit back to the pool
+    refused = closed_pool(limit, clock, 32, 0.1, 1.0, 1.0)
+    assert limit.max_inflight == 32 and refused == 28
+    assert closed_pool(limit, clock, 32, 0.1, 10.0, 1.0) == 0
 
 
 def test_a_window_needs_enough_answers_before_the_limit_moves() -> None:
     clock = Clock()
-    limit = AdaptiveLimit(1.0, 100, floor=4, initial=50, clock=clock)
+    limit = AdaptiveLimit(1.0, 100, pool=8, floor=4, initial=50, clock=clock)
     assert all(limit.try_acquire() for _ in range(AdaptiveLimit.MIN_SAMPLES))  # more than the floor
     for _ in range(AdaptiveLimit.MIN_SAMPLES - 1):
         clock.now += 1.0
         limit.release(1.0)  # slow, but too few to judge by
     assert limit.max_inflight == 50
     limit.release(1.0)
-    assert limit.max_inflight == 40
+    assert limit.max_inflight == 25  # a thousand times its target: halved
+
+
+@pytest.mark.parametrize(("latency_s", "after"), [(0.026, 80), (0.040, 62), (0.100, 50)])
+def test_the_further_over_the_target_the_steeper_the_decrease(latency_s: float, after: int) -> None:
+    """By a fifth at least, by target / latency beyond that, by half at most."""
+    clock = Clock()
+    limit = AdaptiveLimit(25.0, 1024, initial=100, clock=clock)
+    assert all(limit.try_acquire() for _ in range(40))
+    clock.now += 0.05
+    for _ in range(40):
+        limit.release(latency_s)
+    assert limit.max_inflight == after
 
 
 def quick_answers_behind_a_loop(limit: AdaptiveLimit, clock: Clock, lag_s: float, seconds: float) -> None:
