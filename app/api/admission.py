@@ -73,14 +73,15 @@ class Admission:
             limit.release(time.perf_counter() - start)
 
     async def refuse(self, send: Send) -> None:
-        """The 503 with Retry-After and no body; the request's body, if any, is left unread.
-
-        No body: the server writes a response's head and its body to the socket in two writes, and an
-        empty body is no write at all. Under overload most requests are refusals, so their second system
-        call was a sixth of the CPU they cost the event loop (scripts/bench_refusal.py); the status and
-        ``Retry-After`` are what a client acts on."""
+        """The 503 with Retry-After; the body, if any, is left unread."""
+        inflight = self.limit.inflight
+        body = b'{"detail":"too many prediction requests in progress (%d); retry later"}' % inflight
         # new headers every time: a middleware outside this one may extend them (RequestId adds its
         # header), and a shared list would grow by a header a refusal
-        headers = [(b"content-length", b"0"), (b"retry-after", self.retry_after)]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"retry-after", self.retry_after),
+        ]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": body})

@@ -80,8 +80,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": Message, "description": "Request body larger than CPE_MAX_BODY_BYTES."},
     503: {
         "model": Message,
-        "description": "Overloaded or shutting down; retry after the `Retry-After` header's seconds. "
-        "Past the in-flight limit (CPE_ADMISSION) the 503 comes before the body is read, and has none.",
+        "description": "Overloaded or shutting down; retry after the `Retry-After` header's seconds.",
     },
 }
 
