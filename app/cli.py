@@ -36,6 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "max_windows",
         "level_changes",
         "ramps",
+        "ramp_max_intervals",
         "lr",
         "init",
     ):
@@ -43,7 +44,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg, name, value)
     traces = generate_routes(
-        cfg.seed, cfg.n_routes, cfg.n_steps, split="train", level_changes=cfg.level_changes, ramps=cfg.ramps
+        cfg.seed,
+        cfg.n_routes,
+        cfg.n_steps,
+        split="train",
+        level_changes=cfg.level_changes,
+        ramps=cfg.ramps,
+        ramp_max_intervals=cfg.ramp_max_intervals,
     )
     model, meta = train(cfg, traces, log=lambda s: print(s, flush=True))
     out = _checkpoint_dir(args) / f"{args.model}.safetensors"
@@ -222,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ramps",
         type=float,
         help="how many times as often again as the other level changes the training traces ramp (default 1)",
+    )
+    p.add_argument(
+        "--ramp-max",
+        dest="ramp_max_intervals",
+        type=float,
+        help="the longest ramp in the training traces, in sampling intervals (default 60)",
     )
     p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     p.add_argument(

@@ -47,6 +47,9 @@ class TrainConfig:
     # ramps this many times as often again as the other level changes: the trend through a ramp is what
     # the models learned least from the traces (README, Models)
     ramps: float = 1.0
+    # the longest ramp, in sampling intervals (RouteProfile's default: 60); a ramp longer than the window
+    # is a trend through all of it
+    ramp_max_intervals: float = 60.0
     # fine-tune: start from this checkpoint's weights (same kind and scaler) instead of fresh ones
     init: str | None = None
     scale_channels: bool = True  # the window's deviations as inputs (models/scaling.py)

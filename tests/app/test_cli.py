@@ -50,12 +50,14 @@ def test_train_init_fine_tunes_the_weights_of_a_checkpoint(tmp_path: Path) -> No
     assert main(["train", "--model", "lstm", "--out", str(tmp_path / "a"), *TINY]) == 0
     first = tmp_path / "a" / "lstm.safetensors"
     # at a learning rate of 0 the fine-tuned weights are the ones it started from, bit for bit
-    argv = ["train", "--model", "lstm", "--init", str(first), "--lr", "0", "--ramps", "3"]
+    argv = ["train", "--model", "lstm", "--init", str(first), "--lr", "0"]
+    argv += ["--ramps", "3", "--ramp-max", "120"]
     assert main([*argv, "--out", str(tmp_path / "b"), *TINY]) == 0
     tuned = read_meta((tmp_path / "b" / "lstm.safetensors").read_bytes())
     assert tuned["weights_sha256"] == read_meta(first.read_bytes())["weights_sha256"]
     config = tuned["training"]["config"]
-    assert config["init"] == str(first) and config["ramps"] == 3.0 and config["lr"] == 0.0
+    assert config["init"] == str(first) and config["lr"] == 0.0
+    assert config["ramps"] == 3.0 and config["ramp_max_intervals"] == 120.0
     with pytest.raises(ValueError, match="holds a lstm model, not a transformer"):
         main(["train", "--model", "transformer", "--init", str(first), "--out", str(tmp_path / "c"), *TINY])
     with pytest.raises(ValueError, match="--hparams"):
