@@ -9,9 +9,6 @@ and feature by the summary, of simple forecasts of the window's own values: the 
 the last 2, 4 and 8, a trend through the last 8 carried on, and the window's mean. Following a new level
 (the last values), smoothing noise (their mean), riding a ramp (the trend) and reverting a spike (the
 window's mean) are then each one gate away, rather than something the summary must encode exactly.
-``"mix_long"`` adds a seventh: the least-squares line through the whole window carried on. On a ramp that
-spans the window it is the forecast with the least noise (the trend of the last 8 carries about as much
-noise as the last value itself), which is what lets a model ride such a ramp rather than lag it.
 """
 
 from __future__ import annotations
@@ -23,13 +20,13 @@ LOG_VAR_MIN, LOG_VAR_MAX = (
     -7.0,
     7.0,
 )  # std 0.03..33 window deviations: a flat window cannot drive the NLL to -inf
-SKIPS = ("last", "mix", "mix_long")
-N_BASES = 6  # last, mean of the last 2, 4, 8, trend, window mean (see _bases); "mix_long": and a line
+SKIPS = ("last", "mix")
+N_BASES = 6  # last, mean of the last 2, 4, 8, trend, window mean (see _bases)
 MIN_WINDOW = 8  # the trend needs two groups of four; shorter windows are padded
 
 
-def _bases(window: torch.Tensor, horizon: int, long: bool = False) -> torch.Tensor:
-    """(B, T, D) scaled window -> (B, H, D, N_BASES (+ 1 when long)) simple forecasts of each future step."""
+def _bases(window: torch.Tensor, horizon: int) -> torch.Tensor:
+    """(B, T, D) scaled window -> (B, H, D, N_BASES) simple forecasts of each future step."""
     if window.shape[1] < MIN_WINDOW:  # pad as the scaler pads short windows: repeat the first context
         pad = window[:, :1].expand(-1, MIN_WINDOW - window.shape[1], -1)
         window = torch.cat([pad, window], dim=1)
@@ -41,15 +38,7 @@ def _bases(window: torch.Tensor, horizon: int, long: bool = False) -> torch.Tens
     trend = m4.unsqueeze(1) + (1.5 + ahead) * slope.unsqueeze(1)  # (B, H, D)
     flat = torch.stack([last, m2, m4, m8, torch.zeros_like(last)], dim=-1)  # (B, D, 5); 0 = window mean
     flat = flat.unsqueeze(1).expand(-1, horizon, -1, -1)  # (B, H, D, 5)
-    bases = [flat[..., :4], trend.unsqueeze(-1), flat[..., 4:]]
-    if long:  # the least-squares line through every position of the window, at each future step
-        T = window.shape[1]
-        pos = torch.arange(T, dtype=window.dtype, device=window.device) - (T - 1) / 2.0  # centred
-        mean = window.mean(1)  # (B, D)
-        slope = (window * pos.view(1, T, 1)).sum(1) / (pos * pos).sum()  # (B, D) per step
-        line = mean.unsqueeze(1) + ((T - 1) / 2.0 + ahead) * slope.unsqueeze(1)  # (B, H, D)
-        bases.append(line.unsqueeze(-1))
-    return torch.cat(bases, dim=-1)
+    return torch.cat([flat[..., :4], trend.unsqueeze(-1), flat[..., 4:]], dim=-1)
 
 
 class GaussianHead(nn.Module):
@@ -61,15 +50,13 @@ class GaussianHead(nn.Module):
         nn.init.zeros_(self.proj.weight)  # start as the base forecast with unit variance
         nn.init.zeros_(self.proj.bias)
         self.mix: nn.Linear | None = None
-        self.long = skip == "mix_long"
-        self.n_bases = N_BASES + int(self.long)
-        if skip != "last":
-            self.mix = nn.Linear(hidden, horizon * n_features * self.n_bases)
+        if skip == "mix":
+            self.mix = nn.Linear(hidden, horizon * n_features * N_BASES)
             nn.init.zeros_(self.mix.weight)
             with torch.no_grad():  # lean on the last value at first: persistence is a strong start
-                start = torch.zeros(self.n_bases)
-                start[0] = 2.0
-                self.mix.bias.view(horizon, n_features, self.n_bases).copy_(start)
+                self.mix.bias.view(horizon, n_features, N_BASES).copy_(
+                    torch.tensor([2.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                )
 
     def forward(self, h: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # h: (B, hidden) summary of the window; window: (B, T, D) the scaled observed contexts
@@ -78,8 +65,8 @@ class GaussianHead(nn.Module):
         if self.mix is None:
             base = window[:, -1].unsqueeze(1)  # (B, 1, D)
         else:
-            weights = torch.softmax(self.mix(h).view(B, self.horizon, self.n_features, self.n_bases), dim=-1)
-            base = (weights * _bases(window, self.horizon, self.long)).sum(-1)  # (B, H, D)
+            weights = torch.softmax(self.mix(h).view(B, self.horizon, self.n_features, N_BASES), dim=-1)
+            base = (weights * _bases(window, self.horizon)).sum(-1)  # (B, H, D)
         mean = base + out[:, 0]  # (B, H, D)
         # a soft clamp: a hard one has zero gradient, so a variance pinned at the floor by flat windows
         # could never grow back when a burst arrives

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from models.calibration import Calibration, band_probability, fit_isotonic
-from models.head import GaussianHead
 from models.registry import build_model
 from models.scaling import FEATURE_NAMES, Scaler, ScalerConfig, WindowStats
 
@@ -438,31 +437,9 @@ def _initial_model(cfg: TrainConfig, scaler: Scaler) -> nn.Module:
         raise ValueError(f"--init {cfg.init} holds a {kind} model, not a {cfg.kind}")
     if scaler_config != scaler.config.to_dict() or ckpt.meta["seq_len"] != cfg.seq_len:
         raise ValueError(f"--init {cfg.init} reads windows differently (scaler or sequence length)")
-    if not cfg.hparams:
-        return ckpt.model.train()
-    if cfg.hparams != {"skip": "mix_long"} or ckpt.meta["hparams"].get("skip") != "mix":
-        raise ValueError(
-            '--init takes the checkpoint\'s hyper-parameters; --hparams can only turn a "mix" head into '
-            '{"skip": "mix_long"}'
-        )
-    return _with_long_trend(ckpt.model, kind, ckpt.meta["hparams"]).train()
-
-
-def _with_long_trend(old: nn.Module, kind: str, hparams: dict[str, Any]) -> nn.Module:
-    """``old`` with a "mix_long" head: the same weights, and the window's line as a seventh base that starts
-    as a fresh head starts the bases other than the last (logit 0, beside the learned ones)."""
-    model = build_model(kind, **{**hparams, "skip": "mix_long"})
-    state = old.state_dict()
-    head = model.head
-    assert isinstance(head, GaussianHead) and head.mix is not None
-    H, D, n = head.horizon, head.n_features, head.n_bases
-    weight = torch.zeros(H, D, n, head.mix.in_features)
-    bias = torch.zeros(H, D, n)  # as a fresh head starts every base but the last
-    weight[:, :, : n - 1] = state["head.mix.weight"].view(H, D, n - 1, -1)
-    bias[:, :, : n - 1] = state["head.mix.bias"].view(H, D, n - 1)
-    state["head.mix.weight"], state["head.mix.bias"] = weight.view(H * D * n, -1), bias.view(-1)
-    model.load_state_dict(state)
-    return model
+    if cfg.hparams:
+        raise ValueError("--init takes the checkpoint's hyper-parameters; --hparams cannot change them")
+    return ckpt.model.train()
 
 
 def validation_figures(

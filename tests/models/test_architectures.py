@@ -46,25 +46,6 @@ def test_the_mixture_bases_continue_a_line_and_average_the_last_values() -> None
     torch.testing.assert_close(short[..., :5], torch.ones(2, 2, 4, 5))
 
 
-def test_the_long_base_is_the_line_through_the_whole_window() -> None:
-    from models.head import _bases
-
-    window = (0.5 * torch.arange(32, dtype=torch.float32) - 3.0).view(1, 32, 1)  # a line
-    window = window + 0.3 * torch.tensor([1.0, -1.0]).repeat(16).view(1, 32, 1)  # and a zigzag around it
-    b = _bases(window, horizon=2, long=True)[0, :, 0]
-    assert b.shape == (2, 7)
-    torch.testing.assert_close(b[:, :6], _bases(window, horizon=2)[0, :, 0])  # the six as they were
-    # the least-squares line through the window, carried on: the zigzag nearly cancels out of it
-    torch.testing.assert_close(b[:, 6], torch.tensor([13.0, 13.5]), atol=0.05, rtol=0.0)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_long_mixture_head_forecasts(kind: str) -> None:
-    model = build_model(kind, horizon=3, skip="mix_long").eval()
-    mean, log_var = model(torch.randn(2, 32, 9))
-    assert mean.shape == log_var.shape == (2, 3, 8) and torch.isfinite(mean).all()
-
-
 def test_hyperparameter_ranges() -> None:
     build_model("lstm", hidden=32, layers=4)
     build_model("lstm", hidden=512, layers=1)

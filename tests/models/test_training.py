@@ -60,29 +60,3 @@ def test_learns_a_periodic_signal_better_than_persistence(kind: str) -> None:
     cal = calibrate(model, scaler, val)
     assert np.all(np.diff(cal.confidence_y) >= 0)
     assert np.asarray(cal.temperature).shape == (2, 8)
-
-
-@pytest.mark.parametrize("kind", ["transformer", "hybrid"])
-def test_a_long_head_fine_tuned_from_a_mix_one_keeps_its_weights(kind: str) -> None:
-    """``--init`` with ``{"skip": "mix_long"}``: every weight as it was, the six bases' gates included, and a
-    seventh gate that starts as a fresh head's bases do."""
-    from models.training import _with_long_trend
-
-    old = build_model(kind, horizon=3, n_inputs=9).eval()
-    with torch.no_grad():
-        for p in old.parameters():
-            p.add_(0.1 * torch.randn_like(p))  # not a fresh model: every weight its own
-    hparams = {**vars(old.config), "skip": "mix"}
-    new = _with_long_trend(old, kind, hparams).eval()
-    assert new.config.skip == "mix_long" and new.head.n_bases == 7
-    before, after = old.state_dict(), new.state_dict()
-    for name, value in before.items():
-        if not name.startswith("head.mix."):
-            torch.testing.assert_close(after[name], value, rtol=0.0, atol=0.0)
-    w_old = before["head.mix.weight"].view(3, 8, 6, -1)
-    w_new = after["head.mix.weight"].view(3, 8, 7, -1)
-    torch.testing.assert_close(w_new[:, :, :6], w_old, rtol=0.0, atol=0.0)
-    assert (w_new[:, :, 6] == 0).all()
-    b_new = after["head.mix.bias"].view(3, 8, 7)
-    torch.testing.assert_close(b_new[..., :6], before["head.mix.bias"].view(3, 8, 6), rtol=0.0, atol=0.0)
-    assert (b_new[..., 6] == 0).all()
