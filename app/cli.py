@@ -28,12 +28,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.training import TrainConfig, train
 
     cfg = TrainConfig(kind=args.model, seed=args.seed, hparams=json.loads(args.hparams or "{}"))
-    for name in ("n_routes", "n_steps", "max_epochs", "max_minutes", "max_windows", "level_changes"):
+    for name in (
+        "n_routes",
+        "n_steps",
+        "max_epochs",
+        "max_minutes",
+        "max_windows",
+        "level_changes",
+        "ramps",
+        "ramp_max_intervals",
+        "lr",
+        "init",
+    ):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
     traces = generate_routes(
-        cfg.seed, cfg.n_routes, cfg.n_steps, split="train", level_changes=cfg.level_changes
+        cfg.seed,
+        cfg.n_routes,
+        cfg.n_steps,
+        split="train",
+        level_changes=cfg.level_changes,
+        ramps=cfg.ramps,
+        ramp_max_intervals=cfg.ramp_max_intervals,
     )
     model, meta = train(cfg, traces, log=lambda s: print(s, flush=True))
     out = _checkpoint_dir(args) / f"{args.model}.safetensors"
@@ -207,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="level_changes",
         type=float,
         help="how many times as often as a deployment the training traces shift level (default 2)",
+    )
+    p.add_argument(
+        "--ramps",
+        type=float,
+        help="how many times as often again as the other level changes the training traces ramp (default 1)",
+    )
+    p.add_argument(
+        "--ramp-max",
+        dest="ramp_max_intervals",
+        type=float,
+        help="the longest ramp in the training traces, in sampling intervals (default 60)",
+    )
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument(
+        "--init",
+        help="fine-tune: start from the weights of this checkpoint (of the same model kind), not fresh ones",
     )
     p.set_defaults(func=cmd_train)
 

@@ -329,21 +329,29 @@ def sample_profile(rng: np.random.Generator, split: str = "train") -> RouteProfi
     )
 
 
-def with_level_changes(profile: RouteProfile, rng: np.random.Generator, boost: float = 1.0) -> RouteProfile:
+def with_level_changes(
+    profile: RouteProfile,
+    rng: np.random.Generator,
+    boost: float = 1.0,
+    ramps: float = 1.0,
+    ramp_max_intervals: float | None = None,
+) -> RouteProfile:
     """``profile`` with rates of the level changes L(t) drawn (the same ranges for both splits).
 
     Drawn per sample rather than per day: a step every 500..2000 samples, a ramp (a congestion building
     up or draining, a path slowly degrading) every 300..1200 and a failover every 1000..4000, so that
     every sampling interval puts a few into a trace of a few thousand samples.
     ``boost`` multiplies every rate: training sees them more often than a deployment does (they are rare,
-    and a model that meets too few reverts to the window's mean after one).
+    and a model that meets too few reverts to the window's mean after one). ``ramps`` multiplies the ramps'
+    rate on top of it; ``ramp_max_intervals`` replaces the profile's longest ramp (in sampling intervals).
     """
     per_day = boost * _SECONDS_PER_DAY / profile.interval_s  # samples per day, times the boost
     return replace(
         profile,
         level_shift_rate_per_day=per_day / _log_uniform(rng, 500.0, 2000.0),
-        ramp_rate_per_day=per_day / _log_uniform(rng, 300.0, 1200.0),
+        ramp_rate_per_day=ramps * per_day / _log_uniform(rng, 300.0, 1200.0),
         failover_rate_per_day=per_day / _log_uniform(rng, 1000.0, 4000.0),
+        ramp_max_intervals=profile.ramp_max_intervals if ramp_max_intervals is None else ramp_max_intervals,
     )
 
 
@@ -603,13 +611,20 @@ def generate_trace(
 
 
 def generate_routes(
-    seed: int, n_routes: int, n_steps: int, split: str = "train", level_changes: float = 1.0
+    seed: int,
+    n_routes: int,
+    n_steps: int,
+    split: str = "train",
+    level_changes: float = 1.0,
+    ramps: float = 1.0,
+    ramp_max_intervals: float | None = None,
 ) -> list[Trace]:
     """n_routes traces "route-0".., each with its own profile and sub-seed; deterministic for a seed.
 
     Route i depends only on (seed, split, i), so asking for more routes keeps the first ones.
     level_changes multiplies the rates of L(t) (steps, ramps, failovers; ``with_level_changes``): 0 leaves
-    them out, giving the traces as they were before they existed.
+    them out, giving the traces as they were before they existed; ramps multiplies the ramps' rate on top,
+    and ramp_max_intervals (None: RouteProfile's) is the longest ramp, in sampling intervals.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -620,7 +635,9 @@ def generate_routes(
         profile = sample_profile(rng, split)
         trace_seed = int(rng.integers(2**63))
         if level_changes > 0:  # from a stream of its own, so the other parameters stay as they were
-            profile = with_level_changes(profile, np.random.default_rng(child.spawn(1)[0]), level_changes)
+            profile = with_level_changes(
+                profile, np.random.default_rng(child.spawn(1)[0]), level_changes, ramps, ramp_max_intervals
+            )
         traces.append(generate_trace(profile, n_steps, trace_seed, route_id=f"route-{i}"))
     return traces
 

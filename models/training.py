@@ -44,6 +44,14 @@ class TrainConfig:
     # level changes (steps, ramps, failovers; models/traces.py) this many times as often as a deployment
     # sees them: rare as they are, a model that meets too few reverts to the window's mean after one
     level_changes: float = 2.0
+    # ramps this many times as often again as the other level changes: the trend through a ramp is what
+    # the models learned least from the traces (README, Models)
+    ramps: float = 1.0
+    # the longest ramp, in sampling intervals (RouteProfile's default: 60); a ramp longer than the window
+    # is a trend through all of it
+    ramp_max_intervals: float = 60.0
+    # fine-tune: start from this checkpoint's weights (same kind and scaler) instead of fresh ones
+    init: str | None = None
     scale_channels: bool = True  # the window's deviations as inputs (models/scaling.py)
     val_fraction: float = 0.2  # the last part of every route, in time
     max_windows: int = 120_000  # training windows kept (random subset)
@@ -389,7 +397,10 @@ def _train(
     )
     val_set = make_windows(traces, scaler, cfg.seq_len, cfg.horizon, (split, 1.0), rng, cfg.max_windows // 4)
     log(f"{cfg.kind}: {len(train_set)} training windows, {len(val_set)} validation windows")
-    model = build_model(cfg.kind, horizon=cfg.horizon, **{"n_inputs": scaler.n_inputs, **cfg.hparams})
+    if cfg.init is None:
+        model = build_model(cfg.kind, horizon=cfg.horizon, **{"n_inputs": scaler.n_inputs, **cfg.hparams})
+    else:
+        model = _initial_model(cfg, scaler)
     summary = fit(model, train_set, val_set, cfg, log)
     calibration = calibrate(model, scaler, val_set)
     validation = validation_figures(model, scaler, calibration, cfg, traces)
@@ -413,6 +424,22 @@ def _train(
         },
     }
     return model, meta
+
+
+def _initial_model(cfg: TrainConfig, scaler: Scaler) -> nn.Module:
+    """The model of checkpoint ``cfg.init``, to fine-tune; it must read the windows as this run does."""
+    from models import checkpoint
+
+    assert cfg.init is not None
+    ckpt = checkpoint.load(cfg.init)
+    kind, scaler_config = ckpt.meta["kind"], ckpt.meta["scaler"]
+    if kind != cfg.kind:
+        raise ValueError(f"--init {cfg.init} holds a {kind} model, not a {cfg.kind}")
+    if scaler_config != scaler.config.to_dict() or ckpt.meta["seq_len"] != cfg.seq_len:
+        raise ValueError(f"--init {cfg.init} reads windows differently (scaler or sequence length)")
+    if cfg.hparams:
+        raise ValueError("--init takes the checkpoint's hyper-parameters; --hparams cannot change them")
+    return ckpt.model.train()
 
 
 def validation_figures(

@@ -46,6 +46,24 @@ def test_train_refuses_the_shipped_directory_without_replace_shipped() -> None:
         main(["train", "--model", "lstm", "--out", "x", "--replace-shipped", *TINY])
 
 
+def test_train_init_fine_tunes_the_weights_of_a_checkpoint(tmp_path: Path) -> None:
+    assert main(["train", "--model", "lstm", "--out", str(tmp_path / "a"), *TINY]) == 0
+    first = tmp_path / "a" / "lstm.safetensors"
+    # at a learning rate of 0 the fine-tuned weights are the ones it started from, bit for bit
+    argv = ["train", "--model", "lstm", "--init", str(first), "--lr", "0"]
+    argv += ["--ramps", "3", "--ramp-max", "120"]
+    assert main([*argv, "--out", str(tmp_path / "b"), *TINY]) == 0
+    tuned = read_meta((tmp_path / "b" / "lstm.safetensors").read_bytes())
+    assert tuned["weights_sha256"] == read_meta(first.read_bytes())["weights_sha256"]
+    config = tuned["training"]["config"]
+    assert config["init"] == str(first) and config["lr"] == 0.0
+    assert config["ramps"] == 3.0 and config["ramp_max_intervals"] == 120.0
+    with pytest.raises(ValueError, match="holds a lstm model, not a transformer"):
+        main(["train", "--model", "transformer", "--init", str(first), "--out", str(tmp_path / "c"), *TINY])
+    with pytest.raises(ValueError, match="--hparams"):
+        main([*argv, "--hparams", '{"hidden": 8}', "--out", str(tmp_path / "d"), *TINY])
+
+
 def test_every_flag_of_every_subcommand_has_help() -> None:
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     missing = [

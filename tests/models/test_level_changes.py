@@ -55,17 +55,9 @@ def test_the_issue_windows(predictor: Predictor, old: float, new: float) -> None
     assert abs(forecast / new - 1.0) <= 0.15, forecast
 
 
-# a ramp through the whole window: the shipped models miss it in these directions (README, Models), and
-# strict xfails say so until a model meets it
-RAMP_MISSES = {("lstm", "down"), ("transformer", "up"), ("hybrid", "up")}
-
-
+# a ramp through the whole window, both ways
 @pytest.mark.parametrize(("start", "end"), [(20.0, 51.0), (51.0, 20.0)], ids=["up", "down"])
-def test_ramps_are_tracked_no_worse_than_persistence(
-    predictor: Predictor, start: float, end: float, request: pytest.FixtureRequest
-) -> None:
-    if (predictor.kind, "up" if end > start else "down") in RAMP_MISSES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="issue #15: a known miss, see README"))
+def test_ramps_are_tracked_no_worse_than_persistence(predictor: Predictor, start: float, end: float) -> None:
     path = np.geomspace(start, end, T + 1)  # the next value continues the ramp
     ts, fs = _windows(np.repeat(path[None, :T], 16, axis=0))
     forecast = predictor.predict(ts, fs, steps=1).mean[:, 0, 0]

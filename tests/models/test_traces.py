@@ -282,6 +282,23 @@ def test_level_changes_hold_stay_in_range_and_leave_the_rest_alone() -> None:
     assert 0 < steps.mean() < 0.03  # at 5x the usual rates, a step every ~100 samples
 
 
+def test_ramps_and_ramp_max_change_the_ramps_alone() -> None:
+    plain = generate_routes(seed=21, n_routes=4, n_steps=3000, level_changes=2.0)
+    ramps = generate_routes(
+        seed=21, n_routes=4, n_steps=3000, level_changes=2.0, ramps=3.0, ramp_max_intervals=200.0
+    )
+    for a, b in zip(plain, ramps, strict=True):
+        np.testing.assert_array_equal(a.timestamps_ms, b.timestamps_ms)
+        assert b.profile.ramp_rate_per_day == pytest.approx(3.0 * a.profile.ramp_rate_per_day)
+        assert a.profile.ramp_max_intervals == 60.0 and b.profile.ramp_max_intervals == 200.0
+        same = replace(b.profile, ramp_rate_per_day=a.profile.ramp_rate_per_day, ramp_max_intervals=60.0)
+        assert same == a.profile
+    # ramps=1 is the traces as they were, sample for sample
+    again = generate_routes(seed=21, n_routes=4, n_steps=3000, level_changes=2.0, ramps=1.0)
+    for a, b in zip(plain, again, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+
+
 def test_clean_features_are_the_measurements_without_noise() -> None:
     tr = generate_trace(CALM, 5000, seed=8)
     assert tr.clean is not None and tr.clean.shape == tr.features.shape
