@@ -32,9 +32,12 @@ When the load drops, fewer requests are in flight than the limit, so none is ref
 step of the limiter, and the first window without a refusal puts a limit under ``pool`` back to it. The
 unloaded latency is the lowest p10 of the windows of the last ``UNLOADED_S`` that had at most ``floor``
 requests in flight (the last one measured, when none did): measured under load it would be the overload's
-latency, and the limit would protect nothing. A service overloaded from its start still finds it, as
-Envoy's filter does with its probes: the limit shrinks to ``floor`` (the target is
-``CPE_ADMISSION_LATENCY_MS`` until then), where the windows measure it.
+latency, and the limit would protect nothing. Windows with a batch request in them are not used either:
+a batch's latency is its hundreds of windows' forward passes, and after a batch client the target would
+stay at three times that for ``UNLOADED_S``, letting an overload of single predictions right after it
+wait as long. A service overloaded from its start still finds it, as Envoy's filter does with its probes:
+the limit shrinks to ``floor`` (the target is ``CPE_ADMISSION_LATENCY_MS`` until then), where the windows
+measure it.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class AdaptiveLimit(InflightLimit):
         self._latencies: list[float] = []
         self._peak = 0  # most requests in flight during the window
         self._refused = False  # a request was refused during the window
+        self._batch = False  # a batch request was answered during the window
         self._lag = 0.0  # the event loop's longest lag during the window (note_lag)
         self.loop_lag_s = 0.0  # the last window's, for the metrics
 
@@ -103,9 +107,11 @@ class AdaptiveLimit(InflightLimit):
             self._peak = self.inflight
         return True
 
-    def release(self, latency_s: float = 0.0) -> None:
+    def release(self, latency_s: float = 0.0, *, batch: bool = False) -> None:
         self.inflight -= 1
         self._latencies.append(latency_s)
+        if batch:
+            self._batch = True
         now = self._clock()
         if now - self._window_start >= self.WINDOW_S and len(self._latencies) >= self.MIN_SAMPLES:
             self._adapt(now)
@@ -128,7 +134,7 @@ class AdaptiveLimit(InflightLimit):
         n = len(latencies)
         p90, p10 = latencies[(9 * (n - 1)) // 10], latencies[(n - 1) // 10]
         unloaded = self._unloaded
-        if self._peak <= self.floor:
+        if self._peak <= self.floor and not self._batch:
             unloaded.append((now, p10))
         while len(unloaded) > 1 and unloaded[0][0] < now - self.UNLOADED_S:
             unloaded.popleft()
@@ -148,6 +154,7 @@ class AdaptiveLimit(InflightLimit):
         self._latencies.clear()
         self._peak = self.inflight
         self._refused = False
+        self._batch = False
         self.loop_lag_s, self._lag = self._lag, 0.0
 
 

@@ -26,6 +26,7 @@ import time
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 CAPPED = ("/v1/predict", "/v1/routing")
+BATCH = "/v1/predict/batch"
 
 
 class InflightLimit:
@@ -44,9 +45,10 @@ class InflightLimit:
         self.inflight += 1
         return True
 
-    def release(self, latency_s: float = 0.0) -> None:
+    def release(self, latency_s: float = 0.0, *, batch: bool = False) -> None:
         """Give back the place of a request that ``try_acquire`` admitted, now finished after
-        ``latency_s`` (which a fixed limit does not need; ``AdaptiveLimit`` follows it)."""
+        ``latency_s`` (which a fixed limit does not need; ``AdaptiveLimit`` follows it); ``batch``: it
+        asked for many windows at once (``/v1/predict/batch``)."""
         self.inflight -= 1
 
 
@@ -70,7 +72,7 @@ class Admission:
         try:
             await self.app(scope, receive, send)
         finally:
-            limit.release(time.perf_counter() - start)
+            limit.release(time.perf_counter() - start, batch=scope["path"] == BATCH)
 
     async def refuse(self, send: Send) -> None:
         """The 503 with Retry-After; the body, if any, is left unread."""

@@ -208,3 +208,30 @@ async def test_watch_loop_lag_measures_a_blocked_loop() -> None:
     await asyncio.sleep(0.01)
     task.cancel()
     assert limit._lag >= 0.04
+
+
+def batch_clients(limit: AdaptiveLimit, clock: Clock, batch: bool) -> None:
+    """Four clients (the floor) for 10 s, each answer 120 ms: batch requests, or as many single ones."""
+    for _ in range(200):
+        for _ in range(4):
+            assert limit.try_acquire()
+        clock.now += 0.05
+        for _ in range(4):
+            limit.release(0.12, batch=batch)
+
+
+def test_a_batch_clients_slow_answers_do_not_raise_the_target_of_single_predictions() -> None:
+    """No window with a batch request in it measures the unloaded latency (a batch's is its hundreds of
+    windows' passes): single predictions that overload the service right after are held to the target."""
+    clock = Clock()
+    limit = AdaptiveLimit(15.0, 1024, clock=clock)
+    batch_clients(limit, clock, batch=True)
+    assert limit.target_now_s == pytest.approx(0.015)
+    sizes = overload(limit, clock, cpu, 5.0)
+    assert max(cpu(n) for n in sizes[-100:]) <= 0.015 * 1.2
+    # the same answers taken for single predictions: the target becomes 3 x 120 ms, and so do the waits
+    other = AdaptiveLimit(15.0, 1024, clock=clock)
+    batch_clients(other, clock, batch=False)
+    assert other.target_now_s == pytest.approx(0.36)
+    sizes = overload(other, clock, cpu, 5.0)
+    assert max(cpu(n) for n in sizes[-100:]) > 0.015 * 2
