@@ -41,63 +41,9 @@ def prediction_id(flow_key: str, base_ts: int) -> str:
     return f"{flow_key[:16]}{base_ts:016x}"
 
 
-def _result(
-    draft: Draft,
-    steps: list[list[float]],
-    confidence: float,
-    lower: list[float],
-    upper: list[float],
-    step_ms: float,
-) -> bytes:
-    return _dump(
-        draft.forecast.predictor,
-        draft.flow_key,
-        draft.horizon,
-        draft.base_ts,
-        draft.window_length,
-        draft.processing_time_ms,
-        draft.similar_patterns,
-        draft.extra,
-        steps,
-        confidence,
-        lower,
-        upper,
-        step_ms,
-    )
-
-
-def _dump(
-    predictor: Predictor,
-    flow_key: str,
-    h: int,
-    base_ts: int,
-    n: int,
-    processing_time_ms: float,
-    similar_patterns: list[str],
-    extra: dict[str, float],
-    steps: list[list[float]],
-    confidence: float,
-    lower: list[float],
-    upper: list[float],
-    step_ms: float,
-) -> bytes:
-    """A continuous forecast's PredictionResult: named by the flow's newest context, its metadata with the
-    base and target timestamps."""
-    return result_body(
-        prediction_id(flow_key, base_ts),
-        flow_key,
-        predictor,
-        h,
-        n,
-        processing_time_ms,
-        similar_patterns,
-        {"base_timestamp": float(base_ts), "target_timestamp": base_ts + step_ms * h, **extra},
-        steps,
-        confidence,
-        lower,
-        upper,
-        step_ms,
-    )
+def _metadata(base_ts: int, h: int, step_ms: float, extra: dict[str, float]) -> dict[str, float]:
+    """A continuous forecast's metadata beyond a PredictionResult's own: its base and target timestamps."""
+    return {"base_timestamp": float(base_ts), "target_timestamp": base_ts + step_ms * h, **extra}
 
 
 def result_body(
@@ -146,14 +92,21 @@ def result_body(
 
 def serialize(draft: Draft) -> bytes:
     """One draft's PredictionResult."""
-    f, h = draft.forecast, draft.horizon
-    return _result(
-        draft,
+    f, h, step_ms = draft.forecast, draft.horizon, draft.forecast.dt_s * 1000.0
+    return result_body(
+        prediction_id(draft.flow_key, draft.base_ts),
+        draft.flow_key,
+        f.predictor,
+        h,
+        draft.window_length,
+        draft.processing_time_ms,
+        draft.similar_patterns,
+        _metadata(draft.base_ts, h, step_ms, draft.extra),
         f.mean[:h].tolist(),
         float(f.confidence[h - 1]),
         f.lower[h - 1].tolist(),
         f.upper[h - 1].tolist(),
-        f.dt_s * 1000.0,
+        step_ms,
     )
 
 
@@ -273,15 +226,15 @@ class RoundResults:
             similar, extra = self.similar, self.extra
             no_extra: dict[str, float] = {}
             for i, steps, confidence, lower, upper, step_ms, base, n, ms in numbers:
-                self._bodies[i] = _dump(
-                    seg.predictor,
+                self._bodies[i] = result_body(
+                    prediction_id(keys[i], base),
                     keys[i],
+                    seg.predictor,
                     h,
-                    base,
                     n,
                     ms,
                     similar.get(i, []),
-                    extra.get(i, no_extra),
+                    _metadata(base, h, step_ms, extra.get(i, no_extra)),
                     steps,
                     confidence,
                     lower,
