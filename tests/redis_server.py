@@ -8,6 +8,11 @@ on 6379. Where redis-server is not installed, the URLs point at a port that noth
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+
+import redis
+
 from tests.programs import which
 from tools.process import RedisServer, free_port
 
@@ -38,3 +43,14 @@ def stop() -> None:
     if _server is not None:
         _server.close()
         _server = None
+
+
+def private_prefix(url: str) -> Iterator[str]:
+    """A key prefix of one test only (a fixture's body: ``yield from``); its keys in the database of ``url``
+    are deleted afterwards."""
+    prefix = f"cpe-test-{secrets.token_hex(6)}:"
+    yield prefix
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)

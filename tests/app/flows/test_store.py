@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.flows import FlowContext, FlowStore, create_flow_store
-from tests.redis_server import redis_url
+from tests.redis_server import private_prefix, redis_url
 from tools.process import free_port
 
 REDIS_URL = redis_url(11)
@@ -131,12 +131,7 @@ def _context(flow_key: str, t: int, *features: float, **more: Any) -> FlowContex
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    prefix = f"cpe-test-{secrets.token_hex(6)}:"
-    yield prefix
-    with redis.Redis.from_url(REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+    yield from private_prefix(REDIS_URL)
 
 
 def run(coroutine: Any) -> Any:

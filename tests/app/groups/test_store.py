@@ -4,13 +4,11 @@ which a restarted replica reads back and which follows another replica's changes
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
 import pytest
-import redis
 from prometheus_client import Counter
 
 from app.bus import Bus
@@ -28,7 +26,7 @@ from app.groups import (
 from app.groups.ranking import Hysteresis
 from app.groups.service import RouteGroups
 from app.routing import FailurePolicy
-from tests.redis_server import redis_url
+from tests.redis_server import private_prefix, redis_url
 from tools.process import free_port
 
 REDIS_URL = redis_url(15)
@@ -53,12 +51,7 @@ def counted(counter: Counter) -> float:
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    prefix = f"cpe-test-{secrets.token_hex(6)}:"
-    yield prefix
-    with redis.Redis.from_url(REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+    yield from private_prefix(REDIS_URL)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.payloads import make_settings
-from tests.redis_server import redis_url
+from tests.redis_server import private_prefix, redis_url
 
 REDIS_URL = redis_url(12)
 T0 = 1_767_225_600_000
@@ -25,12 +25,7 @@ FEATURES = [12.0, 1.5, 0.01, 800.0, 0.6, 0.001, 120.0, 4.0]
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    prefix = f"cpe-test-{secrets.token_hex(6)}:"
-    yield prefix
-    with redis.Redis.from_url(REDIS_URL) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+    yield from private_prefix(REDIS_URL)
 
 
 def _context(key: str, t: int) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -32,20 +31,10 @@ from app.settings import Settings
 from tests.app.cache.test_cache_redis import PrivateRedis
 from tests.app.learning.test_learning import biased_feedback, sample
 from tests.app.payloads import FLOW_KEY, contexts, make_settings
-from tests.redis_server import redis_url
+from tests.redis_server import private_prefix, redis_url
 from tools.process import RedisServer, free_port, serving
 
 REDIS_URL = redis_url(12)
-
-
-def _private_prefix(url: str) -> Iterator[str]:
-    """A key prefix of one test only; its keys in the database of ``url`` are deleted afterwards."""
-    prefix = f"cpe-test-{secrets.token_hex(6)}:"
-    yield prefix
-    with redis.Redis.from_url(url) as client:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
 
 
 def _learning_on(url: str, prefix: str, **more: Any) -> Settings:
@@ -63,7 +52,7 @@ def _learning_on(url: str, prefix: str, **more: Any) -> Settings:
 @pytest.fixture
 def prefix(redis_server: RedisServer) -> Iterator[str]:
     """A key prefix of this test only; its keys are deleted afterwards."""
-    yield from _private_prefix(REDIS_URL)
+    yield from private_prefix(REDIS_URL)
 
 
 def test_feedback_is_in_the_stream_before_the_202(prefix: str) -> None:
@@ -236,7 +225,7 @@ HEALTH_REDIS = redis_url(9)
 @pytest.fixture
 def health_prefix(redis_server: RedisServer) -> Iterator[str]:
     """A key prefix of this test only, in database 9; its keys are deleted afterwards."""
-    yield from _private_prefix(HEALTH_REDIS)
+    yield from private_prefix(HEALTH_REDIS)
 
 
 def _readiness(client: TestClient, until: Callable[[dict[str, Any]], bool], timeout_s: float = 10.0) -> Any:
