@@ -108,6 +108,17 @@ def redis_server() -> RedisServer:
     return server
 
 
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[session_redis.RedisClusterProcesses]:
+    """A real 3-node Redis Cluster for the test module that asks for it."""
+    processes = session_redis.RedisClusterProcesses(str(tmp_path_factory.mktemp("cluster")))
+    try:
+        processes.start()
+        yield processes
+    finally:
+        processes.stop()
+
+
 @pytest.fixture
 def private_redis_server() -> Iterator[RedisServer]:
     """A redis-server of this test alone, for tests that stop, restart or empty it."""

@@ -9,107 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.flows import FlowContext, FlowStore, create_flow_store
 from tests.redis_server import private_prefix, redis_url
-from tools.process import free_port
 
 REDIS_URL = redis_url(11)
 T0 = 1_767_225_600_000
-
-
-class RedisClusterProcesses:
-    """Three redis-server --cluster-enabled yes on free ports, joined by redis-cli --cluster create."""
-
-    def __init__(self, tmp: str) -> None:
-        self.ports = [_cluster_port() for _ in range(3)]
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.tmp = tmp
-
-    def start(self) -> None:
-        for port in self.ports:
-            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
-            argv += ["--cluster-config-file", f"{self.tmp}/nodes-{port}.conf", "--dir", self.tmp]
-            argv += ["--save", "", "--appendonly", "no"]
-            self.processes.append(
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-        for port in self.ports:
-            _wait_ping(port)
-        nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            info = redis.Redis(port=self.ports[0]).cluster("info")
-            state = info.get("cluster_state") if isinstance(info, dict) else None
-            if state == "ok":
-                return
-            assert time.monotonic() < deadline, f"the cluster did not come up: {info}"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.kill()
-            process.wait()
-
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too, and within range."""
-    while True:
-        port = free_port()
-        if port < 55_000 and _free(port + 10_000):
-            return port
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _wait_ping(port: int) -> None:
-    deadline = time.monotonic() + 10
-    with redis.Redis(port=port) as client:
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, f"redis-server on {port} did not start"
-                time.sleep(0.02)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
-    processes = RedisClusterProcesses(str(tmp_path_factory.mktemp("cluster")))
-    try:
-        processes.start()
-        yield processes
-    finally:
-        processes.stop()
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
@@ -118,7 +30,7 @@ def url(request: pytest.FixtureRequest) -> str:
         return "memory://"
     if request.param == "redis":
         return REDIS_URL
-    return str(request.getfixturevalue("cluster").url)
+    return str(request.getfixturevalue("redis_cluster").url)
 
 
 def _store(url: str, prefix: str, **options: Any) -> FlowStore:

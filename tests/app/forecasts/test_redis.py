@@ -4,7 +4,7 @@ the newest forecast and score of a flow."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -12,8 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from app.forecasts.redis import ForecastsUnavailable, RedisForecasts, pack, pack_round, unpack
 from app.forecasts.store import FlowForecast, FlowScore, MemoryForecasts, create_forecast_store, round_of
-from tests.app.flows.test_store import RedisClusterProcesses
-from tests.redis_server import redis_url
+from tests.redis_server import RedisClusterProcesses, redis_url
 
 REDIS_URL = redis_url(10)
 
@@ -23,21 +22,11 @@ def forecast(base_ts: int, latency: float = 21.5, scored: int = 0) -> FlowForeca
     return FlowForecast(b'{"flow_key":"x"}', None, base_ts, latency, 20.0, 20.5, "lstm", score)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
-    processes = RedisClusterProcesses(str(tmp_path_factory.mktemp("cluster")))
-    try:
-        processes.start()
-        yield processes
-    finally:
-        processes.stop()
-
-
 @pytest.fixture(params=["redis", "cluster"])
 def url(request: pytest.FixtureRequest) -> str:
     if request.param == "redis":
         return REDIS_URL
-    return str(request.getfixturevalue("cluster").url)
+    return str(request.getfixturevalue("redis_cluster").url)
 
 
 @pytest.fixture
@@ -136,12 +125,12 @@ async def test_a_rounds_flows_over_every_slot_are_written_and_read_back(
 
 
 async def test_continuous_rounds_keep_and_score_their_forecasts_on_the_cluster(
-    cluster: RedisClusterProcesses,
+    redis_cluster: RedisClusterProcesses,
 ) -> None:
     from tests.app.forecasts.test_forecasts import T0, _rig, key, observation
 
     prefix = f"test:fc:{uuid.uuid4().hex[:8]}:"
-    async for rig in _rig(forecast_url=cluster.url, forecast_prefix=prefix):
+    async for rig in _rig(forecast_url=redis_cluster.url, forecast_prefix=prefix):
         assert isinstance(rig.forecasts.store, RedisForecasts) and rig.forecasts.store.cluster
         for step in range(3):
             await rig.observe([observation(f, step) for f in range(100)])
