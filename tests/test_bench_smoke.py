@@ -29,6 +29,7 @@ from tools.bench import (
     make_requests,
     msgpack_body,
     plan_cpus,
+    raw_forward_row,
     verdicts,
     write_bodies,
 )
@@ -248,3 +249,11 @@ def test_the_forward_rows_time_both_paths_of_both_attention_models() -> None:
     for row in rows:
         assert row["cpe"] > 0 and row["naive"] > 0 and row["gain"] == row["cpe"] / row["naive"]
         assert row["pass"] == (row["gain"] >= 2)
+
+
+def test_the_batch_endpoint_is_compared_with_the_raw_forward_of_the_same_run() -> None:
+    raw, share = raw_forward_row("lstm", 16, 1, endpoint_rate=1_000.0, min_time_s=0.02)
+    assert raw["metric"].startswith("lstm raw forward, batch 16") and raw["cpe"] > 0
+    assert share["cpe"] == 1_000.0 / raw["cpe"]
+    assert share["pass"] == (share["cpe"] >= 0.5)
+    assert raw_forward_row("lstm", 16, 1, endpoint_rate=None, min_time_s=0.02)[0]["metric"] == raw["metric"]
