@@ -140,9 +140,7 @@ async def _load(url: str, until: float, phase: list[str], seen: dict[str, Counte
             try:
                 response = await request
                 outcome = str(response.status_code)
-                if response.status_code >= 500 and not response.content:  # the in-flight limit's 503
-                    outcome += " in-flight limit"
-                elif response.status_code >= 500:
+                if response.status_code >= 500:
                     outcome += f" {response.json()['detail'][:40]}"
             except httpx.TransportError as exc:
                 outcome = type(exc).__name__
