@@ -651,7 +651,6 @@ class InferenceThread:
         torch_threads: int,
         adjust: Adjust | None = None,
         embed: bool = False,
-        gil_switch_s: float = 0.0,
     ) -> None:
         self._loop = loop
         self._adjust = adjust
