@@ -691,33 +691,62 @@ def verdicts(
     return rows
 
 
+def _traced_checkpoint(kind: str, batch: int) -> tuple[Any, Any, Any]:
+    """The shipped ``kind`` model in eval mode, ``batch`` random encoded windows of its shape, and its
+    forward pass traced as the service traces it."""
+    import torch
+
+    from models.checkpoint import CHECKPOINT_DIR, load
+    from models.predictor import compile_forward
+
+    ckpt = load(CHECKPOINT_DIR / f"{kind}.safetensors")
+    model = ckpt.model.eval()
+    x = torch.randn(batch, int(ckpt.meta["seq_len"]), int(ckpt.meta["hparams"]["n_inputs"]))
+    return model, x, compile_forward(model, x[:2])
+
+
+def _in_chunks(traced: Any, kind: str) -> Callable[[Any], None]:
+    """``traced`` called as the predictor runs a CPU batch: in its CPU chunks, which stay in cache."""
+    from models.predictor import CPU_CHUNK
+
+    chunk = CPU_CHUNK.get(kind, 256)
+
+    def forward(x: Any) -> None:
+        for part in x.split(chunk):
+            traced(part)
+
+    return forward
+
+
+def _windows_per_s(forward: Callable[[Any], Any], x: Any, min_time_s: float) -> float:
+    """Windows a second of ``forward(x)`` (after one call to warm it), by this thread's CPU time rather
+    than the wall clock, so that other work on the machine counts less."""
+    forward(x)
+    n, start = 0, time.thread_time()
+    while time.thread_time() - start < min_time_s:
+        forward(x)
+        n += 1
+    return len(x) * n / (time.thread_time() - start)
+
+
 def forward_rows(repeat: int, batch: int = 256, min_time_s: float = 0.3) -> list[dict[str, Any]]:
     """The attention models' forward pass at ``batch`` windows on one thread, predictions/s: the serving
     path (``models.transformer.encode_newest``, in the predictor's CPU chunks) against the encoder module's
-    own on the whole batch (what served before),
-    both traced as the service traces them, in this process, interleaved; the thread's
-    CPU time rather than the wall clock, so that other work on the machine counts less. Medians."""
+    own on the whole batch (what served before), both traced as the service traces them, in this process,
+    interleaved, by the thread's CPU time. Medians."""
     from unittest import mock
 
     import torch
 
     import models.hybrid
     import models.transformer
-    from models.checkpoint import CHECKPOINT_DIR, load
-    from models.predictor import CPU_CHUNK, compile_forward
+    from models.predictor import compile_forward
 
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     for kind in ("transformer", "hybrid"):
-        ckpt = load(CHECKPOINT_DIR / f"{kind}.safetensors")
-        model = ckpt.model.eval()
-        x = torch.randn(batch, int(ckpt.meta["seq_len"]), int(ckpt.meta["hparams"]["n_inputs"]))
-        traced = compile_forward(model, x[:2])
-
-        def serving(x: torch.Tensor, traced: Any = traced, chunk: int = CPU_CHUNK[kind]) -> None:
-            for part in x.split(chunk):  # as the predictor runs a CPU batch: in chunks that stay in cache
-                traced(part)
-
+        model, x, traced = _traced_checkpoint(kind, batch)
+        serving = _in_chunks(traced, kind)
         # what served before: the same model in eval mode, its encoder module called as it is
         with (
             mock.patch.object(models.transformer, "encode_newest", _module_path),
@@ -728,12 +757,7 @@ def forward_rows(repeat: int, batch: int = 256, min_time_s: float = 0.3) -> list
         with torch.inference_mode():
             for _ in range(repeat):
                 for name, forward in (("serving", serving), ("module", module)):
-                    forward(x)
-                    n, start = 0, time.thread_time()
-                    while time.thread_time() - start < min_time_s:
-                        forward(x)
-                        n += 1
-                    rates[name].append(batch * n / (time.thread_time() - start))
+                    rates[name].append(_windows_per_s(forward, x, min_time_s))
         cpe, before = statistics.median(rates["serving"]), statistics.median(rates["module"])
         rows.append(
             {
@@ -757,23 +781,11 @@ def raw_forward_row(
     VM it moves with the host, so the ratio to the endpoint measured in the same run is what compares."""
     import torch
 
-    from models.checkpoint import CHECKPOINT_DIR, load
-    from models.predictor import CPU_CHUNK, compile_forward
-
     torch.set_num_threads(1)
-    ckpt = load(CHECKPOINT_DIR / f"{model}.safetensors")
-    x = torch.randn(batch, int(ckpt.meta["seq_len"]), int(ckpt.meta["hparams"]["n_inputs"]))
-    traced = compile_forward(ckpt.model.eval(), x[:2])
-    rates = []
+    _, x, traced = _traced_checkpoint(model, batch)
+    forward = _in_chunks(traced, model)
     with torch.inference_mode():
-        for _ in range(repeat):
-            n, start = 0, time.thread_time()
-            while time.thread_time() - start < min_time_s:
-                for part in x.split(CPU_CHUNK.get(model, 256)):
-                    traced(part)
-                n += 1
-            rates.append(batch * n / (time.thread_time() - start))
-    raw = statistics.median(rates)
+        raw = statistics.median(_windows_per_s(forward, x, min_time_s) for _ in range(repeat))
     metric = f"{model} raw forward, batch {batch}, one thread: predictions/s"
     rows: list[dict[str, Any]] = [{"metric": metric, "cpe": raw, "naive": None}]
     if endpoint_rate is not None:
@@ -1157,7 +1169,7 @@ def _bench(args: argparse.Namespace) -> int:
         min_time_s = 0.1 if args.quick else 0.3
         rows += raw_forward_row(args.model, args.batch_size, args.repeat, batch_rate, min_time_s)
         print("attention models' forward pass (naive column: the encoder module's own path)...", flush=True)
-        rows += forward_rows(args.repeat, min_time_s=0.1 if args.quick else 0.3)
+        rows += forward_rows(args.repeat, min_time_s=min_time_s)
     load_after = os.getloadavg()
     print()
     print(
