@@ -53,9 +53,6 @@ from models.predictor import Forecast, Predictor
 
 log = logging.getLogger("cpe.engine")
 
-# The GIL switch interval that CPE_GIL_SWITCH_US names as an example (``bench_observe --gil`` measures it)
-GIL_SWITCH_S = 0.0001
-
 
 class Overloaded(Exception):
     """The request is shed (503) rather than left to wait too long: the queue is full, or the expected
