@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -246,18 +246,21 @@ class WindowBlock:
             observations=int(self.observations[i]),
         )
 
-    def take(self, rows: np.ndarray) -> WindowBlock:
-        """The block of flows ``rows`` (indices), in that order."""
-        picked = rows.tolist()
+    def take(self, rows: np.ndarray | slice) -> WindowBlock:
+        """The block of flows ``rows`` (indices, in that order; or a slice, whose arrays are views)."""
+
+        def pick(items: list[Any]) -> list[Any]:
+            return items[rows] if isinstance(rows, slice) else [items[i] for i in rows.tolist()]
+
         return WindowBlock(
-            [self.flow_keys[i] for i in picked],
+            pick(self.flow_keys),
             self.lengths[rows],
             self.timestamps[rows],
             self.features[rows],
             self.imputed[rows],
             self.observations[rows],
-            None if self.route_ids is None else [self.route_ids[i] for i in picked],
-            None if self.pattern_ids is None else [self.pattern_ids[i] for i in picked],
+            None if self.route_ids is None else pick(self.route_ids),
+            None if self.pattern_ids is None else pick(self.pattern_ids),
         )
 
     @classmethod

@@ -307,7 +307,7 @@ class ContinuousPrediction:
                 stop = start + len(forecasts)
                 whole = start == 0 and stop == len(keys)
                 await self._finish(
-                    block if whole else _part(block, start, stop), touched[start:stop], forecasts
+                    block if whole else block.take(slice(start, stop)), touched[start:stop], forecasts
                 )
                 start = stop
             self.stats.rounds += 1
@@ -479,21 +479,6 @@ class ContinuousPrediction:
         message = encode((key, groups_of(key) if groups_of else (), body) for key, body in items)
         if await self.bus.publish(self.channel, message) and self.hub.counters is not None:
             self.hub.counters.published.inc(len(items))
-
-
-def _part(block: WindowBlock, start: int, stop: int) -> WindowBlock:
-    """Flows [start, stop) of ``block``, its arrays as views."""
-    rows = slice(start, stop)
-    return WindowBlock(
-        block.flow_keys[rows],
-        block.lengths[rows],
-        block.timestamps[rows],
-        block.features[rows],
-        block.imputed[rows],
-        block.observations[rows],
-        None if block.route_ids is None else block.route_ids[rows],
-        None if block.pattern_ids is None else block.pattern_ids[rows],
-    )
 
 
 def _baselines(block: WindowBlock) -> tuple[np.ndarray, np.ndarray]:
